@@ -1,0 +1,3 @@
+//! orch: durable workflows for Rust, code-first.
+
+pub mod store;

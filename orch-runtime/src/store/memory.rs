@@ -1,0 +1,289 @@
+//! An in-memory [`Store`]: nothing survives the process. For tests and benchmarks.
+
+use super::{
+    AttemptRecord, Commit, Created, InstanceRecord, JournalEntry, ListFilter, LoadedInstance,
+    Millis, SignalRecord, Status, Store, StoreError, WriteOp,
+};
+use futures_util::future::BoxFuture;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+#[derive(Default)]
+struct Instance {
+    record: InstanceRecord,
+    journal: BTreeMap<u32, JournalEntry>,
+    attempts: Vec<AttemptRecord>,
+    /// Signals with the seq that consumed them, if any.
+    signals: Vec<(SignalRecord, Option<u32>)>,
+}
+
+impl Default for InstanceRecord {
+    fn default() -> Self {
+        InstanceRecord {
+            id: String::new(),
+            workflow: String::new(),
+            version: String::new(),
+            input: "null".into(),
+            status: Status::Running,
+            output: None,
+            error: None,
+            custom_status: None,
+            parent: None,
+            created_at: 0,
+            updated_at: 0,
+            wake_at: None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    instances: BTreeMap<String, Instance>,
+    next_signal: i64,
+    closed: bool,
+}
+
+/// Keeps everything in process memory. Writes are durable as soon as they are submitted.
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the maps half-updated in a way that
+        // matters more than losing the store, so recover the guard.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn apply(state: &mut State, op: WriteOp) -> Result<(), StoreError> {
+    let id = op.instance().to_string();
+    let inst = state
+        .instances
+        .get_mut(&id)
+        .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+    match op {
+        WriteOp::Append { entry, .. } => {
+            if inst.journal.contains_key(&entry.seq) {
+                return Err(StoreError::Conflict {
+                    instance: id,
+                    detail: format!("journal entry seq {} already exists", entry.seq),
+                });
+            }
+            inst.journal.insert(entry.seq, entry);
+        }
+        WriteOp::Attempt { record, .. } => inst.attempts.push(record),
+        WriteOp::ConsumeSignal { signal, seq, .. } => {
+            if let Some(s) = inst.signals.iter_mut().find(|(s, _)| s.id == signal) {
+                s.1 = Some(seq);
+            }
+        }
+        WriteOp::CustomStatus { value, at, .. } => {
+            inst.record.custom_status = Some(value);
+            inst.record.updated_at = at;
+        }
+        WriteOp::SetStatus {
+            status, wake_at, at, ..
+        } => {
+            if !inst.record.status.is_final() {
+                inst.record.status = status;
+                inst.record.wake_at = wake_at;
+                inst.record.updated_at = at;
+            }
+        }
+        WriteOp::Finish {
+            status,
+            output,
+            error,
+            at,
+            ..
+        } => {
+            if !inst.record.status.is_final() {
+                inst.record.status = status;
+                inst.record.output = output;
+                inst.record.error = error;
+                inst.record.wake_at = None;
+                inst.record.updated_at = at;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Store for MemoryStore {
+    fn submit(&self, ops: Vec<WriteOp>) -> Commit {
+        let mut state = self.lock();
+        if state.closed {
+            return Commit::ready(Err(StoreError::Closed));
+        }
+        // Atomic: validate appends first so a conflict changes nothing.
+        for op in &ops {
+            if let WriteOp::Append { instance, entry } = op {
+                if let Some(inst) = state.instances.get(instance) {
+                    if inst.journal.contains_key(&entry.seq) {
+                        return Commit::ready(Err(StoreError::Conflict {
+                            instance: instance.clone(),
+                            detail: format!("journal entry seq {} already exists", entry.seq),
+                        }));
+                    }
+                }
+            }
+            if !state.instances.contains_key(op.instance()) {
+                return Commit::ready(Err(StoreError::NotFound(op.instance().to_string())));
+            }
+        }
+        for op in ops {
+            if let Err(e) = apply(&mut state, op) {
+                return Commit::ready(Err(e));
+            }
+        }
+        Commit::ready(Ok(()))
+    }
+
+    fn create(&self, record: InstanceRecord) -> BoxFuture<'_, Result<Created, StoreError>> {
+        let mut state = self.lock();
+        let result = if state.closed {
+            Err(StoreError::Closed)
+        } else if let Some(existing) = state.instances.get(&record.id) {
+            Ok(Created::Existing(existing.record.clone()))
+        } else {
+            state.instances.insert(
+                record.id.clone(),
+                Instance {
+                    record,
+                    ..Default::default()
+                },
+            );
+            Ok(Created::New)
+        };
+        Box::pin(async move { result })
+    }
+
+    fn add_signal(
+        &self,
+        instance: &str,
+        name: &str,
+        payload: String,
+        at: Millis,
+    ) -> BoxFuture<'_, Result<i64, StoreError>> {
+        let mut state = self.lock();
+        state.next_signal += 1;
+        let id = state.next_signal;
+        let result = match state.instances.get_mut(instance) {
+            None => Err(StoreError::NotFound(instance.to_string())),
+            Some(inst) if inst.record.status.is_final() => Err(StoreError::Finished {
+                id: instance.to_string(),
+                status: inst.record.status,
+            }),
+            Some(inst) => {
+                inst.signals.push((
+                    SignalRecord {
+                        id,
+                        name: name.to_string(),
+                        payload,
+                        received_at: at,
+                    },
+                    None,
+                ));
+                Ok(id)
+            }
+        };
+        Box::pin(async move { result })
+    }
+
+    fn load(&self, id: &str) -> BoxFuture<'_, Result<Option<LoadedInstance>, StoreError>> {
+        let state = self.lock();
+        let result = state.instances.get(id).map(|inst| LoadedInstance {
+            record: inst.record.clone(),
+            journal: inst.journal.values().cloned().collect(),
+            attempts: inst.attempts.clone(),
+            signals: inst
+                .signals
+                .iter()
+                .filter(|(_, consumed)| consumed.is_none())
+                .map(|(s, _)| s.clone())
+                .collect(),
+        });
+        Box::pin(async move { Ok(result) })
+    }
+
+    fn get(&self, id: &str) -> BoxFuture<'_, Result<Option<InstanceRecord>, StoreError>> {
+        let result = self.lock().instances.get(id).map(|i| i.record.clone());
+        Box::pin(async move { Ok(result) })
+    }
+
+    fn list(&self, filter: ListFilter) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>> {
+        let state = self.lock();
+        let limit = if filter.limit == 0 {
+            usize::MAX
+        } else {
+            filter.limit
+        };
+        let result: Vec<_> = state
+            .instances
+            .values()
+            .map(|i| &i.record)
+            .filter(|r| filter.matches(r))
+            .take(limit)
+            .cloned()
+            .collect();
+        Box::pin(async move { Ok(result) })
+    }
+
+    fn unfinished(&self) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>> {
+        let result: Vec<_> = self
+            .lock()
+            .instances
+            .values()
+            .filter(|i| !i.record.status.is_final())
+            .map(|i| i.record.clone())
+            .collect();
+        Box::pin(async move { Ok(result) })
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.lock().closed = true;
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn duplicate_seq_is_refused_and_changes_nothing() {
+        let store = MemoryStore::new();
+        let rec = InstanceRecord {
+            id: "a".into(),
+            ..Default::default()
+        };
+        assert!(matches!(store.create(rec).await, Ok(Created::New)));
+        let entry = JournalEntry {
+            seq: 1,
+            kind: super::super::EntryKind::Step,
+            name: "s".into(),
+            outcome: "1".into(),
+            attempts: 1,
+            started_at: 0,
+            finished_at: 0,
+        };
+        let op = |e: &JournalEntry| WriteOp::Append {
+            instance: "a".into(),
+            entry: e.clone(),
+        };
+        store.submit(vec![op(&entry)]).await.expect("first append");
+        let mut other = entry.clone();
+        other.outcome = "2".into();
+        let err = store.submit(vec![op(&other)]).await.expect_err("second append");
+        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+        let loaded = store.load("a").await.expect("load").expect("exists");
+        assert_eq!(loaded.journal, vec![entry]);
+    }
+}

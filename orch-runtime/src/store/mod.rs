@@ -1,0 +1,491 @@
+//! Persistence: the [`Store`] trait and its backends.
+//!
+//! The engine talks to storage only through [`Store`]. Writes are *submitted* in program order
+//! and acknowledged when durable; a backend is free (and expected) to commit the writes of many
+//! instances in one transaction (group commit). Reads return whole records.
+//!
+//! Backends: [`memory::MemoryStore`] for tests and benchmarks, [`sqlite::SqliteStore`] (the
+//! embedded default). A multi-node backend adds leases by fencing every [`WriteOp`] with the
+//! instance's lease epoch inside its own `submit`; the engine needs no change for that.
+
+pub mod memory;
+pub mod sqlite;
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::sync::oneshot;
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+/// Where an instance stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Loaded (or waiting to be loaded) and making progress.
+    Running,
+    /// Waiting for a timer, a signal or a child workflow; unloaded from memory.
+    Suspended,
+    /// Finished with a successful output.
+    Completed,
+    /// Finished with an error output, or stopped by a failure it could not handle.
+    Failed,
+    /// Its journal no longer matches the code; stopped until compatible code is deployed.
+    Incompatible,
+}
+
+impl Status {
+    /// Every status, in display order.
+    pub const ALL: [Status; 5] = [
+        Status::Running,
+        Status::Suspended,
+        Status::Completed,
+        Status::Failed,
+        Status::Incompatible,
+    ];
+
+    /// True once the instance will make no further progress by itself.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Status::Completed | Status::Failed | Status::Incompatible
+        )
+    }
+
+    /// The lower-case name used in storage and output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Suspended => "suspended",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Incompatible => "incompatible",
+        }
+    }
+
+    /// Parses [`Status::as_str`] back.
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One workflow instance as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    /// Unique instance id.
+    pub id: String,
+    /// Registered workflow name.
+    pub workflow: String,
+    /// Code version (hash of the workflow body) that started the instance.
+    pub version: String,
+    /// Input, as JSON text.
+    pub input: String,
+    /// Current status.
+    pub status: Status,
+    /// Output as JSON text, once finished.
+    pub output: Option<String>,
+    /// Human-readable error, when failed or incompatible.
+    pub error: Option<String>,
+    /// Custom status set by the workflow (`set_status`), as JSON text.
+    pub custom_status: Option<String>,
+    /// The parent instance, for child workflows.
+    pub parent: Option<String>,
+    /// When it was created.
+    pub created_at: Millis,
+    /// When it last changed.
+    pub updated_at: Millis,
+    /// When a suspended instance's earliest timer fires.
+    pub wake_at: Option<Millis>,
+}
+
+/// What a journal entry records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// A `#[step]` call.
+    Step,
+    /// A step run with `background`: its failure never fails the workflow.
+    Background,
+    /// A durable timer; the outcome holds its fire time.
+    Sleep,
+    /// The deadline of a signal wait with timeout.
+    Deadline,
+    /// A received signal (or its timeout).
+    Signal,
+    /// A child workflow's result.
+    Child,
+    /// `now()`.
+    Now,
+    /// `random()`.
+    Random,
+    /// `uuid()`.
+    Uuid,
+    /// `set_status()`.
+    Status,
+    /// `patched()`.
+    Patch,
+}
+
+impl EntryKind {
+    /// Every kind.
+    pub const ALL: [EntryKind; 11] = [
+        EntryKind::Step,
+        EntryKind::Background,
+        EntryKind::Sleep,
+        EntryKind::Deadline,
+        EntryKind::Signal,
+        EntryKind::Child,
+        EntryKind::Now,
+        EntryKind::Random,
+        EntryKind::Uuid,
+        EntryKind::Status,
+        EntryKind::Patch,
+    ];
+
+    /// The lower-case name used in storage and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Step => "step",
+            EntryKind::Background => "background",
+            EntryKind::Sleep => "sleep",
+            EntryKind::Deadline => "deadline",
+            EntryKind::Signal => "signal",
+            EntryKind::Child => "child",
+            EntryKind::Now => "now",
+            EntryKind::Random => "random",
+            EntryKind::Uuid => "uuid",
+            EntryKind::Status => "status",
+            EntryKind::Patch => "patch",
+        }
+    }
+
+    /// Parses [`EntryKind::as_str`] back.
+    pub fn parse(s: &str) -> Option<EntryKind> {
+        EntryKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for EntryKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One checkpoint: the outcome of one durable operation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// Position in program order, from 1.
+    pub seq: u32,
+    /// What kind of operation.
+    pub kind: EntryKind,
+    /// Step, signal or workflow name (empty for anonymous primitives).
+    pub name: String,
+    /// The outcome as JSON text (see `engine::outcome`).
+    pub outcome: String,
+    /// How many attempts it took (1 for non-steps).
+    pub attempts: u32,
+    /// When the operation started.
+    pub started_at: Millis,
+    /// When it finished.
+    pub finished_at: Millis,
+}
+
+/// One failed attempt of a step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// The step's seq.
+    pub seq: u32,
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// What went wrong.
+    pub error: String,
+    /// When the attempt started.
+    pub started_at: Millis,
+    /// When it ended.
+    pub finished_at: Millis,
+}
+
+/// A signal delivered to an instance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SignalRecord {
+    /// Store-assigned id, increasing in delivery order.
+    pub id: i64,
+    /// Signal name.
+    pub name: String,
+    /// Payload as JSON text.
+    pub payload: String,
+    /// When it arrived.
+    pub received_at: Millis,
+}
+
+/// Everything needed to resume an instance.
+#[derive(Clone, Debug)]
+pub struct LoadedInstance {
+    /// The instance.
+    pub record: InstanceRecord,
+    /// Its journal, ordered by seq.
+    pub journal: Vec<JournalEntry>,
+    /// Failed attempts, ordered by (seq, attempt).
+    pub attempts: Vec<AttemptRecord>,
+    /// Signals not yet consumed, in delivery order.
+    pub signals: Vec<SignalRecord>,
+}
+
+/// A write, applied in submission order.
+#[derive(Clone, Debug)]
+pub enum WriteOp {
+    /// Append a journal entry. Appending an existing (instance, seq) is an error.
+    Append {
+        /// Instance id.
+        instance: String,
+        /// The entry.
+        entry: JournalEntry,
+    },
+    /// Record a failed attempt.
+    Attempt {
+        /// Instance id.
+        instance: String,
+        /// The attempt.
+        record: AttemptRecord,
+    },
+    /// Mark a signal consumed by the journal entry at `seq`.
+    ConsumeSignal {
+        /// Instance id.
+        instance: String,
+        /// The signal's id.
+        signal: i64,
+        /// The consuming entry.
+        seq: u32,
+    },
+    /// Change the custom status.
+    CustomStatus {
+        /// Instance id.
+        instance: String,
+        /// JSON text.
+        value: String,
+        /// When.
+        at: Millis,
+    },
+    /// Move between running and suspended.
+    SetStatus {
+        /// Instance id.
+        instance: String,
+        /// `Running` or `Suspended`.
+        status: Status,
+        /// Earliest timer, when suspended on one.
+        wake_at: Option<Millis>,
+        /// When.
+        at: Millis,
+    },
+    /// Finish the instance (completed, failed or incompatible).
+    Finish {
+        /// Instance id.
+        instance: String,
+        /// The final status.
+        status: Status,
+        /// Output JSON text.
+        output: Option<String>,
+        /// Error message.
+        error: Option<String>,
+        /// When.
+        at: Millis,
+    },
+}
+
+impl WriteOp {
+    /// The instance this write touches.
+    pub fn instance(&self) -> &str {
+        match self {
+            WriteOp::Append { instance, .. }
+            | WriteOp::Attempt { instance, .. }
+            | WriteOp::ConsumeSignal { instance, .. }
+            | WriteOp::CustomStatus { instance, .. }
+            | WriteOp::SetStatus { instance, .. }
+            | WriteOp::Finish { instance, .. } => instance,
+        }
+    }
+}
+
+/// The result of [`Store::create`].
+#[derive(Clone, Debug)]
+pub enum Created {
+    /// A new instance was stored.
+    New,
+    /// An instance with that id already existed; it is returned unchanged.
+    Existing(InstanceRecord),
+}
+
+/// Which instances [`Store::list`] returns.
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    /// Only this workflow.
+    pub workflow: Option<String>,
+    /// Only this status.
+    pub status: Option<Status>,
+    /// Only children of this instance.
+    pub parent: Option<String>,
+    /// Only ids strictly greater than this (cursor, ids ordered bytewise).
+    pub after_id: Option<String>,
+    /// At most this many (0 = no limit).
+    pub limit: usize,
+}
+
+impl ListFilter {
+    /// Only instances of `workflow`.
+    pub fn workflow(mut self, workflow: impl Into<String>) -> Self {
+        self.workflow = Some(workflow.into());
+        self
+    }
+    /// Only instances in `status`.
+    pub fn status(mut self, status: Status) -> Self {
+        self.status = Some(status);
+        self
+    }
+    /// At most `limit` instances.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+    /// Whether `rec` passes the filter (cursor and limit aside).
+    pub fn matches(&self, rec: &InstanceRecord) -> bool {
+        self.workflow.as_ref().is_none_or(|w| *w == rec.workflow)
+            && self.status.is_none_or(|s| s == rec.status)
+            && self
+                .parent
+                .as_ref()
+                .is_none_or(|p| rec.parent.as_ref() == Some(p))
+            && self.after_id.as_ref().is_none_or(|a| rec.id > *a)
+    }
+}
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum StoreError {
+    /// The file is not an orch database (or not a database at all).
+    #[error(
+        "`{path}` is not an orch database ({detail}); point orch at a new file or at a database orch created"
+    )]
+    Foreign {
+        /// The file.
+        path: String,
+        /// What was found.
+        detail: String,
+    },
+    /// The database was written by a newer orch.
+    #[error(
+        "`{path}` has schema version {found}, but this build of orch supports up to {supported}; upgrade orch to open it (nothing was changed)"
+    )]
+    TooNew {
+        /// The file.
+        path: String,
+        /// Version in the file.
+        found: i64,
+        /// Highest version this build knows.
+        supported: i64,
+    },
+    /// A write conflicted with what is stored (e.g. a journal seq written twice).
+    #[error("conflicting write for instance `{instance}`: {detail}")]
+    Conflict {
+        /// Instance id.
+        instance: String,
+        /// What conflicted.
+        detail: String,
+    },
+    /// The instance does not exist.
+    #[error("no instance with id `{0}`")]
+    NotFound(String),
+    /// The instance has finished; it accepts no more signals.
+    #[error("instance `{id}` has already finished ({status}); it accepts no signals")]
+    Finished {
+        /// Instance id.
+        id: String,
+        /// Its final status.
+        status: Status,
+    },
+    /// The store was closed.
+    #[error("the store is closed (the runtime was shut down)")]
+    Closed,
+    /// The backend failed.
+    #[error("storage error: {0}")]
+    Backend(String),
+}
+
+/// Acknowledgement of submitted writes: resolves once they are durable.
+#[must_use = "a commit does nothing unless awaited, but the writes are queued regardless"]
+pub struct Commit(CommitInner);
+
+enum CommitInner {
+    Done(Option<Result<(), StoreError>>),
+    Waiting(oneshot::Receiver<Result<(), StoreError>>),
+}
+
+impl Commit {
+    /// An already-finished commit.
+    pub fn ready(result: Result<(), StoreError>) -> Self {
+        Commit(CommitInner::Done(Some(result)))
+    }
+    /// A commit finished by sending on the matching sender.
+    pub fn channel() -> (oneshot::Sender<Result<(), StoreError>>, Self) {
+        let (tx, rx) = oneshot::channel();
+        (tx, Commit(CommitInner::Waiting(rx)))
+    }
+}
+
+impl Future for Commit {
+    type Output = Result<(), StoreError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            CommitInner::Done(r) => Poll::Ready(r.take().unwrap_or(Err(StoreError::Closed))),
+            CommitInner::Waiting(rx) => {
+                Pin::new(rx).poll(cx).map(|r| r.unwrap_or(Err(StoreError::Closed)))
+            }
+        }
+    }
+}
+
+/// Storage for instances, journals and signals.
+///
+/// Writes are applied in the order they are submitted (across all instances), so a commit that
+/// is acknowledged implies that every earlier submission is durable too.
+pub trait Store: Send + Sync + 'static {
+    /// Queues `ops` to be applied atomically, after every earlier submission.
+    fn submit(&self, ops: Vec<WriteOp>) -> Commit;
+
+    /// Stores a new instance, or returns the existing one with the same id unchanged.
+    fn create(&self, record: InstanceRecord) -> BoxFuture<'_, Result<Created, StoreError>>;
+
+    /// Stores a signal for a live instance and returns its id.
+    /// Fails with [`StoreError::NotFound`] or [`StoreError::Finished`] and stores nothing.
+    fn add_signal(
+        &self,
+        instance: &str,
+        name: &str,
+        payload: String,
+        at: Millis,
+    ) -> BoxFuture<'_, Result<i64, StoreError>>;
+
+    /// Loads an instance with its journal, failed attempts and unconsumed signals.
+    fn load(&self, id: &str) -> BoxFuture<'_, Result<Option<LoadedInstance>, StoreError>>;
+
+    /// Reads one instance record.
+    fn get(&self, id: &str) -> BoxFuture<'_, Result<Option<InstanceRecord>, StoreError>>;
+
+    /// Lists instances ordered by id.
+    fn list(&self, filter: ListFilter) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>>;
+
+    /// Every instance that is neither completed, failed nor incompatible.
+    fn unfinished(&self) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>>;
+
+    /// Waits until everything submitted so far is durable, then stops accepting writes.
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}
