@@ -1,1 +1,2 @@
+//! The checkout example (being written).
 fn main() {}

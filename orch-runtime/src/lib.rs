@@ -1,3 +1,170 @@
 //! orch: durable workflows for Rust, code-first.
+//!
+//! `#[workflow]` turns an async function into a durable process and `#[step]` marks the service
+//! calls it makes. Inside a running workflow every step's outcome is checkpointed before the
+//! workflow continues; after a crash or a deploy the workflow is replayed from its journal and
+//! resumes where it stopped, without calling a completed step again. Outside a runtime both are
+//! plain async functions.
+//!
+//! ```no_run
+//! use orch_runtime::prelude::*;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Order { id: u64, cents: u64 }
+//!
+//! #[step(retry = Retry::exponential(ms(100)).max_attempts(5), timeout = secs(10))]
+//! async fn charge(order: &Order) -> Result<String, StepError> {
+//!     // call the payment service with orch::idempotency_key() …
+//!     Ok(format!("payment-{}", order.id))
+//! }
+//!
+//! #[workflow]
+//! async fn checkout(order: Order) -> Result<String, StepError> {
+//!     let payment = charge(&order).await?;
+//!     orch::sleep(secs(3600)).await; // durable: survives restarts, holds no memory
+//!     Ok(payment)
+//! }
+//!
+//! # async fn run() -> Result<(), orch_runtime::Error> {
+//! let rt = Runtime::builder().sqlite("orch.db").build().await?;
+//! let run = rt.start(Checkout, Order { id: 7, cents: 1299 }).await?;
+//! let payment = run.result().await?;
+//! # Ok(()) }
+//! ```
 
+mod context;
+pub mod durable;
+mod engine;
+pub mod error;
+pub mod limits;
+pub mod retry;
+mod runtime;
+pub mod step;
 pub mod store;
+pub mod workflow;
+
+pub use context::StepInfo;
+pub use error::Error;
+pub use orch_macros::{step, workflow};
+pub use retry::{Retry, Retryable, StepError, ms, secs};
+pub use runtime::{Run, Runtime, RuntimeBuilder};
+pub use store::{InstanceRecord, JournalEntry, ListFilter, Status};
+pub use workflow::Workflow;
+
+/// The durable primitives, to be called as `orch::sleep(…)` and so on.
+pub mod orch {
+    pub use crate::durable::{
+        Durable, background, call_workflow, current_step, idempotency_key, instance_id, now,
+        random, set_status, signal, signal_with_timeout, sleep, sleep_until, uuid,
+    };
+}
+
+/// Everything a workflow author needs: `use orch_runtime::prelude::*;`.
+pub mod prelude {
+    pub use crate::orch;
+    pub use crate::{
+        Error as OrchError, Retry, Retryable, Run, Runtime, Status, StepError, Workflow, ms, secs,
+        step, workflow,
+    };
+    pub use tokio::{join, try_join};
+}
+
+/// Support for generated code. Not a public API: it changes without notice.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::durable::call_workflow;
+    pub use crate::retry::{Retry, Retryable, StepError};
+    pub use crate::step::{
+        ErrorPolicy, StepCall, StepOptions, begin as begin_step, run as run_step,
+    };
+    pub use crate::workflow::{Workflow, WorkflowDef};
+    pub use futures_util::future::BoxFuture;
+    pub use inventory;
+    pub use serde;
+    use std::marker::PhantomData;
+
+    /// Autoref probe over a borrowed value: picks a trait impl if one applies.
+    pub struct Probe<'a, T>(pub &'a T);
+
+    /// Chosen when the error type implements [`Retryable`].
+    pub trait ViaRetryable {
+        /// Whether to retry.
+        fn __orch_retryable(&self) -> bool;
+    }
+    impl<T: Retryable> ViaRetryable for Probe<'_, T> {
+        fn __orch_retryable(&self) -> bool {
+            self.0.is_retryable()
+        }
+    }
+    /// Fallback: every error is retried.
+    pub trait ViaAlwaysRetry {
+        /// Whether to retry.
+        fn __orch_retryable(&self) -> bool;
+    }
+    impl<T> ViaAlwaysRetry for &Probe<'_, T> {
+        fn __orch_retryable(&self) -> bool {
+            true
+        }
+    }
+
+    /// Chosen when the error type implements `Display`.
+    pub trait ViaDisplay {
+        /// Human-readable text.
+        fn __orch_describe(&self) -> String;
+    }
+    impl<T: std::fmt::Display> ViaDisplay for Probe<'_, T> {
+        fn __orch_describe(&self) -> String {
+            self.0.to_string()
+        }
+    }
+    /// Fallback: the error as JSON.
+    pub trait ViaJson {
+        /// Human-readable text.
+        fn __orch_describe(&self) -> String;
+    }
+    impl<T: serde::Serialize> ViaJson for &Probe<'_, T> {
+        fn __orch_describe(&self) -> String {
+            serde_json::to_string(self.0).unwrap_or_else(|e| format!("<unserializable error: {e}>"))
+        }
+    }
+
+    /// Autoref probe over an error type: can it hold a panic or timeout?
+    pub struct RescueProbe<E>(PhantomData<E>);
+    impl<E> RescueProbe<E> {
+        /// The probe.
+        pub fn new() -> Self {
+            RescueProbe(PhantomData)
+        }
+    }
+    impl<E> Default for RescueProbe<E> {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+    /// Chosen when `E: From<StepError>`.
+    pub trait ViaFrom<E> {
+        /// Converts the failure.
+        fn __orch_rescue(&self, failure: StepError) -> Option<E>;
+    }
+    impl<E: From<StepError>> ViaFrom<E> for RescueProbe<E> {
+        fn __orch_rescue(&self, failure: StepError) -> Option<E> {
+            Some(E::from(failure))
+        }
+    }
+    /// Fallback: the failure cannot be expressed in `E`.
+    pub trait ViaNoFrom<E> {
+        /// Converts the failure.
+        fn __orch_rescue(&self, failure: StepError) -> Option<E>;
+    }
+    impl<E> ViaNoFrom<E> for &RescueProbe<E> {
+        fn __orch_rescue(&self, _failure: StepError) -> Option<E> {
+            None
+        }
+    }
+
+    /// Compile-time check that a type can be checkpointed.
+    pub fn assert_serde<T: serde::Serialize + serde::de::DeserializeOwned>() {}
+    /// Compile-time check that a workflow future can move between threads.
+    pub fn assert_send<T: Send>(_: &T) {}
+}

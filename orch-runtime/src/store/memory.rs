@@ -89,7 +89,10 @@ fn apply(state: &mut State, op: WriteOp) -> Result<(), StoreError> {
             inst.record.updated_at = at;
         }
         WriteOp::SetStatus {
-            status, wake_at, at, ..
+            status,
+            wake_at,
+            at,
+            ..
         } => {
             if !inst.record.status.is_final() {
                 inst.record.status = status;
@@ -124,15 +127,14 @@ impl Store for MemoryStore {
         }
         // Atomic: validate appends first so a conflict changes nothing.
         for op in &ops {
-            if let WriteOp::Append { instance, entry } = op {
-                if let Some(inst) = state.instances.get(instance) {
-                    if inst.journal.contains_key(&entry.seq) {
-                        return Commit::ready(Err(StoreError::Conflict {
-                            instance: instance.clone(),
-                            detail: format!("journal entry seq {} already exists", entry.seq),
-                        }));
-                    }
-                }
+            if let WriteOp::Append { instance, entry } = op
+                && let Some(inst) = state.instances.get(instance)
+                && inst.journal.contains_key(&entry.seq)
+            {
+                return Commit::ready(Err(StoreError::Conflict {
+                    instance: instance.clone(),
+                    detail: format!("journal entry seq {} already exists", entry.seq),
+                }));
             }
             if !state.instances.contains_key(op.instance()) {
                 return Commit::ready(Err(StoreError::NotFound(op.instance().to_string())));
@@ -151,7 +153,7 @@ impl Store for MemoryStore {
         let result = if state.closed {
             Err(StoreError::Closed)
         } else if let Some(existing) = state.instances.get(&record.id) {
-            Ok(Created::Existing(existing.record.clone()))
+            Ok(Created::Existing(Box::new(existing.record.clone())))
         } else {
             state.instances.insert(
                 record.id.clone(),
@@ -281,7 +283,10 @@ mod tests {
         store.submit(vec![op(&entry)]).await.expect("first append");
         let mut other = entry.clone();
         other.outcome = "2".into();
-        let err = store.submit(vec![op(&other)]).await.expect_err("second append");
+        let err = store
+            .submit(vec![op(&other)])
+            .await
+            .expect_err("second append");
         assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
         let loaded = store.load("a").await.expect("load").expect("exists");
         assert_eq!(loaded.journal, vec![entry]);

@@ -322,7 +322,7 @@ pub enum Created {
     /// A new instance was stored.
     New,
     /// An instance with that id already existed; it is returned unchanged.
-    Existing(InstanceRecord),
+    Existing(Box<InstanceRecord>),
 }
 
 /// Which instances [`Store::list`] returns.
@@ -446,9 +446,9 @@ impl Future for Commit {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.0 {
             CommitInner::Done(r) => Poll::Ready(r.take().unwrap_or(Err(StoreError::Closed))),
-            CommitInner::Waiting(rx) => {
-                Pin::new(rx).poll(cx).map(|r| r.unwrap_or(Err(StoreError::Closed)))
-            }
+            CommitInner::Waiting(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(StoreError::Closed))),
         }
     }
 }

@@ -1,1 +1,1574 @@
-//! SQLite store (in progress).
+//! The embedded default [`Store`]: one SQLite file in WAL mode, with group commit.
+//!
+//! One dedicated writer thread owns the write connection. Every write (submissions, instance
+//! creation, signal delivery) is sent to it over a channel, in order. The writer takes one
+//! command, drains whatever else is already queued (up to [`SqliteOptions::max_batch`]), runs
+//! them all in one transaction — each inside its own savepoint, so one failing command is rolled
+//! back alone — and acknowledges every command only after `COMMIT` returned. Under load, many
+//! instances' checkpoints therefore share one fsync.
+//!
+//! Reads go through a second connection; WAL lets them run beside the writer.
+//!
+//! Opening refuses files that are not orch databases ([`StoreError::Foreign`]) and databases
+//! written by a newer orch ([`StoreError::TooNew`]) without changing them.
+
+use super::{
+    AttemptRecord, Commit, Created, EntryKind, InstanceRecord, JournalEntry, ListFilter,
+    LoadedInstance, Millis, SignalRecord, Status, Store, StoreError, WriteOp,
+};
+use futures_util::future::BoxFuture;
+use rusqlite::types::Value;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Schema migrations, applied in order, each in its own transaction. Migration `i` brings the
+/// database to schema version `i + 1`. Never edit a released entry; append a new one.
+const MIGRATIONS: &[&str] = &[
+    // Version 1.
+    "CREATE TABLE orch_meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE instances (
+        id            TEXT PRIMARY KEY,
+        workflow      TEXT NOT NULL,
+        version       TEXT NOT NULL,
+        input         TEXT NOT NULL,
+        status        TEXT NOT NULL,
+        output        TEXT,
+        error         TEXT,
+        custom_status TEXT,
+        parent        TEXT,
+        created_at    INTEGER NOT NULL,
+        updated_at    INTEGER NOT NULL,
+        wake_at       INTEGER
+    );
+    CREATE INDEX instances_status ON instances (status);
+    CREATE INDEX instances_workflow_status ON instances (workflow, status);
+    CREATE INDEX instances_parent ON instances (parent);
+    CREATE TABLE journal (
+        instance    TEXT NOT NULL REFERENCES instances (id),
+        seq         INTEGER NOT NULL,
+        kind        TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        outcome     TEXT NOT NULL,
+        attempts    INTEGER NOT NULL,
+        started_at  INTEGER NOT NULL,
+        finished_at INTEGER NOT NULL,
+        PRIMARY KEY (instance, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE attempts (
+        instance    TEXT NOT NULL REFERENCES instances (id),
+        seq         INTEGER NOT NULL,
+        attempt     INTEGER NOT NULL,
+        error       TEXT NOT NULL,
+        started_at  INTEGER NOT NULL,
+        finished_at INTEGER NOT NULL,
+        PRIMARY KEY (instance, seq, attempt)
+    );
+    CREATE TABLE signals (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        instance     TEXT NOT NULL REFERENCES instances (id),
+        name         TEXT NOT NULL,
+        payload      TEXT NOT NULL,
+        received_at  INTEGER NOT NULL,
+        consumed_seq INTEGER
+    );
+    CREATE INDEX signals_instance ON signals (instance, consumed_seq);",
+];
+
+/// The schema version this build creates and understands.
+const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The value of the `application` key in `orch_meta`.
+const APPLICATION: &str = "orch";
+
+const INSTANCE_COLUMNS: &str = "id, workflow, version, input, status, output, error, \
+     custom_status, parent, created_at, updated_at, wake_at";
+
+/// How hard SQLite works to make each commit survive a crash.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Synchronous {
+    /// `synchronous=FULL`: every commit is fsync'd before it is acknowledged, so no acknowledged
+    /// checkpoint can be lost, even on power failure. The default.
+    #[default]
+    Full,
+    /// WAL with `synchronous=NORMAL`: commits survive a crash of the process, but the last ones
+    /// may be lost on power loss or an OS crash (the database stays consistent). Faster.
+    Normal,
+}
+
+impl Synchronous {
+    fn pragma_value(self) -> &'static str {
+        match self {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        }
+    }
+}
+
+/// Settings for [`SqliteStore::open`].
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    /// Durability of each commit; see [`Synchronous`].
+    pub synchronous: Synchronous,
+    /// The most commands the writer puts in one transaction (at least 1 is used).
+    pub max_batch: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            synchronous: Synchronous::Full,
+            max_batch: 1024,
+        }
+    }
+}
+
+/// A command for the writer thread.
+enum Command {
+    Submit(Vec<WriteOp>, oneshot::Sender<Result<(), StoreError>>),
+    Create(InstanceRecord, oneshot::Sender<Result<Created, StoreError>>),
+    AddSignal {
+        instance: String,
+        name: String,
+        payload: String,
+        at: Millis,
+        reply: oneshot::Sender<Result<i64, StoreError>>,
+    },
+    Close(oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// What a command produced inside the transaction, sent once the transaction is over.
+enum Outcome {
+    Unit(Result<(), StoreError>),
+    Created(Result<Created, StoreError>),
+    Signal(Result<i64, StoreError>),
+}
+
+/// A [`Store`] in one SQLite file (WAL mode), with a group-committing writer thread.
+pub struct SqliteStore {
+    path: PathBuf,
+    /// The writer's queue; `None` only while dropping.
+    tx: Option<mpsc::Sender<Command>>,
+    writer: Option<JoinHandle<()>>,
+    reader: Arc<Mutex<Connection>>,
+    commits: Arc<AtomicU64>,
+    closed: AtomicBool,
+}
+
+fn backend(context: &str, err: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("{context}: {err}"))
+}
+
+fn is_not_a_database(err: &rusqlite::Error) -> bool {
+    matches!(err.sqlite_error_code(), Some(ErrorCode::NotADatabase))
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the orch database at `path`, migrating it to the current schema.
+    ///
+    /// Blocking: call it from `spawn_blocking` in async code. Fails with
+    /// [`StoreError::Foreign`] when the file is not an orch database and with
+    /// [`StoreError::TooNew`] when a newer orch wrote it; in both cases nothing is changed.
+    pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let shown = path.display().to_string();
+        let ctx = |what: &str| format!("opening `{shown}`: {what}");
+
+        let mut conn = Connection::open(&path).map_err(|e| backend(&ctx("open"), e))?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(|e| backend(&ctx("busy_timeout"), e))?;
+
+        // Read-only inspection first: nothing is written before we know the file is ours.
+        let current = inspect(&conn, &shown)?;
+
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(|e| backend(&ctx("journal_mode=WAL"), e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(path = %shown, mode = %mode, "SQLite refused WAL mode; using {mode}");
+        }
+        configure(&conn, options.synchronous).map_err(|e| backend(&ctx("pragmas"), e))?;
+        migrate(&mut conn, current, &shown)?;
+
+        let reader = Connection::open(&path).map_err(|e| backend(&ctx("open reader"), e))?;
+        reader
+            .busy_timeout(Duration::from_secs(5))
+            .map_err(|e| backend(&ctx("reader busy_timeout"), e))?;
+        configure(&reader, options.synchronous).map_err(|e| backend(&ctx("reader pragmas"), e))?;
+        reader
+            .pragma_update(None, "query_only", "ON")
+            .map_err(|e| backend(&ctx("reader query_only"), e))?;
+
+        let commits = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = mpsc::channel();
+        let max_batch = options.max_batch.max(1);
+        let writer = std::thread::Builder::new()
+            .name("orch-sqlite-writer".into())
+            .spawn({
+                let commits = commits.clone();
+                move || writer_loop(conn, rx, max_batch, &commits)
+            })
+            .map_err(|e| backend(&ctx("spawning the writer thread"), e))?;
+
+        Ok(SqliteStore {
+            path,
+            tx: Some(tx),
+            writer: Some(writer),
+            reader: Arc::new(Mutex::new(reader)),
+            commits,
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// How many write transactions the writer has committed since [`SqliteStore::open`]. With
+    /// group commit this grows slower than the number of submissions under load.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Queues `cmd`; false when the writer is gone (the command is dropped, so any reply
+    /// channel in it reports `Closed`).
+    fn send(&self, cmd: Command) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.send(cmd).is_ok())
+    }
+
+    /// Runs `f` on the read connection on the blocking pool.
+    fn read<T, F>(&self, f: F) -> BoxFuture<'_, Result<T, StoreError>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let reader = self.reader.clone();
+        let run = move || {
+            // A panic in a read leaves no half-done write behind; recover the connection.
+            let mut conn = reader.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut conn)
+        };
+        Box::pin(async move {
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => handle
+                    .spawn_blocking(run)
+                    .await
+                    .map_err(|e| backend("read task", e))?,
+                Err(_) => run(),
+            }
+        })
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Disconnecting lets the writer finish everything queued, then exit.
+        drop(self.tx.take());
+        if self.writer.take().is_some_and(|w| w.join().is_err()) {
+            tracing::error!(path = %self.path.display(), "the SQLite writer thread panicked");
+        }
+    }
+}
+
+fn configure(conn: &Connection, synchronous: Synchronous) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "synchronous", synchronous.pragma_value())?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+/// Reads the schema version without writing anything; refuses foreign and too-new files.
+fn inspect(conn: &Connection, path: &str) -> Result<i64, StoreError> {
+    let foreign = |detail: String| StoreError::Foreign {
+        path: path.to_string(),
+        detail,
+    };
+    let read_err = |what: &str, e: rusqlite::Error| {
+        if is_not_a_database(&e) {
+            foreign("file is not a database".into())
+        } else {
+            backend(&format!("opening `{path}`: {what}"), e)
+        }
+    };
+    let has_meta: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'orch_meta')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| read_err("reading the schema", e))?;
+    if !has_meta {
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .map_err(|e| read_err("reading the schema", e))?;
+        let tables = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| read_err("reading the schema", e))?;
+        let objects: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(|e| read_err("reading the schema", e))?;
+        if objects == 0 {
+            return Ok(0);
+        }
+        let shown: Vec<_> = tables.iter().take(5).map(|t| format!("`{t}`")).collect();
+        return Err(foreign(format!(
+            "a SQLite database with {} table(s) ({}{}) but no orch_meta table",
+            tables.len(),
+            shown.join(", "),
+            if tables.len() > shown.len() {
+                ", …"
+            } else {
+                ""
+            }
+        )));
+    }
+    let meta = |key: &str| -> Result<Option<String>, StoreError> {
+        conn.query_row("SELECT value FROM orch_meta WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(|e| read_err("reading orch_meta", e))
+    };
+    match meta("application")? {
+        Some(app) if app == APPLICATION => {}
+        Some(app) => {
+            return Err(foreign(format!(
+                "orch_meta says it belongs to application `{app}`"
+            )));
+        }
+        None => return Err(foreign("orch_meta has no `application` entry".into())),
+    }
+    let Some(version) = meta("schema_version")? else {
+        return Err(foreign("orch_meta has no `schema_version` entry".into()));
+    };
+    let found: i64 = version
+        .trim()
+        .parse()
+        .map_err(|_| foreign(format!("orch_meta has schema_version `{version}`")))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: path.to_string(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found < 0 {
+        return Err(foreign(format!("orch_meta has schema_version `{version}`")));
+    }
+    Ok(found)
+}
+
+/// Applies the migrations after `current`, one transaction each.
+fn migrate(conn: &mut Connection, current: i64, path: &str) -> Result<(), StoreError> {
+    for (index, sql) in MIGRATIONS.iter().enumerate() {
+        let target = index as i64 + 1;
+        if target <= current {
+            continue;
+        }
+        let ctx = format!("migrating `{path}` to schema version {target}");
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| backend(&ctx, e))?;
+        // Another process may have migrated while we waited for the write lock.
+        let now = inspect(&tx, path)?;
+        if now >= target {
+            tx.commit().map_err(|e| backend(&ctx, e))?;
+            continue;
+        }
+        tx.execute_batch(sql).map_err(|e| backend(&ctx, e))?;
+        let upsert = "INSERT INTO orch_meta (key, value) VALUES (?1, ?2)
+                      ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+        tx.execute(upsert, params!["application", APPLICATION])
+            .map_err(|e| backend(&ctx, e))?;
+        tx.execute(upsert, params!["schema_version", target.to_string()])
+            .map_err(|e| backend(&ctx, e))?;
+        tx.commit().map_err(|e| backend(&ctx, e))?;
+        tracing::debug!(path, version = target, "migrated orch database");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The writer.
+
+fn writer_loop(
+    conn: Connection,
+    rx: mpsc::Receiver<Command>,
+    max_batch: usize,
+    commits: &AtomicU64,
+) {
+    // Ends when every sender is gone (the store was dropped) or after a Close.
+    while let Ok(first) = rx.recv() {
+        let mut closing = matches!(first, Command::Close(_));
+        let mut batch = vec![first];
+        while !closing && batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(cmd) => {
+                    closing = matches!(cmd, Command::Close(_));
+                    batch.push(cmd);
+                }
+                Err(_) => break,
+            }
+        }
+        run_batch(&conn, batch, commits);
+        if closing {
+            break;
+        }
+    }
+    // Dropping `rx` here makes every later (or still queued) command fail with `Closed`.
+}
+
+/// Runs `batch` in one transaction and replies to every command after it ended.
+fn run_batch(conn: &Connection, batch: Vec<Command>, commits: &AtomicU64) {
+    let size = batch.len();
+    let mut outcomes = Vec::with_capacity(size);
+    let result = (|| -> Result<(), StoreError> {
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| backend("beginning a write transaction", e))?;
+        for cmd in &batch {
+            conn.execute_batch("SAVEPOINT orch_cmd")
+                .map_err(|e| backend("opening a savepoint", e))?;
+            let outcome = execute(conn, cmd);
+            if outcome.is_ok() {
+                conn.execute_batch("RELEASE orch_cmd")
+                    .map_err(|e| backend("releasing a savepoint", e))?;
+            } else {
+                conn.execute_batch("ROLLBACK TO orch_cmd; RELEASE orch_cmd")
+                    .map_err(|e| backend("rolling back a failed write", e))?;
+            }
+            outcomes.push(outcome);
+        }
+        conn.execute_batch("COMMIT")
+            .map_err(|e| backend("committing a write transaction", e))?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => {
+            commits.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(commands = size, "committed a batch");
+        }
+        Err(err) => {
+            tracing::error!(error = %err, commands = size, "SQLite write batch failed");
+            let rollback = if conn.is_autocommit() {
+                Ok(())
+            } else {
+                conn.execute_batch("ROLLBACK")
+            };
+            if let Err(e) = rollback {
+                tracing::error!(error = %e, "rolling back a failed batch");
+            }
+            outcomes.clear();
+            outcomes.extend(batch.iter().map(|cmd| Outcome::failed(cmd, err.clone())));
+        }
+    }
+    for (cmd, outcome) in batch.into_iter().zip(outcomes) {
+        reply(cmd, outcome);
+    }
+}
+
+impl Outcome {
+    fn is_ok(&self) -> bool {
+        match self {
+            Outcome::Unit(r) => r.is_ok(),
+            Outcome::Created(r) => r.is_ok(),
+            Outcome::Signal(r) => r.is_ok(),
+        }
+    }
+
+    fn failed(cmd: &Command, err: StoreError) -> Outcome {
+        match cmd {
+            Command::Submit(..) | Command::Close(_) => Outcome::Unit(Err(err)),
+            Command::Create(..) => Outcome::Created(Err(err)),
+            Command::AddSignal { .. } => Outcome::Signal(Err(err)),
+        }
+    }
+}
+
+/// Sends `outcome` to whoever is waiting for `cmd` (who may have stopped waiting).
+fn reply(cmd: Command, outcome: Outcome) {
+    match (cmd, outcome) {
+        (Command::Submit(_, tx) | Command::Close(tx), Outcome::Unit(r)) => {
+            let _ = tx.send(r);
+        }
+        (Command::Create(_, tx), Outcome::Created(r)) => {
+            let _ = tx.send(r);
+        }
+        (Command::AddSignal { reply, .. }, Outcome::Signal(r)) => {
+            let _ = reply.send(r);
+        }
+        // Outcomes are built from their own command, so the kinds always match; a mismatch
+        // drops the sender, which the waiter sees as `Closed`.
+        _ => tracing::error!("internal error: SQLite writer outcome does not match its command"),
+    }
+}
+
+/// Runs one command inside the current savepoint.
+fn execute(conn: &Connection, cmd: &Command) -> Outcome {
+    match cmd {
+        Command::Submit(ops, _) => Outcome::Unit(ops.iter().try_for_each(|op| apply(conn, op))),
+        Command::Create(record, _) => Outcome::Created(create(conn, record)),
+        Command::AddSignal {
+            instance,
+            name,
+            payload,
+            at,
+            ..
+        } => Outcome::Signal(add_signal(conn, instance, name, payload, *at)),
+        Command::Close(_) => Outcome::Unit(Ok(())),
+    }
+}
+
+/// The status of `id`, or `None` when it does not exist.
+fn status_of(conn: &Connection, id: &str, ctx: &str) -> Result<Option<Status>, StoreError> {
+    let raw: Option<String> = conn
+        .prepare_cached("SELECT status FROM instances WHERE id = ?1")
+        .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
+        .map_err(|e| backend(ctx, e))?;
+    raw.map(|s| parse_status(id, &s)).transpose()
+}
+
+fn parse_status(id: &str, raw: &str) -> Result<Status, StoreError> {
+    Status::parse(raw).ok_or_else(|| {
+        StoreError::Backend(format!(
+            "instance `{id}` has an unknown status `{raw}` in the database"
+        ))
+    })
+}
+
+fn final_statuses() -> [&'static str; 3] {
+    [
+        Status::Completed.as_str(),
+        Status::Failed.as_str(),
+        Status::Incompatible.as_str(),
+    ]
+}
+
+fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
+    let id = op.instance();
+    let ctx = |what: &str| format!("{what} for instance `{id}`");
+    if status_of(conn, id, &ctx("checking the instance"))?.is_none() {
+        return Err(StoreError::NotFound(id.to_string()));
+    }
+    let [completed, failed, incompatible] = final_statuses();
+    match op {
+        WriteOp::Append { entry, .. } => {
+            let ctx = ctx("appending a journal entry");
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO journal (instance, seq, kind, name, outcome, attempts, \
+                     started_at, finished_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                     ON CONFLICT (instance, seq) DO NOTHING",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        id,
+                        entry.seq,
+                        entry.kind.as_str(),
+                        entry.name,
+                        entry.outcome,
+                        entry.attempts,
+                        entry.started_at,
+                        entry.finished_at
+                    ])
+                })
+                .map_err(|e| backend(&ctx, e))?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict {
+                    instance: id.to_string(),
+                    detail: format!("journal entry seq {} already exists", entry.seq),
+                });
+            }
+        }
+        WriteOp::Attempt { record, .. } => {
+            let ctx = ctx("recording a failed attempt");
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO attempts (instance, seq, attempt, error, started_at, \
+                     finished_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                     ON CONFLICT (instance, seq, attempt) DO NOTHING",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        id,
+                        record.seq,
+                        record.attempt,
+                        record.error,
+                        record.started_at,
+                        record.finished_at
+                    ])
+                })
+                .map_err(|e| backend(&ctx, e))?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict {
+                    instance: id.to_string(),
+                    detail: format!(
+                        "attempt {} of seq {} is already recorded",
+                        record.attempt, record.seq
+                    ),
+                });
+            }
+        }
+        WriteOp::ConsumeSignal { signal, seq, .. } => {
+            conn.prepare_cached(
+                "UPDATE signals SET consumed_seq = ?3 WHERE id = ?1 AND instance = ?2",
+            )
+            .and_then(|mut s| s.execute(params![signal, id, seq]))
+            .map_err(|e| backend(&ctx("consuming a signal"), e))?;
+        }
+        WriteOp::CustomStatus { value, at, .. } => {
+            conn.prepare_cached(
+                "UPDATE instances SET custom_status = ?2, updated_at = ?3 WHERE id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![id, value, at]))
+            .map_err(|e| backend(&ctx("setting the custom status"), e))?;
+        }
+        WriteOp::SetStatus {
+            status,
+            wake_at,
+            at,
+            ..
+        } => {
+            conn.prepare_cached(
+                "UPDATE instances SET status = ?2, wake_at = ?3, updated_at = ?4 \
+                 WHERE id = ?1 AND status NOT IN (?5, ?6, ?7)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    id,
+                    status.as_str(),
+                    wake_at,
+                    at,
+                    completed,
+                    failed,
+                    incompatible
+                ])
+            })
+            .map_err(|e| backend(&ctx("setting the status"), e))?;
+        }
+        WriteOp::Finish {
+            status,
+            output,
+            error,
+            at,
+            ..
+        } => {
+            conn.prepare_cached(
+                "UPDATE instances SET status = ?2, output = ?3, error = ?4, wake_at = NULL, \
+                 updated_at = ?5 WHERE id = ?1 AND status NOT IN (?6, ?7, ?8)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    id,
+                    status.as_str(),
+                    output,
+                    error,
+                    at,
+                    completed,
+                    failed,
+                    incompatible
+                ])
+            })
+            .map_err(|e| backend(&ctx("finishing"), e))?;
+        }
+    }
+    Ok(())
+}
+
+fn create(conn: &Connection, rec: &InstanceRecord) -> Result<Created, StoreError> {
+    let ctx = format!("creating instance `{}`", rec.id);
+    let inserted = conn
+        .prepare_cached(&format!(
+            "INSERT INTO instances ({INSTANCE_COLUMNS}) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+             ON CONFLICT (id) DO NOTHING"
+        ))
+        .and_then(|mut s| {
+            s.execute(params![
+                rec.id,
+                rec.workflow,
+                rec.version,
+                rec.input,
+                rec.status.as_str(),
+                rec.output,
+                rec.error,
+                rec.custom_status,
+                rec.parent,
+                rec.created_at,
+                rec.updated_at,
+                rec.wake_at
+            ])
+        })
+        .map_err(|e| backend(&ctx, e))?;
+    if inserted == 1 {
+        return Ok(Created::New);
+    }
+    match get_record(conn, &rec.id)? {
+        Some(existing) => Ok(Created::Existing(Box::new(existing))),
+        None => Err(StoreError::Backend(format!(
+            "{ctx}: the insert was ignored but no instance with that id exists"
+        ))),
+    }
+}
+
+fn add_signal(
+    conn: &Connection,
+    instance: &str,
+    name: &str,
+    payload: &str,
+    at: Millis,
+) -> Result<i64, StoreError> {
+    let ctx = format!("delivering signal `{name}` to instance `{instance}`");
+    match status_of(conn, instance, &ctx)? {
+        None => return Err(StoreError::NotFound(instance.to_string())),
+        Some(status) if status.is_final() => {
+            return Err(StoreError::Finished {
+                id: instance.to_string(),
+                status,
+            });
+        }
+        Some(_) => {}
+    }
+    conn.prepare_cached(
+        "INSERT INTO signals (instance, name, payload, received_at) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .and_then(|mut s| s.execute(params![instance, name, payload, at]))
+    .map_err(|e| backend(&ctx, e))?;
+    Ok(conn.last_insert_rowid())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reads.
+
+/// Reads a column holding a `u32`, refusing out-of-range values instead of truncating.
+fn get_u32(row: &Row<'_>, idx: usize) -> rusqlite::Result<u32> {
+    let v: i64 = row.get(idx)?;
+    u32::try_from(v).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Integer, e.into())
+    })
+}
+
+/// A record as read, with the status still raw so a bad value becomes an error, not a panic.
+fn record_from_row(row: &Row<'_>) -> rusqlite::Result<(InstanceRecord, String)> {
+    let raw_status: String = row.get(4)?;
+    Ok((
+        InstanceRecord {
+            id: row.get(0)?,
+            workflow: row.get(1)?,
+            version: row.get(2)?,
+            input: row.get(3)?,
+            status: Status::Running,
+            output: row.get(5)?,
+            error: row.get(6)?,
+            custom_status: row.get(7)?,
+            parent: row.get(8)?,
+            created_at: row.get(9)?,
+            updated_at: row.get(10)?,
+            wake_at: row.get(11)?,
+        },
+        raw_status,
+    ))
+}
+
+fn finish_record((mut rec, raw): (InstanceRecord, String)) -> Result<InstanceRecord, StoreError> {
+    rec.status = parse_status(&rec.id, &raw)?;
+    Ok(rec)
+}
+
+fn get_record(conn: &Connection, id: &str) -> Result<Option<InstanceRecord>, StoreError> {
+    conn.prepare_cached(&format!(
+        "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = ?1"
+    ))
+    .and_then(|mut s| s.query_row([id], record_from_row).optional())
+    .map_err(|e| backend(&format!("reading instance `{id}`"), e))?
+    .map(finish_record)
+    .transpose()
+}
+
+fn load_instance(conn: &mut Connection, id: &str) -> Result<Option<LoadedInstance>, StoreError> {
+    let ctx = format!("loading instance `{id}`");
+    // One read transaction: record, journal and signals come from the same snapshot.
+    let tx = conn.transaction().map_err(|e| backend(&ctx, e))?;
+    let Some(record) = get_record(&tx, id)? else {
+        return Ok(None);
+    };
+    let journal_raw = tx
+        .prepare_cached(
+            "SELECT seq, kind, name, outcome, attempts, started_at, finished_at \
+             FROM journal WHERE instance = ?1 ORDER BY seq",
+        )
+        .and_then(|mut s| {
+            s.query_map([id], |r| {
+                Ok((
+                    get_u32(r, 0)?,
+                    r.get::<_, String>(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    get_u32(r, 4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(|e| backend(&ctx, e))?;
+    let journal = journal_raw
+        .into_iter()
+        .map(
+            |(seq, kind, name, outcome, attempts, started_at, finished_at)| {
+                let kind = EntryKind::parse(&kind).ok_or_else(|| {
+                    StoreError::Backend(format!(
+                        "instance `{id}` has a journal entry (seq {seq}) of unknown kind \
+                         `{kind}` in the database"
+                    ))
+                })?;
+                Ok(JournalEntry {
+                    seq,
+                    kind,
+                    name,
+                    outcome,
+                    attempts,
+                    started_at,
+                    finished_at,
+                })
+            },
+        )
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let attempts = tx
+        .prepare_cached(
+            "SELECT seq, attempt, error, started_at, finished_at FROM attempts \
+             WHERE instance = ?1 ORDER BY seq, attempt",
+        )
+        .and_then(|mut s| {
+            s.query_map([id], |r| {
+                Ok(AttemptRecord {
+                    seq: get_u32(r, 0)?,
+                    attempt: get_u32(r, 1)?,
+                    error: r.get(2)?,
+                    started_at: r.get(3)?,
+                    finished_at: r.get(4)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(|e| backend(&ctx, e))?;
+    let signals = tx
+        .prepare_cached(
+            "SELECT id, name, payload, received_at FROM signals \
+             WHERE instance = ?1 AND consumed_seq IS NULL ORDER BY id",
+        )
+        .and_then(|mut s| {
+            s.query_map([id], |r| {
+                Ok(SignalRecord {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    payload: r.get(2)?,
+                    received_at: r.get(3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(|e| backend(&ctx, e))?;
+    tx.commit().map_err(|e| backend(&ctx, e))?;
+    Ok(Some(LoadedInstance {
+        record,
+        journal,
+        attempts,
+        signals,
+    }))
+}
+
+fn query_records(
+    conn: &Connection,
+    sql: &str,
+    params: Vec<Value>,
+    ctx: &str,
+) -> Result<Vec<InstanceRecord>, StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| {
+            s.query_map(rusqlite::params_from_iter(params), record_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(|e| backend(ctx, e))?
+        .into_iter()
+        .map(finish_record)
+        .collect()
+}
+
+fn list_records(conn: &Connection, filter: &ListFilter) -> Result<Vec<InstanceRecord>, StoreError> {
+    let mut sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE 1 = 1");
+    let mut params = Vec::new();
+    if let Some(workflow) = &filter.workflow {
+        sql.push_str(" AND workflow = ?");
+        params.push(Value::Text(workflow.clone()));
+    }
+    if let Some(status) = filter.status {
+        sql.push_str(" AND status = ?");
+        params.push(Value::Text(status.as_str().to_string()));
+    }
+    if let Some(parent) = &filter.parent {
+        sql.push_str(" AND parent = ?");
+        params.push(Value::Text(parent.clone()));
+    }
+    if let Some(after) = &filter.after_id {
+        sql.push_str(" AND id > ?");
+        params.push(Value::Text(after.clone()));
+    }
+    sql.push_str(" ORDER BY id");
+    if filter.limit > 0 {
+        sql.push_str(" LIMIT ?");
+        params.push(Value::Integer(
+            i64::try_from(filter.limit).unwrap_or(i64::MAX),
+        ));
+    }
+    query_records(conn, &sql, params, "listing instances")
+}
+
+fn unfinished_records(conn: &Connection) -> Result<Vec<InstanceRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {INSTANCE_COLUMNS} FROM instances WHERE status NOT IN (?, ?, ?) ORDER BY id"
+    );
+    let params = final_statuses()
+        .into_iter()
+        .map(|s| Value::Text(s.to_string()))
+        .collect();
+    query_records(conn, &sql, params, "listing unfinished instances")
+}
+
+// ---------------------------------------------------------------------------------------------
+
+impl Store for SqliteStore {
+    fn submit(&self, ops: Vec<WriteOp>) -> Commit {
+        let (tx, commit) = Commit::channel();
+        if self.send(Command::Submit(ops, tx)) {
+            commit
+        } else {
+            Commit::ready(Err(StoreError::Closed))
+        }
+    }
+
+    fn create(&self, record: InstanceRecord) -> BoxFuture<'_, Result<Created, StoreError>> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.send(Command::Create(record, tx));
+        Box::pin(async move {
+            if !sent {
+                return Err(StoreError::Closed);
+            }
+            rx.await.unwrap_or(Err(StoreError::Closed))
+        })
+    }
+
+    fn add_signal(
+        &self,
+        instance: &str,
+        name: &str,
+        payload: String,
+        at: Millis,
+    ) -> BoxFuture<'_, Result<i64, StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.send(Command::AddSignal {
+            instance: instance.to_string(),
+            name: name.to_string(),
+            payload,
+            at,
+            reply,
+        });
+        Box::pin(async move {
+            if !sent {
+                return Err(StoreError::Closed);
+            }
+            rx.await.unwrap_or(Err(StoreError::Closed))
+        })
+    }
+
+    fn load(&self, id: &str) -> BoxFuture<'_, Result<Option<LoadedInstance>, StoreError>> {
+        let id = id.to_string();
+        self.read(move |conn| load_instance(conn, &id))
+    }
+
+    fn get(&self, id: &str) -> BoxFuture<'_, Result<Option<InstanceRecord>, StoreError>> {
+        let id = id.to_string();
+        self.read(move |conn| get_record(conn, &id))
+    }
+
+    fn list(&self, filter: ListFilter) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>> {
+        self.read(move |conn| list_records(conn, &filter))
+    }
+
+    fn unfinished(&self) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>> {
+        self.read(|conn| unfinished_records(conn))
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (tx, rx) = oneshot::channel();
+        let was_closed = self.closed.swap(true, Ordering::SeqCst);
+        let sent = self.send(Command::Close(tx));
+        Box::pin(async move {
+            if !sent {
+                // Closing twice is fine; a writer that died on its own is not.
+                return if was_closed {
+                    Ok(())
+                } else {
+                    Err(StoreError::Closed)
+                };
+            }
+            match rx.await {
+                Ok(result) => result,
+                // Dropped unanswered: an earlier close got there first.
+                Err(_) if was_closed => Ok(()),
+                Err(_) => Err(StoreError::Closed),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn rec(id: &str) -> InstanceRecord {
+        InstanceRecord {
+            id: id.into(),
+            workflow: "wf".into(),
+            version: "v1".into(),
+            input: "{\"x\":1}".into(),
+            created_at: 10,
+            updated_at: 10,
+            ..Default::default()
+        }
+    }
+
+    fn entry(seq: u32) -> JournalEntry {
+        JournalEntry {
+            seq,
+            kind: EntryKind::Step,
+            name: format!("step{seq}"),
+            outcome: format!("{{\"ok\":{seq}}}"),
+            attempts: 1,
+            started_at: 100 + i64::from(seq),
+            finished_at: 200 + i64::from(seq),
+        }
+    }
+
+    fn append(instance: &str, seq: u32) -> WriteOp {
+        WriteOp::Append {
+            instance: instance.into(),
+            entry: entry(seq),
+        }
+    }
+
+    fn open(path: &Path) -> SqliteStore {
+        SqliteStore::open(path, SqliteOptions::default()).expect("open")
+    }
+
+    async fn snapshot(
+        store: &SqliteStore,
+    ) -> (
+        Vec<(
+            InstanceRecord,
+            Vec<JournalEntry>,
+            Vec<AttemptRecord>,
+            Vec<SignalRecord>,
+        )>,
+        Vec<InstanceRecord>,
+    ) {
+        let mut all = Vec::new();
+        for r in store.list(ListFilter::default()).await.expect("list") {
+            let l = store.load(&r.id).await.expect("load").expect("exists");
+            assert_eq!(l.record, r);
+            all.push((l.record, l.journal, l.attempts, l.signals));
+        }
+        (all, store.unfinished().await.expect("unfinished"))
+    }
+
+    #[tokio::test]
+    async fn roundtrip_and_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("orch.db");
+        let store = open(&path);
+
+        let mut child = rec("b-child");
+        child.parent = Some("a".into());
+        child.workflow = "other".into();
+        for r in [rec("a"), child.clone(), rec("c")] {
+            assert!(matches!(store.create(r).await, Ok(Created::New)));
+        }
+        // Creating again returns the stored record unchanged.
+        let mut again = rec("a");
+        again.input = "\"different\"".into();
+        match store.create(again).await.expect("create again") {
+            Created::Existing(r) => assert_eq!(*r, rec("a")),
+            Created::New => panic!("duplicate create stored a new instance"),
+        }
+
+        let s1 = store
+            .add_signal("a", "go", "1".into(), 50)
+            .await
+            .expect("signal");
+        let s2 = store
+            .add_signal("a", "go", "2".into(), 51)
+            .await
+            .expect("signal");
+        assert!(s2 > s1);
+        let attempt = |seq, attempt| AttemptRecord {
+            seq,
+            attempt,
+            error: format!("boom {seq}/{attempt}"),
+            started_at: 1,
+            finished_at: 2,
+        };
+        store
+            .submit(vec![
+                WriteOp::Attempt {
+                    instance: "a".into(),
+                    record: attempt(1, 2),
+                },
+                WriteOp::Attempt {
+                    instance: "a".into(),
+                    record: attempt(1, 1),
+                },
+                append("a", 2),
+                append("a", 1),
+                WriteOp::ConsumeSignal {
+                    instance: "a".into(),
+                    signal: s1,
+                    seq: 2,
+                },
+                WriteOp::CustomStatus {
+                    instance: "a".into(),
+                    value: "\"half\"".into(),
+                    at: 60,
+                },
+                WriteOp::SetStatus {
+                    instance: "a".into(),
+                    status: Status::Suspended,
+                    wake_at: Some(999),
+                    at: 61,
+                },
+            ])
+            .await
+            .expect("submit a");
+        store
+            .submit(vec![
+                append("c", 1),
+                WriteOp::Finish {
+                    instance: "c".into(),
+                    status: Status::Completed,
+                    output: Some("42".into()),
+                    error: None,
+                    at: 70,
+                },
+                // Ignored: c is final.
+                WriteOp::SetStatus {
+                    instance: "c".into(),
+                    status: Status::Running,
+                    wake_at: Some(5),
+                    at: 71,
+                },
+                WriteOp::Finish {
+                    instance: "c".into(),
+                    status: Status::Failed,
+                    output: None,
+                    error: Some("late".into()),
+                    at: 72,
+                },
+            ])
+            .await
+            .expect("submit c");
+
+        let a = store.load("a").await.expect("load").expect("a exists");
+        let mut want_a = rec("a");
+        want_a.status = Status::Suspended;
+        want_a.wake_at = Some(999);
+        want_a.custom_status = Some("\"half\"".into());
+        want_a.updated_at = 61;
+        assert_eq!(a.record, want_a);
+        assert_eq!(a.journal, vec![entry(1), entry(2)]);
+        assert_eq!(a.attempts, vec![attempt(1, 1), attempt(1, 2)]);
+        assert_eq!(
+            a.signals,
+            vec![SignalRecord {
+                id: s2,
+                name: "go".into(),
+                payload: "2".into(),
+                received_at: 51
+            }]
+        );
+
+        let c = store.get("c").await.expect("get").expect("c exists");
+        let mut want_c = rec("c");
+        want_c.status = Status::Completed;
+        want_c.output = Some("42".into());
+        want_c.updated_at = 70;
+        assert_eq!(c, want_c);
+        assert!(store.get("nope").await.expect("get").is_none());
+        assert!(store.load("nope").await.expect("load").is_none());
+
+        let ids = |v: Vec<InstanceRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        let list = |f: ListFilter| store.list(f);
+        assert_eq!(
+            ids(list(ListFilter::default()).await.expect("list")),
+            ["a", "b-child", "c"]
+        );
+        assert_eq!(
+            ids(list(ListFilter::default().workflow("wf")).await.expect("l")),
+            ["a", "c"]
+        );
+        assert_eq!(
+            ids(list(ListFilter::default().status(Status::Completed))
+                .await
+                .expect("l")),
+            ["c"]
+        );
+        let by_parent = ListFilter {
+            parent: Some("a".into()),
+            ..Default::default()
+        };
+        assert_eq!(ids(list(by_parent).await.expect("l")), ["b-child"]);
+        let after = ListFilter {
+            after_id: Some("a".into()),
+            limit: 1,
+            ..Default::default()
+        };
+        assert_eq!(ids(list(after).await.expect("l")), ["b-child"]);
+        assert_eq!(
+            ids(list(ListFilter::default().limit(2)).await.expect("l")),
+            ["a", "b-child"]
+        );
+        assert_eq!(
+            ids(store.unfinished().await.expect("unfinished")),
+            ["a", "b-child"]
+        );
+
+        let before = snapshot(&store).await;
+        drop(store);
+        let store = open(&path);
+        assert_eq!(snapshot(&store).await, before);
+        // Signal ids keep increasing across reopen.
+        let s3 = store
+            .add_signal("a", "go", "3".into(), 52)
+            .await
+            .expect("signal");
+        assert!(s3 > s2);
+    }
+
+    #[tokio::test]
+    async fn conflicts_fail_alone_inside_a_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir.path().join("orch.db"));
+        for id in ["a", "b", "c"] {
+            store.create(rec(id)).await.expect("create");
+        }
+        store.submit(vec![append("b", 1)]).await.expect("first");
+
+        // Queue everything before awaiting anything so it lands in few transactions.
+        let commits = vec![
+            store.submit(vec![append("a", 1)]),
+            store.submit(vec![append("b", 2), append("b", 1)]), // conflict: all-or-nothing
+            store.submit(vec![append("c", 1)]),
+            store.submit(vec![append("missing", 1)]),
+            store.submit(vec![append("a", 2)]),
+        ];
+        let mut results = Vec::new();
+        for c in commits {
+            results.push(c.await);
+        }
+        assert!(results[0].is_ok());
+        assert!(
+            matches!(&results[1], Err(StoreError::Conflict { instance, .. }) if instance == "b"),
+            "{:?}",
+            results[1]
+        );
+        assert!(results[2].is_ok());
+        assert!(matches!(&results[3], Err(StoreError::NotFound(id)) if id == "missing"));
+        assert!(results[4].is_ok());
+
+        let store = &store;
+        let journal = |id: &'static str| async move {
+            store.load(id).await.expect("load").expect("exists").journal
+        };
+        assert_eq!(journal("a").await, vec![entry(1), entry(2)]);
+        assert_eq!(
+            journal("b").await,
+            vec![entry(1)],
+            "the failed submission left nothing"
+        );
+        assert_eq!(journal("c").await, vec![entry(1)]);
+    }
+
+    #[tokio::test]
+    async fn group_commit_batches_queued_submissions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir.path().join("orch.db"));
+        store.create(rec("a")).await.expect("create");
+        let before = store.commits();
+        let pending: Vec<_> = (1..=1000)
+            .map(|seq| store.submit(vec![append("a", seq)]))
+            .collect();
+        for c in pending {
+            c.await.expect("commit");
+        }
+        let used = store.commits() - before;
+        eprintln!("group commit: 1000 submissions in {used} commits");
+        assert!(
+            (1..250).contains(&used),
+            "1000 submissions took {used} commits"
+        );
+        let journal = store
+            .load("a")
+            .await
+            .expect("load")
+            .expect("exists")
+            .journal;
+        assert_eq!(journal, (1..=1000).map(entry).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn refuses_foreign_files_without_changing_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = SqliteOptions::default;
+
+        let text = dir.path().join("notes.txt");
+        fs::write(&text, "hello, this is not a database\n".repeat(100)).expect("write");
+        let bytes = fs::read(&text).expect("read");
+        let err = SqliteStore::open(&text, opts())
+            .err()
+            .expect("text file refused");
+        assert!(
+            matches!(&err, StoreError::Foreign { detail, .. } if detail.contains("not a database")),
+            "{err}"
+        );
+        assert_eq!(fs::read(&text).expect("read"), bytes);
+
+        let other = dir.path().join("other.db");
+        {
+            let c = Connection::open(&other).expect("open");
+            c.execute_batch("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO users VALUES (1, 'x');")
+                .expect("setup");
+        }
+        let bytes = fs::read(&other).expect("read");
+        let err = SqliteStore::open(&other, opts())
+            .err()
+            .expect("foreign db refused");
+        assert!(
+            matches!(&err, StoreError::Foreign { detail, .. } if detail.contains("users")),
+            "{err}"
+        );
+        assert_eq!(fs::read(&other).expect("read"), bytes);
+        assert!(!dir.path().join("other.db-wal").exists());
+
+        let newer = dir.path().join("newer.db");
+        {
+            let c = Connection::open(&newer).expect("open");
+            c.execute_batch(
+                "CREATE TABLE orch_meta (key TEXT PRIMARY KEY, value TEXT);
+                 INSERT INTO orch_meta VALUES ('application', 'orch'), ('schema_version', '99');
+                 CREATE TABLE instances_v99 (id TEXT);",
+            )
+            .expect("setup");
+        }
+        let bytes = fs::read(&newer).expect("read");
+        let err = SqliteStore::open(&newer, opts())
+            .err()
+            .expect("newer db refused");
+        assert!(
+            matches!(
+                err,
+                StoreError::TooNew {
+                    found: 99,
+                    supported: SCHEMA_VERSION,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(fs::read(&newer).expect("read"), bytes);
+    }
+
+    #[test]
+    fn new_and_empty_files_get_the_schema_and_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let empty = dir.path().join("empty.db");
+        fs::write(&empty, b"").expect("write");
+        for _ in 0..2 {
+            let store = SqliteStore::open(
+                &empty,
+                SqliteOptions {
+                    synchronous: Synchronous::Normal,
+                    max_batch: 1,
+                },
+            )
+            .expect("open");
+            drop(store);
+        }
+        let c = Connection::open(&empty).expect("open");
+        let version: String = c
+            .query_row(
+                "SELECT value FROM orch_meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION.to_string());
+        let mode: String = c
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .expect("mode");
+        assert_eq!(mode, "wal");
+    }
+
+    #[tokio::test]
+    async fn add_signal_refuses_missing_and_finished_instances() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir.path().join("orch.db"));
+        let err = store
+            .add_signal("ghost", "go", "1".into(), 1)
+            .await
+            .expect_err("missing");
+        assert!(
+            matches!(&err, StoreError::NotFound(id) if id == "ghost"),
+            "{err}"
+        );
+
+        store.create(rec("a")).await.expect("create");
+        store
+            .submit(vec![WriteOp::Finish {
+                instance: "a".into(),
+                status: Status::Failed,
+                output: None,
+                error: Some("no".into()),
+                at: 5,
+            }])
+            .await
+            .expect("finish");
+        let err = store
+            .add_signal("a", "go", "1".into(), 6)
+            .await
+            .expect_err("finished");
+        assert!(
+            matches!(&err, StoreError::Finished { id, status: Status::Failed } if id == "a"),
+            "{err}"
+        );
+        let loaded = store.load("a").await.expect("load").expect("exists");
+        assert!(loaded.signals.is_empty());
+    }
+
+    #[tokio::test]
+    async fn close_flushes_then_refuses_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("orch.db");
+        let store = open(&path);
+        store.create(rec("a")).await.expect("create");
+        // Not awaited before close: close must still make them durable.
+        let queued: Vec<_> = (1..=10)
+            .map(|s| store.submit(vec![append("a", s)]))
+            .collect();
+        store.close().await.expect("close");
+        for c in queued {
+            c.await.expect("queued before close");
+        }
+        let err = store
+            .submit(vec![append("a", 11)])
+            .await
+            .expect_err("closed");
+        assert!(matches!(err, StoreError::Closed), "{err}");
+        assert!(matches!(
+            store.create(rec("b")).await,
+            Err(StoreError::Closed)
+        ));
+        assert!(matches!(
+            store.add_signal("a", "x", "1".into(), 1).await,
+            Err(StoreError::Closed)
+        ));
+        store.close().await.expect("closing twice is fine");
+        // Reads still work.
+        assert_eq!(
+            store
+                .load("a")
+                .await
+                .expect("load")
+                .expect("a")
+                .journal
+                .len(),
+            10
+        );
+        drop(store);
+
+        let store = open(&path);
+        let journal = store
+            .load("a")
+            .await
+            .expect("load")
+            .expect("exists")
+            .journal;
+        assert_eq!(journal, (1..=10).map(entry).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn drop_finishes_queued_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("orch.db");
+        let store = open(&path);
+        store.create(rec("a")).await.expect("create");
+        for s in 1..=5 {
+            drop(store.submit(vec![append("a", s)]));
+        }
+        drop(store);
+        let store = open(&path);
+        assert_eq!(
+            store
+                .load("a")
+                .await
+                .expect("load")
+                .expect("a")
+                .journal
+                .len(),
+            5
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_stored_values_are_errors_not_panics() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("orch.db");
+        let store = open(&path);
+        store.create(rec("a")).await.expect("create");
+        store.submit(vec![append("a", 1)]).await.expect("append");
+        drop(store);
+        {
+            let c = Connection::open(&path).expect("open");
+            c.execute_batch(
+                "UPDATE instances SET status = 'sleeping' WHERE id = 'a';
+                 UPDATE journal SET kind = 'teleport' WHERE instance = 'a';",
+            )
+            .expect("corrupt");
+        }
+        let store = open(&path);
+        let err = store.get("a").await.expect_err("bad status");
+        assert!(
+            matches!(&err, StoreError::Backend(m) if m.contains("`a`") && m.contains("sleeping")),
+            "{err}"
+        );
+        assert!(store.list(ListFilter::default()).await.is_err());
+        assert!(store.add_signal("a", "x", "1".into(), 1).await.is_err());
+        drop(store);
+        {
+            let c = Connection::open(&path).expect("open");
+            c.execute_batch("UPDATE instances SET status = 'running' WHERE id = 'a';")
+                .expect("fix");
+        }
+        let store = open(&path);
+        let err = store.load("a").await.expect_err("bad kind");
+        assert!(
+            matches!(&err, StoreError::Backend(m) if m.contains("teleport")),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,174 @@
+//! Attribute arguments (`key = value, …`) and the checks shared by both macros.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, quote};
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{Expr, FnArg, Ident, ItemFn, Lit, MetaNameValue, Pat, Token, Type};
+
+/// Collects several errors and reports them together.
+#[derive(Default)]
+pub struct Errors(Option<syn::Error>);
+
+impl Errors {
+    pub fn push(&mut self, span: Span, msg: impl std::fmt::Display) {
+        let e = syn::Error::new(span, msg);
+        match &mut self.0 {
+            Some(all) => all.combine(e),
+            None => self.0 = Some(e),
+        }
+    }
+    pub fn finish(self) -> Result<(), syn::Error> {
+        self.0.map_or(Ok(()), Err)
+    }
+}
+
+/// `key = value` pairs, each key known to the caller.
+pub struct Args {
+    pub pairs: Vec<(Ident, Expr)>,
+}
+
+impl Args {
+    pub fn parse(attr: TokenStream, known: &[&str], errors: &mut Errors) -> Args {
+        let parsed = match Punctuated::<MetaNameValue, Token![,]>::parse_terminated.parse2(attr) {
+            Ok(p) => p,
+            Err(e) => {
+                errors.push(
+                    e.span(),
+                    format!(
+                        "expected `key = value` pairs separated by commas (keys: {}); {e}",
+                        known.join(", ")
+                    ),
+                );
+                return Args { pairs: Vec::new() };
+            }
+        };
+        let mut pairs: Vec<(Ident, Expr)> = Vec::new();
+        for nv in parsed {
+            let Some(key) = nv.path.get_ident().cloned() else {
+                errors.push(
+                    nv.path.span(),
+                    format!("unknown option; expected one of: {}", known.join(", ")),
+                );
+                continue;
+            };
+            let key_s = key.to_string();
+            if !known.contains(&key_s.as_str()) {
+                errors.push(
+                    key.span(),
+                    format!(
+                        "unknown option `{key_s}`; expected one of: {}",
+                        known.join(", ")
+                    ),
+                );
+                continue;
+            }
+            if pairs.iter().any(|(k, _)| *k == key) {
+                errors.push(key.span(), format!("`{key_s}` is given twice"));
+                continue;
+            }
+            pairs.push((key, nv.value));
+        }
+        Args { pairs }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Expr> {
+        self.pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// A string-literal option.
+    pub fn string(&self, key: &str, errors: &mut Errors) -> Option<(String, Span)> {
+        let expr = self.get(key)?;
+        if let Expr::Lit(l) = expr
+            && let Lit::Str(s) = &l.lit
+        {
+            return Some((s.value(), s.span()));
+        }
+        errors.push(
+            expr.span(),
+            format!("`{key}` takes a string literal, e.g. {key} = \"...\""),
+        );
+        None
+    }
+
+    /// The path to the runtime crate (`crate = "…"`, default `::orch_runtime`).
+    pub fn krate(&self, errors: &mut Errors) -> TokenStream {
+        match self.string("crate", errors) {
+            Some((s, span)) => match syn::parse_str::<syn::Path>(&s) {
+                Ok(p) => p.to_token_stream(),
+                Err(_) => {
+                    errors.push(span, format!("`crate = \"{s}\"` is not a path"));
+                    quote!(::orch_runtime)
+                }
+            },
+            None => quote!(::orch_runtime),
+        }
+    }
+}
+
+/// One typed parameter: the name used to pass it on, its pattern and type.
+pub struct Param {
+    pub name: Ident,
+    pub pat: Pat,
+    pub ty: Type,
+}
+
+/// Reads the parameters; receivers are refused (the caller says why).
+pub fn params(func: &ItemFn, kind: &str, errors: &mut Errors) -> Vec<Param> {
+    let mut out = Vec::new();
+    for (i, arg) in func.sig.inputs.iter().enumerate() {
+        match arg {
+            FnArg::Receiver(r) => errors.push(
+                r.span(),
+                format!(
+                    "a {kind} must be a free function, not a method: move it out of the impl block"
+                ),
+            ),
+            FnArg::Typed(pt) => {
+                let name = match &*pt.pat {
+                    Pat::Ident(pi) => pi.ident.clone(),
+                    _ => Ident::new(&format!("__orch_arg{i}"), pt.pat.span()),
+                };
+                out.push(Param {
+                    name,
+                    pat: (*pt.pat).clone(),
+                    ty: (*pt.ty).clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// `Result<T, E>` → `Some(E)` when the type is spelled as a two-argument `Result`.
+pub fn result_error_type(ty: &Type) -> Option<Type> {
+    let Type::Path(tp) = ty else { return None };
+    let last = tp.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let syn::PathArguments::AngleBracketed(ab) = &last.arguments else {
+        return None;
+    };
+    let types: Vec<&Type> = ab
+        .args
+        .iter()
+        .filter_map(|a| match a {
+            syn::GenericArgument::Type(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    match types.as_slice() {
+        [_, e] => Some((*e).clone()),
+        _ => None,
+    }
+}
+
+/// The declared return type, `()` when omitted.
+pub fn return_type(func: &ItemFn) -> Type {
+    match &func.sig.output {
+        syn::ReturnType::Default => syn::parse_quote!(()),
+        syn::ReturnType::Type(_, ty) => (**ty).clone(),
+    }
+}

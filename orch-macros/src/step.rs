@@ -1,0 +1,172 @@
+//! `#[step]`: parse → validate → generate.
+
+use crate::args::{self, Args, Errors, Param};
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Expr, ItemFn, Type};
+
+const OPTIONS: &[&str] = &["name", "retry", "timeout", "crate"];
+
+struct Step {
+    func: ItemFn,
+    name: String,
+    params: Vec<Param>,
+    ret: Type,
+    error: Option<Type>,
+    retry: Option<Expr>,
+    timeout: Option<Expr>,
+    krate: TokenStream,
+}
+
+pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let func: ItemFn = match syn::parse2(item.clone()) {
+        Ok(f) => f,
+        // Not a function (or unparsable): let rustc report the user's own tokens.
+        Err(e) => {
+            let err = syn::Error::new(e.span(), "#[step] goes on an `async fn`").to_compile_error();
+            return quote!(#err #item);
+        }
+    };
+    match parse(attr, &func) {
+        Ok(step) => generate(&step),
+        Err(e) => {
+            let err = e.to_compile_error();
+            quote!(#err #func)
+        }
+    }
+}
+
+fn parse(attr: TokenStream, func: &ItemFn) -> Result<Step, syn::Error> {
+    let mut errors = Errors::default();
+    let args = Args::parse(attr, OPTIONS, &mut errors);
+    if func.sig.asyncness.is_none() {
+        errors.push(
+            func.sig.fn_token.span(),
+            "#[step] goes on an `async fn`: add `async`",
+        );
+    }
+    if let Some(c) = &func.sig.constness {
+        errors.push(c.span(), "a step cannot be `const`");
+    }
+    if let Some(v) = &func.sig.variadic {
+        errors.push(v.span(), "a step cannot be variadic");
+    }
+    let params = args::params(func, "step", &mut errors);
+    let name = args
+        .string("name", &mut errors)
+        .map(|(s, _)| s)
+        .unwrap_or_else(|| func.sig.ident.to_string());
+    let krate = args.krate(&mut errors);
+    errors.finish()?;
+    let ret = args::return_type(func);
+    Ok(Step {
+        error: args::result_error_type(&ret),
+        ret,
+        name,
+        params,
+        retry: args.get("retry").cloned(),
+        timeout: args.get("timeout").cloned(),
+        krate,
+        func: func.clone(),
+    })
+}
+
+fn generate(step: &Step) -> TokenStream {
+    let Step {
+        func,
+        name,
+        params,
+        ret,
+        error,
+        retry,
+        timeout,
+        krate,
+    } = step;
+    let attrs = &func.attrs;
+    let vis = &func.vis;
+    let ident = &func.sig.ident;
+    let generics = &func.sig.generics;
+    let where_clause = &generics.where_clause;
+    let block = &func.block;
+    let body_ident = format_ident!("__orch_step_body");
+    let body_params = params.iter().map(|p| {
+        let (pat, ty) = (&p.pat, &p.ty);
+        quote!(#pat: #ty)
+    });
+    let outer_params = params.iter().map(|p| {
+        let (name, ty) = (&p.name, &p.ty);
+        quote!(#name: #ty)
+    });
+    // Each attempt gets its own copy of the arguments; references copy for free.
+    let clones = params.iter().map(|p| {
+        let (name, ty) = (&p.name, &p.ty);
+        quote_spanned!(ty.span()=> <#ty as ::core::clone::Clone>::clone(&#name))
+    });
+    let retry = match retry {
+        Some(e) => {
+            quote_spanned!(e.span()=> { let __orch_retry: #krate::__private::Retry = #e; __orch_retry })
+        }
+        None => quote!(<#krate::__private::Retry as ::core::default::Default>::default()),
+    };
+    let timeout = match timeout {
+        Some(e) => {
+            quote_spanned!(e.span()=> ::core::option::Option::Some({ let __orch_timeout: ::core::time::Duration = #e; __orch_timeout }))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let policy = match error {
+        Some(err_ty) => quote! {
+            #krate::__private::ErrorPolicy::<#ret> {
+                judge: |__orch_r: &#ret| match __orch_r {
+                    ::core::result::Result::Ok(_) => ::core::option::Option::None,
+                    ::core::result::Result::Err(__orch_e) => {
+                        #[allow(unused_imports)]
+                        use #krate::__private::{ViaAlwaysRetry as _, ViaDisplay as _, ViaJson as _, ViaRetryable as _};
+                        ::core::option::Option::Some((
+                            (&#krate::__private::Probe(__orch_e)).__orch_describe(),
+                            (&#krate::__private::Probe(__orch_e)).__orch_retryable(),
+                        ))
+                    }
+                },
+                rescue: |__orch_f| {
+                    #[allow(unused_imports)]
+                    use #krate::__private::{ViaFrom as _, ViaNoFrom as _};
+                    (&#krate::__private::RescueProbe::<#err_ty>::new())
+                        .__orch_rescue(__orch_f)
+                        .map(::core::result::Result::Err)
+                },
+            }
+        },
+        None => quote! {
+            #krate::__private::ErrorPolicy::<#ret> {
+                judge: |_| ::core::option::Option::None,
+                rescue: |_| ::core::option::Option::None,
+            }
+        },
+    };
+    let serde_check = if generics.params.is_empty() {
+        quote_spanned!(ret.span()=> #krate::__private::assert_serde::<#ret>();)
+    } else {
+        quote!()
+    };
+    let fn_token = &func.sig.fn_token;
+    quote! {
+        #(#attrs)*
+        #vis #fn_token #ident #generics (#(#outer_params),*) -> impl ::core::future::Future<Output = #ret> #where_clause {
+            let __orch_call = #krate::__private::begin_step(#name);
+            async move {
+                #serde_check
+                #[allow(clippy::all, unused_mut)]
+                async fn #body_ident #generics (#(#body_params),*) -> #ret #where_clause #block
+                let __orch_options = #krate::__private::StepOptions { retry: #retry, timeout: #timeout };
+                #krate::__private::run_step(
+                    __orch_call,
+                    __orch_options,
+                    || #body_ident(#(#clones),*),
+                    #policy,
+                ).await
+            }
+        }
+    }
+}

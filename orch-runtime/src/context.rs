@@ -1,0 +1,339 @@
+//! The task-local workflow context: sequence numbers, the loaded journal, waiters.
+//!
+//! Every durable operation asks [`WorkflowCtx::begin`] for the next seq when it is *created*
+//! (not when first polled), so `join!` assigns seqs in the order the futures are written.
+
+use crate::engine::Inner;
+use crate::store::{
+    Commit, EntryKind, JournalEntry, LoadedInstance, Millis, SignalRecord, StoreError, WriteOp,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+
+tokio::task_local! {
+    static SCOPE: Scope;
+    static BACKGROUND: ();
+}
+
+/// Where the current code runs.
+#[derive(Clone)]
+pub(crate) enum Scope {
+    /// Inside a workflow body run by the engine.
+    Workflow(Arc<WorkflowCtx>),
+    /// Inside the body of a durable step.
+    Step(Arc<StepInfo>),
+}
+
+/// The step that is running, as seen from its body.
+#[derive(Clone, Debug)]
+pub struct StepInfo {
+    /// The workflow instance.
+    pub instance: String,
+    /// The step's seq in that instance's journal.
+    pub seq: u32,
+    /// The step's name.
+    pub name: &'static str,
+    /// 1-based attempt number.
+    pub attempt: u32,
+}
+
+impl StepInfo {
+    /// `instance/seq`: the same on every attempt and after every restart.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}/{}", self.instance, self.seq)
+    }
+}
+
+pub(crate) fn current() -> Option<Scope> {
+    SCOPE.try_with(|s| s.clone()).ok()
+}
+
+pub(crate) async fn in_scope<F: std::future::Future>(scope: Scope, fut: F) -> F::Output {
+    SCOPE.scope(scope, fut).await
+}
+
+pub(crate) fn sync_scope<R>(scope: Scope, f: impl FnOnce() -> R) -> R {
+    SCOPE.sync_scope(scope, f)
+}
+
+pub(crate) fn in_background() -> bool {
+    BACKGROUND.try_with(|_| ()).is_ok()
+}
+
+pub(crate) async fn as_background<F: std::future::Future>(fut: F) -> F::Output {
+    BACKGROUND.scope((), fut).await
+}
+
+/// Why an instance must stop being driven.
+#[derive(Clone, Debug)]
+pub(crate) enum Halt {
+    /// The journal does not match the code.
+    Incompatible(String),
+    /// An unrecoverable failure (a step that failed in a way its type cannot express).
+    Failed(String),
+    /// The store refused a checkpoint: unload and retry later.
+    Store(StoreError),
+}
+
+/// The outcome of asking for the next seq.
+pub(crate) enum Begin {
+    /// Already recorded: replay this entry.
+    Replay(JournalEntry),
+    /// Not recorded: execute as `seq`.
+    Fresh(u32),
+    /// The instance is halting; the operation must never complete.
+    Halted,
+}
+
+struct Waiter {
+    wake_at: Option<Millis>,
+    waker: Waker,
+}
+
+#[derive(Default)]
+struct State {
+    next_seq: u32,
+    journal: HashMap<u32, JournalEntry>,
+    max_recorded: u32,
+    failed_attempts: HashMap<u32, u32>,
+    signals: Vec<SignalRecord>,
+    halt: Option<Halt>,
+    inflight: usize,
+    waiters: BTreeMap<u32, Waiter>,
+    wakeups: u64,
+    unawaited: Vec<Commit>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// One loaded instance's durable state.
+pub(crate) struct WorkflowCtx {
+    pub(crate) id: String,
+    pub(crate) version: &'static str,
+    pub(crate) recorded_version: String,
+    pub(crate) engine: Arc<Inner>,
+    state: Mutex<State>,
+}
+
+/// Counts an operation that is executing right now (a step, a short timer, background work):
+/// while any exists, the instance is not idle and stays loaded.
+pub(crate) struct InflightGuard(Arc<WorkflowCtx>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.inflight = st.inflight.saturating_sub(1);
+    }
+}
+
+/// Removes a waiter when the waiting future completes or is dropped.
+pub(crate) struct WaiterGuard {
+    ctx: Arc<WorkflowCtx>,
+    seq: u32,
+}
+
+impl Drop for WaiterGuard {
+    fn drop(&mut self) {
+        self.ctx.lock().waiters.remove(&self.seq);
+    }
+}
+
+impl WorkflowCtx {
+    pub(crate) fn new(
+        engine: Arc<Inner>,
+        version: &'static str,
+        loaded: LoadedInstance,
+    ) -> Arc<WorkflowCtx> {
+        let mut st = State::default();
+        for a in &loaded.attempts {
+            *st.failed_attempts.entry(a.seq).or_default() += 1;
+        }
+        st.max_recorded = loaded.journal.iter().map(|e| e.seq).max().unwrap_or(0);
+        st.journal = loaded.journal.into_iter().map(|e| (e.seq, e)).collect();
+        st.signals = loaded.signals;
+        Arc::new(WorkflowCtx {
+            id: loaded.record.id,
+            version,
+            recorded_version: loaded.record.version,
+            engine,
+            state: Mutex::new(st),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn now_ms(&self) -> Millis {
+        self.engine.clock.now_ms()
+    }
+
+    /// Reserves the next seq for an operation of `kind` named `name`, checking it against the
+    /// journal.
+    pub(crate) fn begin(&self, kind: EntryKind, name: &str) -> Begin {
+        let mut st = self.lock();
+        if st.halt.is_some() {
+            return Begin::Halted;
+        }
+        st.next_seq += 1;
+        let seq = st.next_seq;
+        match st.journal.get(&seq) {
+            None => Begin::Fresh(seq),
+            Some(e) if e.kind == kind && e.name == name => Begin::Replay(e.clone()),
+            Some(e) => {
+                let msg = format!(
+                    "at seq {seq} the journal recorded {} but the code now calls {} \
+                     (instance started under version {}, current code is version {}); \
+                     deploy the version that started it to let it finish, or branch with \
+                     orch::patched for old instances",
+                    describe(e.kind, &e.name),
+                    describe(kind, name),
+                    self.recorded_version,
+                    self.version,
+                );
+                st.halt = Some(Halt::Incompatible(msg));
+                Begin::Halted
+            }
+        }
+    }
+
+    /// Called when the body has returned: a journal with entries the code never reached does
+    /// not match the code either.
+    pub(crate) fn check_fully_replayed(&self) -> Result<(), String> {
+        let st = self.lock();
+        if st.max_recorded > st.next_seq {
+            let first = (st.next_seq + 1..=st.max_recorded)
+                .find_map(|s| st.journal.get(&s))
+                .map(|e| format!(" (seq {}: {})", e.seq, describe(e.kind, &e.name)))
+                .unwrap_or_default();
+            return Err(format!(
+                "the code finished after seq {} but the journal records {} operations{first} \
+                 (instance started under version {}, current code is version {})",
+                st.next_seq, st.max_recorded, self.recorded_version, self.version
+            ));
+        }
+        Ok(())
+    }
+
+    /// Appends `entry` (and `extra` writes) to the journal; the commit resolves when durable.
+    pub(crate) fn record(&self, entry: JournalEntry, extra: Vec<WriteOp>) -> Commit {
+        let mut ops = Vec::with_capacity(1 + extra.len());
+        ops.push(WriteOp::Append {
+            instance: self.id.clone(),
+            entry: entry.clone(),
+        });
+        ops.extend(extra);
+        let mut st = self.lock();
+        st.journal.insert(entry.seq, entry);
+        // Submitting under the lock keeps this instance's writes in seq-decision order.
+        self.engine.store.submit(ops)
+    }
+
+    /// Appends without waiting. Later awaited commits imply this one (writes apply in order);
+    /// the engine checks these before suspending or finishing.
+    pub(crate) fn record_later(&self, entry: JournalEntry, extra: Vec<WriteOp>) {
+        let commit = self.record(entry, extra);
+        self.lock().unawaited.push(commit);
+    }
+
+    /// Queues a write that is not a journal entry, without waiting.
+    pub(crate) fn write_later(&self, ops: Vec<WriteOp>) {
+        let commit = self.engine.store.submit(ops);
+        self.lock().unawaited.push(commit);
+    }
+
+    pub(crate) fn take_unawaited(&self) -> Vec<Commit> {
+        std::mem::take(&mut self.lock().unawaited)
+    }
+
+    pub(crate) fn failed_attempts(&self, seq: u32) -> u32 {
+        self.lock().failed_attempts.get(&seq).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn halt(&self, halt: Halt) {
+        let mut st = self.lock();
+        if st.halt.is_none() {
+            st.halt = Some(halt);
+        }
+    }
+
+    pub(crate) fn halted(&self) -> Option<Halt> {
+        self.lock().halt.clone()
+    }
+
+    pub(crate) fn inflight(self: &Arc<Self>) -> InflightGuard {
+        self.lock().inflight += 1;
+        InflightGuard(self.clone())
+    }
+
+    /// Registers the operation at `seq` as waiting (for a timer at `wake_at`, a signal or a
+    /// child) with the waker to call when something it may be waiting for arrives.
+    pub(crate) fn wait(self: &Arc<Self>, seq: u32, wake_at: Option<Millis>, waker: &Waker) {
+        self.lock().waiters.insert(
+            seq,
+            Waiter {
+                wake_at,
+                waker: waker.clone(),
+            },
+        );
+    }
+
+    pub(crate) fn waiter_guard(self: &Arc<Self>, seq: u32) -> WaiterGuard {
+        WaiterGuard {
+            ctx: self.clone(),
+            seq,
+        }
+    }
+
+    /// Wakes every waiter (a signal or a child's result may have arrived).
+    pub(crate) fn wake_all(&self) {
+        let mut st = self.lock();
+        st.wakeups += 1;
+        for w in st.waiters.values() {
+            w.waker.wake_by_ref();
+        }
+    }
+
+    pub(crate) fn wakeups(&self) -> u64 {
+        self.lock().wakeups
+    }
+
+    /// `Some(earliest timer)` when nothing is executing and the body only waits on durable
+    /// things, so the instance can be unloaded; `Some(None)` when it waits on signals or
+    /// children only; `None` when it is busy.
+    pub(crate) fn idle(&self) -> Option<Option<Millis>> {
+        let st = self.lock();
+        if st.inflight > 0 || st.waiters.is_empty() {
+            return None;
+        }
+        Some(st.waiters.values().filter_map(|w| w.wake_at).min())
+    }
+
+    pub(crate) fn deliver_signal(&self, signal: SignalRecord) {
+        self.lock().signals.push(signal);
+        self.wake_all();
+    }
+
+    /// Removes and returns the oldest unconsumed signal named `name`.
+    pub(crate) fn take_signal(&self, name: &str) -> Option<SignalRecord> {
+        let mut st = self.lock();
+        let pos = st.signals.iter().position(|s| s.name == name)?;
+        Some(st.signals.remove(pos))
+    }
+
+    pub(crate) fn add_background(&self, handle: tokio::task::JoinHandle<()>) {
+        self.lock().background.push(handle);
+    }
+
+    pub(crate) fn take_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        std::mem::take(&mut self.lock().background)
+    }
+}
+
+fn describe(kind: EntryKind, name: &str) -> String {
+    if name.is_empty() {
+        format!("`{kind}()`")
+    } else {
+        format!("{kind} `{name}`")
+    }
+}

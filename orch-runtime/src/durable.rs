@@ -1,0 +1,521 @@
+//! Durable primitives for workflow bodies: timers, time, randomness, signals, custom status,
+//! background work and child workflows.
+//!
+//! Each call is journaled when it is *made* (not when first polled) and replayed on resume.
+//! Outside a running workflow they behave as plain calls (a timer is a plain timer, `now` reads
+//! the clock) so a workflow can be called and unit-tested as an ordinary async function.
+//! Inside a step body they are a mistake and panic with a message saying so; the panic is
+//! recorded as a failed attempt of that step.
+
+use crate::context::{self, Begin, Halt, Scope, StepInfo, WorkflowCtx};
+use crate::store::{EntryKind, JournalEntry, Millis, WriteOp};
+use crate::workflow::Workflow;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A durable operation in progress.
+pub type Durable<T> = BoxFuture<'static, T>;
+
+fn misuse(what: &str, step: &StepInfo) -> ! {
+    panic!(
+        "orch::{what} was called inside step `{}`: durable primitives work only in a #[workflow] \
+         body (a step's work is journaled as one unit); move the call into the workflow",
+        step.name
+    )
+}
+
+fn parked<T: Send + 'static>() -> Durable<T> {
+    Box::pin(std::future::pending())
+}
+
+fn entry(seq: u32, kind: EntryKind, name: &str, outcome: String, at: Millis) -> JournalEntry {
+    JournalEntry {
+        seq,
+        kind,
+        name: name.to_string(),
+        outcome,
+        attempts: 1,
+        started_at: at,
+        finished_at: at,
+    }
+}
+
+fn to_json<T: Serialize>(ctx: &WorkflowCtx, what: &str, value: &T) -> Option<String> {
+    match serde_json::to_string(value) {
+        Ok(json) => Some(json),
+        Err(e) => {
+            ctx.halt(Halt::Failed(format!(
+                "{what}: the value cannot be serialized: {e}"
+            )));
+            None
+        }
+    }
+}
+
+fn from_json<T: DeserializeOwned>(ctx: &WorkflowCtx, e: &JournalEntry) -> Option<T> {
+    match serde_json::from_str(&e.outcome) {
+        Ok(v) => Some(v),
+        Err(err) => {
+            ctx.halt(Halt::Incompatible(format!(
+                "at seq {} the recorded {} `{}` does not deserialize into the type the code now \
+                 expects ({err}); recorded under version {}, current version {}",
+                e.seq, e.kind, e.name, ctx.recorded_version, ctx.version
+            )));
+            None
+        }
+    }
+}
+
+/// Records (or replays) a value produced once: `now`, `random`, `uuid`.
+fn recorded<T>(kind: EntryKind, make: impl FnOnce() -> T) -> Durable<T>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
+    match context::current() {
+        None => Box::pin(std::future::ready(make())),
+        Some(Scope::Step(step)) => misuse(kind.as_str(), &step),
+        Some(Scope::Workflow(ctx)) => match ctx.begin(kind, "") {
+            Begin::Halted => parked(),
+            Begin::Replay(e) => match from_json(&ctx, &e) {
+                Some(v) => Box::pin(std::future::ready(v)),
+                None => parked(),
+            },
+            Begin::Fresh(seq) => {
+                let value = make();
+                let Some(json) = to_json(&ctx, kind.as_str(), &value) else {
+                    return parked();
+                };
+                ctx.record_later(entry(seq, kind, "", json, ctx.now_ms()), Vec::new());
+                Box::pin(std::future::ready(value))
+            }
+        },
+    }
+}
+
+fn system_time(ms: Millis) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+fn millis(t: SystemTime) -> Millis {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+/// The current time, recorded: replay returns the same instant.
+pub fn now() -> Durable<SystemTime> {
+    let f = recorded(EntryKind::Now, || millis(SystemTime::now()));
+    Box::pin(f.map(system_time))
+}
+
+/// A random number, recorded: replay returns the same number.
+pub fn random() -> Durable<u64> {
+    recorded(EntryKind::Random, || fastrand::u64(..))
+}
+
+/// A random UUID (v4), recorded: replay returns the same id.
+pub fn uuid() -> Durable<uuid::Uuid> {
+    recorded(EntryKind::Uuid, uuid::Uuid::new_v4)
+}
+
+/// A durable timer: survives restarts; a long wait unloads the instance from memory.
+pub fn sleep(duration: Duration) -> Durable<()> {
+    timer(Target::After(duration))
+}
+
+/// Waits until the wall-clock time `until` (durably, like [`sleep`]).
+pub fn sleep_until(until: SystemTime) -> Durable<()> {
+    timer(Target::At(until))
+}
+
+enum Target {
+    After(Duration),
+    At(SystemTime),
+}
+
+fn timer(target: Target) -> Durable<()> {
+    match context::current() {
+        None => Box::pin(async move {
+            match target {
+                Target::After(d) => tokio::time::sleep(d).await,
+                Target::At(t) => {
+                    let d = t.duration_since(SystemTime::now()).unwrap_or_default();
+                    tokio::time::sleep(d).await
+                }
+            }
+        }),
+        Some(Scope::Step(step)) => misuse("sleep", &step),
+        Some(Scope::Workflow(ctx)) => match ctx.begin(EntryKind::Sleep, "") {
+            Begin::Halted => parked(),
+            Begin::Replay(e) => match from_json::<Millis>(&ctx, &e) {
+                Some(fire_at) => Box::pin(wait_until(ctx, e.seq, fire_at)),
+                None => parked(),
+            },
+            Begin::Fresh(seq) => {
+                let now = ctx.now_ms();
+                let fire_at = match target {
+                    Target::After(d) => now.saturating_add(d.as_millis() as Millis),
+                    Target::At(t) => millis(t),
+                };
+                ctx.record_later(
+                    entry(seq, EntryKind::Sleep, "", fire_at.to_string(), now),
+                    Vec::new(),
+                );
+                Box::pin(wait_until(ctx, seq, fire_at))
+            }
+        },
+    }
+}
+
+/// Waits for `fire_at`. Short waits keep the instance loaded; long ones let it suspend.
+async fn wait_until(ctx: Arc<WorkflowCtx>, seq: u32, fire_at: Millis) {
+    let remaining = fire_at - ctx.now_ms();
+    if remaining <= 0 {
+        return;
+    }
+    let remaining = Duration::from_millis(remaining as u64);
+    if remaining <= ctx.engine.keep_loaded {
+        let _busy = ctx.inflight();
+        tokio::time::sleep(remaining).await;
+        return;
+    }
+    let _waiting = ctx.waiter_guard(seq);
+    let mut alarm = Box::pin(tokio::time::sleep(remaining));
+    std::future::poll_fn(|cx| {
+        if alarm.as_mut().poll(cx).is_ready() || ctx.now_ms() >= fire_at {
+            return Poll::Ready(());
+        }
+        ctx.wait(seq, Some(fire_at), cx.waker());
+        Poll::Pending
+    })
+    .await
+}
+
+/// Sets the custom status shown for this instance ("where is my order?"), journaled.
+pub fn set_status<T: Serialize>(status: T) -> Durable<()> {
+    match context::current() {
+        None => Box::pin(std::future::ready(())),
+        Some(Scope::Step(step)) => misuse("set_status", &step),
+        Some(Scope::Workflow(ctx)) => match ctx.begin(EntryKind::Status, "") {
+            Begin::Halted => parked(),
+            Begin::Replay(_) => Box::pin(std::future::ready(())),
+            Begin::Fresh(seq) => {
+                let Some(json) = to_json(&ctx, "set_status", &status) else {
+                    return parked();
+                };
+                if let Err(e) = crate::limits::check_payload("custom status", &json) {
+                    ctx.halt(Halt::Failed(e.to_string()));
+                    return parked();
+                }
+                let now = ctx.now_ms();
+                let update = WriteOp::CustomStatus {
+                    instance: ctx.id.clone(),
+                    value: json.clone(),
+                    at: now,
+                };
+                ctx.record_later(entry(seq, EntryKind::Status, "", json, now), vec![update]);
+                Box::pin(std::future::ready(()))
+            }
+        },
+    }
+}
+
+/// Waits for the signal `name` (sent with `Runtime::signal`) and returns its payload.
+/// Signals sent before the workflow waits are kept until it does.
+pub fn signal<T: DeserializeOwned + Send + 'static>(name: &str) -> Durable<T> {
+    let f = receive::<T>(name, None);
+    Box::pin(async move {
+        match f.await {
+            Some(v) => v,
+            None => std::future::pending().await,
+        }
+    })
+}
+
+/// Like [`signal`], but gives up after `timeout` and returns `None`.
+pub fn signal_with_timeout<T: DeserializeOwned + Send + 'static>(
+    name: &str,
+    timeout: Duration,
+) -> Durable<Option<T>> {
+    receive(name, Some(timeout))
+}
+
+#[derive(Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Received {
+    Payload(serde_json::Value),
+    TimedOut,
+}
+
+fn receive<T: DeserializeOwned + Send + 'static>(
+    name: &str,
+    timeout: Option<Duration>,
+) -> Durable<Option<T>> {
+    let ctx = match context::current() {
+        None => panic!(
+            "orch::signal(\"{name}\") needs a running workflow: start the workflow with a \
+             Runtime to receive signals"
+        ),
+        Some(Scope::Step(step)) => misuse("signal", &step),
+        Some(Scope::Workflow(ctx)) => ctx,
+    };
+    let deadline = match timeout {
+        None => None,
+        Some(d) => match ctx.begin(EntryKind::Deadline, name) {
+            Begin::Halted => return parked(),
+            Begin::Replay(e) => match from_json::<Millis>(&ctx, &e) {
+                Some(at) => Some(at),
+                None => return parked(),
+            },
+            Begin::Fresh(seq) => {
+                let now = ctx.now_ms();
+                let at = now.saturating_add(d.as_millis() as Millis);
+                ctx.record_later(
+                    entry(seq, EntryKind::Deadline, name, at.to_string(), now),
+                    Vec::new(),
+                );
+                Some(at)
+            }
+        },
+    };
+    let seq = match ctx.begin(EntryKind::Signal, name) {
+        Begin::Halted => return parked(),
+        Begin::Replay(e) => {
+            return match from_json::<Received>(&ctx, &e) {
+                Some(Received::TimedOut) => Box::pin(std::future::ready(None)),
+                Some(Received::Payload(v)) => match serde_json::from_value::<T>(v) {
+                    Ok(v) => Box::pin(std::future::ready(Some(v))),
+                    Err(err) => {
+                        ctx.halt(Halt::Incompatible(format!(
+                            "at seq {} the recorded payload of signal `{}` does not deserialize \
+                             into the type the code now expects: {err}",
+                            e.seq, e.name
+                        )));
+                        parked()
+                    }
+                },
+                None => parked(),
+            };
+        }
+        Begin::Fresh(seq) => seq,
+    };
+    let name = name.to_string();
+    Box::pin(async move {
+        let _waiting = ctx.waiter_guard(seq);
+        let mut alarm = deadline.map(|at| {
+            let left = (at - ctx.now_ms()).max(0) as u64;
+            Box::pin(tokio::time::sleep(Duration::from_millis(left)))
+        });
+        std::future::poll_fn(|cx| {
+            while let Some(sig) = ctx.take_signal(&name) {
+                let value: serde_json::Value = match serde_json::from_str(&sig.payload) {
+                    Ok(v) => v,
+                    Err(_) => serde_json::Value::Null,
+                };
+                match serde_json::from_value::<T>(value.clone()) {
+                    Ok(v) => {
+                        let json = serde_json::to_string(&Received::Payload(value))
+                            .unwrap_or_else(|_| "\"timed_out\"".into());
+                        let consume = WriteOp::ConsumeSignal {
+                            instance: ctx.id.clone(),
+                            signal: sig.id,
+                            seq,
+                        };
+                        let now = ctx.now_ms();
+                        ctx.record_later(
+                            entry(seq, EntryKind::Signal, &name, json, now),
+                            vec![consume],
+                        );
+                        return Poll::Ready(Some(v));
+                    }
+                    Err(err) => {
+                        tracing::warn!(
+                            instance = %ctx.id, signal = %name, error = %err,
+                            "signal payload does not fit the type the workflow waits for; discarded"
+                        );
+                        ctx.write_later(vec![WriteOp::ConsumeSignal {
+                            instance: ctx.id.clone(),
+                            signal: sig.id,
+                            seq: 0,
+                        }]);
+                    }
+                }
+            }
+            if let Some(at) = deadline {
+                let fired = alarm
+                    .as_mut()
+                    .is_some_and(|a| a.as_mut().poll(cx).is_ready());
+                if fired || ctx.now_ms() >= at {
+                    let json = serde_json::to_string(&Received::TimedOut)
+                        .unwrap_or_else(|_| "\"timed_out\"".into());
+                    let now = ctx.now_ms();
+                    ctx.record_later(entry(seq, EntryKind::Signal, &name, json, now), Vec::new());
+                    return Poll::Ready(None);
+                }
+            }
+            ctx.wait(seq, deadline, cx.waker());
+            Poll::Pending
+        })
+        .await
+    })
+}
+
+/// Runs optional work (usually a step) beside the workflow: its outcome is journaled, its
+/// failure never fails the workflow. The instance finishes once background work has settled.
+pub fn background<F>(work: F)
+where
+    F: std::future::Future + Send + 'static,
+{
+    let quiet = async move {
+        let _ = AssertUnwindSafe(work).catch_unwind().await;
+    };
+    match context::current() {
+        Some(Scope::Workflow(ctx)) => {
+            let busy = ctx.inflight();
+            let scope = Scope::Workflow(ctx.clone());
+            let task = tokio::spawn(context::in_scope(
+                scope,
+                context::as_background(async move {
+                    quiet.await;
+                    drop(busy);
+                }),
+            ));
+            ctx.add_background(task);
+        }
+        Some(Scope::Step(step)) => misuse("background", &step),
+        None => match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn(quiet)),
+            Err(_) => tracing::warn!("orch::background outside a tokio runtime: work dropped"),
+        },
+    }
+}
+
+/// The idempotency key of the running step (`instance/seq`): the same on every attempt and
+/// after restarts, so services can deduplicate. Outside a durable step: a fresh random key.
+pub fn idempotency_key() -> String {
+    match context::current() {
+        Some(Scope::Step(step)) => step.idempotency_key(),
+        _ => uuid::Uuid::new_v4().simple().to_string(),
+    }
+}
+
+/// The running durable step, if any.
+pub fn current_step() -> Option<StepInfo> {
+    match context::current() {
+        Some(Scope::Step(step)) => Some((*step).clone()),
+        _ => None,
+    }
+}
+
+/// The instance id of the running workflow (or of the step's workflow), if any.
+pub fn instance_id() -> Option<String> {
+    match context::current() {
+        Some(Scope::Step(step)) => Some(step.instance.clone()),
+        Some(Scope::Workflow(ctx)) => Some(ctx.id.clone()),
+        None => None,
+    }
+}
+
+/// Calls workflow `W`: a child workflow inside a running workflow, a plain call elsewhere.
+pub fn call_workflow<W: Workflow>(input: W::Input) -> Durable<W::Output> {
+    let ctx = match context::current() {
+        None | Some(Scope::Step(_)) => return W::run(input),
+        Some(Scope::Workflow(ctx)) => ctx,
+    };
+    let seq = match ctx.begin(EntryKind::Child, W::NAME) {
+        Begin::Halted => return parked(),
+        Begin::Replay(e) => {
+            return match from_json::<W::Output>(&ctx, &e) {
+                Some(v) => Box::pin(std::future::ready(v)),
+                None => parked(),
+            };
+        }
+        Begin::Fresh(seq) => seq,
+    };
+    let Some(input) = to_json(&ctx, W::NAME, &input) else {
+        return parked();
+    };
+    Box::pin(async move {
+        let child_id = format!("{}:{seq}", ctx.id);
+        let inner = ctx.engine.clone();
+        let started = ctx.now_ms();
+        let step = async {
+            let _busy = ctx.inflight();
+            let def = inner.registry.get(W::NAME)?;
+            inner
+                .start(def, Some(child_id.clone()), input, Some(ctx.id.clone()))
+                .await
+        };
+        if let Err(e) = step.await {
+            ctx.halt(Halt::Failed(format!(
+                "cannot start child workflow `{}`: {e}",
+                W::NAME
+            )));
+            return std::future::pending().await;
+        }
+        loop {
+            let seen = ctx.wakeups();
+            let record = {
+                let _busy = ctx.inflight();
+                inner.store.get(&child_id).await
+            };
+            let record = match record {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    ctx.halt(Halt::Failed(format!(
+                        "child workflow `{child_id}` vanished from the store"
+                    )));
+                    return std::future::pending().await;
+                }
+                Err(e) => {
+                    ctx.halt(Halt::Store(e));
+                    return std::future::pending().await;
+                }
+            };
+            if record.status.is_final() {
+                let Some(output) = record
+                    .output
+                    .filter(|_| record.status != crate::store::Status::Incompatible)
+                else {
+                    let msg = format!(
+                        "child workflow `{}` (instance `{child_id}`) ended {}: {}",
+                        W::NAME,
+                        record.status,
+                        record.error.unwrap_or_default()
+                    );
+                    ctx.halt(Halt::Failed(msg));
+                    return std::future::pending().await;
+                };
+                let value: W::Output = match serde_json::from_str(&output) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        ctx.halt(Halt::Failed(format!(
+                            "child workflow `{child_id}` output does not fit `{}`'s output type: {e}",
+                            W::NAME
+                        )));
+                        return std::future::pending().await;
+                    }
+                };
+                let mut e = entry(seq, EntryKind::Child, W::NAME, output, started);
+                e.finished_at = ctx.now_ms();
+                ctx.record_later(e, Vec::new());
+                return value;
+            }
+            let _waiting = ctx.waiter_guard(seq);
+            std::future::poll_fn(|cx| {
+                if ctx.wakeups() != seen {
+                    return Poll::Ready(());
+                }
+                ctx.wait(seq, None, cx.waker());
+                Poll::Pending
+            })
+            .await;
+        }
+    })
+}

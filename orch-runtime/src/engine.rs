@@ -1,0 +1,526 @@
+//! The engine: instance lifecycle, driving, suspension, timers, recovery.
+//!
+//! An instance is *loaded* while a task drives its workflow future. When the future waits only
+//! on durable things (a long timer, a signal, a child) the task writes `suspended`, drops the
+//! future and exits: a suspended instance costs a row, not memory. A timer, a signal or a
+//! child's completion loads it again, and the journal replays it to where it stopped.
+
+use crate::context::{self, Halt, Scope, WorkflowCtx};
+use crate::error::Error;
+use crate::limits;
+use crate::store::{InstanceRecord, Millis, SignalRecord, Status, Store, WriteOp};
+use crate::workflow::{ErasedOutput, Registry, WorkflowDef};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::Poll;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::AbortHandle;
+
+/// Wall-clock time in milliseconds.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Clock;
+
+impl Clock {
+    pub(crate) fn now_ms(&self) -> Millis {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as Millis)
+            .unwrap_or(0)
+    }
+}
+
+/// A loaded (or loading) instance.
+struct Slot {
+    ctx: Option<Arc<WorkflowCtx>>,
+    /// Something happened while the context was not yet published: reload from the store.
+    woken: bool,
+    task: Option<AbortHandle>,
+}
+
+/// Shared engine state.
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) registry: Registry,
+    pub(crate) clock: Clock,
+    /// Timers shorter than this keep the instance loaded instead of suspending it.
+    pub(crate) keep_loaded: Duration,
+    permits: Arc<Semaphore>,
+    loaded: Mutex<HashMap<String, Slot>>,
+    watchers: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
+    timers: mpsc::UnboundedSender<(Millis, String)>,
+    timer_task: Mutex<Option<AbortHandle>>,
+    closing: AtomicBool,
+    handle: tokio::runtime::Handle,
+}
+
+enum Event {
+    Done(ErasedOutput),
+    Panicked(String),
+    Halted(Halt),
+    Idle(Option<Millis>),
+}
+
+enum Next {
+    Done,
+    Reload,
+    RetryLater,
+}
+
+/// How long to wait before loading an instance again after a storage error.
+const RETRY_AFTER_STORE_ERROR: Duration = Duration::from_secs(1);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Inner {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        registry: Registry,
+        max_running: usize,
+        keep_loaded: Duration,
+    ) -> Arc<Inner> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            store,
+            registry,
+            clock: Clock,
+            keep_loaded,
+            permits: Arc::new(Semaphore::new(max_running.max(1))),
+            loaded: Mutex::new(HashMap::new()),
+            watchers: Mutex::new(HashMap::new()),
+            timers: tx,
+            timer_task: Mutex::new(None),
+            closing: AtomicBool::new(false),
+            handle: tokio::runtime::Handle::current(),
+        });
+        let task = inner.handle.spawn(run_timers(Arc::downgrade(&inner), rx));
+        *lock(&inner.timer_task) = Some(task.abort_handle());
+        inner
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    /// Resumes every unfinished instance found in the store.
+    pub(crate) async fn recover(self: &Arc<Self>) -> Result<usize, Error> {
+        let unfinished = self.store.unfinished().await?;
+        let n = unfinished.len();
+        for rec in unfinished {
+            match (rec.status, rec.wake_at) {
+                (Status::Suspended, Some(at)) => self.add_timer(at, rec.id),
+                _ => self.schedule(&rec.id, false),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Creates (or finds) an instance and starts driving it.
+    pub(crate) async fn start(
+        self: &Arc<Self>,
+        def: &'static WorkflowDef,
+        id: Option<String>,
+        input: String,
+        parent: Option<String>,
+    ) -> Result<String, Error> {
+        if self.is_closing() {
+            return Err(Error::ShutDown);
+        }
+        limits::check_payload("workflow input", &input)?;
+        (def.check_input)(&input).map_err(|detail| Error::InvalidInput {
+            workflow: def.name.to_string(),
+            detail,
+        })?;
+        let id = match id {
+            Some(id) => {
+                limits::check_id(&id)?;
+                id
+            }
+            None => uuid::Uuid::new_v4().simple().to_string(),
+        };
+        let now = self.clock.now_ms();
+        let record = InstanceRecord {
+            id: id.clone(),
+            workflow: def.name.to_string(),
+            version: def.version.to_string(),
+            input,
+            status: Status::Running,
+            output: None,
+            error: None,
+            custom_status: None,
+            parent,
+            created_at: now,
+            updated_at: now,
+            wake_at: None,
+        };
+        match self.store.create(record).await? {
+            crate::store::Created::New => self.schedule(&id, true),
+            crate::store::Created::Existing(existing) => {
+                if existing.workflow != def.name {
+                    return Err(Error::IdConflict {
+                        id,
+                        existing: existing.workflow,
+                        requested: def.name.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(id)
+    }
+
+    /// Makes sure the instance is being driven: loads it, or nudges the loaded copy.
+    pub(crate) fn schedule(self: &Arc<Self>, id: &str, fresh: bool) {
+        if self.is_closing() {
+            return;
+        }
+        let mut loaded = lock(&self.loaded);
+        if let Some(slot) = loaded.get_mut(id) {
+            match &slot.ctx {
+                Some(ctx) => ctx.wake_all(),
+                None => slot.woken = true,
+            }
+            return;
+        }
+        let task = self
+            .handle
+            .spawn(drive(self.clone(), id.to_string(), fresh));
+        loaded.insert(
+            id.to_string(),
+            Slot {
+                ctx: None,
+                woken: false,
+                task: Some(task.abort_handle()),
+            },
+        );
+    }
+
+    /// Hands a stored signal to the loaded instance, or loads it.
+    pub(crate) fn deliver(self: &Arc<Self>, id: &str, signal: SignalRecord) {
+        {
+            let mut loaded = lock(&self.loaded);
+            if let Some(slot) = loaded.get_mut(id) {
+                match &slot.ctx {
+                    Some(ctx) => ctx.deliver_signal(signal),
+                    None => slot.woken = true,
+                }
+                return;
+            }
+        }
+        self.schedule(id, false);
+    }
+
+    fn add_timer(&self, at: Millis, id: String) {
+        // The receiver lives as long as the engine; a failed send means shutdown.
+        let _ = self.timers.send((at, id));
+    }
+
+    /// Resolves when the instance finishes (or the engine shuts down).
+    pub(crate) fn watch(&self, id: &str) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.watchers)
+            .entry(id.to_string())
+            .or_default()
+            .push(tx);
+        rx
+    }
+
+    fn notify_finished(self: &Arc<Self>, id: &str, parent: Option<&str>) {
+        if let Some(txs) = lock(&self.watchers).remove(id) {
+            for tx in txs {
+                let _ = tx.send(());
+            }
+        }
+        if let Some(parent) = parent {
+            self.schedule(parent, false);
+        }
+    }
+
+    fn unload(&self, id: &str) {
+        lock(&self.loaded).remove(id);
+    }
+
+    /// Stops driving everything and closes the store after it has written what was queued.
+    pub(crate) async fn shutdown(&self) -> Result<(), Error> {
+        if self.closing.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let slots: Vec<Slot> = lock(&self.loaded).drain().map(|(_, s)| s).collect();
+        for slot in slots {
+            if let Some(task) = slot.task {
+                task.abort();
+            }
+            if let Some(ctx) = slot.ctx {
+                for bg in ctx.take_background() {
+                    bg.abort();
+                }
+            }
+        }
+        if let Some(t) = lock(&self.timer_task).take() {
+            t.abort();
+        }
+        lock(&self.watchers).clear();
+        self.store.close().await?;
+        Ok(())
+    }
+}
+
+async fn run_timers(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<(Millis, String)>) {
+    let mut heap: BinaryHeap<Reverse<(Millis, String)>> = BinaryHeap::new();
+    loop {
+        let next = heap.peek().map(|Reverse((at, _))| *at);
+        let now = Clock.now_ms();
+        let wait = next.map(|at| Duration::from_millis(at.saturating_sub(now).max(0) as u64));
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(t) => heap.push(Reverse(t)),
+                None => return,
+            },
+            _ = async {
+                match wait {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let Some(inner) = inner.upgrade() else { return };
+                let now = inner.clock.now_ms();
+                while heap.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+                    if let Some(Reverse((_, id))) = heap.pop() {
+                        inner.schedule(&id, false);
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn drive(inner: Arc<Inner>, id: String, fresh: bool) {
+    let Ok(_permit) = inner.permits.clone().acquire_owned().await else {
+        return;
+    };
+    let mut fresh = fresh;
+    loop {
+        match drive_once(&inner, &id, fresh).await {
+            Next::Done => return,
+            Next::Reload => fresh = false,
+            Next::RetryLater => {
+                inner.unload(&id);
+                let at = inner.clock.now_ms() + RETRY_AFTER_STORE_ERROR.as_millis() as Millis;
+                inner.add_timer(at, id);
+                return;
+            }
+        }
+    }
+}
+
+async fn drive_once(inner: &Arc<Inner>, id: &str, fresh: bool) -> Next {
+    if !fresh {
+        // Ordered after any `suspended` written by the previous load of this instance.
+        let commit = inner.store.submit(vec![WriteOp::SetStatus {
+            instance: id.to_string(),
+            status: Status::Running,
+            wake_at: None,
+            at: inner.clock.now_ms(),
+        }]);
+        drop(commit);
+    }
+    let loaded = match inner.store.load(id).await {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            inner.unload(id);
+            return Next::Done;
+        }
+        Err(e) => {
+            tracing::error!(instance = id, error = %e, "cannot load instance; retrying");
+            return Next::RetryLater;
+        }
+    };
+    let parent = loaded.record.parent.clone();
+    if loaded.record.status.is_final() {
+        inner.unload(id);
+        inner.notify_finished(id, parent.as_deref());
+        return Next::Done;
+    }
+    let def = match inner.registry.get(&loaded.record.workflow) {
+        Ok(def) => def,
+        Err(e) => {
+            tracing::warn!(instance = id, error = %e, "instance left as it is");
+            inner.unload(id);
+            return Next::Done;
+        }
+    };
+    let input = loaded.record.input.clone();
+    let ctx = WorkflowCtx::new(inner.clone(), def.version, loaded);
+    {
+        let mut slots = lock(&inner.loaded);
+        match slots.get_mut(id) {
+            Some(slot) if slot.woken => {
+                slot.woken = false;
+                return Next::Reload;
+            }
+            Some(slot) => slot.ctx = Some(ctx.clone()),
+            None => return Next::Done, // shut down meanwhile
+        }
+    }
+    let mut fut = match (def.start)(&input) {
+        Ok(f) => f,
+        Err(e) => {
+            let msg = format!(
+                "the stored input no longer deserializes into workflow `{}`'s input type: {e}",
+                def.name
+            );
+            return finish(inner, &ctx, parent, Status::Failed, None, Some(msg)).await;
+        }
+    };
+    let scope = Scope::Workflow(ctx.clone());
+    loop {
+        let event = std::future::poll_fn(|cx| {
+            let polled = context::sync_scope(scope.clone(), || {
+                std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)))
+            });
+            match polled {
+                Err(panic) => Poll::Ready(Event::Panicked(panic_text(&*panic))),
+                Ok(Poll::Ready(out)) => Poll::Ready(Event::Done(out)),
+                Ok(Poll::Pending) => {
+                    if let Some(h) = ctx.halted() {
+                        Poll::Ready(Event::Halted(h))
+                    } else if let Some(wake_at) = ctx.idle() {
+                        Poll::Ready(Event::Idle(wake_at))
+                    } else {
+                        Poll::Pending
+                    }
+                }
+            }
+        })
+        .await;
+        match event {
+            Event::Done(Ok((output, ok))) => {
+                for bg in ctx.take_background() {
+                    let _ = bg.await;
+                }
+                if let Some(h) = ctx.halted() {
+                    return halt(inner, &ctx, parent, h).await;
+                }
+                if let Err(msg) = ctx.check_fully_replayed() {
+                    return finish(inner, &ctx, parent, Status::Incompatible, None, Some(msg))
+                        .await;
+                }
+                let status = if ok {
+                    Status::Completed
+                } else {
+                    Status::Failed
+                };
+                return finish(inner, &ctx, parent, status, Some(output), None).await;
+            }
+            Event::Done(Err(msg)) => {
+                return finish(inner, &ctx, parent, Status::Failed, None, Some(msg)).await;
+            }
+            Event::Panicked(msg) => {
+                let msg = format!("workflow `{}` panicked: {msg}", def.name);
+                return finish(inner, &ctx, parent, Status::Failed, None, Some(msg)).await;
+            }
+            Event::Halted(h) => return halt(inner, &ctx, parent, h).await,
+            Event::Idle(wake_at) => {
+                for commit in ctx.take_unawaited() {
+                    if let Err(e) = commit.await {
+                        tracing::error!(instance = id, error = %e, "checkpoint failed; retrying");
+                        return Next::RetryLater;
+                    }
+                }
+                let commit = {
+                    let mut slots = lock(&inner.loaded);
+                    match slots.get_mut(id) {
+                        Some(slot) if slot.woken => {
+                            slot.woken = false;
+                            None
+                        }
+                        _ => {
+                            let commit = inner.store.submit(vec![WriteOp::SetStatus {
+                                instance: id.to_string(),
+                                status: Status::Suspended,
+                                wake_at,
+                                at: inner.clock.now_ms(),
+                            }]);
+                            slots.remove(id);
+                            Some(commit)
+                        }
+                    }
+                };
+                let Some(commit) = commit else { continue };
+                drop(fut);
+                for bg in ctx.take_background() {
+                    bg.abort();
+                }
+                if let Err(e) = commit.await {
+                    tracing::error!(instance = id, error = %e, "cannot suspend; retrying");
+                    return Next::RetryLater;
+                }
+                if let Some(at) = wake_at {
+                    inner.add_timer(at, id.to_string());
+                }
+                return Next::Done;
+            }
+        }
+    }
+}
+
+async fn halt(inner: &Arc<Inner>, ctx: &Arc<WorkflowCtx>, parent: Option<String>, h: Halt) -> Next {
+    match h {
+        Halt::Incompatible(msg) => {
+            tracing::error!(instance = %ctx.id, "{msg}");
+            finish(inner, ctx, parent, Status::Incompatible, None, Some(msg)).await
+        }
+        Halt::Failed(msg) => finish(inner, ctx, parent, Status::Failed, None, Some(msg)).await,
+        Halt::Store(e) => {
+            tracing::error!(instance = %ctx.id, error = %e, "checkpoint failed; retrying");
+            Next::RetryLater
+        }
+    }
+}
+
+async fn finish(
+    inner: &Arc<Inner>,
+    ctx: &Arc<WorkflowCtx>,
+    parent: Option<String>,
+    status: Status,
+    output: Option<String>,
+    error: Option<String>,
+) -> Next {
+    for bg in ctx.take_background() {
+        bg.abort();
+    }
+    for commit in ctx.take_unawaited() {
+        if let Err(e) = commit.await {
+            tracing::error!(instance = %ctx.id, error = %e, "checkpoint failed; retrying");
+            return Next::RetryLater;
+        }
+    }
+    let commit = inner.store.submit(vec![WriteOp::Finish {
+        instance: ctx.id.clone(),
+        status,
+        output,
+        error,
+        at: inner.clock.now_ms(),
+    }]);
+    if let Err(e) = commit.await {
+        tracing::error!(instance = %ctx.id, error = %e, "cannot record the end; retrying");
+        return Next::RetryLater;
+    }
+    inner.unload(&ctx.id);
+    inner.notify_finished(&ctx.id, parent.as_deref());
+    Next::Done
+}
+
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_string()
+    }
+}

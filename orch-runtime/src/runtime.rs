@@ -1,0 +1,342 @@
+//! The public runtime: build it, start workflows, look them up, signal them.
+
+use crate::engine::Inner;
+use crate::error::Error;
+use crate::store::memory::MemoryStore;
+use crate::store::sqlite::{SqliteOptions, SqliteStore};
+use crate::store::{InstanceRecord, JournalEntry, ListFilter, Status, Store};
+use crate::workflow::{Registry, Workflow};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::marker::PhantomData;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+enum StoreChoice {
+    Unset,
+    Memory,
+    Sqlite(PathBuf, SqliteOptions),
+    Custom(Arc<dyn Store>),
+}
+
+/// Configures a [`Runtime`]. Start with [`Runtime::builder`].
+pub struct RuntimeBuilder {
+    store: StoreChoice,
+    max_running: usize,
+    keep_loaded: Duration,
+}
+
+impl RuntimeBuilder {
+    /// Stores everything in the SQLite file at `path` (created if missing), with every
+    /// checkpoint fsync'd before the workflow continues.
+    pub fn sqlite(self, path: impl Into<PathBuf>) -> Self {
+        self.sqlite_with(path, SqliteOptions::default())
+    }
+
+    /// Like [`sqlite`](Self::sqlite) with explicit options, e.g. relaxed durability.
+    pub fn sqlite_with(mut self, path: impl Into<PathBuf>, options: SqliteOptions) -> Self {
+        self.store = StoreChoice::Sqlite(path.into(), options);
+        self
+    }
+
+    /// Keeps everything in memory: nothing survives the process. For tests.
+    pub fn in_memory(mut self) -> Self {
+        self.store = StoreChoice::Memory;
+        self
+    }
+
+    /// Uses a store of your own.
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = StoreChoice::Custom(store);
+        self
+    }
+
+    /// At most `n` instances are loaded and running at once (default 10,000); others wait.
+    pub fn max_running(mut self, n: usize) -> Self {
+        self.max_running = n;
+        self
+    }
+
+    /// Timers shorter than this keep the instance in memory; longer ones unload it until the
+    /// timer fires (default one second).
+    pub fn keep_loaded_below(mut self, d: Duration) -> Self {
+        self.keep_loaded = d;
+        self
+    }
+
+    /// Opens the store, finds every `#[workflow]` in the binary and resumes every unfinished
+    /// instance. Must be called inside a tokio runtime.
+    pub async fn build(self) -> Result<Runtime, Error> {
+        let registry = Registry::collect()?;
+        let store: Arc<dyn Store> = match self.store {
+            StoreChoice::Unset => {
+                return Err(Error::Store(crate::store::StoreError::Backend(
+                    "no store chosen: call .sqlite(path) or .in_memory() on Runtime::builder()"
+                        .into(),
+                )));
+            }
+            StoreChoice::Memory => Arc::new(MemoryStore::new()),
+            StoreChoice::Custom(s) => s,
+            StoreChoice::Sqlite(path, options) => {
+                let opened =
+                    tokio::task::spawn_blocking(move || SqliteStore::open(path, options)).await;
+                match opened {
+                    Ok(store) => Arc::new(store?),
+                    Err(e) => {
+                        return Err(Error::Store(crate::store::StoreError::Backend(format!(
+                            "opening the database failed: {e}"
+                        ))));
+                    }
+                }
+            }
+        };
+        let inner = Inner::new(store, registry, self.max_running, self.keep_loaded);
+        let resumed = inner.recover().await?;
+        if resumed > 0 {
+            tracing::info!(resumed, "resuming unfinished instances");
+        }
+        Ok(Runtime { inner })
+    }
+}
+
+/// Runs workflows durably. Cheap to clone; all clones share one engine.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+impl Runtime {
+    /// A builder; choose a store with `.sqlite(path)` or `.in_memory()`.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder {
+            store: StoreChoice::Unset,
+            max_running: 10_000,
+            keep_loaded: Duration::from_secs(1),
+        }
+    }
+
+    /// Starts workflow `W` with `input` under a generated id.
+    pub async fn start<W: Workflow>(&self, workflow: W, input: W::Input) -> Result<Run<W>, Error> {
+        self.start_inner(workflow, None, input).await
+    }
+
+    /// Starts workflow `W` under `id`; if that instance exists already it is returned as is
+    /// (idempotent start) and nothing runs twice.
+    pub async fn start_with_id<W: Workflow>(
+        &self,
+        workflow: W,
+        id: impl Into<String>,
+        input: W::Input,
+    ) -> Result<Run<W>, Error> {
+        self.start_inner(workflow, Some(id.into()), input).await
+    }
+
+    async fn start_inner<W: Workflow>(
+        &self,
+        _workflow: W,
+        id: Option<String>,
+        input: W::Input,
+    ) -> Result<Run<W>, Error> {
+        let def = self.inner.registry.get(W::NAME)?;
+        let json = serde_json::to_string(&input).map_err(|e| Error::InvalidInput {
+            workflow: W::NAME.to_string(),
+            detail: e.to_string(),
+        })?;
+        let id = self.inner.start(def, id, json, None).await?;
+        Ok(self.handle_unchecked(id))
+    }
+
+    /// Starts the workflow named `workflow` with a JSON input (validated against its input
+    /// type). Returns the instance id.
+    pub async fn start_json(
+        &self,
+        workflow: &str,
+        id: Option<&str>,
+        input: &str,
+    ) -> Result<String, Error> {
+        let def = self.inner.registry.get(workflow)?;
+        self.inner
+            .start(def, id.map(str::to_string), input.to_string(), None)
+            .await
+    }
+
+    /// A typed handle on an existing instance of `W`.
+    pub async fn handle<W: Workflow>(&self, _workflow: W, id: &str) -> Result<Run<W>, Error> {
+        let rec = self.record(id).await?;
+        if rec.workflow != W::NAME {
+            return Err(Error::WrongWorkflow {
+                id: id.to_string(),
+                actual: rec.workflow,
+                expected: W::NAME.to_string(),
+            });
+        }
+        Ok(self.handle_unchecked(id.to_string()))
+    }
+
+    fn handle_unchecked<W: Workflow>(&self, id: String) -> Run<W> {
+        Run {
+            id,
+            rt: self.clone(),
+            _w: PhantomData,
+        }
+    }
+
+    /// The stored record of an instance, if it exists.
+    pub async fn instance(&self, id: &str) -> Result<Option<InstanceRecord>, Error> {
+        Ok(self.inner.store.get(id).await?)
+    }
+
+    async fn record(&self, id: &str) -> Result<InstanceRecord, Error> {
+        self.instance(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(id.to_string()))
+    }
+
+    /// The journal of an instance, ordered by seq.
+    pub async fn journal(&self, id: &str) -> Result<Vec<JournalEntry>, Error> {
+        match self.inner.store.load(id).await? {
+            Some(l) => Ok(l.journal),
+            None => Err(Error::NotFound(id.to_string())),
+        }
+    }
+
+    /// The failed attempts of an instance's steps, ordered by (seq, attempt).
+    pub async fn attempts(&self, id: &str) -> Result<Vec<crate::store::AttemptRecord>, Error> {
+        match self.inner.store.load(id).await? {
+            Some(l) => Ok(l.attempts),
+            None => Err(Error::NotFound(id.to_string())),
+        }
+    }
+
+    /// Instances matching `filter`, ordered by id.
+    pub async fn list(&self, filter: ListFilter) -> Result<Vec<InstanceRecord>, Error> {
+        Ok(self.inner.store.list(filter).await?)
+    }
+
+    /// Sends signal `name` with `payload` to an instance. It is stored first, so it survives
+    /// restarts, and kept until the workflow waits for it.
+    pub async fn signal<T: Serialize>(
+        &self,
+        id: &str,
+        name: &str,
+        payload: T,
+    ) -> Result<(), Error> {
+        if self.inner.is_closing() {
+            return Err(Error::ShutDown);
+        }
+        let json = serde_json::to_string(&payload).map_err(|e| Error::InvalidInput {
+            workflow: format!("signal `{name}`"),
+            detail: e.to_string(),
+        })?;
+        crate::limits::check_payload("signal payload", &json)?;
+        let at = self.inner.clock.now_ms();
+        let signal_id = self
+            .inner
+            .store
+            .add_signal(id, name, json.clone(), at)
+            .await?;
+        self.inner.deliver(
+            id,
+            crate::store::SignalRecord {
+                id: signal_id,
+                name: name.to_string(),
+                payload: json,
+                received_at: at,
+            },
+        );
+        Ok(())
+    }
+
+    /// Waits until the instance has finished and returns its final record.
+    pub async fn wait(&self, id: &str) -> Result<InstanceRecord, Error> {
+        loop {
+            let finished = self.inner.watch(id);
+            let rec = self.record(id).await?;
+            if rec.status.is_final() {
+                return Ok(rec);
+            }
+            if finished.await.is_err() {
+                return Err(Error::ShutDown);
+            }
+        }
+    }
+
+    /// Names of the workflows compiled into this binary.
+    pub fn workflows(&self) -> Vec<&'static str> {
+        self.inner.registry.names()
+    }
+
+    /// Stops driving instances (they resume on the next start) and closes the store once
+    /// every queued checkpoint is written.
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        self.inner.shutdown().await
+    }
+}
+
+/// A typed handle on one instance of workflow `W`.
+pub struct Run<W> {
+    id: String,
+    rt: Runtime,
+    _w: PhantomData<fn() -> W>,
+}
+
+impl<W> Clone for Run<W> {
+    fn clone(&self) -> Self {
+        Run {
+            id: self.id.clone(),
+            rt: self.rt.clone(),
+            _w: PhantomData,
+        }
+    }
+}
+
+impl<W: Workflow> Run<W> {
+    /// The instance id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The current status.
+    pub async fn status(&self) -> Result<Status, Error> {
+        Ok(self.rt.record(&self.id).await?.status)
+    }
+
+    /// The custom status last set with `set_status`, if any.
+    pub async fn custom_status<T: DeserializeOwned>(&self) -> Result<Option<T>, Error> {
+        let rec = self.rt.record(&self.id).await?;
+        rec.custom_status
+            .map(|json| {
+                serde_json::from_str(&json).map_err(|e| Error::Decode {
+                    id: self.id.clone(),
+                    what: "custom status",
+                    detail: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    /// Waits for the workflow to finish and returns its output.
+    pub async fn result(&self) -> Result<W::Output, Error> {
+        let rec = self.rt.wait(&self.id).await?;
+        let id = self.id.clone();
+        match (rec.status, rec.output) {
+            (Status::Completed | Status::Failed, Some(out)) => {
+                serde_json::from_str(&out).map_err(|e| Error::Decode {
+                    id,
+                    what: "output",
+                    detail: e.to_string(),
+                })
+            }
+            (Status::Incompatible, _) => Err(Error::Incompatible {
+                id,
+                message: rec.error.unwrap_or_default(),
+            }),
+            (Status::Failed, None) => Err(Error::Failed {
+                id,
+                message: rec.error.unwrap_or_default(),
+            }),
+            (status, _) => Err(Error::NoOutput { id, status }),
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Executing `#[step]` calls: replay, attempts, retries, timeouts, panics, checkpoints.
+
+use crate::context::{self, Begin, Halt, Scope, StepInfo, WorkflowCtx};
+use crate::retry::{Retry, StepError};
+use crate::store::{AttemptRecord, EntryKind, JournalEntry, WriteOp};
+use futures_util::FutureExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Options of one step, from the `#[step(...)]` attribute.
+#[derive(Clone, Debug, Default)]
+pub struct StepOptions {
+    /// Retry policy.
+    pub retry: Retry,
+    /// Limit on each attempt.
+    pub timeout: Option<Duration>,
+}
+
+/// A step call as decided when the call expression is evaluated.
+pub struct StepCall(Call);
+
+pub(crate) enum Call {
+    /// Outside a workflow: run the body once, plainly.
+    Plain,
+    /// Inside a workflow, not yet journaled: execute and checkpoint.
+    Fresh {
+        /// The instance.
+        ctx: Arc<WorkflowCtx>,
+        /// Its seq.
+        seq: u32,
+        /// Step name.
+        name: &'static str,
+    },
+    /// Inside a workflow and already journaled: return the recorded outcome.
+    Replay {
+        /// The instance.
+        ctx: Arc<WorkflowCtx>,
+        /// The recorded entry.
+        entry: JournalEntry,
+    },
+    /// The instance is halting: never complete.
+    Halted,
+}
+
+/// Reserves the step's seq (or decides it is a plain call).
+pub fn begin(name: &'static str) -> StepCall {
+    StepCall(match context::current() {
+        // A step called from inside another step is part of that step's work.
+        None | Some(Scope::Step(_)) => Call::Plain,
+        Some(Scope::Workflow(ctx)) => match ctx.begin(EntryKind::Step, name) {
+            Begin::Fresh(seq) => Call::Fresh { ctx, seq, name },
+            Begin::Replay(entry) => Call::Replay { ctx, entry },
+            Begin::Halted => Call::Halted,
+        },
+    })
+}
+
+/// How the generated code classifies a step's own error values.
+pub struct ErrorPolicy<R> {
+    /// `Some((message, retryable))` when `R` is an error value.
+    pub judge: fn(&R) -> Option<(String, bool)>,
+    /// Turns a panic or timeout into an `R`, when the error type can hold one.
+    pub rescue: fn(StepError) -> Option<R>,
+}
+
+/// Runs a step call to its outcome. `make` starts one attempt.
+pub async fn run<R, F, Fut>(
+    call: StepCall,
+    options: StepOptions,
+    make: F,
+    policy: ErrorPolicy<R>,
+) -> R
+where
+    R: Serialize + DeserializeOwned,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = R>,
+{
+    match call.0 {
+        Call::Plain => {
+            let mut make = make;
+            make().await
+        }
+        Call::Halted => std::future::pending().await,
+        Call::Replay { ctx, entry } => replay(&ctx, &entry).await,
+        Call::Fresh { ctx, seq, name } => execute(&ctx, seq, name, options, make, policy).await,
+    }
+}
+
+/// Never returns: parks the operation after a halt (the engine stops polling the instance),
+/// or unwinds a background task whose failure must not reach the workflow.
+async fn stop<R>(ctx: &WorkflowCtx, halt: Halt) -> R {
+    if context::in_background() && matches!(halt, Halt::Failed(_)) {
+        std::panic::resume_unwind(Box::new(BackgroundFailed));
+    }
+    ctx.halt(halt);
+    std::future::pending().await
+}
+
+/// Panic payload that ends a failed background step quietly.
+pub(crate) struct BackgroundFailed;
+
+async fn replay<R: DeserializeOwned>(ctx: &WorkflowCtx, entry: &JournalEntry) -> R {
+    match decode::<R>(&entry.outcome) {
+        Ok(Ok(value)) => value,
+        Ok(Err(message)) => stop(ctx, Halt::Failed(message)).await,
+        Err(detail) => {
+            let msg = format!(
+                "at seq {} the recorded output of step `{}` does not deserialize into the step's \
+                 current output type ({detail}); recorded under version {}, current version {}",
+                entry.seq, entry.name, ctx.recorded_version, ctx.version
+            );
+            stop(ctx, Halt::Incompatible(msg)).await
+        }
+    }
+}
+
+/// Outcome JSON: `{"value": R}` or `{"failed": message}`.
+fn decode<R: DeserializeOwned>(outcome: &str) -> Result<Result<R, String>, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum Outcome<R> {
+        Value(R),
+        Failed(String),
+    }
+    match serde_json::from_str::<Outcome<R>>(outcome) {
+        Ok(Outcome::Value(v)) => Ok(Ok(v)),
+        Ok(Outcome::Failed(m)) => Ok(Err(m)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn encode<R: Serialize>(value: &R) -> Result<String, String> {
+    #[derive(Serialize)]
+    #[serde(rename_all = "snake_case")]
+    enum Outcome<'a, R> {
+        Value(&'a R),
+    }
+    serde_json::to_string(&Outcome::Value(value)).map_err(|e| e.to_string())
+}
+
+fn encode_failed(message: &str) -> String {
+    serde_json::json!({ "failed": message }).to_string()
+}
+
+async fn execute<R, F, Fut>(
+    ctx: &Arc<WorkflowCtx>,
+    seq: u32,
+    name: &'static str,
+    options: StepOptions,
+    mut make: F,
+    policy: ErrorPolicy<R>,
+) -> R
+where
+    R: Serialize + DeserializeOwned,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = R>,
+{
+    let _busy = ctx.inflight();
+    let started = ctx.now_ms();
+    let max = options.retry.attempts();
+    let mut attempt = ctx.failed_attempts(seq) + 1;
+    let (result, last_failure) = loop {
+        let attempt_start = ctx.now_ms();
+        let info = Arc::new(StepInfo {
+            instance: ctx.id.clone(),
+            seq,
+            name,
+            attempt,
+        });
+        let body = context::in_scope(Scope::Step(info), AssertUnwindSafe(make()).catch_unwind());
+        let outcome = match options.timeout {
+            Some(limit) => tokio::time::timeout(limit, body).await.map_err(|_| limit),
+            None => Ok(body.await),
+        };
+        let (message, retryable, value) = match outcome {
+            Ok(Ok(value)) => match (policy.judge)(&value) {
+                None => break (Ok(value), None),
+                Some((message, retryable)) => (message, retryable, Some(value)),
+            },
+            Ok(Err(panic)) => (
+                format!(
+                    "step `{name}` panicked: {}",
+                    crate::engine::panic_text(&*panic)
+                ),
+                true,
+                None,
+            ),
+            Err(limit) => (
+                format!("step `{name}` timed out after {limit:?} (attempt {attempt})"),
+                true,
+                None,
+            ),
+        };
+        let record = AttemptRecord {
+            seq,
+            attempt,
+            error: message.clone(),
+            started_at: attempt_start,
+            finished_at: ctx.now_ms(),
+        };
+        tracing::debug!(instance = %ctx.id, seq, step = name, attempt, error = %message, "step attempt failed");
+        if !retryable || attempt >= max {
+            let result = match value {
+                Some(v) => Ok(v),
+                None => match (policy.rescue)(StepError::retryable(&message)) {
+                    Some(v) => Ok(v),
+                    None => Err(format!(
+                        "{message}; gave up after {attempt} attempt(s), and the step's error type \
+                         cannot hold this failure (implement From<orch_runtime::StepError> for it \
+                         to handle panics and timeouts in the workflow)"
+                    )),
+                },
+            };
+            break (result, Some(record));
+        }
+        ctx.write_later(vec![WriteOp::Attempt {
+            instance: ctx.id.clone(),
+            record,
+        }]);
+        tokio::time::sleep(options.retry.delay_after(attempt)).await;
+        attempt += 1;
+    };
+    let outcome = match &result {
+        Ok(value) => encode(value),
+        Err(message) => Ok(encode_failed(message)),
+    };
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            let msg = format!(
+                "step `{name}` (seq {seq}) returned a value that cannot be serialized: {e}"
+            );
+            return stop(ctx, Halt::Failed(msg)).await;
+        }
+    };
+    let entry = JournalEntry {
+        seq,
+        kind: EntryKind::Step,
+        name: name.to_string(),
+        outcome,
+        attempts: attempt,
+        started_at: started,
+        finished_at: ctx.now_ms(),
+    };
+    let extra = last_failure
+        .map(|record| WriteOp::Attempt {
+            instance: ctx.id.clone(),
+            record,
+        })
+        .into_iter()
+        .collect();
+    if let Err(e) = ctx.record(entry, extra).await {
+        return stop(ctx, Halt::Store(e)).await;
+    }
+    match result {
+        Ok(value) => value,
+        Err(message) => stop(ctx, Halt::Failed(message)).await,
+    }
+}

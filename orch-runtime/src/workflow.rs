@@ -1,0 +1,119 @@
+//! Workflow definitions: the trait the `#[workflow]` macro implements and the registry it fills.
+
+use crate::error::Error;
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+
+/// Implemented by the marker type that `#[workflow]` generates for each workflow function
+/// (`fn checkout` → `Checkout`). It ties the function's inputs and output to
+/// [`Runtime::start`](crate::Runtime::start) so the compiler checks them.
+pub trait Workflow: Send + Sync + 'static {
+    /// The function's argument (one argument), a tuple of them (several), or `()`.
+    type Input: Serialize + DeserializeOwned + Send + 'static;
+    /// The function's return type.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+    /// Registered name (the function name unless `name = "…"` is given).
+    const NAME: &'static str;
+    /// Hash of the function body: changes whenever the code does.
+    const VERSION: &'static str;
+    /// Runs the body with `input`.
+    fn run(input: Self::Input) -> BoxFuture<'static, Self::Output>;
+    /// Whether `output` counts as success (`Ok` for `Result` outputs; always for the others).
+    fn succeeded(output: &Self::Output) -> bool;
+}
+
+/// What a type-erased run produces: the output as JSON and whether it counts as success.
+pub type ErasedOutput = Result<(String, bool), String>;
+
+/// A workflow as the runtime sees it, registered through `inventory`.
+pub struct WorkflowDef {
+    /// Registered name.
+    pub name: &'static str,
+    /// Code version.
+    pub version: &'static str,
+    /// Deserializes the input and returns the running body, or says why the input is refused.
+    pub start: fn(&str) -> Result<BoxFuture<'static, ErasedOutput>, String>,
+    /// Checks that a JSON input fits the input type.
+    pub check_input: fn(&str) -> Result<(), String>,
+}
+
+impl WorkflowDef {
+    /// The definition of `W`.
+    pub const fn of<W: Workflow>() -> WorkflowDef {
+        WorkflowDef {
+            name: W::NAME,
+            version: W::VERSION,
+            start: start_erased::<W>,
+            check_input: check_input::<W>,
+        }
+    }
+}
+
+impl std::fmt::Debug for WorkflowDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkflowDef")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+inventory::collect!(WorkflowDef);
+
+fn check_input<W: Workflow>(json: &str) -> Result<(), String> {
+    serde_json::from_str::<W::Input>(json)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn start_erased<W: Workflow>(json: &str) -> Result<BoxFuture<'static, ErasedOutput>, String> {
+    let input: W::Input = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    Ok(Box::pin(async move {
+        let output = W::run(input).await;
+        let ok = W::succeeded(&output);
+        serde_json::to_string(&output)
+            .map(|json| (json, ok))
+            .map_err(|e| format!("the workflow's output could not be serialized: {e}"))
+    }))
+}
+
+/// Every workflow compiled into this binary, by name.
+#[derive(Debug)]
+pub struct Registry {
+    defs: HashMap<&'static str, &'static WorkflowDef>,
+}
+
+impl Registry {
+    /// Collects the definitions registered by `#[workflow]`.
+    pub fn collect() -> Result<Registry, Error> {
+        let mut defs = HashMap::new();
+        for def in inventory::iter::<WorkflowDef> {
+            if defs.insert(def.name, def).is_some() {
+                return Err(Error::DuplicateWorkflow {
+                    name: def.name.to_string(),
+                });
+            }
+        }
+        Ok(Registry { defs })
+    }
+
+    /// The definition named `name`.
+    pub fn get(&self, name: &str) -> Result<&'static WorkflowDef, Error> {
+        self.defs
+            .get(name)
+            .copied()
+            .ok_or_else(|| Error::UnknownWorkflow {
+                name: name.to_string(),
+                known: self.names().join(", "),
+            })
+    }
+
+    /// Registered names, sorted.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self.defs.keys().copied().collect();
+        names.sort_unstable();
+        names
+    }
+}
