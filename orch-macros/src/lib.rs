@@ -14,7 +14,11 @@ use proc_macro::TokenStream;
 
 /// Makes an `async fn` a durable workflow. See `orch_runtime` for the semantics.
 ///
-/// Options: `name = "…"` (registered name; default the function name),
+/// Generates a unit struct named after the function in PascalCase (`fn checkout` →
+/// `Checkout`) to pass to `Runtime::start`.
+///
+/// Options: `name = "…"` (registered name; default the function name), `handle = Ident`
+/// (the generated type's name, when the default collides with a type of yours),
 /// `crate = "…"` (path to `orch_runtime` when re-exported).
 #[proc_macro_attribute]
 pub fn workflow(attr: TokenStream, item: TokenStream) -> TokenStream {

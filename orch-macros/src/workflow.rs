@@ -7,7 +7,7 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Ident, ItemFn, Type};
 
-const OPTIONS: &[&str] = &["name", "crate"];
+const OPTIONS: &[&str] = &["name", "handle", "crate"];
 
 struct Workflow {
     func: ItemFn,

@@ -49,7 +49,7 @@ pub use error::Error;
 pub use orch_macros::{step, workflow};
 pub use retry::{Retry, Retryable, StepError, ms, secs};
 pub use runtime::{Run, Runtime, RuntimeBuilder};
-pub use store::{InstanceRecord, JournalEntry, ListFilter, Status};
+pub use store::{AttemptRecord, EntryKind, InstanceRecord, JournalEntry, ListFilter, Status};
 pub use workflow::Workflow;
 
 /// The durable primitives, to be called as `orch::sleep(…)` and so on.

@@ -1,0 +1,204 @@
+//! Crash and recovery across processes: a worker process runs a workflow on a SQLite file and
+//! is killed with SIGKILL while the instance sleeps or waits for a signal; a new runtime on the
+//! same file finishes it. Completed steps are never executed again.
+//!
+//! The worker is this same test binary, re-executed with `ORCH_WORKER` set (see `worker`).
+
+use orch_runtime::prelude::*;
+use orch_runtime::store::Store;
+use orch_runtime::store::sqlite::{SqliteOptions, SqliteStore};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Appends `line` to the file at `path`: each step records that it ran.
+fn log_call(path: &str, line: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open call log");
+    writeln!(f, "{line}").expect("write call log");
+}
+
+#[step]
+async fn before(log: String, tag: String) -> Result<String, StepError> {
+    log_call(&log, &format!("before {tag}"));
+    Ok(format!("{tag}-before"))
+}
+
+#[step]
+async fn after(log: String, tag: String) -> Result<String, StepError> {
+    log_call(&log, &format!("after {tag}"));
+    Ok(format!("{tag}-after"))
+}
+
+#[workflow]
+async fn nap(ms_to_sleep: u64, log: String) -> Result<Vec<String>, StepError> {
+    let a = before(log.clone(), "nap".into()).await?;
+    let t0 = orch::now().await;
+    let r = orch::random().await;
+    orch::sleep(Duration::from_millis(ms_to_sleep)).await;
+    let t1 = orch::now().await;
+    let b = after(log, "nap".into()).await?;
+    let slept = t1.duration_since(t0).unwrap_or_default().as_millis() as u64;
+    Ok(vec![
+        a,
+        b,
+        format!("slept>={}", slept >= ms_to_sleep),
+        format!("r={r}"),
+    ])
+}
+
+#[workflow]
+async fn gate(log: String) -> Result<Vec<String>, StepError> {
+    let a = before(log.clone(), "gate".into()).await?;
+    let who: String = orch::signal("approve").await;
+    let b = after(log, who).await?;
+    Ok(vec![a, b])
+}
+
+/// The worker side: runs only when re-executed by a test with `ORCH_WORKER` set.
+#[test]
+fn worker() {
+    let Ok(scenario) = std::env::var("ORCH_WORKER") else {
+        return;
+    };
+    let db = std::env::var("ORCH_DB").expect("ORCH_DB");
+    let log = std::env::var("ORCH_CALL_LOG").expect("ORCH_CALL_LOG");
+    let rt = tokio::runtime::Runtime::new().expect("tokio");
+    rt.block_on(async move {
+        let orch = Runtime::builder()
+            .sqlite(db)
+            .build()
+            .await
+            .expect("runtime");
+        match scenario.as_str() {
+            "nap" => drop(
+                orch.start_with_id(Nap, "nap-1", (1500, log))
+                    .await
+                    .expect("start"),
+            ),
+            "gate" => drop(
+                orch.start_with_id(Gate, "gate-1", log)
+                    .await
+                    .expect("start"),
+            ),
+            other => panic!("unknown scenario {other}"),
+        }
+        // Run until killed.
+        tokio::time::sleep(Duration::from_secs(600)).await;
+    });
+}
+
+struct Worker(Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_worker(scenario: &str, db: &Path, log: &Path) -> Worker {
+    let child = Command::new(std::env::current_exe().expect("test binary"))
+        .args(["worker", "--exact", "--nocapture", "--test-threads=1"])
+        .env("ORCH_WORKER", scenario)
+        .env("ORCH_DB", db)
+        .env("ORCH_CALL_LOG", log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn worker");
+    Worker(child)
+}
+
+/// Polls the database (a second connection; WAL allows it) until the instance is suspended.
+async fn wait_suspended(db: &Path, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if db.exists()
+            && let Ok(store) = SqliteStore::open(db, SqliteOptions::default())
+            && let Ok(Some(rec)) = store.get(id).await
+            && rec.status == Status::Suspended
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{id} never suspended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn calls(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("orch.db");
+    let log = dir.path().join("calls.log");
+    (dir, db, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sleeping_workflow_survives_kill_9_and_wakes_when_its_timer_fires() {
+    let (_dir, db, log) = setup();
+    let mut worker = spawn_worker("nap", &db, &log);
+    wait_suspended(&db, "nap-1").await;
+    worker.0.kill().expect("kill -9");
+    worker.0.wait().expect("reap");
+    assert_eq!(calls(&log), ["before nap"]);
+
+    let started = Instant::now();
+    let rt = Runtime::builder()
+        .sqlite(&db)
+        .build()
+        .await
+        .expect("restart");
+    let run = rt.handle(Nap, "nap-1").await.expect("handle");
+    let out = run.result().await.expect("result").expect("ok");
+    assert_eq!(out[0], "nap-before");
+    assert_eq!(out[1], "nap-after");
+    assert_eq!(
+        out[2], "slept>=true",
+        "the timer kept its original fire time"
+    );
+    // The step that completed before the crash ran once; the one after ran once.
+    assert_eq!(calls(&log), ["before nap", "after nap"]);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Recorded values replay identically: the random number in the output equals the journal's.
+    let journal = rt.journal("nap-1").await.expect("journal");
+    let random = journal
+        .iter()
+        .find(|e| e.kind == orch_runtime::EntryKind::Random)
+        .expect("random recorded");
+    assert_eq!(out[3], format!("r={}", random.outcome));
+    rt.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_waiting_for_a_signal_survives_kill_9_and_takes_the_signal_after_restart() {
+    let (_dir, db, log) = setup();
+    let mut worker = spawn_worker("gate", &db, &log);
+    wait_suspended(&db, "gate-1").await;
+    worker.0.kill().expect("kill -9");
+    worker.0.wait().expect("reap");
+    assert_eq!(calls(&log), ["before gate"]);
+
+    let rt = Runtime::builder()
+        .sqlite(&db)
+        .build()
+        .await
+        .expect("restart");
+    let run = rt.handle(Gate, "gate-1").await.expect("handle");
+    rt.signal("gate-1", "approve", "bob").await.expect("signal");
+    let out = run.result().await.expect("result").expect("ok");
+    assert_eq!(out, ["gate-before", "bob-after"]);
+    assert_eq!(calls(&log), ["before gate", "after bob"]);
+    rt.shutdown().await.expect("shutdown");
+}
