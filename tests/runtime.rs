@@ -1,0 +1,134 @@
+//! The runtime's own contract: store selection and refusal of foreign files, the concurrency
+//! limit, listing, shutdown, and resuming on build.
+
+use orch_runtime::prelude::*;
+use orch_runtime::{Error, ListFilter};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+static RUNNING: AtomicU32 = AtomicU32::new(0);
+static PEAK: AtomicU32 = AtomicU32::new(0);
+
+#[step]
+async fn busy(i: u32) -> Result<u32, StepError> {
+    let now = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+    PEAK.fetch_max(now, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    RUNNING.fetch_sub(1, Ordering::SeqCst);
+    Ok(i)
+}
+
+#[workflow]
+async fn limited(i: u32) -> Result<u32, StepError> {
+    busy(i).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_more_than_max_running_instances_run_at_once() {
+    let rt = Runtime::builder()
+        .in_memory()
+        .max_running(2)
+        .build()
+        .await
+        .expect("runtime");
+    let mut runs = Vec::new();
+    for i in 0..8 {
+        runs.push(rt.start(Limited, i).await.expect("start"));
+    }
+    for (i, run) in runs.iter().enumerate() {
+        assert_eq!(run.result().await.expect("result"), Ok(i as u32));
+    }
+    assert_eq!(PEAK.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_an_orch_database_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("notes.db");
+    std::fs::write(&path, "these are my notes, not a database\n").expect("write");
+    let err = Runtime::builder()
+        .sqlite(&path)
+        .build()
+        .await
+        .err()
+        .expect("refused");
+    let msg = err.to_string();
+    assert!(msg.contains("is not an orch database"), "{msg}");
+    assert_eq!(
+        std::fs::read_to_string(&path).expect("read"),
+        "these are my notes, not a database\n"
+    );
+}
+
+#[tokio::test]
+async fn a_builder_without_a_store_says_how_to_choose_one() {
+    let err = Runtime::builder().build().await.err().expect("refused");
+    assert!(err.to_string().contains(".sqlite(path) or .in_memory()"), "{err}");
+}
+
+#[workflow]
+async fn echo(x: u32) -> u32 {
+    x
+}
+
+#[tokio::test]
+async fn list_filters_by_workflow_and_status_and_pages_by_id() {
+    let rt = Runtime::builder().in_memory().build().await.expect("runtime");
+    for i in 0..5 {
+        let run = rt
+            .start_with_id(Echo, format!("echo-{i}"), i)
+            .await
+            .expect("start");
+        run.result().await.expect("result");
+    }
+    let page = rt
+        .list(ListFilter::default().workflow("echo").limit(2))
+        .await
+        .expect("list");
+    let ids: Vec<_> = page.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["echo-0", "echo-1"]);
+    let next = rt
+        .list(ListFilter {
+            after_id: Some("echo-1".into()),
+            ..ListFilter::default().workflow("echo").limit(2)
+        })
+        .await
+        .expect("list");
+    let ids: Vec<_> = next.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["echo-2", "echo-3"]);
+    let completed = rt
+        .list(ListFilter::default().status(Status::Completed))
+        .await
+        .expect("list");
+    assert_eq!(completed.len(), 5);
+    assert!(
+        rt.list(ListFilter::default().workflow("limited"))
+            .await
+            .expect("list")
+            .is_empty()
+    );
+}
+
+#[workflow]
+async fn dozing(x: u32) -> u32 {
+    orch::sleep(Duration::from_millis(1500)).await;
+    x + 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_shutdown_nothing_starts_and_a_new_runtime_resumes_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("orch.db");
+    let rt = Runtime::builder().sqlite(&db).build().await.expect("runtime");
+    rt.start_with_id(Dozing, "d-1", 41).await.expect("start");
+    rt.shutdown().await.expect("shutdown");
+    let err = rt.start(Dozing, 1).await.err().expect("shut down");
+    assert!(matches!(err, Error::ShutDown), "{err}");
+
+    let rt = Runtime::builder().sqlite(&db).build().await.expect("restart");
+    let run = rt.handle(Dozing, "d-1").await.expect("handle");
+    assert_eq!(run.result().await.expect("result"), 42);
+    let wrong = rt.handle(Echo, "d-1").await.err().expect("wrong workflow");
+    assert!(wrong.to_string().contains("is a `dozing` workflow, not `echo`"), "{wrong}");
+    rt.shutdown().await.expect("shutdown");
+}
