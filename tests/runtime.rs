@@ -63,7 +63,10 @@ async fn a_file_that_is_not_an_orch_database_is_refused_and_left_alone() {
 #[tokio::test]
 async fn a_builder_without_a_store_says_how_to_choose_one() {
     let err = Runtime::builder().build().await.err().expect("refused");
-    assert!(err.to_string().contains(".sqlite(path) or .in_memory()"), "{err}");
+    assert!(
+        err.to_string().contains(".sqlite(path) or .in_memory()"),
+        "{err}"
+    );
 }
 
 #[workflow]
@@ -73,7 +76,11 @@ async fn echo(x: u32) -> u32 {
 
 #[tokio::test]
 async fn list_filters_by_workflow_and_status_and_pages_by_id() {
-    let rt = Runtime::builder().in_memory().build().await.expect("runtime");
+    let rt = Runtime::builder()
+        .in_memory()
+        .build()
+        .await
+        .expect("runtime");
     for i in 0..5 {
         let run = rt
             .start_with_id(Echo, format!("echo-{i}"), i)
@@ -119,16 +126,29 @@ async fn dozing(x: u32) -> u32 {
 async fn after_shutdown_nothing_starts_and_a_new_runtime_resumes_the_rest() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("orch.db");
-    let rt = Runtime::builder().sqlite(&db).build().await.expect("runtime");
+    let rt = Runtime::builder()
+        .sqlite(&db)
+        .build()
+        .await
+        .expect("runtime");
     rt.start_with_id(Dozing, "d-1", 41).await.expect("start");
     rt.shutdown().await.expect("shutdown");
     let err = rt.start(Dozing, 1).await.err().expect("shut down");
     assert!(matches!(err, Error::ShutDown), "{err}");
 
-    let rt = Runtime::builder().sqlite(&db).build().await.expect("restart");
+    let rt = Runtime::builder()
+        .sqlite(&db)
+        .build()
+        .await
+        .expect("restart");
     let run = rt.handle(Dozing, "d-1").await.expect("handle");
     assert_eq!(run.result().await.expect("result"), 42);
     let wrong = rt.handle(Echo, "d-1").await.err().expect("wrong workflow");
-    assert!(wrong.to_string().contains("is a `dozing` workflow, not `echo`"), "{wrong}");
+    assert!(
+        wrong
+            .to_string()
+            .contains("is a `dozing` workflow, not `echo`"),
+        "{wrong}"
+    );
     rt.shutdown().await.expect("shutdown");
 }

@@ -8,7 +8,7 @@
 use crate::context::{self, Halt, Scope, WorkflowCtx};
 use crate::error::Error;
 use crate::limits;
-use crate::store::{InstanceRecord, Millis, SignalRecord, Status, Store, WriteOp};
+use crate::store::{InstanceRecord, LoadedInstance, Millis, SignalRecord, Status, Store, WriteOp};
 use crate::workflow::{ErasedOutput, Registry, WorkflowDef};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -62,6 +62,14 @@ enum Event {
     Panicked(String),
     Halted(Halt),
     Idle(Option<Millis>),
+}
+
+/// Where a drive gets the instance from.
+enum Load {
+    /// Just created: the record is known and the journal empty (no read needed when given).
+    Fresh(Option<Box<InstanceRecord>>),
+    /// Read everything from the store.
+    Store,
 }
 
 enum Next {
@@ -158,8 +166,11 @@ impl Inner {
             updated_at: now,
             wake_at: None,
         };
+        let record_copy = record.clone();
         match self.store.create(record).await? {
-            crate::store::Created::New => self.schedule(&id, true),
+            crate::store::Created::New => {
+                self.schedule_with(&id, Load::Fresh(Some(Box::new(record_copy))))
+            }
             crate::store::Created::Existing(existing) => {
                 if existing.workflow != def.name {
                     return Err(Error::IdConflict {
@@ -175,20 +186,30 @@ impl Inner {
 
     /// Makes sure the instance is being driven: loads it, or nudges the loaded copy.
     pub(crate) fn schedule(self: &Arc<Self>, id: &str, fresh: bool) {
+        self.schedule_with(
+            id,
+            if fresh {
+                Load::Fresh(None)
+            } else {
+                Load::Store
+            },
+        );
+    }
+
+    fn schedule_with(self: &Arc<Self>, id: &str, load: Load) {
         if self.is_closing() {
             return;
         }
         let mut loaded = lock(&self.loaded);
         if let Some(slot) = loaded.get_mut(id) {
-            match &slot.ctx {
-                Some(ctx) => ctx.wake_all(),
-                None => slot.woken = true,
+            // Poll again (or reload, if the context is not published yet) before unloading.
+            slot.woken = true;
+            if let Some(ctx) = &slot.ctx {
+                ctx.wake_all();
             }
             return;
         }
-        let task = self
-            .handle
-            .spawn(drive(self.clone(), id.to_string(), fresh));
+        let task = self.handle.spawn(drive(self.clone(), id.to_string(), load));
         loaded.insert(
             id.to_string(),
             Slot {
@@ -204,9 +225,9 @@ impl Inner {
         {
             let mut loaded = lock(&self.loaded);
             if let Some(slot) = loaded.get_mut(id) {
-                match &slot.ctx {
-                    Some(ctx) => ctx.deliver_signal(signal),
-                    None => slot.woken = true,
+                slot.woken = true;
+                if let Some(ctx) = &slot.ctx {
+                    ctx.deliver_signal(signal);
                 }
                 return;
             }
@@ -298,15 +319,15 @@ async fn run_timers(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<(Millis,
     }
 }
 
-async fn drive(inner: Arc<Inner>, id: String, fresh: bool) {
+async fn drive(inner: Arc<Inner>, id: String, load: Load) {
     let Ok(_permit) = inner.permits.clone().acquire_owned().await else {
         return;
     };
-    let mut fresh = fresh;
+    let mut load = load;
     loop {
-        match drive_once(&inner, &id, fresh).await {
+        match drive_once(&inner, &id, load).await {
             Next::Done => return,
-            Next::Reload => fresh = false,
+            Next::Reload => load = Load::Store,
             Next::RetryLater => {
                 inner.unload(&id);
                 let at = inner.clock.now_ms() + RETRY_AFTER_STORE_ERROR.as_millis() as Millis;
@@ -317,18 +338,31 @@ async fn drive(inner: Arc<Inner>, id: String, fresh: bool) {
     }
 }
 
-async fn drive_once(inner: &Arc<Inner>, id: &str, fresh: bool) -> Next {
-    if !fresh {
-        // Ordered after any `suspended` written by the previous load of this instance.
-        let commit = inner.store.submit(vec![WriteOp::SetStatus {
-            instance: id.to_string(),
-            status: Status::Running,
-            wake_at: None,
-            at: inner.clock.now_ms(),
-        }]);
-        drop(commit);
-    }
-    let loaded = match inner.store.load(id).await {
+async fn drive_once(inner: &Arc<Inner>, id: &str, load: Load) -> Next {
+    let known = match load {
+        Load::Fresh(known) => known,
+        Load::Store => {
+            // Ordered after any `suspended` written by the previous load of this instance.
+            let commit = inner.store.submit(vec![WriteOp::SetStatus {
+                instance: id.to_string(),
+                status: Status::Running,
+                wake_at: None,
+                at: inner.clock.now_ms(),
+            }]);
+            drop(commit);
+            None
+        }
+    };
+    let loaded = match known {
+        Some(record) => Ok(Some(LoadedInstance {
+            record: *record,
+            journal: Vec::new(),
+            attempts: Vec::new(),
+            signals: Vec::new(),
+        })),
+        None => inner.store.load(id).await,
+    };
+    let loaded = match loaded {
         Ok(Some(l)) => l,
         Ok(None) => {
             inner.unload(id);
