@@ -202,3 +202,51 @@ async fn a_recorded_output_that_no_longer_fits_the_type_is_incompatible() {
     assert!(msg.contains("does not deserialize"), "{msg}");
     rt.shutdown().await.expect("shutdown");
 }
+
+static PATCH_DEPLOYED: AtomicBool = AtomicBool::new(false);
+
+#[workflow]
+async fn patchable() -> Result<Vec<u32>, StepError> {
+    let a = reserve_stock().await?;
+    let b = if PATCH_DEPLOYED.load(Ordering::SeqCst) && orch::patched("ship-first") {
+        ship_parcel().await?
+    } else {
+        charge_card().await?
+    };
+    let _: bool = orch::signal("continue").await;
+    Ok(vec![a, b])
+}
+
+#[tokio::test]
+async fn patched_keeps_old_instances_on_the_old_branch_and_new_ones_on_the_new() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("orch.db");
+    let rt = Runtime::builder().sqlite(&db).build().await.expect("v1");
+    let old = rt.start_with_id(Patchable, "old", ()).await.expect("start");
+    while old.status().await.expect("status") != Status::Suspended {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    rt.shutdown().await.expect("shutdown v1");
+
+    PATCH_DEPLOYED.store(true, Ordering::SeqCst);
+    let rt = Runtime::builder().sqlite(&db).build().await.expect("v2");
+    let new = rt.start_with_id(Patchable, "new", ()).await.expect("start");
+    for id in ["old", "new"] {
+        rt.signal(id, "continue", true).await.expect("signal");
+    }
+    let old = rt.handle(Patchable, "old").await.expect("handle");
+    assert_eq!(old.result().await.expect("old result"), Ok(vec![1, 2]));
+    assert_eq!(new.result().await.expect("new result"), Ok(vec![1, 3]));
+    let kinds: Vec<_> = rt
+        .journal("new")
+        .await
+        .expect("journal")
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [EntryKind::Step, EntryKind::Patch, EntryKind::Step, EntryKind::Signal]
+    );
+    rt.shutdown().await.expect("shutdown v2");
+}

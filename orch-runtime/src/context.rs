@@ -197,6 +197,29 @@ impl WorkflowCtx {
         }
     }
 
+    /// `patched(id)`: true for code paths recorded by (or running under) new code, false when
+    /// replaying history that old code recorded without the marker. Consumes a seq only when
+    /// the marker is (or gets) recorded.
+    pub(crate) fn patch_marker(&self, id: &str) -> Option<Result<bool, u32>> {
+        let mut st = self.lock();
+        if st.halt.is_some() {
+            return None;
+        }
+        let seq = st.next_seq + 1;
+        match st.journal.get(&seq) {
+            Some(e) if e.kind == EntryKind::Patch && e.name == id => {
+                st.next_seq = seq;
+                Some(Ok(true))
+            }
+            // History recorded by code that did not have this patch.
+            Some(_) => Some(Ok(false)),
+            None => {
+                st.next_seq = seq;
+                Some(Err(seq))
+            }
+        }
+    }
+
     /// Called when the body has returned: a journal with entries the code never reached does
     /// not match the code either.
     pub(crate) fn check_fully_replayed(&self) -> Result<(), String> {

@@ -197,6 +197,29 @@ async fn wait_until(ctx: Arc<WorkflowCtx>, seq: u32, fire_at: Millis) {
     .await
 }
 
+/// Lets changed code keep old instances replaying: `if orch::patched("ship-first") { new }
+/// else { old }`. New instances (and old ones past the point where they were when the change
+/// was deployed) take the new branch; instances whose history was recorded before the change
+/// replay the old branch. Remove the old branch once no such instance is left.
+pub fn patched(id: &str) -> bool {
+    match context::current() {
+        None => true,
+        Some(Scope::Step(step)) => misuse("patched", &step),
+        Some(Scope::Workflow(ctx)) => match ctx.patch_marker(id) {
+            None => true,
+            Some(Ok(taken)) => taken,
+            Some(Err(seq)) => {
+                let now = ctx.now_ms();
+                ctx.record_later(
+                    entry(seq, EntryKind::Patch, id, "true".into(), now),
+                    Vec::new(),
+                );
+                true
+            }
+        },
+    }
+}
+
 /// Sets the custom status shown for this instance ("where is my order?"), journaled.
 pub fn set_status<T: Serialize>(status: T) -> Durable<()> {
     match context::current() {

@@ -56,7 +56,7 @@ pub use workflow::Workflow;
 pub mod orch {
     pub use crate::durable::{
         Durable, background, call_workflow, current_step, idempotency_key, instance_id, now,
-        random, set_status, signal, signal_with_timeout, sleep, sleep_until, uuid,
+        patched, random, set_status, signal, signal_with_timeout, sleep, sleep_until, uuid,
     };
 }
 
