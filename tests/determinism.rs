@@ -205,13 +205,23 @@ async fn a_recorded_output_that_no_longer_fits_the_type_is_incompatible() {
 
 static PATCH_DEPLOYED: AtomicBool = AtomicBool::new(false);
 
+#[step]
+async fn pay() -> Result<u32, StepError> {
+    Ok(2)
+}
+
+#[step]
+async fn send() -> Result<u32, StepError> {
+    Ok(3)
+}
+
 #[workflow]
 async fn patchable() -> Result<Vec<u32>, StepError> {
     let a = reserve_stock().await?;
     let b = if PATCH_DEPLOYED.load(Ordering::SeqCst) && orch::patched("ship-first") {
-        ship_parcel().await?
+        send().await?
     } else {
-        charge_card().await?
+        pay().await?
     };
     let _: bool = orch::signal("continue").await;
     Ok(vec![a, b])

@@ -33,6 +33,24 @@ impl Clock {
     }
 }
 
+/// How an instance ended, as handed to those waiting for it.
+#[derive(Clone, Debug)]
+pub(crate) struct Outcome {
+    pub(crate) status: Status,
+    pub(crate) output: Option<String>,
+    pub(crate) error: Option<String>,
+}
+
+impl Outcome {
+    pub(crate) fn of(rec: &InstanceRecord) -> Outcome {
+        Outcome {
+            status: rec.status,
+            output: rec.output.clone(),
+            error: rec.error.clone(),
+        }
+    }
+}
+
 /// A loaded (or loading) instance.
 struct Slot {
     ctx: Option<Arc<WorkflowCtx>>,
@@ -50,7 +68,7 @@ pub(crate) struct Inner {
     pub(crate) keep_loaded: Duration,
     permits: Arc<Semaphore>,
     loaded: Mutex<HashMap<String, Slot>>,
-    watchers: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
+    watchers: Mutex<HashMap<String, Vec<oneshot::Sender<Outcome>>>>,
     timers: mpsc::UnboundedSender<(Millis, String)>,
     timer_task: Mutex<Option<AbortHandle>>,
     closing: AtomicBool,
@@ -241,7 +259,7 @@ impl Inner {
     }
 
     /// Resolves when the instance finishes (or the engine shuts down).
-    pub(crate) fn watch(&self, id: &str) -> oneshot::Receiver<()> {
+    pub(crate) fn watch(&self, id: &str) -> oneshot::Receiver<Outcome> {
         let (tx, rx) = oneshot::channel();
         lock(&self.watchers)
             .entry(id.to_string())
@@ -250,10 +268,15 @@ impl Inner {
         rx
     }
 
-    fn notify_finished(self: &Arc<Self>, id: &str, parent: Option<&str>) {
+    /// Whether a task is driving the instance now (so it has not finished yet).
+    pub(crate) fn is_loaded(&self, id: &str) -> bool {
+        lock(&self.loaded).contains_key(id)
+    }
+
+    fn notify_finished(self: &Arc<Self>, id: &str, outcome: Outcome, parent: Option<&str>) {
         if let Some(txs) = lock(&self.watchers).remove(id) {
             for tx in txs {
-                let _ = tx.send(());
+                let _ = tx.send(outcome.clone());
             }
         }
         if let Some(parent) = parent {
@@ -376,7 +399,7 @@ async fn drive_once(inner: &Arc<Inner>, id: &str, load: Load) -> Next {
     let parent = loaded.record.parent.clone();
     if loaded.record.status.is_final() {
         inner.unload(id);
-        inner.notify_finished(id, parent.as_deref());
+        inner.notify_finished(id, Outcome::of(&loaded.record), parent.as_deref());
         return Next::Done;
     }
     let def = match inner.registry.get(&loaded.record.workflow) {
@@ -533,11 +556,16 @@ async fn finish(
             return Next::RetryLater;
         }
     }
-    let commit = inner.store.submit(vec![WriteOp::Finish {
-        instance: ctx.id.clone(),
+    let outcome = Outcome {
         status,
         output,
         error,
+    };
+    let commit = inner.store.submit(vec![WriteOp::Finish {
+        instance: ctx.id.clone(),
+        status,
+        output: outcome.output.clone(),
+        error: outcome.error.clone(),
         at: inner.clock.now_ms(),
     }]);
     if let Err(e) = commit.await {
@@ -545,7 +573,7 @@ async fn finish(
         return Next::RetryLater;
     }
     inner.unload(&ctx.id);
-    inner.notify_finished(&ctx.id, parent.as_deref());
+    inner.notify_finished(&ctx.id, outcome, parent.as_deref());
     Next::Done
 }
 

@@ -1,6 +1,6 @@
 //! The public runtime: build it, start workflows, look them up, signal them.
 
-use crate::engine::Inner;
+use crate::engine::{Inner, Outcome};
 use crate::error::Error;
 use crate::store::memory::MemoryStore;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
@@ -262,6 +262,22 @@ impl Runtime {
         }
     }
 
+    /// Waits for the end of an instance; skips the store read while the instance is running
+    /// here (its end is then announced with the outcome).
+    async fn outcome(&self, id: &str) -> Result<Outcome, Error> {
+        let finished = self.inner.watch(id);
+        if !self.inner.is_loaded(id) {
+            let rec = self.record(id).await?;
+            if rec.status.is_final() {
+                return Ok(Outcome::of(&rec));
+            }
+        }
+        match finished.await {
+            Ok(outcome) => Ok(outcome),
+            Err(_) => Err(Error::ShutDown),
+        }
+    }
+
     /// Names of the workflows compiled into this binary.
     pub fn workflows(&self) -> Vec<&'static str> {
         self.inner.registry.names()
@@ -318,7 +334,7 @@ impl<W: Workflow> Run<W> {
 
     /// Waits for the workflow to finish and returns its output.
     pub async fn result(&self) -> Result<W::Output, Error> {
-        let rec = self.rt.wait(&self.id).await?;
+        let rec = self.rt.outcome(&self.id).await?;
         let id = self.id.clone();
         match (rec.status, rec.output) {
             (Status::Completed | Status::Failed, Some(out)) => {
