@@ -256,7 +256,12 @@ async fn patched_keeps_old_instances_on_the_old_branch_and_new_ones_on_the_new()
         .collect();
     assert_eq!(
         kinds,
-        [EntryKind::Step, EntryKind::Patch, EntryKind::Step, EntryKind::Signal]
+        [
+            EntryKind::Step,
+            EntryKind::Patch,
+            EntryKind::Step,
+            EntryKind::Signal
+        ]
     );
     rt.shutdown().await.expect("shutdown v2");
 }

@@ -157,7 +157,9 @@ pub struct SqliteStore {
     /// The writer's queue; `None` only while dropping.
     tx: Option<mpsc::Sender<Command>>,
     writer: Option<JoinHandle<()>>,
-    reader: Arc<Mutex<Connection>>,
+    /// The readers' queue; `None` only while dropping.
+    read_tx: Option<mpsc::Sender<ReadJob>>,
+    readers: Vec<JoinHandle<()>>,
     commits: Arc<AtomicU64>,
     closed: AtomicBool,
 }
@@ -196,15 +198,30 @@ impl SqliteStore {
         }
         configure(&conn, options.synchronous).map_err(|e| backend(&ctx("pragmas"), e))?;
         migrate(&mut conn, current, &shown)?;
+        conn.set_prepared_statement_cache_capacity(64);
 
-        let reader = Connection::open(&path).map_err(|e| backend(&ctx("open reader"), e))?;
-        reader
-            .busy_timeout(Duration::from_secs(5))
-            .map_err(|e| backend(&ctx("reader busy_timeout"), e))?;
-        configure(&reader, options.synchronous).map_err(|e| backend(&ctx("reader pragmas"), e))?;
-        reader
-            .pragma_update(None, "query_only", "ON")
-            .map_err(|e| backend(&ctx("reader query_only"), e))?;
+        // A small fixed pool of reader threads, each with its own connection (WAL lets them
+        // read beside the writer). Reads queue here instead of growing a blocking pool.
+        let (read_tx, read_rx) = mpsc::channel::<ReadJob>();
+        let read_rx = Arc::new(Mutex::new(read_rx));
+        let mut readers = Vec::with_capacity(READERS);
+        for n in 0..READERS {
+            let reader = Connection::open(&path).map_err(|e| backend(&ctx("open reader"), e))?;
+            reader
+                .busy_timeout(Duration::from_secs(5))
+                .map_err(|e| backend(&ctx("reader busy_timeout"), e))?;
+            configure(&reader, options.synchronous)
+                .map_err(|e| backend(&ctx("reader pragmas"), e))?;
+            reader
+                .pragma_update(None, "query_only", "ON")
+                .map_err(|e| backend(&ctx("reader query_only"), e))?;
+            let queue = read_rx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("orch-sqlite-reader-{n}"))
+                .spawn(move || reader_loop(reader, &queue))
+                .map_err(|e| backend(&ctx("spawning a reader thread"), e))?;
+            readers.push(handle);
+        }
 
         let commits = Arc::new(AtomicU64::new(0));
         let (tx, rx) = mpsc::channel();
@@ -221,7 +238,8 @@ impl SqliteStore {
             path,
             tx: Some(tx),
             writer: Some(writer),
-            reader: Arc::new(Mutex::new(reader)),
+            read_tx: Some(read_tx),
+            readers,
             commits,
             closed: AtomicBool::new(false),
         })
@@ -244,27 +262,49 @@ impl SqliteStore {
         self.tx.as_ref().is_some_and(|tx| tx.send(cmd).is_ok())
     }
 
-    /// Runs `f` on the read connection on the blocking pool.
+    /// Runs `f` on one of the reader threads.
     fn read<T, F>(&self, f: F) -> BoxFuture<'_, Result<T, StoreError>>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let reader = self.reader.clone();
-        let run = move || {
-            // A panic in a read leaves no half-done write behind; recover the connection.
-            let mut conn = reader.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut conn)
-        };
+        let (tx, rx) = oneshot::channel();
+        let job: ReadJob = Box::new(move |conn| {
+            let _ = tx.send(f(conn));
+        });
+        let sent = self.read_tx.as_ref().is_some_and(|q| q.send(job).is_ok());
         Box::pin(async move {
-            match tokio::runtime::Handle::try_current() {
-                Ok(handle) => handle
-                    .spawn_blocking(run)
-                    .await
-                    .map_err(|e| backend("read task", e))?,
-                Err(_) => run(),
+            if !sent {
+                return Err(StoreError::Closed);
             }
+            rx.await.unwrap_or(Err(StoreError::Closed))
         })
+    }
+}
+
+/// A read to run on a reader thread's connection.
+type ReadJob = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Reader threads (each with its own connection).
+const READERS: usize = 2;
+
+fn reader_loop(mut conn: Connection, queue: &Mutex<mpsc::Receiver<ReadJob>>) {
+    loop {
+        let job = {
+            let rx = queue.lock().unwrap_or_else(|e| e.into_inner());
+            rx.recv()
+        };
+        match job {
+            // A panicking read must not take the thread down with the queue still in use.
+            Ok(job) => {
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)))
+                    .is_err()
+                {
+                    tracing::error!("a SQLite read panicked");
+                }
+            }
+            Err(_) => return,
+        }
     }
 }
 
@@ -272,6 +312,10 @@ impl Drop for SqliteStore {
     fn drop(&mut self) {
         // Disconnecting lets the writer finish everything queued, then exit.
         drop(self.tx.take());
+        drop(self.read_tx.take());
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
         if self.writer.take().is_some_and(|w| w.join().is_err()) {
             tracing::error!(path = %self.path.display(), "the SQLite writer thread panicked");
         }
@@ -431,23 +475,35 @@ fn run_batch(conn: &Connection, batch: Vec<Command>, commits: &AtomicU64) {
     let size = batch.len();
     let mut outcomes = Vec::with_capacity(size);
     let result = (|| -> Result<(), StoreError> {
-        conn.execute_batch("BEGIN IMMEDIATE")
-            .map_err(|e| backend("beginning a write transaction", e))?;
+        let run = |sql: &str, what: &str| {
+            conn.prepare_cached(sql)
+                .and_then(|mut s| s.execute([]))
+                .map_err(|e| backend(what, e))
+        };
+        run("BEGIN IMMEDIATE", "beginning a write transaction")?;
+        if let [only] = batch.as_slice() {
+            // One command: the transaction is its unit; a failure rolls it back alone.
+            let outcome = execute(conn, only);
+            if outcome.is_ok() {
+                run("COMMIT", "committing a write transaction")?;
+            } else {
+                run("ROLLBACK", "rolling back a failed write")?;
+            }
+            outcomes.push(outcome);
+            return Ok(());
+        }
         for cmd in &batch {
-            conn.execute_batch("SAVEPOINT orch_cmd")
-                .map_err(|e| backend("opening a savepoint", e))?;
+            run("SAVEPOINT orch_cmd", "opening a savepoint")?;
             let outcome = execute(conn, cmd);
             if outcome.is_ok() {
-                conn.execute_batch("RELEASE orch_cmd")
-                    .map_err(|e| backend("releasing a savepoint", e))?;
+                run("RELEASE orch_cmd", "releasing a savepoint")?;
             } else {
-                conn.execute_batch("ROLLBACK TO orch_cmd; RELEASE orch_cmd")
-                    .map_err(|e| backend("rolling back a failed write", e))?;
+                run("ROLLBACK TO orch_cmd", "rolling back a failed write")?;
+                run("RELEASE orch_cmd", "releasing a savepoint")?;
             }
             outcomes.push(outcome);
         }
-        conn.execute_batch("COMMIT")
-            .map_err(|e| backend("committing a write transaction", e))?;
+        run("COMMIT", "committing a write transaction")?;
         Ok(())
     })();
     match result {
