@@ -23,7 +23,10 @@ fn example_binary() -> &'static Path {
             .stderr(Stdio::inherit())
             .output()
             .expect("run cargo build");
-        assert!(out.status.success(), "cargo build --example checkout failed");
+        assert!(
+            out.status.success(),
+            "cargo build --example checkout failed"
+        );
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -36,6 +39,7 @@ fn example_binary() -> &'static Path {
 struct Paths {
     db: PathBuf,
     log: PathBuf,
+    stdout: PathBuf,
 }
 
 impl Paths {
@@ -43,18 +47,25 @@ impl Paths {
         Paths {
             db: dir.join("orch.db"),
             log: dir.join("services.log"),
+            stdout: dir.join("stdout.json"),
         }
     }
 }
 
 fn spawn(p: &Paths) -> Child {
     Command::new(example_binary())
-        .args(["--orders", &ORDERS.to_string(), "--json", "--step-delay-ms", "40"])
+        .args([
+            "--orders",
+            &ORDERS.to_string(),
+            "--json",
+            "--step-delay-ms",
+            "40",
+        ])
         .arg("--db")
         .arg(&p.db)
         .arg("--service-log")
         .arg(&p.log)
-        .stdout(Stdio::piped())
+        .stdout(std::fs::File::create(&p.stdout).unwrap())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start the example")
@@ -62,13 +73,29 @@ fn spawn(p: &Paths) -> Child {
 
 /// Runs the example to the end and returns its JSON summary.
 fn run_to_completion(p: &Paths) -> Value {
-    let child = spawn(p);
-    let out = child.wait_with_output().expect("wait for the example");
-    assert!(out.status.success(), "the example failed: {:?}", out.status);
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    let mut child = spawn(p);
+    // Bounded: a run that never finishes fails the test instead of hanging it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("the example did not finish within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "the example failed: {status:?}");
+    let stdout = std::fs::read_to_string(&p.stdout).unwrap();
     let mut lines = stdout.lines();
     let summary: Value = serde_json::from_str(lines.next().expect("no output")).unwrap();
-    assert_eq!(lines.next(), None, "--json prints exactly one line: {stdout}");
+    assert_eq!(
+        lines.next(),
+        None,
+        "--json prints exactly one line: {stdout}"
+    );
     summary
 }
 
@@ -98,7 +125,10 @@ fn run_and_kill(p: &Paths, grow: usize) {
             child.try_wait().unwrap().is_none(),
             "the example finished before the kill point (+{grow} log lines)"
         );
-        assert!(Instant::now() < deadline, "no progress in 20 s");
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("no progress in 20 s");
+        }
         std::thread::sleep(Duration::from_millis(2));
     }
     child.kill().unwrap(); // SIGKILL on Unix: no cleanup, no flushing
@@ -148,11 +178,15 @@ fn killed_three_times_mid_batch_ends_like_an_uninterrupted_run() {
     assert_eq!(got["orders"], expected["orders"]);
     assert_eq!(got["counts"], expected["counts"]);
     let declined: HashSet<String> = (1..=ORDERS)
-        .filter(|n| n % 7 == 0)
+        .filter(|n| n.is_multiple_of(7))
         .map(|n| format!("order-{n}"))
         .collect();
     for (id, status) in orders {
-        let want = if declined.contains(id) { "failed" } else { "completed" };
+        let want = if declined.contains(id) {
+            "failed"
+        } else {
+            "completed"
+        };
         assert_eq!(status, want, "{id}");
     }
 
@@ -180,10 +214,26 @@ fn killed_three_times_mid_batch_ends_like_an_uninterrupted_run() {
         let is_declined = declined.contains(&id);
         assert_eq!(count("orders", &id, "create"), 1, "{id} create");
         assert_eq!(count("inventory", &id, "reserve"), 1, "{id} reserve");
-        assert_eq!(count("payment", &id, "charge"), usize::from(!is_declined), "{id} charge");
-        assert_eq!(count("payment", &id, "decline"), usize::from(is_declined), "{id} decline");
-        assert_eq!(count("inventory", &id, "release"), usize::from(is_declined), "{id} release");
-        assert_eq!(count("shipping", &id, "ship"), usize::from(!is_declined), "{id} ship");
+        assert_eq!(
+            count("payment", &id, "charge"),
+            usize::from(!is_declined),
+            "{id} charge"
+        );
+        assert_eq!(
+            count("payment", &id, "decline"),
+            usize::from(is_declined),
+            "{id} decline"
+        );
+        assert_eq!(
+            count("inventory", &id, "release"),
+            usize::from(is_declined),
+            "{id} release"
+        );
+        assert_eq!(
+            count("shipping", &id, "ship"),
+            usize::from(!is_declined),
+            "{id} ship"
+        );
         assert!(count("analytics", &id, "event") <= 1, "{id} analytics");
     }
     // The same effects as the uninterrupted run, analytics included.

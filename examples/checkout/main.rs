@@ -103,8 +103,18 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
         analytics_down: args.analytics_down,
     })
     .await
-    .map_err(|e| format!("cannot start the services (log {}): {e}", log_path.display()))?;
-    workflow::connect(services::NAMES.into_iter().zip(services.urls.clone()).collect())?;
+    .map_err(|e| {
+        format!(
+            "cannot start the services (log {}): {e}",
+            log_path.display()
+        )
+    })?;
+    workflow::connect(
+        services::NAMES
+            .into_iter()
+            .zip(services.urls.clone())
+            .collect(),
+    )?;
     let rt = Runtime::builder()
         .sqlite(&args.db)
         .max_running(args.concurrency.max(1))
@@ -162,7 +172,10 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
             })
             .collect();
         progress.update(&states);
-        if states.iter().all(|s| s.status.is_some_and(Status::is_final)) {
+        if states
+            .iter()
+            .all(|s| s.status.is_some_and(Status::is_final))
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(150)).await;

@@ -227,7 +227,12 @@ impl Service {
     }
 }
 
-async fn handle(svc: Arc<Service>, apply: Apply, headers: HeaderMap, body: Value) -> (StatusCode, Json<Value>) {
+async fn handle(
+    svc: Arc<Service>,
+    apply: Apply,
+    headers: HeaderMap,
+    body: Value,
+) -> (StatusCode, Json<Value>) {
     let Some(key) = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -279,7 +284,10 @@ fn create_order(_: &Service, body: &Value) -> Effect {
 
 fn reserve(_: &Service, body: &Value) -> Effect {
     let order = str_field(body, "order");
-    Effect::ok("reserve", json!({ "reservation_id": format!("RES-{order}") }))
+    Effect::ok(
+        "reserve",
+        json!({ "reservation_id": format!("RES-{order}") }),
+    )
 }
 
 fn release(_: &Service, body: &Value) -> Effect {

@@ -44,7 +44,7 @@ impl Order {
             sku: pick(n),
             qty: 1 + (n % 3) as u32,
         }];
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             items.push(LineItem {
                 sku: pick(n / 2 + 1),
                 qty: 1,
@@ -54,7 +54,12 @@ impl Order {
             id: format!("order-{n}"),
             customer: format!("customer-{}", n % 11),
             items,
-            card: if n % 7 == 0 { DECLINED_CARD } else { GOOD_CARD }.to_string(),
+            card: if n.is_multiple_of(7) {
+                DECLINED_CARD
+            } else {
+                GOOD_CARD
+            }
+            .to_string(),
             address: format!("{n} Loopback Lane, 127.0.0.1"),
         }
     }
@@ -215,7 +220,12 @@ pub async fn ship_order(order: &Order, order_ref: &str) -> Result<Shipment, Step
 /// Records an analytics event: a short retry, then it gives up (in the background).
 #[step(retry = Retry::fixed(ms(20)).max_attempts(3), timeout = secs(30))]
 pub async fn record_analytics(order: String, event: &'static str) -> Result<(), StepError> {
-    let _: Value = call("analytics", "/events", json!({ "order": order, "event": event })).await?;
+    let _: Value = call(
+        "analytics",
+        "/events",
+        json!({ "order": order, "event": event }),
+    )
+    .await?;
     Ok(())
 }
 
