@@ -105,5 +105,7 @@ impl Progress {
             live.multi.remove(line);
         }
         live.bar.finish();
+        // End the bar's line: what is printed next starts on a line of its own.
+        println!();
     }
 }

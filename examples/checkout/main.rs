@@ -128,18 +128,18 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
     let resumed = existing.iter().filter(|r| !r.status.is_final()).count();
     if !quiet {
         println!(
-            "checkout: {} orders on {} · services on {} · service log {}",
+            "checkout: {} orders · db {} · service log {}",
             args.orders,
             args.db.display(),
-            services
-                .urls
-                .iter()
-                .zip(services::NAMES)
-                .map(|(url, name)| format!("{name} {}", url.trim_start_matches("http://127.0.0.1")))
-                .collect::<Vec<_>>()
-                .join(", "),
             log_path.display(),
         );
+        let ports: Vec<String> = services
+            .urls
+            .iter()
+            .zip(services::NAMES)
+            .map(|(url, name)| format!("{name} {}", url.trim_start_matches("http://127.0.0.1")))
+            .collect();
+        println!("services on 127.0.0.1: {}", ports.join(" · "));
         if !existing.is_empty() {
             println!(
                 "  this db already has {} of these orders: {} finished, {} resumed where they stopped",
@@ -237,10 +237,9 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
             .iter()
             .map(|c| c.deduplicated.load(Ordering::Relaxed))
             .sum();
+        println!("service calls this run: {}", calls.join(" · "));
         println!(
-            "service calls this run: {} · {dedup} answered from the idempotency memory ({} keys \
-             remembered from earlier runs)",
-            calls.join(" · "),
+            "  {dedup} answered from the idempotency memory ({} keys remembered from earlier runs)",
             services.reloaded_keys
         );
     }
