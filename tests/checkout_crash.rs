@@ -116,6 +116,10 @@ fn read_log(log: &Path) -> Vec<Value> {
 /// Starts the example and SIGKILLs it as soon as the service log has grown by `grow` lines
 /// (that is, right after a service applied a request, before the step's answer could be
 /// checkpointed). Panics if the example finished first: the kill must land mid-batch.
+///
+/// Kill points are chosen by progress rather than by wall-clock time: the whole batch takes
+/// well under a second (less in a resumed run, more on a loaded machine), so fixed delays
+/// would sometimes land before the first call or after the last.
 fn run_and_kill(p: &Paths, grow: usize) {
     let start = log_lines(&p.log);
     let mut child = spawn(p);
@@ -238,6 +242,15 @@ fn killed_three_times_mid_batch_ends_like_an_uninterrupted_run() {
     }
     // The same effects as the uninterrupted run, analytics included.
     assert_eq!(effects, applied_effects(&read_log(&reference.log)));
+
+    // A run on a finished batch starts nothing and calls no service.
+    let lines = log.len();
+    assert_eq!(run_to_completion(&crashy), got);
+    assert_eq!(
+        read_log(&crashy.log).len(),
+        lines,
+        "a rerun called services"
+    );
 
     // The kills did land between a service applying a request and the step's checkpoint:
     // after a restart the re-sent request was answered from the idempotency memory.
