@@ -1,2 +1,0 @@
-//! The checkout example (being written).
-fn main() {}

@@ -1,0 +1,302 @@
+//! The checkout example: a durable checkout across four microservices, run for a batch of
+//! orders, crash-safe.
+//!
+//! The example starts five tiny HTTP services on loopback (orders, inventory, payment,
+//! shipping, and analytics, which is down for some orders) and checks out a batch of orders
+//! with the `checkout` workflow: create the order, reserve inventory, charge the card (a
+//! declined card releases the reservation), ship, and record analytics in the background.
+//! Progress is checkpointed in `./orch.db`: kill the process at any moment, run it again, and
+//! it resumes the unfinished orders without starting any order twice or applying any
+//! service call twice (services deduplicate by the step's idempotency key, and remember
+//! their keys across restarts through their log).
+//!
+//! ```text
+//! cargo run --release --example checkout                        # 36 orders on ./orch.db
+//! cargo run --release --example checkout -- --step-delay-ms 300 # slow: try Ctrl-C, rerun
+//! cargo run --release --example checkout -- --orders 100 --json --db /tmp/x.db
+//! ```
+//!
+//! Every request a service receives is appended to the service log (`--service-log`,
+//! default `<db>.services.log`), one JSON object a line:
+//! `{"service":"payment","order":"order-3","key":"order-3/6","applied":true,"op":"charge",…}`
+//! with `applied` false for a deduplicated (or refused) request.
+
+mod display;
+mod services;
+mod workflow;
+
+use clap::Parser;
+use orch_runtime::prelude::*;
+use orch_runtime::{InstanceRecord, ListFilter};
+use std::collections::{BTreeMap, HashMap};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use display::{OrderState, Progress};
+use workflow::{Checkout, CheckoutError, Order, Receipt};
+
+/// Checks out a batch of orders durably, across four HTTP microservices.
+#[derive(Parser, Debug)]
+#[command(name = "checkout")]
+struct Args {
+    /// How many orders to check out (`order-1` … `order-N`; every 7th card is declined).
+    #[arg(long, default_value_t = 36)]
+    orders: u64,
+    /// The orch database; a second run on the same file resumes the first.
+    #[arg(long, default_value = "orch.db")]
+    db: PathBuf,
+    /// Where the services log every request (default: `<db>.services.log`).
+    #[arg(long)]
+    service_log: Option<PathBuf>,
+    /// Print only one JSON object at the end: counts by status and each order's status.
+    #[arg(long)]
+    json: bool,
+    /// Slow every service call down by this many milliseconds.
+    #[arg(long, default_value_t = 0)]
+    step_delay_ms: u64,
+    /// How many orders are in flight at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Take the analytics service down for every order (checkouts must still complete).
+    #[arg(long)]
+    analytics_down: bool,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("checkout: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The final state of one order.
+struct Outcome {
+    status: Status,
+    /// Why it failed, if it did.
+    reason: Option<String>,
+}
+
+async fn run(args: Args) -> Result<ExitCode, BoxError> {
+    let live = !args.json && std::io::stdout().is_terminal();
+    let quiet = args.json;
+    let log_path = args.service_log.clone().unwrap_or_else(|| {
+        let mut p = args.db.clone().into_os_string();
+        p.push(".services.log");
+        PathBuf::from(p)
+    });
+
+    // Services first, then the runtime: building it resumes unfinished orders at once, and
+    // their steps need the services.
+    let services = services::start(services::Config {
+        log: &log_path,
+        delay: Duration::from_millis(args.step_delay_ms),
+        analytics_down: args.analytics_down,
+    })
+    .await
+    .map_err(|e| {
+        format!(
+            "cannot start the services (log {}): {e}",
+            log_path.display()
+        )
+    })?;
+    workflow::connect(
+        services::NAMES
+            .into_iter()
+            .zip(services.urls.clone())
+            .collect(),
+    )?;
+    let rt = Runtime::builder()
+        .sqlite(&args.db)
+        .max_running(args.concurrency.max(1))
+        .build()
+        .await
+        .map_err(|e| format!("cannot open {}: {e}", args.db.display()))?;
+
+    let ids: Vec<String> = (1..=args.orders).map(|n| format!("order-{n}")).collect();
+    let before = records(&rt).await?;
+    let existing: Vec<&InstanceRecord> = ids.iter().filter_map(|id| before.get(id)).collect();
+    let resumed = existing.iter().filter(|r| !r.status.is_final()).count();
+    if !quiet {
+        println!(
+            "checkout: {} orders · db {} · service log {}",
+            args.orders,
+            args.db.display(),
+            log_path.display(),
+        );
+        let ports: Vec<String> = services
+            .urls
+            .iter()
+            .zip(services::NAMES)
+            .map(|(url, name)| format!("{name} {}", url.trim_start_matches("http://127.0.0.1")))
+            .collect();
+        println!("services on 127.0.0.1: {}", ports.join(" · "));
+        if !existing.is_empty() {
+            println!(
+                "  this db already has {} of these orders: {} finished, {} resumed where they stopped",
+                existing.len(),
+                existing.len() - resumed,
+                resumed
+            );
+        }
+    }
+
+    let clock = Instant::now();
+    for n in 1..=args.orders {
+        // Idempotent: an order that exists already is returned as it is, never started twice.
+        rt.start_with_id(Checkout, format!("order-{n}"), Order::demo(n))
+            .await?;
+    }
+
+    let progress = Progress::new(live, args.orders);
+    loop {
+        let now = records(&rt).await?;
+        let states: Vec<OrderState> = ids
+            .iter()
+            .map(|id| OrderState {
+                id: id.clone(),
+                status: now.get(id).map(|r| r.status),
+                phase: now
+                    .get(id)
+                    .and_then(|r| r.custom_status.as_deref())
+                    .and_then(|s| serde_json::from_str(s).ok()),
+            })
+            .collect();
+        progress.update(&states);
+        if states
+            .iter()
+            .all(|s| s.status.is_some_and(Status::is_final))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    progress.finish();
+    let elapsed = clock.elapsed();
+
+    let mut outcomes = BTreeMap::new();
+    let (mut events_recorded, mut events_lost) = (0, 0);
+    for id in &ids {
+        let run = rt.handle(Checkout, id).await?;
+        let status = run.status().await?;
+        let reason = match run.result().await {
+            Ok(Ok(Receipt { .. })) => None,
+            Ok(Err(CheckoutError::Declined(_))) => Some("card declined".to_string()),
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        for entry in rt.journal(id).await? {
+            if entry.name == "record_analytics" {
+                let outcome: serde_json::Value =
+                    serde_json::from_str(&entry.outcome).unwrap_or_default();
+                if outcome["value"].get("Ok").is_some() {
+                    events_recorded += 1;
+                } else {
+                    events_lost += 1;
+                }
+            }
+        }
+        outcomes.insert(id.clone(), Outcome { status, reason });
+    }
+
+    let mut counts: BTreeMap<&str, usize> = Status::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+    for o in outcomes.values() {
+        *counts.entry(o.status.as_str()).or_default() += 1;
+    }
+    if quiet {
+        let orders: serde_json::Map<String, serde_json::Value> = ids
+            .iter()
+            .filter_map(|id| Some((id.clone(), outcomes.get(id)?.status.as_str().into())))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "counts": counts, "orders": orders })
+        );
+    } else {
+        print_summary(&ids, &outcomes, elapsed);
+        println!(
+            "analytics: {events_recorded} events recorded, {events_lost} lost to the outage \
+             (those checkouts went on without them)"
+        );
+        let calls: Vec<String> = services::NAMES
+            .iter()
+            .zip(&services.counters)
+            .map(|(name, c)| format!("{name} {}", c.calls.load(Ordering::Relaxed)))
+            .collect();
+        let dedup: u64 = services
+            .counters
+            .iter()
+            .map(|c| c.deduplicated.load(Ordering::Relaxed))
+            .sum();
+        println!("service calls this run: {}", calls.join(" · "));
+        println!(
+            "  {dedup} answered from the idempotency memory ({} keys remembered from earlier runs)",
+            services.reloaded_keys
+        );
+    }
+    rt.shutdown().await?;
+    let all_final = outcomes.values().all(|o| o.status.is_final());
+    Ok(if all_final {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Every checkout instance in the store, by id.
+async fn records(rt: &Runtime) -> Result<HashMap<String, InstanceRecord>, OrchError> {
+    Ok(rt
+        .list(ListFilter::default().workflow("checkout"))
+        .await?
+        .into_iter()
+        .map(|r| (r.id.clone(), r))
+        .collect())
+}
+
+fn print_summary(ids: &[String], outcomes: &BTreeMap<String, Outcome>, elapsed: Duration) {
+    println!(
+        "\nsummary: {} orders, {:.1} s in this run",
+        ids.len(),
+        elapsed.as_secs_f64()
+    );
+    for status in Status::ALL {
+        let of_status: Vec<&String> = ids
+            .iter()
+            .filter(|id| outcomes.get(*id).is_some_and(|o| o.status == status))
+            .collect();
+        if of_status.is_empty() {
+            continue;
+        }
+        // Failures grouped by reason, with the orders concerned.
+        let mut reasons: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for id in &of_status {
+            if let Some(reason) = outcomes.get(*id).and_then(|o| o.reason.as_deref()) {
+                reasons.entry(reason).or_default().push(id);
+            }
+        }
+        println!("  {:<12} {:>5}", status.as_str(), of_status.len());
+        for (reason, orders) in reasons {
+            let shown: Vec<&str> = orders.iter().take(10).copied().collect();
+            let more = if orders.len() > shown.len() {
+                format!(" +{} more", orders.len() - shown.len())
+            } else {
+                String::new()
+            };
+            println!(
+                "  {:<12} {:>5} × {reason}: {}{more}",
+                "",
+                orders.len(),
+                shown.join(" ")
+            );
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! The five services the checkout talks to, each a tiny axum server on loopback.
+//!
+//! Every service deduplicates requests by their `idempotency-key` header: the first request
+//! with a key is applied and its response remembered; a repeat gets the remembered response
+//! and changes nothing. Every request is appended to the shared service log, one JSON object
+//! a line ([`LogEntry`]), written with a single `write` call so a crash never leaves half a
+//! line behind another. On startup the services reload their memory of keys from that log,
+//! so deduplication survives a restart of the whole example.
+
+use axum::Json;
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// The card number the payment service always declines (HTTP 402).
+pub const DECLINED_CARD: &str = "4000-0000-0000-0002";
+
+/// Prices in cents of what the shop sells.
+pub const CATALOG: [(&str, u64); 5] = [
+    ("mug", 1_299),
+    ("tshirt", 2_499),
+    ("sticker-pack", 499),
+    ("hoodie", 5_999),
+    ("notebook", 899),
+];
+
+/// Names of the services, in call order.
+pub const NAMES: [&str; 5] = ["orders", "inventory", "payment", "shipping", "analytics"];
+
+/// One line of the service log: one request a service received.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Which service received the request.
+    pub service: String,
+    /// The order it was about.
+    pub order: String,
+    /// Its idempotency key (`<instance>/<seq>`).
+    pub key: String,
+    /// True when this request changed the service's state; false when it was a duplicate of
+    /// an earlier key (or refused, see `op`).
+    pub applied: bool,
+    /// What was done: `create`, `reserve`, `release`, `charge`, `decline`, `ship`, `event`,
+    /// or `unavailable` when the service was down and refused the request.
+    pub op: String,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// The body answered (replayed verbatim for a duplicate key).
+    pub response: Value,
+}
+
+/// Reads a service log; unparsable lines (there should be none) are skipped.
+pub fn read_log(path: &Path) -> io::Result<Vec<LogEntry>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+/// The append-only log shared by all services.
+struct ServiceLog {
+    file: Mutex<File>,
+}
+
+impl ServiceLog {
+    /// Opens (creating) the log for appending. If a crash left a last line without its
+    /// newline, ends it so the next line starts cleanly.
+    fn open(path: &Path) -> io::Result<ServiceLog> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)?;
+        let len = file.metadata()?.len();
+        if len > 0 {
+            let mut last = [0u8; 1];
+            file.seek(SeekFrom::Start(len - 1))?;
+            file.read_exact(&mut last)?;
+            if last[0] != b'\n' {
+                file.write_all(b"\n")?;
+            }
+        }
+        Ok(ServiceLog {
+            file: Mutex::new(file),
+        })
+    }
+
+    fn append(&self, entry: &LogEntry) -> io::Result<()> {
+        let mut line = serde_json::to_vec(entry).map_err(io::Error::other)?;
+        line.push(b'\n');
+        let mut file = lock(&self.file);
+        // One write of the whole line: O_APPEND keeps lines whole and in order.
+        file.write_all(&line)?;
+        file.flush()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What a request does to a service.
+struct Effect {
+    op: &'static str,
+    status: StatusCode,
+    body: Value,
+    /// False when the service refused the request without changing anything (it is down):
+    /// the key is not remembered, so a retry can still succeed.
+    applies: bool,
+}
+
+impl Effect {
+    fn ok(op: &'static str, body: Value) -> Effect {
+        Effect {
+            op,
+            status: StatusCode::OK,
+            body,
+            applies: true,
+        }
+    }
+
+    fn refuse(status: StatusCode, message: &str) -> Effect {
+        Effect {
+            op: "unavailable",
+            status,
+            body: json!({ "error": message }),
+            applies: false,
+        }
+    }
+}
+
+/// A remembered response.
+struct Recorded {
+    op: String,
+    status: u16,
+    body: Value,
+}
+
+/// Request counters of one service during this process.
+#[derive(Default)]
+pub struct Counters {
+    /// Requests received.
+    pub calls: AtomicU64,
+    /// Requests answered from memory (duplicate idempotency key).
+    pub deduplicated: AtomicU64,
+}
+
+struct Service {
+    name: &'static str,
+    delay: Duration,
+    analytics_down: bool,
+    log: Arc<ServiceLog>,
+    seen: Mutex<HashMap<String, Recorded>>,
+    counters: Arc<Counters>,
+}
+
+type Apply = fn(&Service, &Value) -> Effect;
+
+impl Service {
+    /// Applies a request once per key, logging it; returns the answer.
+    fn process(&self, key: &str, order: &str, body: &Value, apply: Apply) -> (StatusCode, Value) {
+        self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        // The lock spans check, apply and log, so two concurrent requests with one key (a
+        // retry racing a slow original) cannot both apply.
+        let mut seen = lock(&self.seen);
+        let (entry, answer) = match seen.get(key) {
+            Some(rec) => {
+                self.counters.deduplicated.fetch_add(1, Ordering::Relaxed);
+                let entry = LogEntry {
+                    service: self.name.to_string(),
+                    order: order.to_string(),
+                    key: key.to_string(),
+                    applied: false,
+                    op: rec.op.clone(),
+                    status: rec.status,
+                    response: rec.body.clone(),
+                };
+                let status =
+                    StatusCode::from_u16(rec.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                (entry, (status, rec.body.clone()))
+            }
+            None => {
+                let effect = apply(self, body);
+                let entry = LogEntry {
+                    service: self.name.to_string(),
+                    order: order.to_string(),
+                    key: key.to_string(),
+                    applied: effect.applies,
+                    op: effect.op.to_string(),
+                    status: effect.status.as_u16(),
+                    response: effect.body.clone(),
+                };
+                (entry, (effect.status, effect.body))
+            }
+        };
+        // The log is the service's durable state: an effect counts once it is logged.
+        if let Err(e) = self.log.append(&entry) {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({ "error": format!("{}: cannot write the log: {e}", self.name) }),
+            );
+        }
+        if entry.applied {
+            seen.insert(
+                entry.key,
+                Recorded {
+                    op: entry.op,
+                    status: entry.status,
+                    body: entry.response,
+                },
+            );
+        }
+        answer
+    }
+}
+
+async fn handle(
+    svc: Arc<Service>,
+    apply: Apply,
+    headers: HeaderMap,
+    body: Value,
+) -> (StatusCode, Json<Value>) {
+    let Some(key) = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": "missing idempotency-key header" })),
+        );
+    };
+    let order = body["order"].as_str().unwrap_or("?").to_string();
+    // Half the delay before the effect and half after it: an interrupted run can die both
+    // before a request is applied and after it was applied but before the answer arrived.
+    let before = svc.delay / 2;
+    tokio::time::sleep(before).await;
+    let (status, answer) = svc.process(&key, &order, &body, apply);
+    tokio::time::sleep(svc.delay - before).await;
+    (status, Json(answer))
+}
+
+fn str_field<'a>(body: &'a Value, field: &str) -> &'a str {
+    body[field].as_str().unwrap_or("")
+}
+
+fn create_order(_: &Service, body: &Value) -> Effect {
+    let order = str_field(body, "order");
+    let mut total = 0;
+    for item in body["items"].as_array().into_iter().flatten() {
+        let sku = str_field(item, "sku");
+        let qty = item["qty"].as_u64().unwrap_or(0);
+        match CATALOG.iter().find(|(s, _)| *s == sku) {
+            Some((_, price)) => total += price * qty,
+            None => {
+                return Effect {
+                    op: "create",
+                    status: StatusCode::NOT_FOUND,
+                    body: json!({ "error": format!("unknown product `{sku}`") }),
+                    applies: true,
+                };
+            }
+        }
+    }
+    let number = order.trim_start_matches("order-");
+    Effect::ok(
+        "create",
+        json!({ "order_ref": format!("ORD-{number:0>5}"), "total_cents": total }),
+    )
+}
+
+fn reserve(_: &Service, body: &Value) -> Effect {
+    let order = str_field(body, "order");
+    Effect::ok(
+        "reserve",
+        json!({ "reservation_id": format!("RES-{order}") }),
+    )
+}
+
+fn release(_: &Service, body: &Value) -> Effect {
+    let reservation = str_field(body, "reservation_id");
+    Effect::ok("release", json!({ "released": reservation }))
+}
+
+fn charge(_: &Service, body: &Value) -> Effect {
+    let order = str_field(body, "order");
+    if str_field(body, "card") == DECLINED_CARD {
+        return Effect {
+            op: "decline",
+            status: StatusCode::PAYMENT_REQUIRED,
+            body: json!({ "error": "card declined" }),
+            applies: true,
+        };
+    }
+    let amount = body["amount_cents"].as_u64().unwrap_or(0);
+    Effect::ok(
+        "charge",
+        json!({ "charge_id": format!("CH-{order}"), "amount_cents": amount }),
+    )
+}
+
+fn ship(_: &Service, body: &Value) -> Effect {
+    let order = str_field(body, "order");
+    Effect::ok("ship", json!({ "tracking": format!("TRK-{order}") }))
+}
+
+/// Whether the analytics service is down for `order` unless `--analytics-down` takes it
+/// down for all: a deterministic slice of orders (every fifth, from the fourth) meets an
+/// outage.
+pub fn analytics_down_for(order: &str) -> bool {
+    order
+        .trim_start_matches("order-")
+        .parse::<u64>()
+        .is_ok_and(|n| n % 5 == 4)
+}
+
+fn event(svc: &Service, body: &Value) -> Effect {
+    if svc.analytics_down || analytics_down_for(str_field(body, "order")) {
+        return Effect::refuse(StatusCode::SERVICE_UNAVAILABLE, "analytics is down");
+    }
+    Effect::ok("event", json!({ "recorded": str_field(body, "event") }))
+}
+
+/// How to start the services.
+pub struct Config<'a> {
+    /// The service log (created if missing, reloaded if present).
+    pub log: &'a Path,
+    /// Added to every request: half before the effect, half after.
+    pub delay: Duration,
+    /// The analytics service refuses every request.
+    pub analytics_down: bool,
+}
+
+/// The running services.
+pub struct Running {
+    /// Base URL of each service, in [`NAMES`] order.
+    pub urls: Vec<String>,
+    /// Request counters of each service, in [`NAMES`] order.
+    pub counters: Vec<Arc<Counters>>,
+    /// Keys remembered from earlier runs.
+    pub reloaded_keys: usize,
+}
+
+/// Starts the five services on 127.0.0.1, each on a port of its own.
+pub async fn start(config: Config<'_>) -> io::Result<Running> {
+    let earlier = read_log(config.log)?;
+    let log = Arc::new(ServiceLog::open(config.log)?);
+    let mut running = Running {
+        urls: Vec::new(),
+        counters: Vec::new(),
+        reloaded_keys: 0,
+    };
+    for name in NAMES {
+        let mut seen = HashMap::new();
+        for e in earlier.iter().filter(|e| e.service == name && e.applied) {
+            seen.insert(
+                e.key.clone(),
+                Recorded {
+                    op: e.op.clone(),
+                    status: e.status,
+                    body: e.response.clone(),
+                },
+            );
+        }
+        running.reloaded_keys += seen.len();
+        let counters = Arc::new(Counters::default());
+        let svc = Arc::new(Service {
+            name,
+            delay: config.delay,
+            analytics_down: config.analytics_down,
+            log: log.clone(),
+            seen: Mutex::new(seen),
+            counters: counters.clone(),
+        });
+        let routes: &[(&str, Apply)] = match name {
+            "orders" => &[("/orders", create_order)],
+            "inventory" => &[("/reservations", reserve), ("/releases", release)],
+            "payment" => &[("/charges", charge)],
+            "shipping" => &[("/shipments", ship)],
+            _ => &[("/events", event)],
+        };
+        let mut router = Router::new();
+        for &(path, apply) in routes {
+            let svc = svc.clone();
+            router = router.route(
+                path,
+                post(move |headers: HeaderMap, Json(body): Json<Value>| {
+                    handle(svc.clone(), apply, headers, body)
+                }),
+            );
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                eprintln!("service {name} stopped: {e}");
+            }
+        });
+        running.urls.push(format!("http://{addr}"));
+        running.counters.push(counters);
+    }
+    Ok(running)
+}

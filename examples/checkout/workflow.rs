@@ -1,0 +1,290 @@
+//! The checkout workflow and its steps: one HTTP call to a service each.
+
+use orch_runtime::prelude::*;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::sync::OnceLock;
+
+use crate::services::{CATALOG, DECLINED_CARD};
+
+/// The card that pays.
+pub const GOOD_CARD: &str = "4242-4242-4242-4242";
+
+/// One line of an order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LineItem {
+    /// Product.
+    pub sku: String,
+    /// How many.
+    pub qty: u32,
+}
+
+/// What the customer asked for: the workflow's input, stored with the instance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Order {
+    /// `order-<n>`; also the workflow instance id.
+    pub id: String,
+    /// Who buys.
+    pub customer: String,
+    /// What they buy.
+    pub items: Vec<LineItem>,
+    /// How they pay.
+    pub card: String,
+    /// Where it goes.
+    pub address: String,
+}
+
+impl Order {
+    /// Order number `n` of the demo batch: the same every run, so a rerun of a batch starts
+    /// the very same orders. Every seventh card is declined.
+    pub fn demo(n: u64) -> Order {
+        let pick = |i: u64| CATALOG[(i % CATALOG.len() as u64) as usize].0.to_string();
+        let mut items = vec![LineItem {
+            sku: pick(n),
+            qty: 1 + (n % 3) as u32,
+        }];
+        if n.is_multiple_of(2) {
+            items.push(LineItem {
+                sku: pick(n / 2 + 1),
+                qty: 1,
+            });
+        }
+        Order {
+            id: format!("order-{n}"),
+            customer: format!("customer-{}", n % 11),
+            items,
+            card: if n.is_multiple_of(7) {
+                DECLINED_CARD
+            } else {
+                GOOD_CARD
+            }
+            .to_string(),
+            address: format!("{n} Loopback Lane, 127.0.0.1"),
+        }
+    }
+}
+
+/// The orders service's answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Placed {
+    /// The order's reference in the orders service.
+    pub order_ref: String,
+    /// What it costs.
+    pub total_cents: u64,
+}
+
+/// The inventory service's answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reservation {
+    /// Identifies the reservation (to release it).
+    pub reservation_id: String,
+}
+
+/// The payment service's answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Charge {
+    /// Identifies the charge.
+    pub charge_id: String,
+    /// What was charged.
+    pub amount_cents: u64,
+}
+
+/// The shipping service's answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Shipment {
+    /// Where to follow the parcel.
+    pub tracking: String,
+}
+
+/// A finished checkout.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The order.
+    pub order: String,
+    /// Its reference in the orders service.
+    pub order_ref: String,
+    /// The charge.
+    pub charge: Charge,
+    /// The parcel.
+    pub tracking: String,
+}
+
+/// Why a checkout did not complete.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub enum CheckoutError {
+    /// The card was declined; the reservation was released.
+    #[error("card declined ({0}); reservation released")]
+    Declined(String),
+    /// A service kept failing (or answered that the request cannot work).
+    #[error("{0}")]
+    Service(String),
+}
+
+impl From<StepError> for CheckoutError {
+    fn from(e: StepError) -> Self {
+        CheckoutError::Service(e.message)
+    }
+}
+
+/// The phases an order goes through, as shown by `orch::set_status` (the custom status).
+pub const PHASES: [&str; 6] = [
+    "creating order",
+    "reserving inventory",
+    "charging payment",
+    "releasing inventory",
+    "shipping",
+    "recording analytics",
+];
+
+/// Checks out one order: create it, reserve stock, charge the card (releasing the stock if
+/// the card is declined), ship, and record analytics in the background.
+#[workflow]
+pub async fn checkout(order: Order) -> Result<Receipt, CheckoutError> {
+    orch::set_status(PHASES[0]).await;
+    let placed = create_order(&order).await?;
+
+    orch::set_status(PHASES[1]).await;
+    let reservation = reserve_inventory(&order).await?;
+
+    orch::set_status(PHASES[2]).await;
+    let charge = match charge_payment(&order, placed.total_cents).await {
+        Ok(charge) => charge,
+        Err(failure) => {
+            // Compensation: the goods will not ship, so give the stock back.
+            orch::set_status(PHASES[3]).await;
+            release_inventory(&order, &reservation).await?;
+            orch::set_status(PHASES[5]).await;
+            orch::background(record_analytics(order.id.clone(), "checkout_failed"));
+            return Err(if failure.permanent {
+                CheckoutError::Declined(failure.message)
+            } else {
+                CheckoutError::Service(failure.message)
+            });
+        }
+    };
+
+    orch::set_status(PHASES[4]).await;
+    let shipment = ship_order(&order, &placed.order_ref).await?;
+
+    // Optional work: if analytics is down the checkout still completes (the engine waits for
+    // the background step to settle, and records its failure, before finishing).
+    orch::set_status(PHASES[5]).await;
+    orch::background(record_analytics(order.id.clone(), "checkout_completed"));
+    Ok(Receipt {
+        order: order.id,
+        order_ref: placed.order_ref,
+        charge,
+        tracking: shipment.tracking,
+    })
+}
+
+/// Creates the order in the orders service, which prices it.
+#[step(retry = Retry::exponential(ms(50)).max_attempts(5), timeout = secs(30))]
+pub async fn create_order(order: &Order) -> Result<Placed, StepError> {
+    let body = json!({ "order": order.id, "customer": order.customer, "items": order.items });
+    call("orders", "/orders", body).await
+}
+
+/// Reserves the order's items.
+#[step(retry = Retry::exponential(ms(50)).max_attempts(5), timeout = secs(30))]
+pub async fn reserve_inventory(order: &Order) -> Result<Reservation, StepError> {
+    let body = json!({ "order": order.id, "items": order.items });
+    call("inventory", "/reservations", body).await
+}
+
+/// Gives a reservation back (compensation).
+#[step(retry = Retry::exponential(ms(50)).max_attempts(5), timeout = secs(30))]
+pub async fn release_inventory(
+    order: &Order,
+    reservation: &Reservation,
+) -> Result<Value, StepError> {
+    let body = json!({ "order": order.id, "reservation_id": reservation.reservation_id });
+    call("inventory", "/releases", body).await
+}
+
+/// Charges the card; a declined card is a permanent error (no retry).
+#[step(retry = Retry::exponential(ms(50)).max_attempts(5), timeout = secs(30))]
+pub async fn charge_payment(order: &Order, amount_cents: u64) -> Result<Charge, StepError> {
+    let body = json!({ "order": order.id, "card": order.card, "amount_cents": amount_cents });
+    call("payment", "/charges", body).await
+}
+
+/// Ships the order.
+#[step(retry = Retry::exponential(ms(50)).max_attempts(5), timeout = secs(30))]
+pub async fn ship_order(order: &Order, order_ref: &str) -> Result<Shipment, StepError> {
+    let body = json!({ "order": order.id, "order_ref": order_ref, "address": order.address });
+    call("shipping", "/shipments", body).await
+}
+
+/// Records an analytics event: a short retry, then it gives up (in the background).
+#[step(retry = Retry::fixed(ms(20)).max_attempts(3), timeout = secs(30))]
+pub async fn record_analytics(order: String, event: &'static str) -> Result<(), StepError> {
+    let _: Value = call(
+        "analytics",
+        "/events",
+        json!({ "order": order, "event": event }),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Where the services listen, and the HTTP client that calls them.
+pub struct Endpoints {
+    client: reqwest::Client,
+    urls: Vec<(&'static str, String)>,
+}
+
+static ENDPOINTS: OnceLock<Endpoints> = OnceLock::new();
+
+/// Tells the steps where the services are. Must happen before the runtime is built, since
+/// building it resumes unfinished orders at once.
+pub fn connect(urls: Vec<(&'static str, String)>) -> Result<(), String> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    ENDPOINTS
+        .set(Endpoints { client, urls })
+        .map_err(|_| "the services are connected already".to_string())
+}
+
+/// POSTs `body` to `service` with the step's idempotency key and decodes the answer.
+/// Connection failures and 5xx answers are worth retrying; 4xx answers are not.
+async fn call<T: DeserializeOwned>(service: &str, path: &str, body: Value) -> Result<T, StepError> {
+    let endpoints = ENDPOINTS
+        .get()
+        .ok_or_else(|| StepError::retryable("the services are not connected yet"))?;
+    let base = endpoints
+        .urls
+        .iter()
+        .find(|(name, _)| *name == service)
+        .map(|(_, url)| url)
+        .ok_or_else(|| StepError::permanent(format!("unknown service `{service}`")))?;
+    let response = endpoints
+        .client
+        .post(format!("{base}{path}"))
+        .header("idempotency-key", orch::idempotency_key())
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| StepError::retryable(format!("{service}: {e}")))?;
+    let status = response.status();
+    if status.is_success() {
+        return response
+            .json::<T>()
+            .await
+            .map_err(|e| StepError::retryable(format!("{service}: bad answer: {e}")));
+    }
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    let message = answer["error"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{service} answered {status}"));
+    if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
+        Err(StepError::permanent(message))
+    } else {
+        Err(StepError::retryable(message))
+    }
+}
