@@ -217,10 +217,14 @@ where
             };
             break (result, Some(record));
         }
-        ctx.write_later(vec![WriteOp::Attempt {
+        // Durable before the next attempt, so a crash cannot reset the attempt count.
+        let commit = ctx.engine.store.submit(vec![WriteOp::Attempt {
             instance: ctx.id.clone(),
             record,
         }]);
+        if let Err(e) = commit.await {
+            return stop(ctx, Halt::Store(e)).await;
+        }
         tokio::time::sleep(options.retry.delay_after(attempt)).await;
         attempt += 1;
     };
