@@ -158,6 +158,8 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
     }
 
     let progress = Progress::new(live, args.orders);
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     loop {
         let now = records(&rt).await?;
         let states: Vec<OrderState> = ids
@@ -178,7 +180,19 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
         {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(150)) => {}
+            _ = &mut interrupted => {
+                progress.finish();
+                let open = states.iter().filter(|s| !s.status.is_some_and(Status::is_final)).count();
+                // Graceful stop: every checkpoint already queued is written before we exit.
+                rt.shutdown().await?;
+                eprintln!(
+                    "\ninterrupted: {open} orders unfinished; run the same command again to resume them"
+                );
+                return Ok(ExitCode::from(130));
+            }
+        }
     }
     progress.finish();
     let elapsed = clock.elapsed();
