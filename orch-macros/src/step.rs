@@ -151,21 +151,101 @@ fn generate(step: &Step) -> TokenStream {
         quote!()
     };
     let fn_token = &func.sig.fn_token;
+    let clones: Vec<TokenStream> = clones.collect();
+    let names: Vec<&syn::Ident> = params.iter().map(|p| &p.name).collect();
+    let tys: Vec<&Type> = params.iter().map(|p| &p.ty).collect();
+    // Generic steps get no test doubles: the double's type would need the generics.
+    if !generics.params.is_empty() {
+        return quote! {
+            #(#attrs)*
+            #vis #fn_token #ident #generics (#(#outer_params),*) -> impl ::core::future::Future<Output = #ret> #where_clause {
+                let __orch_call = #krate::__private::begin_step(#name);
+                async move {
+                    #[allow(clippy::all, unused_mut)]
+                    async fn #body_ident #generics (#(#body_params),*) -> #ret #where_clause #block
+                    let __orch_options = #krate::__private::StepOptions { retry: #retry, timeout: #timeout };
+                    #krate::__private::run_step(
+                        __orch_call,
+                        __orch_options,
+                        || #body_ident(#(#clones),*),
+                        #policy,
+                    ).await
+                }
+            }
+        };
+    }
+    let mock_fn = quote! {
+        dyn ::core::ops::Fn(#(#tys),*) -> ::core::option::Option<#krate::__private::BoxFuture<'static, #ret>>
+            + ::core::marker::Send + ::core::marker::Sync
+    };
+    let twin_doc = format!(
+        "Test doubles for step `{name}` (see `orch_runtime::testing`): \
+         `{ident}::mock(…)` replaces it, `{ident}::fail_first(k, …)` fails its first k attempts."
+    );
     quote! {
         #(#attrs)*
-        #vis #fn_token #ident #generics (#(#outer_params),*) -> impl ::core::future::Future<Output = #ret> #where_clause {
+        #vis #fn_token #ident (#(#outer_params),*) -> impl ::core::future::Future<Output = #ret> {
             let __orch_call = #krate::__private::begin_step(#name);
             async move {
                 #serde_check
                 #[allow(clippy::all, unused_mut)]
-                async fn #body_ident #generics (#(#body_params),*) -> #ret #where_clause #block
+                async fn #body_ident (#(#body_params),*) -> #ret #block
                 let __orch_options = #krate::__private::StepOptions { retry: #retry, timeout: #timeout };
+                let __orch_mock = #krate::__private::find_mock::<#ident, #mock_fn>(&__orch_call);
                 #krate::__private::run_step(
                     __orch_call,
                     __orch_options,
-                    || #body_ident(#(#clones),*),
+                    || match &__orch_mock {
+                        ::core::option::Option::Some(__orch_m) => match __orch_m(#(#clones),*) {
+                            ::core::option::Option::Some(__orch_f) => #krate::__private::Either::Left(__orch_f),
+                            ::core::option::Option::None => #krate::__private::Either::Right(#body_ident(#(#clones),*)),
+                        },
+                        ::core::option::Option::None => #krate::__private::Either::Right(#body_ident(#(#clones),*)),
+                    },
                     #policy,
                 ).await
+            }
+        }
+
+        #[doc = #twin_doc]
+        #[allow(non_camel_case_types, dead_code)]
+        #vis struct #ident {}
+
+        #[allow(dead_code)]
+        impl #ident {
+            /// Replaces the step by `mock` (same arguments, same output) in a test runtime.
+            #vis fn mock<__OrchM, __OrchF>(mock: __OrchM) -> #krate::__private::MockEntry
+            where
+                __OrchM: ::core::ops::Fn(#(#tys),*) -> __OrchF + ::core::marker::Send + ::core::marker::Sync + 'static,
+                __OrchF: ::core::future::Future<Output = #ret> + ::core::marker::Send + 'static,
+            {
+                let __orch_call: ::std::sync::Arc<#mock_fn> = ::std::sync::Arc::new(
+                    move |#(#names: #tys),*| ::core::option::Option::Some(
+                        ::std::boxed::Box::pin(mock(#(#names),*)) as #krate::__private::BoxFuture<'static, #ret>
+                    ),
+                );
+                #krate::__private::MockEntry::new::<#ident, #mock_fn>(#name, __orch_call)
+            }
+
+            /// Makes the first `attempts` attempts of the step return `failure()`; later
+            /// attempts run the real step.
+            #vis fn fail_first<__OrchE>(attempts: u32, failure: __OrchE) -> #krate::__private::MockEntry
+            where
+                __OrchE: ::core::ops::Fn() -> #ret + ::core::marker::Send + ::core::marker::Sync + 'static,
+            {
+                let __orch_seen = ::std::sync::atomic::AtomicU32::new(0);
+                let __orch_call: ::std::sync::Arc<#mock_fn> = ::std::sync::Arc::new(
+                    move |#(_: #tys),*| {
+                        if __orch_seen.fetch_add(1, ::std::sync::atomic::Ordering::SeqCst) < attempts {
+                            let __orch_v = failure();
+                            ::core::option::Option::Some(::std::boxed::Box::pin(async move { __orch_v })
+                                as #krate::__private::BoxFuture<'static, #ret>)
+                        } else {
+                            ::core::option::Option::None
+                        }
+                    },
+                );
+                #krate::__private::MockEntry::new::<#ident, #mock_fn>(#name, __orch_call)
             }
         }
     }

@@ -74,6 +74,8 @@ pub(crate) enum Halt {
     Failed(String),
     /// The store refused a checkpoint: unload and retry later.
     Store(StoreError),
+    /// Replay-only mode reached an operation that is not journaled (seq).
+    Frontier(u32),
 }
 
 /// The outcome of asking for the next seq.
@@ -168,6 +170,22 @@ impl WorkflowCtx {
         self.engine.clock.now_ms()
     }
 
+    /// A reproducible 64-bit value for the operation at `seq` (test runtime), else `None`.
+    pub(crate) fn seed(&self, seq: u32) -> Option<u64> {
+        if !self.engine.seeded() {
+            return None;
+        }
+        // FNV-1a over the id, mixed with the seq (splitmix64 finaliser).
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.id.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        let mut z = h ^ u64::from(seq).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Some(z ^ (z >> 31))
+    }
+
     /// Reserves the next seq for an operation of `kind` named `name`, checking it against the
     /// journal.
     pub(crate) fn begin(&self, kind: EntryKind, name: &str) -> Begin {
@@ -178,6 +196,10 @@ impl WorkflowCtx {
         st.next_seq += 1;
         let seq = st.next_seq;
         match st.journal.get(&seq) {
+            None if self.engine.replay_only() => {
+                st.halt = Some(Halt::Frontier(seq));
+                Begin::Halted
+            }
             None => Begin::Fresh(seq),
             Some(e) if e.kind == kind && e.name == name => Begin::Replay(e.clone()),
             Some(e) => {
@@ -213,6 +235,10 @@ impl WorkflowCtx {
             }
             // History recorded by code that did not have this patch.
             Some(_) => Some(Ok(false)),
+            None if self.engine.replay_only() => {
+                st.halt = Some(Halt::Frontier(seq));
+                None
+            }
             None => {
                 st.next_seq = seq;
                 Some(Err(seq))

@@ -72,13 +72,14 @@ fn from_json<T: DeserializeOwned>(ctx: &WorkflowCtx, e: &JournalEntry) -> Option
     }
 }
 
-/// Records (or replays) a value produced once: `now`, `random`, `uuid`.
-fn recorded<T>(kind: EntryKind, make: impl FnOnce() -> T) -> Durable<T>
+/// Records (or replays) a value produced once: `now`, `random`, `uuid`. `make` gets the
+/// context and seq (none outside a workflow).
+fn recorded<T>(kind: EntryKind, make: impl FnOnce(Option<(&WorkflowCtx, u32)>) -> T) -> Durable<T>
 where
     T: Serialize + DeserializeOwned + Send + 'static,
 {
     match context::current() {
-        None => Box::pin(std::future::ready(make())),
+        None => Box::pin(std::future::ready(make(None))),
         Some(Scope::Step(step)) => misuse(kind.as_str(), &step),
         Some(Scope::Workflow(ctx)) => match ctx.begin(kind, "") {
             Begin::Halted => parked(),
@@ -87,7 +88,7 @@ where
                 None => parked(),
             },
             Begin::Fresh(seq) => {
-                let value = make();
+                let value = make(Some((&ctx, seq)));
                 let Some(json) = to_json(&ctx, kind.as_str(), &value) else {
                     return parked();
                 };
@@ -110,18 +111,33 @@ fn millis(t: SystemTime) -> Millis {
 
 /// The current time, recorded: replay returns the same instant.
 pub fn now() -> Durable<SystemTime> {
-    let f = recorded(EntryKind::Now, || millis(SystemTime::now()));
+    let f = recorded(EntryKind::Now, |ctx| match ctx {
+        Some((ctx, _)) => ctx.now_ms(),
+        None => millis(SystemTime::now()),
+    });
     Box::pin(f.map(system_time))
 }
 
 /// A random number, recorded: replay returns the same number.
 pub fn random() -> Durable<u64> {
-    recorded(EntryKind::Random, || fastrand::u64(..))
+    recorded(EntryKind::Random, |ctx| {
+        ctx.and_then(|(ctx, seq)| ctx.seed(seq))
+            .unwrap_or_else(|| fastrand::u64(..))
+    })
 }
 
 /// A random UUID (v4), recorded: replay returns the same id.
 pub fn uuid() -> Durable<uuid::Uuid> {
-    recorded(EntryKind::Uuid, uuid::Uuid::new_v4)
+    recorded(EntryKind::Uuid, |ctx| {
+        match ctx.and_then(|(ctx, seq)| ctx.seed(seq)) {
+            Some(s) => uuid::Builder::from_random_bytes(
+                (u128::from(s) << 64 | u128::from(s.rotate_left(29) ^ 0x5851_f42d_4c95_7f2d))
+                    .to_le_bytes(),
+            )
+            .into_uuid(),
+            None => uuid::Uuid::new_v4(),
+        }
+    })
 }
 
 /// A durable timer: survives restarts; a long wait unloads the instance from memory.

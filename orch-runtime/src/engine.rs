@@ -20,17 +20,49 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::AbortHandle;
 
-/// Wall-clock time in milliseconds.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Clock;
+/// Where the engine reads the time.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) enum Clock {
+    /// The system's wall clock.
+    #[default]
+    System,
+    /// Tokio's clock, anchored at a wall-clock instant: virtual when tokio's time is paused
+    /// (the test runtime), so timers of days fire at once and deterministically.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    Tokio {
+        base_ms: Millis,
+        base: tokio::time::Instant,
+    },
+}
 
 impl Clock {
     pub(crate) fn now_ms(&self) -> Millis {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as Millis)
-            .unwrap_or(0)
+        match self {
+            Clock::System => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as Millis)
+                .unwrap_or(0),
+            Clock::Tokio { base_ms, base } => {
+                base_ms
+                    + tokio::time::Instant::now()
+                        .duration_since(*base)
+                        .as_millis() as Millis
+            }
+        }
     }
+}
+
+/// Behaviour the test runtime switches on (see `crate::testing`).
+#[derive(Default)]
+pub(crate) struct TestHooks {
+    /// `random()` and `uuid()` derive from (instance, seq), so runs are reproducible.
+    pub(crate) seeded: bool,
+    /// Replay what is journaled and stop at the first operation that would execute.
+    pub(crate) replay_only: bool,
+    /// Step mocks by the step's type id.
+    pub(crate) mocks: HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>,
+    /// How often each step's body (or its mock) ran.
+    pub(crate) calls: Mutex<HashMap<&'static str, u32>>,
 }
 
 /// How an instance ended, as handed to those waiting for it.
@@ -64,6 +96,7 @@ pub(crate) struct Inner {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) registry: Registry,
     pub(crate) clock: Clock,
+    pub(crate) test: Option<TestHooks>,
     /// Timers shorter than this keep the instance loaded instead of suspending it.
     pub(crate) keep_loaded: Duration,
     permits: Arc<Semaphore>,
@@ -109,12 +142,15 @@ impl Inner {
         registry: Registry,
         max_running: usize,
         keep_loaded: Duration,
+        clock: Clock,
+        test: Option<TestHooks>,
     ) -> Arc<Inner> {
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             store,
             registry,
-            clock: Clock,
+            clock,
+            test,
             keep_loaded,
             permits: Arc::new(Semaphore::new(max_running.max(1))),
             loaded: Mutex::new(HashMap::new()),
@@ -124,9 +160,34 @@ impl Inner {
             closing: AtomicBool::new(false),
             handle: tokio::runtime::Handle::current(),
         });
-        let task = inner.handle.spawn(run_timers(Arc::downgrade(&inner), rx));
+        let task = inner
+            .handle
+            .spawn(run_timers(Arc::downgrade(&inner), clock, rx));
         *lock(&inner.timer_task) = Some(task.abort_handle());
         inner
+    }
+
+    /// The mock registered for the step with this type id (test runtime only).
+    pub(crate) fn mock(
+        &self,
+        step: std::any::TypeId,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        self.test.as_ref()?.mocks.get(&step).cloned()
+    }
+
+    /// Counts one run of a step body (test runtime only).
+    pub(crate) fn count_call(&self, step: &'static str) {
+        if let Some(t) = &self.test {
+            *lock(&t.calls).entry(step).or_default() += 1;
+        }
+    }
+
+    pub(crate) fn seeded(&self) -> bool {
+        self.test.as_ref().is_some_and(|t| t.seeded)
+    }
+
+    pub(crate) fn replay_only(&self) -> bool {
+        self.test.as_ref().is_some_and(|t| t.replay_only)
     }
 
     pub(crate) fn is_closing(&self) -> bool {
@@ -313,11 +374,15 @@ impl Inner {
     }
 }
 
-async fn run_timers(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<(Millis, String)>) {
+async fn run_timers(
+    inner: Weak<Inner>,
+    clock: Clock,
+    mut rx: mpsc::UnboundedReceiver<(Millis, String)>,
+) {
     let mut heap: BinaryHeap<Reverse<(Millis, String)>> = BinaryHeap::new();
     loop {
         let next = heap.peek().map(|Reverse((at, _))| *at);
-        let now = Clock.now_ms();
+        let now = clock.now_ms();
         let wait = next.map(|at| Duration::from_millis(at.saturating_sub(now).max(0) as u64));
         tokio::select! {
             msg = rx.recv() => match msg {
@@ -535,6 +600,22 @@ async fn halt(inner: &Arc<Inner>, ctx: &Arc<WorkflowCtx>, parent: Option<String>
         Halt::Store(e) => {
             tracing::error!(instance = %ctx.id, error = %e, "checkpoint failed; retrying");
             Next::RetryLater
+        }
+        Halt::Frontier(seq) => {
+            // Replay-only mode: the journal is exhausted; report without writing anything.
+            for bg in ctx.take_background() {
+                bg.abort();
+            }
+            inner.unload(&ctx.id);
+            let outcome = Outcome {
+                status: Status::Running,
+                output: None,
+                error: Some(format!(
+                    "replay reached the end of the journal before seq {seq}"
+                )),
+            };
+            inner.notify_finished(&ctx.id, outcome, None);
+            Next::Done
         }
     }
 }

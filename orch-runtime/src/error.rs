@@ -112,6 +112,9 @@ pub enum Error {
         /// What serde said.
         detail: String,
     },
+    /// The test runtime cannot run here.
+    #[error("{0}")]
+    TestSetup(String),
     /// The runtime is shutting down.
     #[error("the runtime has been shut down; build a new one to continue")]
     ShutDown,

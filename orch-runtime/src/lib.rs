@@ -42,6 +42,8 @@ pub mod retry;
 mod runtime;
 pub mod step;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod workflow;
 
 pub use context::StepInfo;
@@ -161,6 +163,53 @@ pub mod __private {
         fn __orch_rescue(&self, _failure: StepError) -> Option<E> {
             None
         }
+    }
+
+    pub use futures_util::future::Either;
+
+    /// A step double for the test runtime, made by the `mock`/`fail_first` functions that
+    /// `#[step]` generates (`charge_payment::mock(|order, amount| async { … })`).
+    pub struct MockEntry {
+        #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+        pub(crate) step: std::any::TypeId,
+        pub(crate) name: &'static str,
+        #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+        pub(crate) call: std::sync::Arc<dyn std::any::Any + Send + Sync>,
+    }
+
+    impl MockEntry {
+        /// Wraps `call` (an `Arc<dyn Fn(args…) -> Option<BoxFuture<…>>>`) for step `S`.
+        pub fn new<S: 'static, F: ?Sized + Send + Sync + 'static>(
+            name: &'static str,
+            call: std::sync::Arc<F>,
+        ) -> MockEntry {
+            MockEntry {
+                step: std::any::TypeId::of::<S>(),
+                name,
+                call: std::sync::Arc::new(call),
+            }
+        }
+
+        /// The mocked step's name.
+        pub fn name(&self) -> &'static str {
+            self.name
+        }
+    }
+
+    impl std::fmt::Debug for MockEntry {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("MockEntry")
+                .field("step", &self.name)
+                .finish()
+        }
+    }
+
+    /// The mock registered for step `S` in the runtime running this call, if any.
+    pub fn find_mock<S: 'static, F: ?Sized + 'static>(
+        call: &StepCall,
+    ) -> Option<std::sync::Arc<F>> {
+        let any = call.mock(std::any::TypeId::of::<S>())?;
+        any.downcast_ref::<std::sync::Arc<F>>().cloned()
     }
 
     /// Compile-time check that a type can be checkpointed.

@@ -1,6 +1,6 @@
 //! The public runtime: build it, start workflows, look them up, signal them.
 
-use crate::engine::{Inner, Outcome};
+use crate::engine::{Clock, Inner, Outcome, TestHooks};
 use crate::error::Error;
 use crate::store::memory::MemoryStore;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
@@ -25,6 +25,8 @@ pub struct RuntimeBuilder {
     store: StoreChoice,
     max_running: usize,
     keep_loaded: Duration,
+    pub(crate) clock: Clock,
+    pub(crate) test: Option<TestHooks>,
 }
 
 impl RuntimeBuilder {
@@ -91,7 +93,14 @@ impl RuntimeBuilder {
                 }
             }
         };
-        let inner = Inner::new(store, registry, self.max_running, self.keep_loaded);
+        let inner = Inner::new(
+            store,
+            registry,
+            self.max_running,
+            self.keep_loaded,
+            self.clock,
+            self.test,
+        );
         let resumed = inner.recover().await?;
         if resumed > 0 {
             tracing::info!(resumed, "resuming unfinished instances");
@@ -103,7 +112,7 @@ impl RuntimeBuilder {
 /// Runs workflows durably. Cheap to clone; all clones share one engine.
 #[derive(Clone)]
 pub struct Runtime {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl Runtime {
@@ -113,6 +122,8 @@ impl Runtime {
             store: StoreChoice::Unset,
             max_running: 10_000,
             keep_loaded: Duration::from_secs(1),
+            clock: Clock::System,
+            test: None,
         }
     }
 
@@ -264,7 +275,7 @@ impl Runtime {
 
     /// Waits for the end of an instance; skips the store read while the instance is running
     /// here (its end is then announced with the outcome).
-    async fn outcome(&self, id: &str) -> Result<Outcome, Error> {
+    pub(crate) async fn outcome(&self, id: &str) -> Result<Outcome, Error> {
         let finished = self.inner.watch(id);
         if !self.inner.is_loaded(id) {
             let rec = self.record(id).await?;
@@ -276,6 +287,24 @@ impl Runtime {
             Ok(outcome) => Ok(outcome),
             Err(_) => Err(Error::ShutDown),
         }
+    }
+
+    /// Everything stored about an instance — record, journal, failed attempts, pending
+    /// signals — as JSON, e.g. to replay it against new code with
+    /// `orch_runtime::testing::replay` before deploying.
+    pub async fn export(&self, id: &str) -> Result<String, Error> {
+        let loaded = self
+            .inner
+            .store
+            .load(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let export = crate::store::Export::from(loaded);
+        serde_json::to_string_pretty(&export).map_err(|e| Error::Decode {
+            id: id.to_string(),
+            what: "export",
+            detail: e.to_string(),
+        })
     }
 
     /// Names of the workflows compiled into this binary.

@@ -46,6 +46,19 @@ pub(crate) enum Call {
     Halted,
 }
 
+impl StepCall {
+    /// The test runtime's mock for the step with this type id (fresh calls only).
+    pub(crate) fn mock(
+        &self,
+        step: std::any::TypeId,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        match &self.0 {
+            Call::Fresh { ctx, .. } => ctx.engine.mock(step),
+            _ => None,
+        }
+    }
+}
+
 /// Reserves the step's seq (or decides it is a plain call).
 pub fn begin(name: &'static str) -> StepCall {
     StepCall(match context::current() {
@@ -171,6 +184,7 @@ where
             name,
             attempt,
         });
+        ctx.engine.count_call(name);
         let body = context::in_scope(Scope::Step(info), AssertUnwindSafe(make()).catch_unwind());
         let outcome = match options.timeout {
             Some(limit) => tokio::time::timeout(limit, body).await.map_err(|_| limit),

@@ -39,6 +39,8 @@ impl Default for InstanceRecord {
 #[derive(Default)]
 struct State {
     instances: BTreeMap<String, Instance>,
+    /// (instance, seq) of every journal append, in commit order.
+    appended: Vec<(String, u32)>,
     next_signal: i64,
     closed: bool,
 }
@@ -49,10 +51,29 @@ pub struct MemoryStore {
     state: Mutex<State>,
 }
 
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("instances", &self.lock().instances.len())
+            .finish()
+    }
+}
+
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The seqs of `instance`'s journal in the order they were committed (which differs from
+    /// seq order when steps run in parallel).
+    pub fn commit_order(&self, instance: &str) -> Vec<u32> {
+        self.lock()
+            .appended
+            .iter()
+            .filter(|(i, _)| i == instance)
+            .map(|(_, seq)| *seq)
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -70,6 +91,7 @@ fn apply(state: &mut State, op: WriteOp) -> Result<(), StoreError> {
         .ok_or_else(|| StoreError::NotFound(id.clone()))?;
     match op {
         WriteOp::Append { entry, .. } => {
+            let seq = entry.seq;
             if inst.journal.contains_key(&entry.seq) {
                 return Err(StoreError::Conflict {
                     instance: id,
@@ -77,6 +99,7 @@ fn apply(state: &mut State, op: WriteOp) -> Result<(), StoreError> {
                 });
             }
             inst.journal.insert(entry.seq, entry);
+            state.appended.push((id, seq));
         }
         WriteOp::Attempt { record, .. } => inst.attempts.push(record),
         WriteOp::ConsumeSignal { signal, seq, .. } => {

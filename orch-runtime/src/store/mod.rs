@@ -241,6 +241,30 @@ pub struct LoadedInstance {
     pub signals: Vec<SignalRecord>,
 }
 
+/// An instance as exported by `Runtime::export`: everything needed to replay it elsewhere.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Export {
+    /// The instance.
+    pub record: InstanceRecord,
+    /// Its journal, ordered by seq.
+    pub journal: Vec<JournalEntry>,
+    /// Failed attempts.
+    pub attempts: Vec<AttemptRecord>,
+    /// Signals not yet consumed.
+    pub signals: Vec<SignalRecord>,
+}
+
+impl From<LoadedInstance> for Export {
+    fn from(l: LoadedInstance) -> Export {
+        Export {
+            record: l.record,
+            journal: l.journal,
+            attempts: l.attempts,
+            signals: l.signals,
+        }
+    }
+}
+
 /// A write, applied in submission order.
 #[derive(Clone, Debug)]
 pub enum WriteOp {
