@@ -102,7 +102,7 @@ pub(crate) struct Inner {
     permits: Arc<Semaphore>,
     loaded: Mutex<HashMap<String, Slot>>,
     watchers: Mutex<HashMap<String, Vec<oneshot::Sender<Outcome>>>>,
-    timers: mpsc::UnboundedSender<(Millis, String)>,
+    timers: mpsc::UnboundedSender<TimerMsg>,
     timer_task: Mutex<Option<AbortHandle>>,
     closing: AtomicBool,
     handle: tokio::runtime::Handle,
@@ -314,9 +314,15 @@ impl Inner {
         self.schedule(id, false);
     }
 
+    /// Makes the timer task fire every timer due by now (after virtual time moved).
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    pub(crate) fn tick_timers(&self) {
+        let _ = self.timers.send(TimerMsg::Tick);
+    }
+
     fn add_timer(&self, at: Millis, id: String) {
         // The receiver lives as long as the engine; a failed send means shutdown.
-        let _ = self.timers.send((at, id));
+        let _ = self.timers.send(TimerMsg::At(at, id));
     }
 
     /// Resolves when the instance finishes (or the engine shuts down).
@@ -374,11 +380,15 @@ impl Inner {
     }
 }
 
-async fn run_timers(
-    inner: Weak<Inner>,
-    clock: Clock,
-    mut rx: mpsc::UnboundedReceiver<(Millis, String)>,
-) {
+/// Messages to the timer task.
+enum TimerMsg {
+    /// Load the instance at this time.
+    At(Millis, String),
+    /// Fire whatever is due now.
+    Tick,
+}
+
+async fn run_timers(inner: Weak<Inner>, clock: Clock, mut rx: mpsc::UnboundedReceiver<TimerMsg>) {
     let mut heap: BinaryHeap<Reverse<(Millis, String)>> = BinaryHeap::new();
     loop {
         let next = heap.peek().map(|Reverse((at, _))| *at);
@@ -386,7 +396,8 @@ async fn run_timers(
         let wait = next.map(|at| Duration::from_millis(at.saturating_sub(now).max(0) as u64));
         tokio::select! {
             msg = rx.recv() => match msg {
-                Some(t) => heap.push(Reverse(t)),
+                Some(TimerMsg::At(at, id)) => heap.push(Reverse((at, id))),
+                Some(TimerMsg::Tick) => {}
                 None => return,
             },
             _ = async {
@@ -394,13 +405,14 @@ async fn run_timers(
                     Some(d) => tokio::time::sleep(d).await,
                     None => std::future::pending().await,
                 }
-            } => {
-                let Some(inner) = inner.upgrade() else { return };
-                let now = inner.clock.now_ms();
-                while heap.peek().is_some_and(|Reverse((at, _))| *at <= now) {
-                    if let Some(Reverse((_, id))) = heap.pop() {
-                        inner.schedule(&id, false);
-                    }
+            } => {}
+        }
+        let now = clock.now_ms();
+        if heap.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+            let Some(inner) = inner.upgrade() else { return };
+            while heap.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+                if let Some(Reverse((_, id))) = heap.pop() {
+                    inner.schedule(&id, false);
                 }
             }
         }

@@ -256,7 +256,11 @@ impl TestRuntime {
     /// Moves virtual time forward by `by` and lets every workflow that became ready run until
     /// it waits again. Timers due by then fire, in order.
     pub async fn advance(&self, by: Duration) {
+        // Work already started runs at the current time first.
+        self.settle().await;
         tokio::time::advance(by).await;
+        // Tokio rounds timer deadlines up to its next tick; fire what is due by the clock.
+        self.rt.inner.tick_timers();
         self.settle().await;
     }
 
