@@ -61,6 +61,47 @@ async fn a_file_that_is_not_an_orch_database_is_refused_and_left_alone() {
 }
 
 #[tokio::test]
+async fn a_damaged_database_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good.db");
+    let rt = Runtime::builder()
+        .sqlite(&good)
+        .build()
+        .await
+        .expect("runtime");
+    for i in 0..20 {
+        rt.start(Echo, i)
+            .await
+            .expect("start")
+            .result()
+            .await
+            .expect("result");
+    }
+    rt.shutdown().await.expect("shutdown");
+    drop(rt); // closes the last connection, which folds the WAL into the file
+    // Keep the header page, replace the rest with garbage.
+    let bytes = std::fs::read(&good).expect("read");
+    let mut damaged = bytes[..4096.min(bytes.len())].to_vec();
+    damaged.extend(std::iter::repeat_n(0xA5u8, 8192));
+    let bad = dir.path().join("bad.db");
+    std::fs::write(&bad, &damaged).expect("write");
+    let err = Runtime::builder()
+        .sqlite(&bad)
+        .build()
+        .await
+        .err()
+        .expect("refused");
+    let msg = err.to_string();
+    assert!(msg.contains("is damaged"), "{msg}");
+    assert!(msg.contains("restore it from a backup"), "{msg}");
+    assert_eq!(
+        std::fs::read(&bad).expect("read"),
+        damaged,
+        "left untouched"
+    );
+}
+
+#[tokio::test]
 async fn a_builder_without_a_store_says_how_to_choose_one() {
     let err = Runtime::builder().build().await.err().expect("refused");
     assert!(

@@ -405,6 +405,16 @@ pub enum StoreError {
         /// What was found.
         detail: String,
     },
+    /// The database file is damaged.
+    #[error(
+        "`{path}` is damaged ({detail}); restore it from a backup or point orch at a new file (nothing was changed)"
+    )]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// What SQLite said.
+        detail: String,
+    },
     /// The database was written by a newer orch.
     #[error(
         "`{path}` has schema version {found}, but this build of orch supports up to {supported}; upgrade orch to open it (nothing was changed)"

@@ -337,6 +337,11 @@ fn inspect(conn: &Connection, path: &str) -> Result<i64, StoreError> {
     let read_err = |what: &str, e: rusqlite::Error| {
         if is_not_a_database(&e) {
             foreign("file is not a database".into())
+        } else if matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseCorrupt)) {
+            StoreError::Corrupt {
+                path: path.to_string(),
+                detail: e.to_string(),
+            }
         } else {
             backend(&format!("opening `{path}`: {what}"), e)
         }
