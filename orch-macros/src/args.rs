@@ -5,7 +5,7 @@ use quote::{ToTokens, quote};
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::{Expr, FnArg, Ident, ItemFn, Lit, MetaNameValue, Pat, Token, Type};
+use syn::{Expr, FnArg, Ident, ItemFn, Lit, Meta, Pat, Token, Type};
 
 /// Collects several errors and reports them together.
 #[derive(Default)]
@@ -13,7 +13,9 @@ pub struct Errors(Option<syn::Error>);
 
 impl Errors {
     pub fn push(&mut self, span: Span, msg: impl std::fmt::Display) {
-        let e = syn::Error::new(span, msg);
+        self.add(syn::Error::new(span, msg));
+    }
+    pub fn add(&mut self, e: syn::Error) {
         match &mut self.0 {
             Some(all) => all.combine(e),
             None => self.0 = Some(e),
@@ -31,7 +33,7 @@ pub struct Args {
 
 impl Args {
     pub fn parse(attr: TokenStream, known: &[&str], errors: &mut Errors) -> Args {
-        let parsed = match Punctuated::<MetaNameValue, Token![,]>::parse_terminated.parse2(attr) {
+        let parsed = match Punctuated::<Meta, Token![,]>::parse_terminated.parse2(attr) {
             Ok(p) => p,
             Err(e) => {
                 errors.push(
@@ -45,7 +47,31 @@ impl Args {
             }
         };
         let mut pairs: Vec<(Ident, Expr)> = Vec::new();
-        for nv in parsed {
+        for meta in parsed {
+            let nv = match meta {
+                Meta::NameValue(nv) => nv,
+                Meta::Path(p) => {
+                    errors.push(
+                        p.span(),
+                        format!(
+                            "options are `key = value` pairs (keys: {}); `{}` has no value",
+                            known.join(", "),
+                            p.to_token_stream()
+                        ),
+                    );
+                    continue;
+                }
+                Meta::List(l) => {
+                    errors.push(
+                        l.path.span(),
+                        format!(
+                            "options are `key = value` pairs (keys: {}), not `key(...)`",
+                            known.join(", ")
+                        ),
+                    );
+                    continue;
+                }
+            };
             let Some(key) = nv.path.get_ident().cloned() else {
                 errors.push(
                     nv.path.span(),
@@ -92,6 +118,21 @@ impl Args {
         None
     }
 
+    /// An identifier option (`handle = CheckoutFlow`).
+    pub fn ident(&self, key: &str, errors: &mut Errors) -> Option<Ident> {
+        let expr = self.get(key)?;
+        if let Expr::Path(p) = expr
+            && let Some(id) = p.path.get_ident()
+        {
+            return Some(id.clone());
+        }
+        errors.push(
+            expr.span(),
+            format!("`{key}` takes a type name, e.g. {key} = CheckoutFlow (no quotes)"),
+        );
+        None
+    }
+
     /// The path to the runtime crate (`crate = "…"`, default `::orch_runtime`).
     pub fn krate(&self, errors: &mut Errors) -> TokenStream {
         match self.string("crate", errors) {
@@ -104,6 +145,50 @@ impl Args {
             },
             None => quote!(::orch_runtime),
         }
+    }
+}
+
+/// Qualifiers and shapes neither macro can carry over: `const`, `unsafe`, `extern`, variadic
+/// parameters, an `impl Trait` output.
+pub fn signature(func: &ItemFn, kind: &str, errors: &mut Errors) {
+    let sig = &func.sig;
+    if let Some(c) = &sig.constness {
+        errors.push(
+            c.span(),
+            format!("a {kind} cannot be `const`: remove `const`"),
+        );
+    }
+    if let Some(u) = &sig.unsafety {
+        errors.push(
+            u.span(),
+            format!(
+                "a {kind} cannot be `unsafe fn`: remove `unsafe` and use an `unsafe {{ … }}` \
+                 block inside"
+            ),
+        );
+    }
+    if let Some(abi) = &sig.abi {
+        errors.push(
+            abi.extern_token.span(),
+            format!("a {kind} cannot have an `extern` ABI: remove it"),
+        );
+    }
+    if let Some(v) = &sig.variadic {
+        errors.push(
+            v.dots.spans[0],
+            format!("a {kind} cannot be variadic: take a `Vec` or a slice instead"),
+        );
+    }
+    if let syn::ReturnType::Type(_, ty) = &sig.output
+        && let Type::ImplTrait(t) = &**ty
+    {
+        errors.push(
+            t.impl_token.span,
+            format!(
+                "a {kind}'s output is journaled as JSON, so it needs a concrete serde type, \
+                 not `impl Trait`"
+            ),
+        );
     }
 }
 

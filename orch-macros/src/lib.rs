@@ -6,6 +6,7 @@
 //! the rest of the crate keeps type-checking.
 
 mod args;
+mod checks;
 mod step;
 mod version;
 mod workflow;
@@ -20,6 +21,23 @@ use proc_macro::TokenStream;
 /// Options: `name = "…"` (registered name; default the function name), `handle = Ident`
 /// (the generated type's name, when the default collides with a type of yours),
 /// `crate = "…"` (path to `orch_runtime` when re-exported).
+///
+/// The body is replayed from the journal after a crash or restart, so calls that would come out
+/// differently on replay are compile errors naming the durable replacement: the clock
+/// (`SystemTime::now`, `Instant::now`, chrono's `Utc::now`/`Local::now` → `orch::now()`),
+/// randomness (`rand::random`, `thread_rng` → `orch::random()`; `Uuid::new_v4` →
+/// `orch::uuid()`), timers (`tokio::time::sleep`, `thread::sleep` → `orch::sleep()`), spawned
+/// tasks (`tokio::spawn`, `thread::spawn` → `join!`/`try_join!` or `orch::background`),
+/// `select!`, and iterating a `HashMap`/`HashSet` declared in the body or taken as input (→
+/// `BTreeMap`/`BTreeSet`, or sort first). Paths are matched by their last two segments, so
+/// imports do not hide them; closures and async blocks are checked, nested items are not.
+/// A statement the author knows to be deterministic opts out with `#[orch(deterministic)]`,
+/// which the macro removes:
+///
+/// ```ignore
+/// #[orch(deterministic)] // only logged, never decides anything
+/// tracing::info!(at = ?std::time::SystemTime::now(), "charged");
+/// ```
 #[proc_macro_attribute]
 pub fn workflow(attr: TokenStream, item: TokenStream) -> TokenStream {
     workflow::expand(attr.into(), item.into()).into()
@@ -30,6 +48,11 @@ pub fn workflow(attr: TokenStream, item: TokenStream) -> TokenStream {
 ///
 /// Options: `name = "…"`, `retry = <Retry expression>`, `timeout = <Duration expression>`,
 /// `crate = "…"`.
+///
+/// A step's work is journaled as one unit, so the durable primitives (`orch::sleep`,
+/// `orch::now`, `orch::signal`, …) cannot work in its body: naming one there is a compile
+/// error that says what to use instead. A call the macro cannot see (through an alias or a
+/// helper function) panics at run time with a message naming the primitive and the step.
 #[proc_macro_attribute]
 pub fn step(attr: TokenStream, item: TokenStream) -> TokenStream {
     step::expand(attr.into(), item.into()).into()

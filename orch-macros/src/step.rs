@@ -1,6 +1,7 @@
 //! `#[step]`: parse → validate → generate.
 
 use crate::args::{self, Args, Errors, Param};
+use crate::checks;
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
@@ -28,12 +29,11 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
             return quote!(#err #item);
         }
     };
+    let body = checks::step(&func);
+    let func = checks::strip_opt_outs(func);
     match parse(attr, &func) {
-        Ok(step) => generate(&step),
-        Err(e) => {
-            let err = e.to_compile_error();
-            quote!(#err #func)
-        }
+        Ok(step) => checks::report(body, generate(&step)),
+        Err(e) => checks::report(Err(checks::join(e, body)), quote!(#func)),
     }
 }
 
@@ -46,13 +46,18 @@ fn parse(attr: TokenStream, func: &ItemFn) -> Result<Step, syn::Error> {
             "#[step] goes on an `async fn`: add `async`",
         );
     }
-    if let Some(c) = &func.sig.constness {
-        errors.push(c.span(), "a step cannot be `const`");
-    }
-    if let Some(v) = &func.sig.variadic {
-        errors.push(v.span(), "a step cannot be variadic");
-    }
+    args::signature(func, "step", &mut errors);
     let params = args::params(func, "step", &mut errors);
+    for p in &params {
+        if let Type::ImplTrait(t) = &p.ty {
+            errors.push(
+                t.impl_token.span,
+                "step arguments are cloned for each attempt, so they need a nameable type, not \
+                 `impl Trait`: add a generic parameter (`fn f<T: Trait + Clone>(x: T)`) or take \
+                 a reference",
+            );
+        }
+    }
     let name = args
         .string("name", &mut errors)
         .map(|(s, _)| s)
@@ -101,7 +106,7 @@ fn generate(step: &Step) -> TokenStream {
     // Each attempt gets its own copy of the arguments; references copy for free.
     let clones = params.iter().map(|p| {
         let (name, ty) = (&p.name, &p.ty);
-        quote_spanned!(ty.span()=> <#ty as ::core::clone::Clone>::clone(&#name))
+        quote_spanned!(ty.span()=> #krate::__private::clone_arg::<#ty>(&#name))
     });
     let retry = match retry {
         Some(e) => {

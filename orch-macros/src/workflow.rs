@@ -1,7 +1,7 @@
 //! `#[workflow]`: parse → validate → generate.
 
 use crate::args::{self, Args, Errors, Param};
-use crate::version;
+use crate::{checks, version};
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
@@ -29,12 +29,11 @@ pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
             return quote!(#err #item);
         }
     };
+    let body = checks::workflow(&func);
+    let func = checks::strip_opt_outs(func);
     match parse(attr, &func) {
-        Ok(wf) => generate(&wf),
-        Err(e) => {
-            let err = e.to_compile_error();
-            quote!(#err #func)
-        }
+        Ok(wf) => checks::report(body, generate(&wf)),
+        Err(e) => checks::report(Err(checks::join(e, body)), quote!(#func)),
     }
 }
 
@@ -67,6 +66,7 @@ fn parse(attr: TokenStream, func: &ItemFn) -> Result<Workflow, syn::Error> {
              resume it; write one workflow per concrete type",
         );
     }
+    args::signature(func, "workflow", &mut errors);
     let params = args::params(func, "workflow", &mut errors);
     for p in &params {
         if let Type::Reference(r) = &p.ty {
@@ -93,12 +93,15 @@ fn parse(attr: TokenStream, func: &ItemFn) -> Result<Workflow, syn::Error> {
         None => func.sig.ident.to_string(),
     };
     let krate = args.krate(&mut errors);
+    let handle = args.ident("handle", &mut errors);
     errors.finish()?;
     let ret = args::return_type(func);
-    let marker = Ident::new(
-        &pascal_case(&func.sig.ident.to_string()),
-        func.sig.ident.span(),
-    );
+    let marker = handle.unwrap_or_else(|| {
+        Ident::new(
+            &pascal_case(&func.sig.ident.to_string()),
+            func.sig.ident.span(),
+        )
+    });
     Ok(Workflow {
         is_result: args::result_error_type(&ret).is_some(),
         ret,
@@ -163,6 +166,7 @@ fn generate(wf: &Workflow) -> TokenStream {
         "The workflow `{name}` (from `fn {ident}`): pass it to `Runtime::start` to run it durably."
     );
     let fn_token = &func.sig.fn_token;
+    let box_body = quote_spanned!(ident.span()=> ::std::boxed::Box::pin(#body_ident(#(#names),*)));
     quote! {
         #(#attrs)*
         #vis #fn_token #ident(#(#outer_params),*) -> impl ::core::future::Future<Output = #ret> + ::core::marker::Send + 'static {
@@ -189,7 +193,8 @@ fn generate(wf: &Workflow) -> TokenStream {
                 const VERSION: &'static str = #version;
                 fn run(input: Self::Input) -> #krate::__private::BoxFuture<'static, Self::Output> {
                     let #input_pat = input;
-                    ::std::boxed::Box::pin(#body_ident(#(#names),*))
+                    // Spanned at the fn's name: a body that is not `Send` is reported there.
+                    #box_body
                 }
                 fn succeeded(output: &Self::Output) -> bool {
                     #succeeded

@@ -211,9 +211,35 @@ pub mod __private {
         let any = call.mock(std::any::TypeId::of::<S>())?;
         any.downcast_ref::<std::sync::Arc<F>>().cloned()
     }
+    /// A type that can be checkpointed; exists for its error message, which names the fix.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be checkpointed: workflow inputs and outputs and step outputs \
+                   are stored in the journal as JSON, so they must implement `Serialize` and \
+                   `DeserializeOwned`",
+        label = "stored in the journal",
+        note = "add `#[derive(serde::Serialize, serde::Deserialize)]` to the type (with serde's \
+                `derive` feature), or use a type that has them"
+    )]
+    pub trait Checkpoint {}
+    impl<T: serde::Serialize + serde::de::DeserializeOwned> Checkpoint for T {}
 
     /// Compile-time check that a type can be checkpointed.
-    pub fn assert_serde<T: serde::Serialize + serde::de::DeserializeOwned>() {}
+    pub fn assert_serde<T: Checkpoint>() {}
+
+    /// A step argument: each attempt gets its own copy; exists for its error message.
+    #[diagnostic::on_unimplemented(
+        message = "step argument `{Self}` is not `Clone`: each attempt of a step gets its own \
+                   copy of the arguments",
+        label = "cloned for each attempt",
+        note = "derive or implement `Clone` for it, or take it by reference (`&{Self}`)"
+    )]
+    pub trait StepArg: Clone {}
+    impl<T: Clone> StepArg for T {}
+
+    /// A fresh copy of a step argument for one attempt.
+    pub fn clone_arg<T: StepArg>(arg: &T) -> T {
+        arg.clone()
+    }
     /// Compile-time check that a workflow future can move between threads.
     pub fn assert_send<T: Send>(_: &T) {}
 }
