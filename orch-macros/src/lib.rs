@@ -6,6 +6,7 @@
 //! the rest of the crate keeps type-checking.
 
 mod args;
+mod shape;
 mod step;
 mod version;
 mod workflow;
