@@ -7,6 +7,7 @@
 
 mod args;
 mod checks;
+mod shape;
 mod step;
 mod version;
 mod workflow;

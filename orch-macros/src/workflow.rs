@@ -1,7 +1,7 @@
 //! `#[workflow]`: parse → validate → generate.
 
 use crate::args::{self, Args, Errors, Param};
-use crate::{checks, version};
+use crate::{checks, shape, version};
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
@@ -167,6 +167,8 @@ fn generate(wf: &Workflow) -> TokenStream {
     );
     let fn_token = &func.sig.fn_token;
     let box_body = quote_spanned!(ident.span()=> ::std::boxed::Box::pin(#body_ident(#(#names),*)));
+    let shape = shape::generate(&func.block, krate);
+    let shape_doc = format!("The static shape of `{name}`'s body, drawn by `orch_runtime::graph`.");
     quote! {
         #(#attrs)*
         #vis #fn_token #ident(#(#outer_params),*) -> impl ::core::future::Future<Output = #ret> + ::core::marker::Send + 'static {
@@ -201,8 +203,13 @@ fn generate(wf: &Workflow) -> TokenStream {
                 }
             }
 
+            impl #marker {
+                #[doc = #shape_doc]
+                pub const SHAPE: &'static #krate::__private::Node = &#shape;
+            }
+
             #krate::__private::inventory::submit! {
-                #krate::__private::WorkflowDef::of::<#marker>()
+                #krate::__private::WorkflowDef::of::<#marker>().with_shape(#marker::SHAPE)
             }
         };
     }

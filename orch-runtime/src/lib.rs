@@ -37,6 +37,7 @@ mod context;
 pub mod durable;
 mod engine;
 pub mod error;
+pub mod graph;
 pub mod limits;
 pub mod retry;
 mod runtime;
@@ -76,6 +77,7 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::durable::call_workflow;
+    pub use crate::graph::{Arm, Node};
     pub use crate::retry::{Retry, Retryable, StepError};
     pub use crate::step::{
         ErrorPolicy, StepCall, StepOptions, begin as begin_step, run as run_step,

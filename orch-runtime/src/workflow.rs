@@ -1,6 +1,7 @@
 //! Workflow definitions: the trait the `#[workflow]` macro implements and the registry it fills.
 
 use crate::error::Error;
+use crate::graph::{Drawing, Node};
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -37,6 +38,8 @@ pub struct WorkflowDef {
     pub start: fn(&str) -> Result<BoxFuture<'static, ErasedOutput>, String>,
     /// Checks that a JSON input fits the input type.
     pub check_input: fn(&str) -> Result<(), String>,
+    /// The body's static shape, extracted by `#[workflow]` (see [`graph`](crate::graph)).
+    pub shape: &'static Node,
 }
 
 impl WorkflowDef {
@@ -47,7 +50,19 @@ impl WorkflowDef {
             version: W::VERSION,
             start: start_erased::<W>,
             check_input: check_input::<W>,
+            shape: &Node::EMPTY,
         }
+    }
+
+    /// The same definition with the body's shape (the macro's output uses this).
+    pub const fn with_shape(mut self, shape: &'static Node) -> WorkflowDef {
+        self.shape = shape;
+        self
+    }
+
+    /// A drawing of the shape, titled with the workflow's name.
+    pub fn drawing(&self) -> Drawing<'static> {
+        Drawing::new(self.shape).title(self.name)
     }
 }
 
