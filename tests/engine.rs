@@ -320,7 +320,7 @@ async fn a_workflow_awaiting_another_starts_a_durable_child() {
         .await
         .expect("list");
     let ids: Vec<_> = children.iter().map(|c| c.id.as_str()).collect();
-    assert_eq!(ids, ["p-1:1", "p-1:2"]);
+    assert_eq!(ids, ["p-1/1", "p-1/2"]);
     assert!(children.iter().all(|c| c.parent.as_deref() == Some("p-1")));
     let journal = rt.journal("p-1").await.expect("journal");
     assert!(journal.iter().all(|e| e.kind == EntryKind::Child));

@@ -221,6 +221,19 @@ impl<'ast> Visit<'ast> for Scan<'_> {
     }
 
     fn visit_expr_call(&mut self, call: &'ast ExprCall) {
+        if self.mode == Mode::Workflow
+            && let Expr::Path(p) = &*call.func
+            && segments(&p.path).last().is_some_and(|s| s == "background")
+            && let Some(Expr::Async(block)) = call.args.first()
+        {
+            self.errors.add(syn::Error::new_spanned(
+                block,
+                "orch::background takes one step call, e.g. `orch::background(record(order.clone()))`: \
+                 durable calls inside an async block would take their journal positions in \
+                 another task, racing the workflow; put several calls in a #[workflow] fn and \
+                 pass that child workflow's call instead",
+            ));
+        }
         if let Expr::Path(p) = &*call.func
             && self.check_path(&p.path, call)
         {
@@ -287,8 +300,44 @@ impl<'ast> Visit<'ast> for Scan<'_> {
             ));
             return;
         }
+        if self.mode == Mode::Workflow
+            && matches!(last.as_deref(), Some("join" | "try_join"))
+            && let Ok(args) =
+                Punctuated::<Expr, Token![,]>::parse_terminated.parse2(mac.tokens.clone())
+        {
+            for arg in &args {
+                if let Expr::Async(block) = arg
+                    && awaits(block) > 1
+                {
+                    self.errors.add(syn::Error::new_spanned(
+                        block,
+                        "a branch of join! that awaits several durable calls in sequence is not \
+                         replay-safe: replayed calls finish at once, so on replay the branches \
+                         interleave differently and the calls get other journal positions; make \
+                         each branch one call, e.g. move the sequence into a #[workflow] fn and \
+                         join that child workflow",
+                    ));
+                }
+            }
+        }
         self.visit_macro_args(mac);
     }
+}
+
+/// How many `.await`s an async block contains (nested closures and items aside).
+fn awaits(block: &syn::ExprAsync) -> usize {
+    struct Count(usize);
+    impl<'ast> Visit<'ast> for Count {
+        fn visit_expr_await(&mut self, e: &'ast syn::ExprAwait) {
+            self.0 += 1;
+            visit::visit_expr_await(self, e);
+        }
+        fn visit_item(&mut self, _: &'ast Item) {}
+        fn visit_expr_closure(&mut self, _: &'ast syn::ExprClosure) {}
+    }
+    let mut count = Count(0);
+    count.visit_expr_async(block);
+    count.0
 }
 
 /// Why `path` breaks replay in a workflow body, with its durable replacement.
@@ -580,6 +629,23 @@ mod tests {
             }
         });
         assert_eq!(errors.len(), 5, "{errors:#?}");
+    }
+
+    #[test]
+    fn join_branches_with_several_awaits_and_background_blocks_are_refused() {
+        let errors = workflow_errors(parse_quote! {
+            async fn wf() {
+                let (a, b) = join!(async { x().await; y().await }, z());
+                let (c, d) = join!(async { x().await }, async move { z().await });
+                orch::background(async { x().await; });
+            }
+        });
+        assert_eq!(names(&errors, "a branch of join!"), 1, "{errors:?}");
+        assert_eq!(
+            names(&errors, "orch::background takes one step call"),
+            1,
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@ use crate::engine::Inner;
 use crate::store::{
     Commit, EntryKind, JournalEntry, LoadedInstance, Millis, SignalRecord, StoreError, WriteOp,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
@@ -103,14 +104,27 @@ struct State {
     halt: Option<Halt>,
     inflight: usize,
     waiters: BTreeMap<u32, Waiter>,
-    wakeups: u64,
     unawaited: Vec<Commit>,
+    /// Writes of recorded values (`now`, `random`, `uuid`) that must be durable before the
+    /// next step's side effect, since replay could not reproduce them.
+    values: Vec<Commit>,
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// Ids of every signal this context has been handed (loaded or delivered).
+    seen_signals: HashSet<i64>,
+    /// The task driving the instance: woken when it may become idle or halted.
+    driver: Option<Waker>,
+    /// Child workflow id → the seq waiting for it.
+    child_waiters: HashMap<String, u32>,
+    /// Seqs whose child finished since they last looked.
+    children_done: HashSet<u32>,
 }
 
 /// One loaded instance's durable state.
 pub(crate) struct WorkflowCtx {
     pub(crate) id: String,
+    /// This instance's children as stored when first needed in this load: one read for all
+    /// the child calls a replay passes, instead of one each.
+    children: tokio::sync::OnceCell<HashMap<String, crate::store::InstanceRecord>>,
     pub(crate) version: &'static str,
     pub(crate) recorded_version: String,
     pub(crate) engine: Arc<Inner>,
@@ -125,6 +139,12 @@ impl Drop for InflightGuard {
     fn drop(&mut self) {
         let mut st = self.0.lock();
         st.inflight = st.inflight.saturating_sub(1);
+        // The instance may have become idle: let the driver look (it may unload it).
+        if st.inflight == 0
+            && let Some(w) = &st.driver
+        {
+            w.wake_by_ref();
+        }
     }
 }
 
@@ -152,8 +172,10 @@ impl WorkflowCtx {
         }
         st.max_recorded = loaded.journal.iter().map(|e| e.seq).max().unwrap_or(0);
         st.journal = loaded.journal.into_iter().map(|e| (e.seq, e)).collect();
+        st.seen_signals = loaded.signals.iter().map(|s| s.id).collect();
         st.signals = loaded.signals;
         Arc::new(WorkflowCtx {
+            children: tokio::sync::OnceCell::new(),
             id: loaded.record.id,
             version,
             recorded_version: loaded.record.version,
@@ -193,15 +215,27 @@ impl WorkflowCtx {
         if st.halt.is_some() {
             return Begin::Halted;
         }
+        if in_background() {
+            // Seqs taken inside a spawned task would race the workflow body.
+            let msg = format!(
+                "{} was called inside work passed to orch::background; background takes one \
+                 step call (e.g. orch::background(record(order.clone()))): put several durable \
+                 calls in a child workflow and pass that instead",
+                describe(kind, name)
+            );
+            st.halt = Some(Halt::Failed(msg));
+            wake(&st.driver);
+            return Begin::Halted;
+        }
         st.next_seq += 1;
         let seq = st.next_seq;
-        match st.journal.get(&seq) {
+        match st.journal.remove(&seq) {
             None if self.engine.replay_only() => {
                 st.halt = Some(Halt::Frontier(seq));
                 Begin::Halted
             }
             None => Begin::Fresh(seq),
-            Some(e) if e.kind == kind && e.name == name => Begin::Replay(e.clone()),
+            Some(e) if e.kind == kind && e.name == name => Begin::Replay(e),
             Some(e) => {
                 let msg = format!(
                     "at seq {seq} the journal recorded {} but the code now calls {} \
@@ -230,11 +264,15 @@ impl WorkflowCtx {
         let seq = st.next_seq + 1;
         match st.journal.get(&seq) {
             Some(e) if e.kind == EntryKind::Patch && e.name == id => {
+                st.journal.remove(&seq);
                 st.next_seq = seq;
                 Some(Ok(true))
             }
             // History recorded by code that did not have this patch.
             Some(_) => Some(Ok(false)),
+            // A gap below recorded seqs: old code passed here with an operation still in
+            // flight (a parallel branch); it did not have the patch either.
+            None if seq <= st.max_recorded => Some(Ok(false)),
             None if self.engine.replay_only() => {
                 st.halt = Some(Halt::Frontier(seq));
                 None
@@ -272,8 +310,7 @@ impl WorkflowCtx {
             entry: entry.clone(),
         });
         ops.extend(extra);
-        let mut st = self.lock();
-        st.journal.insert(entry.seq, entry);
+        let _st = self.lock();
         // Submitting under the lock keeps this instance's writes in seq-decision order.
         self.engine.store.submit(ops)
     }
@@ -291,8 +328,22 @@ impl WorkflowCtx {
         self.lock().unawaited.push(commit);
     }
 
+    /// Records a value replay cannot reproduce; the next step waits for it to be durable.
+    pub(crate) fn record_value(&self, entry: JournalEntry) {
+        let commit = self.record(entry, Vec::new());
+        self.lock().values.push(commit);
+    }
+
+    pub(crate) fn take_values(&self) -> Vec<Commit> {
+        std::mem::take(&mut self.lock().values)
+    }
+
+    /// Every write not awaited yet (before suspending or finishing).
     pub(crate) fn take_unawaited(&self) -> Vec<Commit> {
-        std::mem::take(&mut self.lock().unawaited)
+        let mut st = self.lock();
+        let mut all = std::mem::take(&mut st.unawaited);
+        all.append(&mut st.values);
+        all
     }
 
     pub(crate) fn failed_attempts(&self, seq: u32) -> u32 {
@@ -303,6 +354,15 @@ impl WorkflowCtx {
         let mut st = self.lock();
         if st.halt.is_none() {
             st.halt = Some(halt);
+        }
+        wake(&st.driver);
+    }
+
+    /// Remembers the driver's waker (called on every poll of the instance).
+    pub(crate) fn set_driver(&self, waker: &Waker) {
+        let mut st = self.lock();
+        if !st.driver.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            st.driver = Some(waker.clone());
         }
     }
 
@@ -336,15 +396,10 @@ impl WorkflowCtx {
 
     /// Wakes every waiter (a signal or a child's result may have arrived).
     pub(crate) fn wake_all(&self) {
-        let mut st = self.lock();
-        st.wakeups += 1;
+        let st = self.lock();
         for w in st.waiters.values() {
             w.waker.wake_by_ref();
         }
-    }
-
-    pub(crate) fn wakeups(&self) -> u64 {
-        self.lock().wakeups
     }
 
     /// `Some(earliest timer)` when nothing is executing and the body only waits on durable
@@ -358,9 +413,69 @@ impl WorkflowCtx {
         Some(st.waiters.values().filter_map(|w| w.wake_at).min())
     }
 
+    /// Hands over a signal stored for this instance; one it has seen already (loaded from
+    /// the store, or delivered before) is ignored, so no signal is taken twice.
     pub(crate) fn deliver_signal(&self, signal: SignalRecord) {
-        self.lock().signals.push(signal);
+        {
+            let mut st = self.lock();
+            if !st.seen_signals.insert(signal.id) {
+                return;
+            }
+            st.signals.push(signal);
+        }
         self.wake_all();
+    }
+
+    /// The stored record of child `child` as of this load's first look at its children.
+    pub(crate) async fn child_snapshot(
+        &self,
+        child: &str,
+    ) -> Result<Option<crate::store::InstanceRecord>, StoreError> {
+        let children = self
+            .children
+            .get_or_try_init(|| async {
+                let filter = crate::store::ListFilter {
+                    parent: Some(self.id.clone()),
+                    ..Default::default()
+                };
+                let list = self.engine.store.list(filter).await?;
+                Ok::<_, StoreError>(list.into_iter().map(|r| (r.id.clone(), r)).collect())
+            })
+            .await?;
+        Ok(children.get(child).cloned())
+    }
+
+    /// Notes that `seq` waits for the child instance `child`.
+    pub(crate) fn wait_for_child(&self, child: &str, seq: u32) {
+        self.lock().child_waiters.insert(child.to_string(), seq);
+    }
+
+    /// The child `child` finished: wake only the operation waiting for it.
+    pub(crate) fn child_finished(&self, child: &str) {
+        let mut st = self.lock();
+        if let Some(seq) = st.child_waiters.get(child).copied() {
+            st.children_done.insert(seq);
+            if let Some(w) = st.waiters.get(&seq) {
+                w.waker.wake_by_ref();
+            }
+        }
+    }
+
+    /// Whether the child awaited at `seq` finished since the last call.
+    pub(crate) fn take_child_done(&self, seq: u32) -> bool {
+        self.lock().children_done.remove(&seq)
+    }
+
+    /// Waits for background work, watching for a halt.
+    pub(crate) fn poll_background(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let mut st = self.lock();
+        st.background
+            .retain_mut(|h| std::pin::Pin::new(h).poll(cx).is_pending());
+        if st.background.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
     }
 
     /// Removes and returns the oldest unconsumed signal named `name`.
@@ -376,6 +491,12 @@ impl WorkflowCtx {
 
     pub(crate) fn take_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
         std::mem::take(&mut self.lock().background)
+    }
+}
+
+fn wake(waker: &Option<Waker>) {
+    if let Some(w) = waker {
+        w.wake_by_ref();
     }
 }
 

@@ -92,11 +92,17 @@ where
                 let Some(json) = to_json(&ctx, kind.as_str(), &value) else {
                     return parked();
                 };
-                ctx.record_later(entry(seq, kind, "", json, ctx.now_ms()), Vec::new());
+                // Replay could not reproduce this value: the next step waits until it is durable.
+                ctx.record_value(entry(seq, kind, "", json, ctx.now_ms()));
                 Box::pin(std::future::ready(value))
             }
         },
     }
+}
+
+/// A duration in milliseconds, saturating (a `Duration::MAX` sleep never fires).
+fn span(d: Duration) -> Millis {
+    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
 }
 
 fn system_time(ms: Millis) -> SystemTime {
@@ -176,7 +182,7 @@ fn timer(target: Target) -> Durable<()> {
             Begin::Fresh(seq) => {
                 let now = ctx.now_ms();
                 let fire_at = match target {
-                    Target::After(d) => now.saturating_add(d.as_millis() as Millis),
+                    Target::After(d) => now.saturating_add(span(d)),
                     Target::At(t) => millis(t),
                 };
                 ctx.record_later(
@@ -314,7 +320,7 @@ fn receive<T: DeserializeOwned + Send + 'static>(
             },
             Begin::Fresh(seq) => {
                 let now = ctx.now_ms();
-                let at = now.saturating_add(d.as_millis() as Millis);
+                let at = now.saturating_add(span(d));
                 ctx.record_later(
                     entry(seq, EntryKind::Deadline, name, at.to_string(), now),
                     Vec::new(),
@@ -481,31 +487,63 @@ pub fn call_workflow<W: Workflow>(input: W::Input) -> Durable<W::Output> {
         return parked();
     };
     Box::pin(async move {
-        let child_id = format!("{}:{seq}", ctx.id);
+        // `/` cannot appear in user ids, so a child id never collides with one.
+        let child_id = format!("{}/{seq}", ctx.id);
         let inner = ctx.engine.clone();
         let started = ctx.now_ms();
-        let step = async {
-            let _busy = ctx.inflight();
-            let def = inner.registry.get(W::NAME)?;
-            inner
-                .start(def, Some(child_id.clone()), input, Some(ctx.id.clone()))
-                .await
-        };
-        if let Err(e) = step.await {
-            ctx.halt(Halt::Failed(format!(
-                "cannot start child workflow `{}`: {e}",
-                W::NAME
-            )));
-            return std::future::pending().await;
-        }
+        ctx.wait_for_child(&child_id, seq);
+        let _waiting = ctx.waiter_guard(seq);
+        let mut started_child = false;
+        let mut first_look = true;
         loop {
-            let seen = ctx.wakeups();
             let record = {
                 let _busy = ctx.inflight();
-                inner.store.get(&child_id).await
+                if std::mem::take(&mut first_look) {
+                    ctx.child_snapshot(&child_id).await
+                } else {
+                    inner.store.get(&child_id).await
+                }
             };
             let record = match record {
+                Ok(Some(r)) if r.parent.as_deref() != Some(ctx.id.as_str()) => {
+                    ctx.halt(Halt::Failed(format!(
+                        "instance `{child_id}` exists but is not a child of `{}`",
+                        ctx.id
+                    )));
+                    return std::future::pending().await;
+                }
                 Ok(Some(r)) => r,
+                Ok(None) if !started_child => {
+                    // First time here (not on replay of a started child): create it.
+                    let created = async {
+                        let _busy = ctx.inflight();
+                        let def = inner.registry.get(W::NAME)?;
+                        inner
+                            .start(
+                                def,
+                                Some(child_id.clone()),
+                                input.clone(),
+                                Some(ctx.id.clone()),
+                            )
+                            .await
+                    };
+                    match created.await {
+                        Ok(_) => {
+                            started_child = true;
+                            continue;
+                        }
+                        // Storage trouble or shutdown: retry later from the journal.
+                        Err(crate::error::Error::Store(e)) => ctx.halt(Halt::Store(e)),
+                        Err(crate::error::Error::ShutDown) => {
+                            ctx.halt(Halt::Store(crate::store::StoreError::Closed))
+                        }
+                        Err(e) => ctx.halt(Halt::Failed(format!(
+                            "cannot start child workflow `{}`: {e}",
+                            W::NAME
+                        ))),
+                    }
+                    return std::future::pending().await;
+                }
                 Ok(None) => {
                     ctx.halt(Halt::Failed(format!(
                         "child workflow `{child_id}` vanished from the store"
@@ -517,11 +555,9 @@ pub fn call_workflow<W: Workflow>(input: W::Input) -> Durable<W::Output> {
                     return std::future::pending().await;
                 }
             };
-            if record.status.is_final() {
-                let Some(output) = record
-                    .output
-                    .filter(|_| record.status != crate::store::Status::Incompatible)
-                else {
+            // An incompatible child waits for a fix like any running one.
+            if record.status.is_final() && record.status != crate::store::Status::Incompatible {
+                let Some(output) = record.output else {
                     let msg = format!(
                         "child workflow `{}` (instance `{child_id}`) ended {}: {}",
                         W::NAME,
@@ -546,9 +582,8 @@ pub fn call_workflow<W: Workflow>(input: W::Input) -> Durable<W::Output> {
                 ctx.record_later(e, Vec::new());
                 return value;
             }
-            let _waiting = ctx.waiter_guard(seq);
             std::future::poll_fn(|cx| {
-                if ctx.wakeups() != seen {
+                if ctx.take_child_done(seq) {
                     return Poll::Ready(());
                 }
                 ctx.wait(seq, None, cx.waker());

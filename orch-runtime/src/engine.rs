@@ -85,6 +85,8 @@ impl Outcome {
 
 /// A loaded (or loading) instance.
 struct Slot {
+    /// Tells this load apart from earlier and later loads of the same instance.
+    load_gen: u64,
     ctx: Option<Arc<WorkflowCtx>>,
     /// Something happened while the context was not yet published: reload from the store.
     woken: bool,
@@ -101,6 +103,7 @@ pub(crate) struct Inner {
     pub(crate) keep_loaded: Duration,
     permits: Arc<Semaphore>,
     loaded: Mutex<HashMap<String, Slot>>,
+    next_gen: std::sync::atomic::AtomicU64,
     watchers: Mutex<HashMap<String, Vec<oneshot::Sender<Outcome>>>>,
     timers: mpsc::UnboundedSender<TimerMsg>,
     timer_task: Mutex<Option<AbortHandle>>,
@@ -154,6 +157,7 @@ impl Inner {
             keep_loaded,
             permits: Arc::new(Semaphore::new(max_running.max(1))),
             loaded: Mutex::new(HashMap::new()),
+            next_gen: std::sync::atomic::AtomicU64::new(1),
             watchers: Mutex::new(HashMap::new()),
             timers: tx,
             timer_task: Mutex::new(None),
@@ -224,6 +228,8 @@ impl Inner {
             detail,
         })?;
         let id = match id {
+            // Child ids are made by the engine (`parent/seq`), outside the user id space.
+            Some(id) if parent.is_some() => id,
             Some(id) => {
                 limits::check_id(&id)?;
                 id
@@ -240,7 +246,7 @@ impl Inner {
             output: None,
             error: None,
             custom_status: None,
-            parent,
+            parent: parent.clone(),
             created_at: now,
             updated_at: now,
             wake_at: None,
@@ -251,7 +257,7 @@ impl Inner {
                 self.schedule_with(&id, Load::Fresh(Some(Box::new(record_copy))))
             }
             crate::store::Created::Existing(existing) => {
-                if existing.workflow != def.name {
+                if existing.workflow != def.name || existing.parent != parent {
                     return Err(Error::IdConflict {
                         id,
                         existing: existing.workflow,
@@ -288,10 +294,14 @@ impl Inner {
             }
             return;
         }
-        let task = self.handle.spawn(drive(self.clone(), id.to_string(), load));
+        let load_gen = self.next_gen.fetch_add(1, Ordering::Relaxed);
+        let task = self
+            .handle
+            .spawn(drive(self.clone(), id.to_string(), load, load_gen));
         loaded.insert(
             id.to_string(),
             Slot {
+                load_gen,
                 ctx: None,
                 woken: false,
                 task: Some(task.abort_handle()),
@@ -328,10 +338,11 @@ impl Inner {
     /// Resolves when the instance finishes (or the engine shuts down).
     pub(crate) fn watch(&self, id: &str) -> oneshot::Receiver<Outcome> {
         let (tx, rx) = oneshot::channel();
-        lock(&self.watchers)
-            .entry(id.to_string())
-            .or_default()
-            .push(tx);
+        let mut watchers = lock(&self.watchers);
+        // After shutdown nothing will announce an end: the receiver reports it at once.
+        if !self.is_closing() {
+            watchers.entry(id.to_string()).or_default().push(tx);
+        }
         rx
     }
 
@@ -347,12 +358,31 @@ impl Inner {
             }
         }
         if let Some(parent) = parent {
-            self.schedule(parent, false);
+            self.child_finished(parent, id);
         }
     }
 
-    fn unload(&self, id: &str) {
-        lock(&self.loaded).remove(id);
+    /// Wakes the parent of a finished child: only the call waiting for that child.
+    fn child_finished(self: &Arc<Self>, parent: &str, child: &str) {
+        {
+            let mut loaded = lock(&self.loaded);
+            if let Some(slot) = loaded.get_mut(parent) {
+                slot.woken = true;
+                if let Some(ctx) = &slot.ctx {
+                    ctx.child_finished(child);
+                }
+                return;
+            }
+        }
+        self.schedule(parent, false);
+    }
+
+    /// Forgets the load `load_gen` of the instance (a later load is left alone).
+    fn unload(&self, id: &str, load_gen: u64) {
+        let mut loaded = lock(&self.loaded);
+        if loaded.get(id).is_some_and(|s| s.load_gen == load_gen) {
+            loaded.remove(id);
+        }
     }
 
     /// Stops driving everything and closes the store after it has written what was queued.
@@ -419,17 +449,17 @@ async fn run_timers(inner: Weak<Inner>, clock: Clock, mut rx: mpsc::UnboundedRec
     }
 }
 
-async fn drive(inner: Arc<Inner>, id: String, load: Load) {
+async fn drive(inner: Arc<Inner>, id: String, load: Load, load_gen: u64) {
     let Ok(_permit) = inner.permits.clone().acquire_owned().await else {
         return;
     };
     let mut load = load;
     loop {
-        match drive_once(&inner, &id, load).await {
+        match drive_once(&inner, &id, load, load_gen).await {
             Next::Done => return,
             Next::Reload => load = Load::Store,
             Next::RetryLater => {
-                inner.unload(&id);
+                inner.unload(&id, load_gen);
                 let at = inner.clock.now_ms() + RETRY_AFTER_STORE_ERROR.as_millis() as Millis;
                 inner.add_timer(at, id);
                 return;
@@ -438,7 +468,18 @@ async fn drive(inner: Arc<Inner>, id: String, load: Load) {
     }
 }
 
-async fn drive_once(inner: &Arc<Inner>, id: &str, load: Load) -> Next {
+/// Aborts an instance's background tasks when its driver stops, however it stops.
+struct BackgroundGuard(Arc<WorkflowCtx>);
+
+impl Drop for BackgroundGuard {
+    fn drop(&mut self) {
+        for bg in self.0.take_background() {
+            bg.abort();
+        }
+    }
+}
+
+async fn drive_once(inner: &Arc<Inner>, id: &str, load: Load, load_gen: u64) -> Next {
     let known = match load {
         Load::Fresh(known) => known,
         Load::Store => {
@@ -465,7 +506,7 @@ async fn drive_once(inner: &Arc<Inner>, id: &str, load: Load) -> Next {
     let loaded = match loaded {
         Ok(Some(l)) => l,
         Ok(None) => {
-            inner.unload(id);
+            inner.unload(id, load_gen);
             return Next::Done;
         }
         Err(e) => {
@@ -475,7 +516,7 @@ async fn drive_once(inner: &Arc<Inner>, id: &str, load: Load) -> Next {
     };
     let parent = loaded.record.parent.clone();
     if loaded.record.status.is_final() {
-        inner.unload(id);
+        inner.unload(id, load_gen);
         inner.notify_finished(id, Outcome::of(&loaded.record), parent.as_deref());
         return Next::Done;
     }
@@ -483,21 +524,22 @@ async fn drive_once(inner: &Arc<Inner>, id: &str, load: Load) -> Next {
         Ok(def) => def,
         Err(e) => {
             tracing::warn!(instance = id, error = %e, "instance left as it is");
-            inner.unload(id);
+            inner.unload(id, load_gen);
             return Next::Done;
         }
     };
     let input = loaded.record.input.clone();
     let ctx = WorkflowCtx::new(inner.clone(), def.version, loaded);
+    let _background = BackgroundGuard(ctx.clone());
     {
         let mut slots = lock(&inner.loaded);
         match slots.get_mut(id) {
-            Some(slot) if slot.woken => {
+            Some(slot) if slot.load_gen == load_gen && slot.woken => {
                 slot.woken = false;
                 return Next::Reload;
             }
-            Some(slot) => slot.ctx = Some(ctx.clone()),
-            None => return Next::Done, // shut down meanwhile
+            Some(slot) if slot.load_gen == load_gen => slot.ctx = Some(ctx.clone()),
+            _ => return Next::Done, // shut down meanwhile
         }
     }
     let mut fut = match (def.start)(&input) {
@@ -507,12 +549,22 @@ async fn drive_once(inner: &Arc<Inner>, id: &str, load: Load) -> Next {
                 "the stored input no longer deserializes into workflow `{}`'s input type: {e}",
                 def.name
             );
-            return finish(inner, &ctx, parent, Status::Failed, None, Some(msg)).await;
+            return finish(
+                inner,
+                &ctx,
+                load_gen,
+                parent,
+                Status::Failed,
+                None,
+                Some(msg),
+            )
+            .await;
         }
     };
     let scope = Scope::Workflow(ctx.clone());
     loop {
         let event = std::future::poll_fn(|cx| {
+            ctx.set_driver(cx.waker());
             let polled = context::sync_scope(scope.clone(), || {
                 std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)))
             });
@@ -533,31 +585,64 @@ async fn drive_once(inner: &Arc<Inner>, id: &str, load: Load) -> Next {
         .await;
         match event {
             Event::Done(Ok((output, ok))) => {
-                for bg in ctx.take_background() {
-                    let _ = bg.await;
-                }
+                // Background work settles first; a halt (e.g. a background step that no
+                // longer matches its journal) ends the wait.
+                std::future::poll_fn(|cx| {
+                    ctx.set_driver(cx.waker());
+                    if ctx.halted().is_some() {
+                        return Poll::Ready(());
+                    }
+                    ctx.poll_background(cx)
+                })
+                .await;
                 if let Some(h) = ctx.halted() {
-                    return halt(inner, &ctx, parent, h).await;
+                    return halt(inner, &ctx, load_gen, parent, h).await;
                 }
                 if let Err(msg) = ctx.check_fully_replayed() {
-                    return finish(inner, &ctx, parent, Status::Incompatible, None, Some(msg))
-                        .await;
+                    return finish(
+                        inner,
+                        &ctx,
+                        load_gen,
+                        parent,
+                        Status::Incompatible,
+                        None,
+                        Some(msg),
+                    )
+                    .await;
                 }
                 let status = if ok {
                     Status::Completed
                 } else {
                     Status::Failed
                 };
-                return finish(inner, &ctx, parent, status, Some(output), None).await;
+                return finish(inner, &ctx, load_gen, parent, status, Some(output), None).await;
             }
             Event::Done(Err(msg)) => {
-                return finish(inner, &ctx, parent, Status::Failed, None, Some(msg)).await;
+                return finish(
+                    inner,
+                    &ctx,
+                    load_gen,
+                    parent,
+                    Status::Failed,
+                    None,
+                    Some(msg),
+                )
+                .await;
             }
             Event::Panicked(msg) => {
                 let msg = format!("workflow `{}` panicked: {msg}", def.name);
-                return finish(inner, &ctx, parent, Status::Failed, None, Some(msg)).await;
+                return finish(
+                    inner,
+                    &ctx,
+                    load_gen,
+                    parent,
+                    Status::Failed,
+                    None,
+                    Some(msg),
+                )
+                .await;
             }
-            Event::Halted(h) => return halt(inner, &ctx, parent, h).await,
+            Event::Halted(h) => return halt(inner, &ctx, load_gen, parent, h).await,
             Event::Idle(wake_at) => {
                 for commit in ctx.take_unawaited() {
                     if let Err(e) = commit.await {
@@ -568,10 +653,12 @@ async fn drive_once(inner: &Arc<Inner>, id: &str, load: Load) -> Next {
                 let commit = {
                     let mut slots = lock(&inner.loaded);
                     match slots.get_mut(id) {
-                        Some(slot) if slot.woken => {
+                        Some(slot) if slot.load_gen == load_gen && slot.woken => {
                             slot.woken = false;
                             None
                         }
+                        Some(slot) if slot.load_gen != load_gen => return Next::Done,
+                        None => return Next::Done,
                         _ => {
                             let commit = inner.store.submit(vec![WriteOp::SetStatus {
                                 instance: id.to_string(),
@@ -602,13 +689,39 @@ async fn drive_once(inner: &Arc<Inner>, id: &str, load: Load) -> Next {
     }
 }
 
-async fn halt(inner: &Arc<Inner>, ctx: &Arc<WorkflowCtx>, parent: Option<String>, h: Halt) -> Next {
+async fn halt(
+    inner: &Arc<Inner>,
+    ctx: &Arc<WorkflowCtx>,
+    load_gen: u64,
+    parent: Option<String>,
+    h: Halt,
+) -> Next {
     match h {
         Halt::Incompatible(msg) => {
             tracing::error!(instance = %ctx.id, "{msg}");
-            finish(inner, ctx, parent, Status::Incompatible, None, Some(msg)).await
+            finish(
+                inner,
+                ctx,
+                load_gen,
+                parent,
+                Status::Incompatible,
+                None,
+                Some(msg),
+            )
+            .await
         }
-        Halt::Failed(msg) => finish(inner, ctx, parent, Status::Failed, None, Some(msg)).await,
+        Halt::Failed(msg) => {
+            finish(
+                inner,
+                ctx,
+                load_gen,
+                parent,
+                Status::Failed,
+                None,
+                Some(msg),
+            )
+            .await
+        }
         Halt::Store(e) => {
             tracing::error!(instance = %ctx.id, error = %e, "checkpoint failed; retrying");
             Next::RetryLater
@@ -618,7 +731,7 @@ async fn halt(inner: &Arc<Inner>, ctx: &Arc<WorkflowCtx>, parent: Option<String>
             for bg in ctx.take_background() {
                 bg.abort();
             }
-            inner.unload(&ctx.id);
+            inner.unload(&ctx.id, load_gen);
             let outcome = Outcome {
                 status: Status::Running,
                 output: None,
@@ -635,6 +748,7 @@ async fn halt(inner: &Arc<Inner>, ctx: &Arc<WorkflowCtx>, parent: Option<String>
 async fn finish(
     inner: &Arc<Inner>,
     ctx: &Arc<WorkflowCtx>,
+    load_gen: u64,
     parent: Option<String>,
     status: Status,
     output: Option<String>,
@@ -654,18 +768,28 @@ async fn finish(
         output,
         error,
     };
-    let commit = inner.store.submit(vec![WriteOp::Finish {
+    let now = inner.clock.now_ms();
+    let mut ops = vec![WriteOp::Finish {
         instance: ctx.id.clone(),
         status,
         output: outcome.output.clone(),
         error: outcome.error.clone(),
-        at: inner.clock.now_ms(),
-    }]);
+        at: now,
+    }];
+    if let Some(parent) = &parent {
+        // In the same transaction: a restart finds the parent due, even if the wake-up
+        // below is lost with the process.
+        ops.push(WriteOp::Wake {
+            instance: parent.clone(),
+            at: now,
+        });
+    }
+    let commit = inner.store.submit(ops);
     if let Err(e) = commit.await {
         tracing::error!(instance = %ctx.id, error = %e, "cannot record the end; retrying");
         return Next::RetryLater;
     }
-    inner.unload(&ctx.id);
+    inner.unload(&ctx.id, load_gen);
     inner.notify_finished(&ctx.id, outcome, parent.as_deref());
     Next::Done
 }

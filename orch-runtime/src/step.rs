@@ -173,6 +173,13 @@ where
     Fut: Future<Output = R>,
 {
     let _busy = ctx.inflight();
+    // Values replay cannot reproduce (now, random, uuid) must be durable before a side
+    // effect may depend on them.
+    for commit in ctx.take_values() {
+        if let Err(e) = commit.await {
+            return stop(ctx, Halt::Store(e)).await;
+        }
+    }
     let started = ctx.now_ms();
     let max = options.retry.attempts();
     let mut attempt = ctx.failed_attempts(seq) + 1;

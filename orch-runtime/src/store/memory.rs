@@ -83,6 +83,12 @@ impl MemoryStore {
     }
 }
 
+fn wake(rec: &mut InstanceRecord, at: Millis) {
+    if rec.status == Status::Suspended {
+        rec.wake_at = Some(rec.wake_at.map_or(at, |w| w.min(at)));
+    }
+}
+
 fn apply(state: &mut State, op: WriteOp) -> Result<(), StoreError> {
     let id = op.instance().to_string();
     let inst = state
@@ -103,10 +109,17 @@ fn apply(state: &mut State, op: WriteOp) -> Result<(), StoreError> {
         }
         WriteOp::Attempt { record, .. } => inst.attempts.push(record),
         WriteOp::ConsumeSignal { signal, seq, .. } => {
-            if let Some(s) = inst.signals.iter_mut().find(|(s, _)| s.id == signal) {
-                s.1 = Some(seq);
+            match inst.signals.iter_mut().find(|(s, _)| s.id == signal) {
+                Some(s) if s.1.is_none() => s.1 = Some(seq),
+                _ => {
+                    return Err(StoreError::Conflict {
+                        instance: id,
+                        detail: format!("signal {signal} is consumed already (or unknown)"),
+                    });
+                }
             }
         }
+        WriteOp::Wake { at, .. } => wake(&mut inst.record, at),
         WriteOp::CustomStatus { value, at, .. } => {
             inst.record.custom_status = Some(value);
             inst.record.updated_at = at;
@@ -207,6 +220,7 @@ impl Store for MemoryStore {
                 status: inst.record.status,
             }),
             Some(inst) => {
+                wake(&mut inst.record, at);
                 inst.signals.push((
                     SignalRecord {
                         id,

@@ -282,7 +282,8 @@ pub enum WriteOp {
         /// The attempt.
         record: AttemptRecord,
     },
-    /// Mark a signal consumed by the journal entry at `seq`.
+    /// Mark a signal consumed by the journal entry at `seq` (0: discarded). A signal that is
+    /// consumed already is a conflict: no signal is taken twice.
     ConsumeSignal {
         /// Instance id.
         instance: String,
@@ -311,6 +312,14 @@ pub enum WriteOp {
         /// When.
         at: Millis,
     },
+    /// Makes a suspended instance due at `at` (a signal or a child's result arrived for it),
+    /// so a restart resumes it then; does nothing to other statuses.
+    Wake {
+        /// Instance id.
+        instance: String,
+        /// When it is due.
+        at: Millis,
+    },
     /// Finish the instance (completed, failed or incompatible).
     Finish {
         /// Instance id.
@@ -335,6 +344,7 @@ impl WriteOp {
             | WriteOp::ConsumeSignal { instance, .. }
             | WriteOp::CustomStatus { instance, .. }
             | WriteOp::SetStatus { instance, .. }
+            | WriteOp::Wake { instance, .. }
             | WriteOp::Finish { instance, .. } => instance,
         }
     }
@@ -498,7 +508,8 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a new instance, or returns the existing one with the same id unchanged.
     fn create(&self, record: InstanceRecord) -> BoxFuture<'_, Result<Created, StoreError>>;
 
-    /// Stores a signal for a live instance and returns its id.
+    /// Stores a signal for a live instance and returns its id; a suspended instance is made
+    /// due now (see [`WriteOp::Wake`]) in the same transaction.
     /// Fails with [`StoreError::NotFound`] or [`StoreError::Finished`] and stores nothing.
     fn add_signal(
         &self,

@@ -678,12 +678,21 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
             }
         }
         WriteOp::ConsumeSignal { signal, seq, .. } => {
-            conn.prepare_cached(
-                "UPDATE signals SET consumed_seq = ?3 WHERE id = ?1 AND instance = ?2",
-            )
-            .and_then(|mut s| s.execute(params![signal, id, seq]))
-            .map_err(|e| backend(&ctx("consuming a signal"), e))?;
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE signals SET consumed_seq = ?3 \
+                     WHERE id = ?1 AND instance = ?2 AND consumed_seq IS NULL",
+                )
+                .and_then(|mut s| s.execute(params![signal, id, seq]))
+                .map_err(|e| backend(&ctx("consuming a signal"), e))?;
+            if changed == 0 {
+                return Err(StoreError::Conflict {
+                    instance: id.to_string(),
+                    detail: format!("signal {signal} is consumed already (or unknown)"),
+                });
+            }
         }
+        WriteOp::Wake { at, .. } => wake(conn, id, *at, &ctx("waking"))?,
         WriteOp::CustomStatus { value, at, .. } => {
             conn.prepare_cached(
                 "UPDATE instances SET custom_status = ?2, updated_at = ?3 WHERE id = ?1",
@@ -802,7 +811,20 @@ fn add_signal(
     )
     .and_then(|mut s| s.execute(params![instance, name, payload, at]))
     .map_err(|e| backend(&ctx, e))?;
-    Ok(conn.last_insert_rowid())
+    let id = conn.last_insert_rowid();
+    wake(conn, instance, at, &ctx)?;
+    Ok(id)
+}
+
+/// Makes a suspended instance due at `at` (earlier timers stay).
+fn wake(conn: &Connection, instance: &str, at: Millis, ctx: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE instances SET wake_at = MIN(COALESCE(wake_at, ?2), ?2) \
+         WHERE id = ?1 AND status = 'suspended'",
+    )
+    .and_then(|mut s| s.execute(params![instance, at]))
+    .map_err(|e| backend(ctx, e))?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

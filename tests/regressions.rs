@@ -1,0 +1,561 @@
+//! Regression tests for defects found in review. Each test names what broke; the store
+//! wrapper below delays or fails single store calls to make the race windows deterministic.
+
+use futures_util::future::BoxFuture;
+use orch_runtime::EntryKind;
+use orch_runtime::prelude::*;
+use orch_runtime::store::memory::MemoryStore;
+use orch_runtime::store::{
+    Commit, Created, InstanceRecord, JournalEntry, ListFilter, LoadedInstance, Millis, Store,
+    StoreError, WriteOp,
+};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+#[derive(Default)]
+struct Faults {
+    /// The acknowledgement of signals with this name comes 300 ms late.
+    slow_signal: Option<&'static str>,
+    /// The first creation of a child instance fails as if the database were locked.
+    fail_child_create: AtomicBool,
+    /// The first `suspended` write fails after 200 ms.
+    fail_suspend: AtomicBool,
+    /// Reads of single records.
+    gets: AtomicU32,
+}
+
+struct Faulty {
+    inner: Arc<MemoryStore>,
+    faults: Faults,
+}
+
+impl Store for Faulty {
+    fn submit(&self, ops: Vec<WriteOp>) -> Commit {
+        let suspends = ops.iter().any(|op| {
+            matches!(
+                op,
+                WriteOp::SetStatus {
+                    status: Status::Suspended,
+                    ..
+                }
+            )
+        });
+        if suspends && self.faults.fail_suspend.swap(false, Ordering::SeqCst) {
+            let (tx, commit) = Commit::channel();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let _ = tx.send(Err(StoreError::Backend("disk I/O error (injected)".into())));
+            });
+            return commit;
+        }
+        self.inner.submit(ops)
+    }
+    fn create(&self, record: InstanceRecord) -> BoxFuture<'_, Result<Created, StoreError>> {
+        if record.parent.is_some() && self.faults.fail_child_create.swap(false, Ordering::SeqCst) {
+            return Box::pin(async {
+                Err(StoreError::Backend("database is locked (injected)".into()))
+            });
+        }
+        self.inner.create(record)
+    }
+    fn add_signal(
+        &self,
+        instance: &str,
+        name: &str,
+        payload: String,
+        at: Millis,
+    ) -> BoxFuture<'_, Result<i64, StoreError>> {
+        let slow = self.faults.slow_signal == Some(name);
+        let stored = self.inner.add_signal(instance, name, payload, at);
+        Box::pin(async move {
+            let r = stored.await;
+            if slow {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            r
+        })
+    }
+    fn load(&self, id: &str) -> BoxFuture<'_, Result<Option<LoadedInstance>, StoreError>> {
+        self.inner.load(id)
+    }
+    fn get(&self, id: &str) -> BoxFuture<'_, Result<Option<InstanceRecord>, StoreError>> {
+        self.faults.gets.fetch_add(1, Ordering::Relaxed);
+        self.inner.get(id)
+    }
+    fn list(&self, f: ListFilter) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>> {
+        self.inner.list(f)
+    }
+    fn unfinished(&self) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>> {
+        self.inner.unfinished()
+    }
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.inner.close()
+    }
+}
+
+fn faulty(faults: Faults) -> Arc<Faulty> {
+    Arc::new(Faulty {
+        inner: Arc::new(MemoryStore::new()),
+        faults,
+    })
+}
+
+async fn wait_status(rt: &Runtime, id: &str, st: Status) {
+    for _ in 0..3000 {
+        if rt.instance(id).await.expect("get").expect("exists").status == st {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("{id} never reached {st}");
+}
+
+fn record(id: &str, workflow: &str, status: Status) -> InstanceRecord {
+    InstanceRecord {
+        id: id.into(),
+        workflow: workflow.into(),
+        version: "old-version".into(),
+        input: "null".into(),
+        status,
+        output: None,
+        error: None,
+        custom_status: None,
+        parent: None,
+        created_at: 0,
+        updated_at: 0,
+        wake_at: None,
+    }
+}
+
+fn entry(seq: u32, kind: EntryKind, name: &str, outcome: &str) -> JournalEntry {
+    JournalEntry {
+        seq,
+        kind,
+        name: name.into(),
+        outcome: outcome.into(),
+        attempts: 1,
+        started_at: 0,
+        finished_at: 0,
+    }
+}
+
+// ---------- a signal is taken once, even when a load races its delivery ----------
+
+#[workflow]
+async fn three_signals() -> Vec<u32> {
+    let mut v = Vec::new();
+    for _ in 0..3 {
+        v.push(orch::signal::<u32>("s").await);
+        orch::sleep(Duration::from_millis(600)).await; // short: stays loaded
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signal_is_consumed_once_when_a_load_races_its_delivery() {
+    let store = faulty(Faults {
+        slow_signal: Some("s"),
+        ..Default::default()
+    });
+    let rt = Runtime::builder()
+        .store(store)
+        .build()
+        .await
+        .expect("runtime");
+    let run = rt
+        .start_with_id(ThreeSignals, "x", ())
+        .await
+        .expect("start");
+    wait_status(&rt, "x", Status::Suspended).await;
+    // `s`=1 is stored at once; its delivery to the engine comes 300 ms later, after an
+    // unrelated signal has loaded the instance (which then already sees `s`=1).
+    let rt2 = rt.clone();
+    let slow = tokio::spawn(async move { rt2.signal("x", "s", 1u32).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    rt.signal("x", "other", 0u32).await.expect("signal");
+    slow.await.expect("join").expect("signal");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    rt.signal("x", "s", 2u32).await.expect("signal");
+    let early = tokio::time::timeout(Duration::from_millis(2500), run.result()).await;
+    assert!(
+        early.is_err(),
+        "finished with two `s` signals sent: {early:?}"
+    );
+    rt.signal("x", "s", 3u32).await.expect("signal");
+    assert_eq!(run.result().await.expect("result"), [1, 2, 3]);
+}
+
+// ---------- a failed `suspended` write cannot make a step run twice ----------
+
+static SLOW_CALLS: AtomicU32 = AtomicU32::new(0);
+
+#[step]
+async fn slow_step() -> Result<u32, StepError> {
+    SLOW_CALLS.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    Ok(1)
+}
+
+#[workflow]
+async fn go_then_slow() -> Result<u32, StepError> {
+    let _ = orch::signal::<u32>("go").await;
+    slow_step().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_suspend_write_does_not_start_a_second_driver() {
+    let store = faulty(Faults {
+        fail_suspend: AtomicBool::new(true),
+        ..Default::default()
+    });
+    let rt = Runtime::builder()
+        .store(store)
+        .build()
+        .await
+        .expect("runtime");
+    let run = rt.start_with_id(GoThenSlow, "d", ()).await.expect("start");
+    tokio::time::sleep(Duration::from_millis(50)).await; // the first load's suspend write fails at 200 ms
+    rt.signal("d", "go", 1u32).await.expect("signal"); // a second load starts slow_step
+    assert_eq!(run.result().await.expect("result"), Ok(1));
+    assert_eq!(SLOW_CALLS.load(Ordering::SeqCst), 1, "a step ran twice");
+}
+
+// ---------- a background step that no longer matches its journal fails visibly ----------
+
+#[step]
+async fn bg_new_name() -> Result<(), StepError> {
+    Ok(())
+}
+
+#[workflow]
+async fn renamed_background() -> u32 {
+    orch::background(bg_new_name());
+    1
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_incompatible_background_step_stops_the_instance_instead_of_hanging() {
+    let store = Arc::new(MemoryStore::new());
+    store
+        .create(record("old", "renamed_background", Status::Running))
+        .await
+        .expect("create");
+    store
+        .submit(vec![WriteOp::Append {
+            instance: "old".into(),
+            entry: entry(
+                1,
+                EntryKind::Step,
+                "bg_old_name",
+                r#"{"value":{"Ok":null}}"#,
+            ),
+        }])
+        .await
+        .expect("journal");
+    let rt = Runtime::builder()
+        .store(store)
+        .build()
+        .await
+        .expect("runtime");
+    let run = rt.handle(RenamedBackground, "old").await.expect("handle");
+    let err = tokio::time::timeout(Duration::from_secs(5), run.result())
+        .await
+        .expect("does not hang")
+        .expect_err("incompatible");
+    assert!(err.to_string().contains("bg_old_name"), "{err}");
+}
+
+// ---------- finished background work lets the instance suspend and free its permit ----------
+
+#[step]
+async fn quick_background() -> Result<(), StepError> {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    Ok(())
+}
+
+#[workflow]
+async fn kid() -> u32 {
+    7
+}
+
+#[workflow]
+async fn background_then_child() -> u32 {
+    orch::background(quick_background());
+    kid().await
+}
+
+#[workflow]
+async fn background_then_signal() -> u32 {
+    orch::background(quick_background());
+    orch::signal::<u32>("x").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_parent_with_background_work_and_one_permit_lets_its_child_run() {
+    let rt = Runtime::builder()
+        .in_memory()
+        .max_running(1)
+        .build()
+        .await
+        .expect("runtime");
+    let run = rt.start(BackgroundThenChild, ()).await.expect("start");
+    let out = tokio::time::timeout(Duration::from_secs(5), run.result()).await;
+    assert_eq!(out.expect("no deadlock").expect("result"), 7);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_suspends_once_its_background_work_ends() {
+    let rt = Runtime::builder()
+        .in_memory()
+        .build()
+        .await
+        .expect("runtime");
+    rt.start_with_id(BackgroundThenSignal, "e", ())
+        .await
+        .expect("start");
+    wait_status(&rt, "e", Status::Suspended).await;
+}
+
+// ---------- a transient error starting a child is retried, not fatal ----------
+
+#[workflow]
+async fn parent_of_kid() -> u32 {
+    kid().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transient_store_error_starting_a_child_is_retried() {
+    let store = faulty(Faults {
+        fail_child_create: AtomicBool::new(true),
+        ..Default::default()
+    });
+    let rt = Runtime::builder()
+        .store(store)
+        .build()
+        .await
+        .expect("runtime");
+    let run = rt.start(ParentOfKid, ()).await.expect("start");
+    let out = tokio::time::timeout(Duration::from_secs(5), run.result()).await;
+    assert_eq!(out.expect("finishes").expect("result"), 7);
+}
+
+// ---------- a signal stored before a crash wakes a sleeping instance on restart ----------
+
+#[workflow]
+async fn approve() -> Option<u32> {
+    orch::signal_with_timeout::<u32>("ok", Duration::from_secs(3600)).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signal_stored_before_a_crash_is_taken_at_restart_not_at_the_timeout() {
+    let store = Arc::new(MemoryStore::new());
+    let mut rec = record("a", "approve", Status::Suspended);
+    let far = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+        + 3_600_000;
+    rec.wake_at = Some(far);
+    store.create(rec).await.expect("create");
+    store
+        .submit(vec![WriteOp::Append {
+            instance: "a".into(),
+            entry: entry(1, EntryKind::Deadline, "ok", &far.to_string()),
+        }])
+        .await
+        .expect("journal");
+    // The signal committed, then the process died before the instance took it.
+    store
+        .add_signal("a", "ok", "7".into(), 0)
+        .await
+        .expect("signal");
+    let rt = Runtime::builder()
+        .store(store)
+        .build()
+        .await
+        .expect("restart");
+    let run = rt.handle(Approve, "a").await.expect("handle");
+    let out = tokio::time::timeout(Duration::from_secs(3), run.result()).await;
+    assert_eq!(out.expect("not after an hour").expect("result"), Some(7));
+}
+
+// ---------- durable calls inside an async block passed to background are refused ----------
+
+#[step]
+async fn f1() -> Result<u32, StepError> {
+    Ok(1)
+}
+
+#[workflow]
+async fn background_block() -> Result<u32, StepError> {
+    // The macro refuses this form; the opt-out shows the runtime's own check.
+    #[orch(deterministic)]
+    orch::background(async {
+        let _ = f1().await;
+    });
+    orch::sleep(Duration::from_millis(50)).await;
+    Ok(3)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn durable_calls_inside_a_background_block_fail_with_a_clear_message() {
+    let rt = Runtime::builder()
+        .in_memory()
+        .build()
+        .await
+        .expect("runtime");
+    let run = rt.start(BackgroundBlock, ()).await.expect("start");
+    let err = tokio::time::timeout(Duration::from_secs(5), run.result())
+        .await
+        .expect("finishes")
+        .expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains("inside work passed to orch::background"),
+        "{err}"
+    );
+}
+
+// ---------- patched() below recorded seqs keeps the old branch ----------
+
+#[step]
+async fn pa() -> Result<u32, StepError> {
+    Ok(1)
+}
+
+#[workflow]
+async fn patch_gap() -> Result<u32, StepError> {
+    let extra = if orch::patched("new-branch") { 100 } else { 0 };
+    let (v, _) = join!(
+        orch::signal::<u32>("go"),
+        orch::sleep(Duration::from_secs(3600))
+    );
+    let w = pa().await?;
+    Ok(v + w + extra)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn patched_before_an_in_flight_join_takes_the_old_branch() {
+    // Old code: join!(signal "go" (seq 1, still waiting), sleep (seq 2, recorded)).
+    let store = Arc::new(MemoryStore::new());
+    store
+        .create(record("old", "patch_gap", Status::Suspended))
+        .await
+        .expect("create");
+    let far = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+        + 3_600_000;
+    store
+        .submit(vec![WriteOp::Append {
+            instance: "old".into(),
+            entry: entry(2, EntryKind::Sleep, "", &far.to_string()),
+        }])
+        .await
+        .expect("journal");
+    let rt = Runtime::builder()
+        .store(store)
+        .build()
+        .await
+        .expect("runtime");
+    wait_status(&rt, "old", Status::Suspended).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let rec = rt.instance("old").await.expect("get").expect("exists");
+    assert_eq!(rec.status, Status::Suspended, "{:?}", rec.error);
+}
+
+// ---------- result() after shutdown returns ----------
+
+#[workflow]
+async fn waits_forever() -> u32 {
+    orch::signal::<u32>("never").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn result_after_shutdown_returns_an_error_instead_of_hanging() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = Runtime::builder()
+        .sqlite(dir.path().join("o.db"))
+        .build()
+        .await
+        .expect("runtime");
+    let run = rt.start(WaitsForever, ()).await.expect("start");
+    rt.shutdown().await.expect("shutdown");
+    let out = tokio::time::timeout(Duration::from_secs(2), run.result()).await;
+    assert!(
+        matches!(out.expect("returns"), Err(orch_runtime::Error::ShutDown)),
+        "expected ShutDown"
+    );
+}
+
+// ---------- a long parent id does not break its children ----------
+
+#[workflow]
+async fn calls_kid() -> u32 {
+    kid().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_parent_with_a_maximal_id_can_start_children() {
+    let rt = Runtime::builder()
+        .in_memory()
+        .build()
+        .await
+        .expect("runtime");
+    let run = rt
+        .start_with_id(CallsKid, "p".repeat(128), ())
+        .await
+        .expect("start");
+    assert_eq!(run.result().await.expect("result"), 7);
+}
+
+// ---------- a sleep of u64::MAX seconds does not end at once ----------
+
+#[workflow]
+async fn sleeps_max() -> u32 {
+    orch::sleep(Duration::from_secs(u64::MAX)).await;
+    1
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_sleep_saturates_instead_of_wrapping_around() {
+    let rt = Runtime::builder()
+        .in_memory()
+        .build()
+        .await
+        .expect("runtime");
+    let run = rt.start(SleepsMax, ()).await.expect("start");
+    let out = tokio::time::timeout(Duration::from_millis(500), run.result()).await;
+    assert!(out.is_err(), "sleep(u64::MAX s) finished: {out:?}");
+}
+
+// ---------- fanning out to children reads each child a bounded number of times ----------
+
+#[workflow]
+async fn fan_kid(i: u32) -> u32 {
+    orch::sleep(Duration::from_millis(u64::from(i) * 3)).await;
+    i
+}
+
+#[workflow]
+async fn fan_out(n: u32) -> u32 {
+    let all = futures_util::future::join_all((0..n).map(fan_kid)).await;
+    all.into_iter().sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fanning_out_to_children_costs_linear_reads() {
+    let n = 200u32;
+    let store = faulty(Faults::default());
+    let rt = Runtime::builder()
+        .store(store.clone())
+        .build()
+        .await
+        .expect("runtime");
+    let run = rt.start(FanOut, n).await.expect("start");
+    assert_eq!(run.result().await.expect("result"), n * (n - 1) / 2);
+    let gets = store.faults.gets.load(Ordering::Relaxed);
+    assert!(gets < 10 * n, "{gets} reads for {n} children");
+}
