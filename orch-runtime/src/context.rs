@@ -133,14 +133,19 @@ pub(crate) struct WorkflowCtx {
 
 /// Counts an operation that is executing right now (a step, a short timer, background work):
 /// while any exists, the instance is not idle and stays loaded.
-pub(crate) struct InflightGuard(Arc<WorkflowCtx>);
+pub(crate) struct InflightGuard {
+    ctx: Arc<WorkflowCtx>,
+    /// Work in another task (background) ends outside the driver's poll: wake the driver so
+    /// it can see the instance became idle. Work inside the workflow future needs no wake.
+    wake_driver: bool,
+}
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        let mut st = self.0.lock();
+        let mut st = self.ctx.lock();
         st.inflight = st.inflight.saturating_sub(1);
-        // The instance may have become idle: let the driver look (it may unload it).
-        if st.inflight == 0
+        if self.wake_driver
+            && st.inflight == 0
             && let Some(w) = &st.driver
         {
             w.wake_by_ref();
@@ -372,7 +377,19 @@ impl WorkflowCtx {
 
     pub(crate) fn inflight(self: &Arc<Self>) -> InflightGuard {
         self.lock().inflight += 1;
-        InflightGuard(self.clone())
+        InflightGuard {
+            ctx: self.clone(),
+            wake_driver: false,
+        }
+    }
+
+    /// Like [`inflight`](Self::inflight), for work running in its own task.
+    pub(crate) fn inflight_elsewhere(self: &Arc<Self>) -> InflightGuard {
+        self.lock().inflight += 1;
+        InflightGuard {
+            ctx: self.clone(),
+            wake_driver: true,
+        }
     }
 
     /// Registers the operation at `seq` as waiting (for a timer at `wake_at`, a signal or a

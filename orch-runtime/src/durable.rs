@@ -422,7 +422,7 @@ where
     };
     match context::current() {
         Some(Scope::Workflow(ctx)) => {
-            let busy = ctx.inflight();
+            let busy = ctx.inflight_elsewhere();
             let scope = Scope::Workflow(ctx.clone());
             let task = tokio::spawn(context::in_scope(
                 scope,
