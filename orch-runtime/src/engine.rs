@@ -420,13 +420,20 @@ enum TimerMsg {
 
 async fn run_timers(inner: Weak<Inner>, clock: Clock, mut rx: mpsc::UnboundedReceiver<TimerMsg>) {
     let mut heap: BinaryHeap<Reverse<(Millis, String)>> = BinaryHeap::new();
+    // The latest wake-up asked for each instance: older heap entries are stale and skipped,
+    // so an instance suspended again (or woken early) is not loaded for nothing.
+    let mut latest: HashMap<String, Millis> = HashMap::new();
     loop {
         let next = heap.peek().map(|Reverse((at, _))| *at);
         let now = clock.now_ms();
         let wait = next.map(|at| Duration::from_millis(at.saturating_sub(now).max(0) as u64));
         tokio::select! {
             msg = rx.recv() => match msg {
-                Some(TimerMsg::At(at, id)) => heap.push(Reverse((at, id))),
+                Some(TimerMsg::At(at, id)) => {
+                    if latest.insert(id.clone(), at) != Some(at) {
+                        heap.push(Reverse((at, id)));
+                    }
+                }
                 Some(TimerMsg::Tick) => {}
                 None => return,
             },
@@ -441,7 +448,10 @@ async fn run_timers(inner: Weak<Inner>, clock: Clock, mut rx: mpsc::UnboundedRec
         if heap.peek().is_some_and(|Reverse((at, _))| *at <= now) {
             let Some(inner) = inner.upgrade() else { return };
             while heap.peek().is_some_and(|Reverse((at, _))| *at <= now) {
-                if let Some(Reverse((_, id))) = heap.pop() {
+                if let Some(Reverse((at, id))) = heap.pop()
+                    && latest.get(&id) == Some(&at)
+                {
+                    latest.remove(&id);
                     inner.schedule(&id, false);
                 }
             }
