@@ -3,40 +3,18 @@
 //! that had been checkpointed before the kill was called again.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use orch_runtime::store::EntryKind;
 use orch_runtime::{JournalEntry, ListFilter, Runtime};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use support::example_binary;
 
 const ORDERS: u64 = 24;
-
-/// Builds the example once (a no-op when `cargo test` built it already) and returns its path,
-/// as cargo reports it, so a custom target dir or profile is found too.
-fn example_binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let out = Command::new(env!("CARGO"))
-            .args(["build", "--example", "checkout", "--message-format=json"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run cargo build");
-        assert!(
-            out.status.success(),
-            "cargo build --example checkout failed"
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "checkout")
-            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .expect("cargo reported no executable for the checkout example")
-    })
-}
 
 fn example(db: &Path, log: &Path, stdout: &Path) -> Child {
     Command::new(example_binary())

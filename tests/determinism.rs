@@ -103,20 +103,7 @@ fn entry(seq: u32, name: &str, outcome: &str) -> JournalEntry {
 /// Writes an instance of `short_flow` as an older version of the code left it.
 async fn plant(db: &std::path::Path, id: &str, journal: Vec<JournalEntry>) {
     let store = SqliteStore::open(db, SqliteOptions::default()).expect("open");
-    let rec = InstanceRecord {
-        id: id.into(),
-        workflow: "short_flow".into(),
-        version: "00000000000000aa".into(),
-        input: "null".into(),
-        status: Status::Running,
-        output: None,
-        error: None,
-        custom_status: None,
-        parent: None,
-        created_at: 0,
-        updated_at: 0,
-        wake_at: None,
-    };
+    let rec = InstanceRecord::new(id, "short_flow", "00000000000000aa", "null", 0);
     store.create(rec).await.expect("create");
     let ops = journal
         .into_iter()

@@ -113,18 +113,8 @@ async fn wait_status(rt: &Runtime, id: &str, st: Status) {
 
 fn record(id: &str, workflow: &str, status: Status) -> InstanceRecord {
     InstanceRecord {
-        id: id.into(),
-        workflow: workflow.into(),
-        version: "old-version".into(),
-        input: "null".into(),
         status,
-        output: None,
-        error: None,
-        custom_status: None,
-        parent: None,
-        created_at: 0,
-        updated_at: 0,
-        wake_at: None,
+        ..InstanceRecord::new(id, workflow, "old-version", "null", 0)
     }
 }
 

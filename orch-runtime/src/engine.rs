@@ -238,18 +238,8 @@ impl Inner {
         };
         let now = self.clock.now_ms();
         let record = InstanceRecord {
-            id: id.clone(),
-            workflow: def.name.to_string(),
-            version: def.version.to_string(),
-            input,
-            status: Status::Running,
-            output: None,
-            error: None,
-            custom_status: None,
             parent: parent.clone(),
-            created_at: now,
-            updated_at: now,
-            wake_at: None,
+            ..InstanceRecord::new(id.clone(), def.name, def.version, input, now)
         };
         let record_copy = record.clone();
         match self.store.create(record).await? {

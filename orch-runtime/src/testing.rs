@@ -279,15 +279,7 @@ impl TestRuntime {
     /// How many times the body (or mock) of the step named `step` has run, all attempts of all
     /// instances counted.
     pub fn calls(&self, step: &str) -> u32 {
-        self.rt
-            .inner
-            .test
-            .as_ref()
-            .map(|t| {
-                let calls = t.calls.lock().unwrap_or_else(|e| e.into_inner());
-                calls.get(step).copied().unwrap_or(0)
-            })
-            .unwrap_or(0)
+        self.all_calls().get(step).copied().unwrap_or(0)
     }
 
     /// Step calls by name.

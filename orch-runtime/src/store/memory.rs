@@ -19,20 +19,7 @@ struct Instance {
 
 impl Default for InstanceRecord {
     fn default() -> Self {
-        InstanceRecord {
-            id: String::new(),
-            workflow: String::new(),
-            version: String::new(),
-            input: "null".into(),
-            status: Status::Running,
-            output: None,
-            error: None,
-            custom_status: None,
-            parent: None,
-            created_at: 0,
-            updated_at: 0,
-            wake_at: None,
-        }
+        InstanceRecord::new("", "", "", "null", 0)
     }
 }
 

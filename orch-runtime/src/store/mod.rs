@@ -108,6 +108,32 @@ pub struct InstanceRecord {
     pub wake_at: Option<Millis>,
 }
 
+impl InstanceRecord {
+    /// A new, running instance with nothing recorded yet.
+    pub fn new(
+        id: impl Into<String>,
+        workflow: impl Into<String>,
+        version: impl Into<String>,
+        input: impl Into<String>,
+        now: Millis,
+    ) -> InstanceRecord {
+        InstanceRecord {
+            id: id.into(),
+            workflow: workflow.into(),
+            version: version.into(),
+            input: input.into(),
+            status: Status::Running,
+            output: None,
+            error: None,
+            custom_status: None,
+            parent: None,
+            created_at: now,
+            updated_at: now,
+            wake_at: None,
+        }
+    }
+}
+
 /// What a journal entry records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
