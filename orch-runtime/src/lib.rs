@@ -33,6 +33,11 @@
 //! # Ok(()) }
 //! ```
 
+/// The README's code must compile: it is checked as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 mod context;
 pub mod durable;
 mod engine;

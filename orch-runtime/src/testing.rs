@@ -24,7 +24,7 @@
 //!   the current code and reports the first incompatibility: run it before deploying a change.
 //! - [`History`]: the journal with readable assertions.
 //!
-//! ```
+//! ```standalone_crate
 //! use orch_runtime::prelude::*;
 //! use orch_runtime::testing::TestRuntime;
 //! use std::time::Duration;
@@ -65,7 +65,7 @@
 //! Mocks replace a step with a closure of the same signature, and a test can advance time by
 //! hand:
 //!
-//! ```
+//! ```standalone_crate
 //! use orch_runtime::prelude::*;
 //! use orch_runtime::testing::TestRuntime;
 //! use std::time::Duration;
@@ -102,7 +102,7 @@
 //!
 //! Crash-point exploration checks that a workflow survives a crash anywhere:
 //!
-//! ```
+//! ```standalone_crate
 //! use orch_runtime::prelude::*;
 //! use orch_runtime::testing::check_recovery;
 //!
