@@ -301,12 +301,18 @@ impl Inner {
 
     /// Hands a stored signal to the loaded instance, or loads it.
     pub(crate) fn deliver(self: &Arc<Self>, id: &str, signal: SignalRecord) {
+        self.nudge(id, |ctx| ctx.deliver_signal(signal));
+    }
+
+    /// Tells the loaded instance `id` that something arrived (`tell` runs on its context if
+    /// published; otherwise the loading driver reloads), or loads it from the store.
+    fn nudge(self: &Arc<Self>, id: &str, tell: impl FnOnce(&WorkflowCtx)) {
         {
             let mut loaded = lock(&self.loaded);
             if let Some(slot) = loaded.get_mut(id) {
                 slot.woken = true;
                 if let Some(ctx) = &slot.ctx {
-                    ctx.deliver_signal(signal);
+                    tell(ctx);
                 }
                 return;
             }
@@ -354,17 +360,7 @@ impl Inner {
 
     /// Wakes the parent of a finished child: only the call waiting for that child.
     fn child_finished(self: &Arc<Self>, parent: &str, child: &str) {
-        {
-            let mut loaded = lock(&self.loaded);
-            if let Some(slot) = loaded.get_mut(parent) {
-                slot.woken = true;
-                if let Some(ctx) = &slot.ctx {
-                    ctx.child_finished(child);
-                }
-                return;
-            }
-        }
-        self.schedule(parent, false);
+        self.nudge(parent, |ctx| ctx.child_finished(child));
     }
 
     /// Forgets the load `load_gen` of the instance (a later load is left alone).
