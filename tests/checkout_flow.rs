@@ -175,7 +175,7 @@ async fn a_flaky_shipping_service_is_retried_with_backoff_in_virtual_time() {
 async fn checkout_recovers_from_a_crash_after_any_checkpoint() {
     for decline in [false, true] {
         let report = check_recovery(Checkout, order(if decline { 7 } else { 4 }))
-            .mocks(move || services(decline, true))
+            .mocks(services(decline, true))
             .run()
             .await
             .unwrap_or_else(|e| panic!("decline={decline}: {e}"));

@@ -532,3 +532,20 @@ fn the_uncoloured_drawing_is_valid_xml_with_start_end_and_every_call() {
         assert!(texts.contains(&t), "no {t:?} in the drawing");
     }
 }
+
+#[test]
+fn odd_shapes_built_by_hand_still_draw_valid_svg() {
+    // A branch without arms and text XML forbids: no panic, and the SVG parses.
+    static EMPTY: Node = Node::Branch {
+        label: "if nothing",
+        arms: &[],
+    };
+    static ODD: Node = Node::Seq(&[Node::Call {
+        name: "odd\u{FFFF}\u{FFFE}name<&>",
+        may_fail: true,
+    }]);
+    for shape in [&EMPTY, &ODD] {
+        let svg = Drawing::new(shape).title("odd \u{FFFF} title").svg();
+        roxmltree::Document::parse(&svg).expect("valid XML");
+    }
+}

@@ -145,3 +145,107 @@ async fn a_multi_thread_runtime_is_refused_with_a_fix() {
     let err = TestRuntime::new().await.err().expect("refused");
     assert!(err.to_string().contains("current-thread"), "{err}");
 }
+
+#[step]
+async fn tick(n: u32) -> Result<u32, StepError> {
+    Ok(n)
+}
+
+#[workflow]
+async fn daily(days: u32) -> Result<u32, StepError> {
+    let mut total = 0;
+    for d in 0..days {
+        orch::sleep(DAY).await;
+        total += tick(d).await?;
+    }
+    Ok(total)
+}
+
+#[tokio::test]
+async fn advancing_fires_timers_set_along_the_way() {
+    let t = TestRuntime::new().await.expect("test runtime");
+    let run = t.start(Daily, 3).await.expect("start");
+    t.advance(3 * DAY + Duration::from_secs(1)).await;
+    assert_eq!(run.status().await.expect("status"), Status::Completed);
+    assert_eq!(t.calls("tick"), 3);
+}
+
+#[step(retry = Retry::exponential(ms(100)).jitter(0.5).max_attempts(3))]
+async fn charge(n: u32) -> Result<u32, StepError> {
+    Ok(n)
+}
+
+#[workflow]
+async fn charges_three_times() -> Result<(u32, std::time::SystemTime), StepError> {
+    let mut sum = 0;
+    for n in 1..=3 {
+        sum += charge(n).await?;
+    }
+    Ok((sum, orch::now().await))
+}
+
+#[tokio::test]
+async fn retries_with_jitter_take_the_same_virtual_time_in_every_run() {
+    let mut ends = Vec::new();
+    for _ in 0..3 {
+        let t = TestRuntime::builder()
+            .mock(charge::fail_first(2, || Err(StepError::retryable("busy"))))
+            .build()
+            .await
+            .expect("test runtime");
+        let run = t
+            .start_with_id(ChargesThreeTimes, "same", ())
+            .await
+            .expect("start");
+        ends.push(run.result().await.expect("result").expect("ok"));
+    }
+    assert!(ends.windows(2).all(|w| w[0] == w[1]), "{ends:?}");
+}
+
+#[workflow]
+async fn charge_sum() -> Result<u32, StepError> {
+    let mut sum = 0;
+    for n in 1..=3 {
+        sum += charge(n).await?;
+    }
+    Ok(sum)
+}
+
+#[tokio::test]
+async fn crash_point_exploration_accepts_a_double_whose_state_carries_over() {
+    // A double that fails its first call: used up before a crash, it stays used up.
+    let report = check_recovery(ChargeSum, ())
+        .mocks(vec![charge::fail_first(1, || {
+            Err(StepError::retryable("busy"))
+        })])
+        .run()
+        .await
+        .expect("recovers");
+    assert_eq!(report.crash_points, 4); // before the first charge, and after each of the three
+}
+
+#[workflow]
+async fn kid_of_export(n: u32) -> Result<u32, StepError> {
+    tick(n).await
+}
+
+#[workflow]
+async fn parent_of_export(n: u32) -> Result<u32, StepError> {
+    kid_of_export(n).await
+}
+
+#[tokio::test]
+async fn a_child_instance_export_replays_without_its_parent() {
+    let t = TestRuntime::new().await.expect("test runtime");
+    let run = t
+        .start_with_id(ParentOfExport, "p", 4)
+        .await
+        .expect("start");
+    assert_eq!(run.result().await.expect("result"), Ok(4));
+    let export = t.export("p/1").await.expect("export the child");
+    let report = orch_runtime::testing::replay(&export)
+        .await
+        .expect("replays");
+    assert!(report.finished);
+    assert_eq!(report.same_output, Some(true));
+}

@@ -65,6 +65,19 @@ fn parse(attr: TokenStream, func: &ItemFn) -> Result<Step, syn::Error> {
     let krate = args.krate(&mut errors);
     errors.finish()?;
     let ret = args::return_type(func);
+    if let Type::Path(tp) = &ret
+        && let Some(last) = tp.path.segments.last()
+        && last.ident == "Result"
+        && let syn::PathArguments::AngleBracketed(ab) = &last.arguments
+        && ab.args.len() == 1
+    {
+        return Err(syn::Error::new_spanned(
+            &ret,
+            "spell the step's return type as `Result<T, E>`: through a one-argument alias \
+             #[step] cannot see the error type, so errors would be taken as success and never \
+             retried",
+        ));
+    }
     Ok(Step {
         error: args::result_error_type(&ret),
         ret,
@@ -219,14 +232,14 @@ fn generate(step: &Step) -> TokenStream {
         #[allow(dead_code)]
         impl #ident {
             /// Replaces the step by `mock` (same arguments, same output) in a test runtime.
-            #vis fn mock<__OrchM, __OrchF>(mock: __OrchM) -> #krate::__private::MockEntry
+            #vis fn mock<__OrchM, __OrchF>(__orch_double: __OrchM) -> #krate::__private::MockEntry
             where
                 __OrchM: ::core::ops::Fn(#(#tys),*) -> __OrchF + ::core::marker::Send + ::core::marker::Sync + 'static,
                 __OrchF: ::core::future::Future<Output = #ret> + ::core::marker::Send + 'static,
             {
                 let __orch_call: ::std::sync::Arc<#mock_fn> = ::std::sync::Arc::new(
                     move |#(#names: #tys),*| ::core::option::Option::Some(
-                        ::std::boxed::Box::pin(mock(#(#names),*)) as #krate::__private::BoxFuture<'static, #ret>
+                        ::std::boxed::Box::pin(__orch_double(#(#names),*)) as #krate::__private::BoxFuture<'static, #ret>
                     ),
                 );
                 #krate::__private::MockEntry::new::<#ident, #mock_fn>(#name, __orch_call)
@@ -234,15 +247,15 @@ fn generate(step: &Step) -> TokenStream {
 
             /// Makes the first `attempts` attempts of the step return `failure()`; later
             /// attempts run the real step.
-            #vis fn fail_first<__OrchE>(attempts: u32, failure: __OrchE) -> #krate::__private::MockEntry
+            #vis fn fail_first<__OrchE>(__orch_attempts: u32, __orch_failure: __OrchE) -> #krate::__private::MockEntry
             where
                 __OrchE: ::core::ops::Fn() -> #ret + ::core::marker::Send + ::core::marker::Sync + 'static,
             {
                 let __orch_seen = ::std::sync::atomic::AtomicU32::new(0);
                 let __orch_call: ::std::sync::Arc<#mock_fn> = ::std::sync::Arc::new(
                     move |#(_: #tys),*| {
-                        if __orch_seen.fetch_add(1, ::std::sync::atomic::Ordering::SeqCst) < attempts {
-                            let __orch_v = failure();
+                        if __orch_seen.fetch_add(1, ::std::sync::atomic::Ordering::SeqCst) < __orch_attempts {
+                            let __orch_v = __orch_failure();
                             ::core::option::Option::Some(::std::boxed::Box::pin(async move { __orch_v })
                                 as #krate::__private::BoxFuture<'static, #ret>)
                         } else {

@@ -235,10 +235,9 @@ impl WorkflowCtx {
         st.next_seq += 1;
         let seq = st.next_seq;
         match st.journal.remove(&seq) {
-            None if self.engine.replay_only() => {
-                st.halt = Some(Halt::Frontier(seq));
-                Begin::Halted
-            }
+            // Replay-only: an operation not in the journal never runs; the rest of the
+            // journal is still checked, and the driver reports where replay stopped.
+            None if self.engine.replay_only() => Begin::Halted,
             None => Begin::Fresh(seq),
             Some(e) if e.kind == kind && e.name == name => Begin::Replay(e),
             Some(e) => {
@@ -278,10 +277,7 @@ impl WorkflowCtx {
             // A gap below recorded seqs: old code passed here with an operation still in
             // flight (a parallel branch); it did not have the patch either.
             None if seq <= st.max_recorded => Some(Ok(false)),
-            None if self.engine.replay_only() => {
-                st.halt = Some(Halt::Frontier(seq));
-                None
-            }
+            None if self.engine.replay_only() => None,
             None => {
                 st.next_seq = seq;
                 Some(Err(seq))
@@ -369,6 +365,16 @@ impl WorkflowCtx {
         if !st.driver.as_ref().is_some_and(|w| w.will_wake(waker)) {
             st.driver = Some(waker.clone());
         }
+    }
+
+    /// The first seq not taken yet (where a replay-only run stopped).
+    pub(crate) fn next_seq(&self) -> u32 {
+        self.lock().next_seq + 1
+    }
+
+    /// Whether any operation is executing (a step, a short timer, background work).
+    pub(crate) fn busy(&self) -> bool {
+        self.lock().inflight > 0
     }
 
     pub(crate) fn halted(&self) -> Option<Halt> {

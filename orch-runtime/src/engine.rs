@@ -342,6 +342,15 @@ impl Inner {
         rx
     }
 
+    /// Whether any loaded instance is still working (loading, or not yet waiting on durable
+    /// things only).
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    pub(crate) fn any_busy(&self) -> bool {
+        lock(&self.loaded)
+            .values()
+            .any(|slot| slot.ctx.as_ref().is_none_or(|ctx| ctx.idle().is_none()))
+    }
+
     /// Whether a task is driving the instance now (so it has not finished yet).
     pub(crate) fn is_loaded(&self, id: &str) -> bool {
         lock(&self.loaded).contains_key(id)
@@ -570,6 +579,9 @@ async fn drive_once(inner: &Arc<Inner>, id: &str, load: Load, load_gen: u64) -> 
                 Ok(Poll::Pending) => {
                     if let Some(h) = ctx.halted() {
                         Poll::Ready(Event::Halted(h))
+                    } else if inner.replay_only() && !ctx.busy() {
+                        // Everything journaled has replayed; nothing may execute.
+                        Poll::Ready(Event::Halted(Halt::Frontier(ctx.next_seq())))
                     } else if let Some(wake_at) = ctx.idle() {
                         Poll::Ready(Event::Idle(wake_at))
                     } else {

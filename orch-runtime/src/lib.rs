@@ -175,7 +175,9 @@ pub mod __private {
     pub use futures_util::future::Either;
 
     /// A step double for the test runtime, made by the `mock`/`fail_first` functions that
-    /// `#[step]` generates (`charge_payment::mock(|order, amount| async { … })`).
+    /// `#[step]` generates (`charge_payment::mock(|order, amount| async { … })`). Clones share
+    /// the double (and its state, such as `fail_first`'s count).
+    #[derive(Clone)]
     pub struct MockEntry {
         #[cfg_attr(not(feature = "testing"), allow(dead_code))]
         pub(crate) step: std::any::TypeId,

@@ -100,11 +100,17 @@ impl Retry {
 
     /// The delay after failed attempt number `attempt` (1-based).
     pub fn delay_after(&self, attempt: u32) -> Duration {
+        self.delay_with(attempt, fastrand::f64())
+    }
+
+    /// [`delay_after`](Self::delay_after) with the jitter drawn from `unit` (0.0 to 1.0), so a
+    /// test runtime can make it reproducible.
+    pub fn delay_with(&self, attempt: u32, unit: f64) -> Duration {
         let exp = attempt.saturating_sub(1).min(64) as i32;
         let base = self.initial.as_secs_f64() * self.factor.powi(exp);
         let capped = base.min(self.max_delay.as_secs_f64().max(self.initial.as_secs_f64()));
         let spread = if self.jitter > 0.0 {
-            1.0 + self.jitter * (fastrand::f64() * 2.0 - 1.0)
+            1.0 + self.jitter * (unit.clamp(0.0, 1.0) * 2.0 - 1.0)
         } else {
             1.0
         };

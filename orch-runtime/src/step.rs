@@ -246,7 +246,14 @@ where
         if let Err(e) = commit.await {
             return stop(ctx, Halt::Store(e)).await;
         }
-        tokio::time::sleep(options.retry.delay_after(attempt)).await;
+        let delay = match ctx.seed(seq ^ attempt.rotate_left(16)) {
+            // Reproducible jitter in the test runtime.
+            Some(seed) => options
+                .retry
+                .delay_with(attempt, (seed >> 11) as f64 / (1u64 << 53) as f64),
+            None => options.retry.delay_after(attempt),
+        };
+        tokio::time::sleep(delay).await;
         attempt += 1;
     };
     let outcome = match &result {

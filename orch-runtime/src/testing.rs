@@ -253,21 +253,31 @@ impl TestRuntime {
         TestRuntimeBuilder::default()
     }
 
-    /// Moves virtual time forward by `by` and lets every workflow that became ready run until
-    /// it waits again. Timers due by then fire, in order.
+    /// Moves virtual time forward by `by`, firing every timer that falls due on the way, in
+    /// order, and letting each woken workflow run until it waits again (so timers it sets on
+    /// the way fire too, if they fall within `by`).
     pub async fn advance(&self, by: Duration) {
         // Work already started runs at the current time first.
         self.settle().await;
-        tokio::time::advance(by).await;
+        // With tokio's clock paused, sleeping lets it jump from timer to timer, running every
+        // task woken at each one before the next jump.
+        tokio::time::sleep(by).await;
         // Tokio rounds timer deadlines up to its next tick; fire what is due by the clock.
         self.rt.inner.tick_timers();
         self.settle().await;
     }
 
-    /// Lets every ready task run without moving time.
+    /// Lets every ready workflow run until it waits on something durable, without moving
+    /// time: returns once no loaded instance is busy and nothing was written for a while.
     pub async fn settle(&self) {
-        for _ in 0..256 {
-            tokio::task::yield_now().await;
+        for _ in 0..1000 {
+            let before = self.store.writes();
+            for _ in 0..32 {
+                tokio::task::yield_now().await;
+            }
+            if self.store.writes() == before && !self.rt.inner.any_busy() {
+                return;
+            }
         }
     }
 
@@ -448,7 +458,7 @@ impl fmt::Display for History {
 pub struct RecoveryCheck<W: Workflow> {
     workflow: W,
     input: W::Input,
-    mocks: Option<Box<dyn Fn() -> Vec<MockEntry>>>,
+    mocks: Vec<MockEntry>,
     signals: Vec<(String, serde_json::Value)>,
 }
 
@@ -466,7 +476,7 @@ pub fn check_recovery<W: Workflow>(workflow: W, input: W::Input) -> RecoveryChec
     RecoveryCheck {
         workflow,
         input,
-        mocks: None,
+        mocks: Vec::new(),
         signals: Vec::new(),
     }
 }
@@ -510,9 +520,10 @@ impl<W: Workflow + Clone> RecoveryCheck<W>
 where
     W::Input: Clone,
 {
-    /// Step doubles for every run (a fresh set per run, so counters start over).
-    pub fn mocks(mut self, make: impl Fn() -> Vec<MockEntry> + 'static) -> Self {
-        self.mocks = Some(Box::new(make));
+    /// Step doubles for every run. The runs share them, so a double's state carries over
+    /// like a real service's: a `fail_first` count used up before the crash stays used up.
+    pub fn mocks(mut self, mocks: Vec<MockEntry>) -> Self {
+        self.mocks = mocks;
         self
     }
 
@@ -526,12 +537,12 @@ where
     async fn runtime(
         &self,
         store: Option<Arc<MemoryStore>>,
+        start_ms: Option<i64>,
     ) -> Result<TestRuntime, RecoveryFailure> {
         let mut b = TestRuntime::builder();
-        if let Some(make) = &self.mocks {
-            for m in make() {
-                b = b.mock(m);
-            }
+        b.start_ms = start_ms;
+        for m in &self.mocks {
+            b = b.mock(m.clone());
         }
         if let Some(store) = store {
             b = b.with_store(store);
@@ -550,7 +561,7 @@ where
             problem,
         };
         // The reference run.
-        let t = self.runtime(None).await?;
+        let t = self.runtime(None, None).await?;
         let run = t
             .start_with_id(self.workflow.clone(), ID, self.input.clone())
             .await
@@ -615,7 +626,9 @@ where
             }
             .await;
             seeded.map_err(|e| fail(Some(k), format!("cannot seed the store: {e}")))?;
-            let t = self.runtime(Some(store)).await?;
+            // Resume when the crash left off: at the last checkpoint's time.
+            let resume_at = prefix.last().map(|e| e.finished_at);
+            let t = self.runtime(Some(store), resume_at).await?;
             // Signals the prefix has not consumed yet are sent again.
             let mut consumed: HashMap<&str, usize> = HashMap::new();
             for e in prefix.iter().filter(|e| e.kind == EntryKind::Signal) {
@@ -681,7 +694,8 @@ where
     }
 }
 
-/// The first difference between two journals (`now()` values are allowed to differ).
+/// The first difference between two journals. Time-valued entries (`now()`, timer and
+/// deadline fire times) may differ: a resumed run does not spend exactly the same time.
 fn journal_difference(reference: &[JournalEntry], after: &[JournalEntry]) -> Option<String> {
     for (i, r) in reference.iter().enumerate() {
         let Some(a) = after.get(i) else {
@@ -693,7 +707,11 @@ fn journal_difference(reference: &[JournalEntry], after: &[JournalEntry]) -> Opt
                 r.name
             ));
         };
-        let same_value = r.kind == EntryKind::Now || r.outcome == a.outcome;
+        let timed = matches!(
+            r.kind,
+            EntryKind::Now | EntryKind::Sleep | EntryKind::Deadline
+        );
+        let same_value = timed || r.outcome == a.outcome;
         if r.seq != a.seq || r.kind != a.kind || r.name != a.name || !same_value {
             return Some(format!(
                 "journal entry {} differs: reference seq {} {} `{}` = {}, after recovery seq {} {} `{}` = {}",
@@ -748,6 +766,7 @@ pub async fn replay(export_json: &str) -> Result<ReplayReport, Error> {
     rec.output = None;
     rec.error = None;
     rec.wake_at = None;
+    rec.parent = None; // the parent is not part of the export
     store.create(rec).await?;
     let mut ops: Vec<WriteOp> = export
         .journal
@@ -775,22 +794,32 @@ pub async fn replay(export_json: &str) -> Result<ReplayReport, Error> {
             id,
             message: outcome.error.unwrap_or_default(),
         }),
-        Status::Running => Ok(ReplayReport {
-            replayed: export.journal.len(),
-            finished: false,
-            same_output: None,
-        }),
+        Status::Running => {
+            // "replay reached the end of the journal before seq N"
+            let stopped = outcome
+                .error
+                .as_deref()
+                .and_then(|m| m.rsplit(' ').next())
+                .and_then(|n| n.parse::<u32>().ok())
+                .unwrap_or(u32::MAX);
+            Ok(ReplayReport {
+                replayed: export.journal.iter().filter(|e| e.seq < stopped).count(),
+                finished: false,
+                same_output: None,
+            })
+        }
         Status::Completed | Status::Failed | Status::Suspended => {
+            if outcome.output.is_none()
+                && outcome.error != export.record.error
+                && let Some(err) = outcome.error
+            {
+                return Err(Error::Failed { id, message: err });
+            }
             let same = export
                 .record
                 .output
                 .as_ref()
                 .map(|o| Some(o) == outcome.output.as_ref());
-            if outcome.output.is_none()
-                && let Some(err) = outcome.error
-            {
-                return Err(Error::Failed { id, message: err });
-            }
             Ok(ReplayReport {
                 replayed: export.journal.len(),
                 finished: true,

@@ -443,7 +443,10 @@ impl Layout<'_> {
                     *x = cursor + l;
                     cursor = *x + r + H_GAP;
                 }
-                let mid = (xs[0] + xs[arms.len() - 1]) / 2.0;
+                let mid = match (xs.first(), xs.last()) {
+                    (Some(first), Some(last)) => (first + last) / 2.0,
+                    _ => 0.0, // a branch without arms: nothing to centre
+                };
                 xs.iter_mut().for_each(|x| *x -= mid);
             }
         }

@@ -36,6 +36,7 @@ struct State {
 #[derive(Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    writes: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -50,6 +51,12 @@ impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// How many write submissions were applied (the test runtime watches it to tell when
+    /// workflows have stopped making progress).
+    pub fn writes(&self) -> u64 {
+        self.writes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The seqs of `instance`'s journal in the order they were committed (which differs from
@@ -78,6 +85,9 @@ fn wake(rec: &mut InstanceRecord, at: Millis) {
 
 fn apply(state: &mut State, op: WriteOp) -> Result<(), StoreError> {
     let id = op.instance().to_string();
+    if matches!(op, WriteOp::Wake { .. }) && !state.instances.contains_key(&id) {
+        return Ok(()); // nothing to wake (e.g. a parent outside this store)
+    }
     let inst = state
         .instances
         .get_mut(&id)
@@ -144,6 +154,8 @@ fn apply(state: &mut State, op: WriteOp) -> Result<(), StoreError> {
 
 impl Store for MemoryStore {
     fn submit(&self, ops: Vec<WriteOp>) -> Commit {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut state = self.lock();
         if state.closed {
             return Commit::ready(Err(StoreError::Closed));
@@ -159,7 +171,7 @@ impl Store for MemoryStore {
                     detail: format!("journal entry seq {} already exists", entry.seq),
                 }));
             }
-            if !state.instances.contains_key(op.instance()) {
+            if !state.instances.contains_key(op.instance()) && !matches!(op, WriteOp::Wake { .. }) {
                 return Commit::ready(Err(StoreError::NotFound(op.instance().to_string())));
             }
         }

@@ -615,6 +615,10 @@ fn final_statuses() -> [&'static str; 3] {
 fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
     let id = op.instance();
     let ctx = |what: &str| format!("{what} for instance `{id}`");
+    if let WriteOp::Wake { at, .. } = op {
+        // A missing instance has nothing to wake.
+        return wake(conn, id, *at, &ctx("waking"));
+    }
     if status_of(conn, id, &ctx("checking the instance"))?.is_none() {
         return Err(StoreError::NotFound(id.to_string()));
     }
@@ -692,7 +696,7 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
                 });
             }
         }
-        WriteOp::Wake { at, .. } => wake(conn, id, *at, &ctx("waking"))?,
+        WriteOp::Wake { .. } => {}
         WriteOp::CustomStatus { value, at, .. } => {
             conn.prepare_cached(
                 "UPDATE instances SET custom_status = ?2, updated_at = ?3 WHERE id = ?1",

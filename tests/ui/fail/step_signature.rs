@@ -30,3 +30,12 @@ impl Client {
 }
 
 fn main() {}
+
+mod alias {
+    pub type Result<T> = std::result::Result<T, orch_runtime::StepError>;
+}
+
+#[step]
+async fn through_alias() -> alias::Result<u32> {
+    Ok(1)
+}
