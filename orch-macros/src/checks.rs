@@ -156,6 +156,29 @@ impl Scan<'_> {
         }
     }
 
+    /// Runs `f` with every name bound by `pats` no longer taken for a hashed local.
+    fn shadowing<'p>(
+        &mut self,
+        pats: impl IntoIterator<Item = &'p Pat>,
+        f: impl FnOnce(&mut Self),
+    ) {
+        struct Names(Vec<Ident>);
+        impl<'ast> Visit<'ast> for Names {
+            fn visit_pat_ident(&mut self, p: &'ast syn::PatIdent) {
+                self.0.push(p.ident.clone());
+                visit::visit_pat_ident(self, p);
+            }
+        }
+        let mut names = Names(Vec::new());
+        for pat in pats {
+            names.visit_pat(pat);
+        }
+        let saved = self.hashed.clone();
+        self.hashed.retain(|n| !names.0.contains(n));
+        f(self);
+        self.hashed = saved;
+    }
+
     /// Whether `attrs` mark the statement deterministic; a misplaced or misspelled marker is
     /// reported.
     fn marked(&mut self, attrs: &[Attribute]) -> bool {
@@ -274,13 +297,37 @@ impl<'ast> Visit<'ast> for Scan<'_> {
         if self.mode == Mode::Workflow && self.is_hashed(&f.expr) {
             self.hash_order(&f.expr);
         }
-        visit::visit_expr_for_loop(self, f);
+        self.visit_expr(&f.expr);
+        // The loop variable may shadow a map's name inside the body.
+        self.shadowing([&*f.pat], |scan| scan.visit_block(&f.body));
     }
 
     fn visit_expr_closure(&mut self, c: &'ast syn::ExprClosure) {
-        // A closure's parameters may shadow a map's name; keep it simple and just descend:
-        // the closure runs in the workflow.
-        visit::visit_expr_closure(self, c);
+        // The closure runs in the workflow; its parameters may shadow a map's name.
+        self.shadowing(c.inputs.iter(), |scan| scan.visit_expr(&c.body));
+    }
+
+    fn visit_arm(&mut self, arm: &'ast syn::Arm) {
+        self.shadowing([&arm.pat], |scan| {
+            if let Some((_, guard)) = &arm.guard {
+                scan.visit_expr(guard);
+            }
+            scan.visit_expr(&arm.body);
+        });
+    }
+
+    fn visit_expr_if(&mut self, e: &'ast syn::ExprIf) {
+        // `if let PAT = …`: the pattern's names shadow within the then-branch.
+        if let Expr::Let(l) = &*e.cond {
+            self.visit_expr(&l.expr);
+            self.shadowing([&*l.pat], |scan| scan.visit_block(&e.then_branch));
+        } else {
+            self.visit_expr(&e.cond);
+            self.visit_block(&e.then_branch);
+        }
+        if let Some((_, other)) = &e.else_branch {
+            self.visit_expr(other);
+        }
     }
 
     fn visit_expr_macro(&mut self, m: &'ast ExprMacro) {
@@ -629,6 +676,25 @@ mod tests {
             }
         });
         assert_eq!(errors.len(), 5, "{errors:#?}");
+    }
+
+    #[test]
+    fn a_name_rebound_by_a_pattern_is_no_longer_the_map() {
+        let errors = workflow_errors(parse_quote! {
+            async fn wf(groups: Vec<Vec<u32>>) {
+                let m: HashMap<u32, u32> = HashMap::new();
+                for m in groups.clone() { for x in m.iter() { use_it(x); } }
+                let _ = groups.iter().map(|m| m.len());
+                if let Some(m) = groups.first() { for x in m { use_it(x); } }
+                match groups.last() { Some(m) => { for x in m.iter() { use_it(x); } } None => {} }
+                for (k, v) in m.iter() { use_it(k); }
+            }
+        });
+        assert_eq!(
+            names(&errors, "HashMap"),
+            1,
+            "only the real map: {errors:?}"
+        );
     }
 
     #[test]
