@@ -50,6 +50,11 @@ pub fn workflow(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// Options: `name = "…"`, `retry = <Retry expression>`, `timeout = <Duration expression>`,
 /// `crate = "…"`.
 ///
+/// Arguments are cloned for each attempt (references are copied), and errors are retried only
+/// when the return type is spelled `Result<T, E>`. Beside the function the macro defines a type
+/// of the same name holding the step's test doubles (`step_name::mock(…)`,
+/// `step_name::fail_first(…)`), so a module of the same name in the same scope conflicts.
+///
 /// A step's work is journaled as one unit, so the durable primitives (`orch::sleep`,
 /// `orch::now`, `orch::signal`, …) cannot work in its body: naming one there is a compile
 /// error that says what to use instead. A call the macro cannot see (through an alias or a

@@ -472,6 +472,10 @@ pub struct RecoveryCheck<W: Workflow> {
 ///   crash not at all, the others as often as in the reference run.
 ///
 /// On failure the error names the crash point and the diverging entry.
+///
+/// Limits: a child workflow's own checkpoints are not crash points (the child is re-created
+/// from scratch in each run), crashes between two failed attempts of one step are not
+/// modelled, and outputs that contain `now()` may legitimately differ after a crash.
 pub fn check_recovery<W: Workflow>(workflow: W, input: W::Input) -> RecoveryCheck<W> {
     RecoveryCheck {
         workflow,
