@@ -219,3 +219,13 @@ async fn an_exported_in_flight_checkout_replays_against_this_code() {
     assert!(msg.contains("recorded step `reserve_stock`"), "{msg}");
     assert!(msg.contains("now calls step `reserve_inventory`"), "{msg}");
 }
+
+#[test]
+fn the_drawing_in_the_readme_is_current() {
+    let registry = orch_runtime::workflow::Registry::collect().expect("registry");
+    let svg = registry.get("checkout").expect("checkout").drawing().svg();
+    assert!(
+        svg == include_str!("../docs/checkout.svg"),
+        "docs/checkout.svg is stale: cargo run --example graph -- checkout svg > docs/checkout.svg"
+    );
+}
