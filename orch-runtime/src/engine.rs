@@ -74,6 +74,28 @@ pub(crate) struct Outcome {
 }
 
 impl Outcome {
+    /// Ended with the workflow's own output (`Completed`, or `Failed` for an `Err` output).
+    fn output(ok: bool, output: String) -> Outcome {
+        Outcome {
+            status: if ok {
+                Status::Completed
+            } else {
+                Status::Failed
+            },
+            output: Some(output),
+            error: None,
+        }
+    }
+
+    /// Ended without an output of the workflow's type.
+    fn error(status: Status, message: String) -> Outcome {
+        Outcome {
+            status,
+            output: None,
+            error: Some(message),
+        }
+    }
+
     pub(crate) fn of(rec: &InstanceRecord) -> Outcome {
         Outcome {
             status: rec.status,
@@ -559,9 +581,7 @@ async fn drive_once(inner: &Arc<Inner>, id: &str, load: Load, load_gen: u64) -> 
                 &ctx,
                 load_gen,
                 parent,
-                Status::Failed,
-                None,
-                Some(msg),
+                Outcome::error(Status::Failed, msg),
             )
             .await;
         }
@@ -612,18 +632,12 @@ async fn drive_once(inner: &Arc<Inner>, id: &str, load: Load, load_gen: u64) -> 
                         &ctx,
                         load_gen,
                         parent,
-                        Status::Incompatible,
-                        None,
-                        Some(msg),
+                        Outcome::error(Status::Incompatible, msg),
                     )
                     .await;
                 }
-                let status = if ok {
-                    Status::Completed
-                } else {
-                    Status::Failed
-                };
-                return finish(inner, &ctx, load_gen, parent, status, Some(output), None).await;
+                let outcome = Outcome::output(ok, output);
+                return finish(inner, &ctx, load_gen, parent, outcome).await;
             }
             Event::Done(Err(msg)) => {
                 return finish(
@@ -631,9 +645,7 @@ async fn drive_once(inner: &Arc<Inner>, id: &str, load: Load, load_gen: u64) -> 
                     &ctx,
                     load_gen,
                     parent,
-                    Status::Failed,
-                    None,
-                    Some(msg),
+                    Outcome::error(Status::Failed, msg),
                 )
                 .await;
             }
@@ -644,9 +656,7 @@ async fn drive_once(inner: &Arc<Inner>, id: &str, load: Load, load_gen: u64) -> 
                     &ctx,
                     load_gen,
                     parent,
-                    Status::Failed,
-                    None,
-                    Some(msg),
+                    Outcome::error(Status::Failed, msg),
                 )
                 .await;
             }
@@ -712,9 +722,7 @@ async fn halt(
                 ctx,
                 load_gen,
                 parent,
-                Status::Incompatible,
-                None,
-                Some(msg),
+                Outcome::error(Status::Incompatible, msg),
             )
             .await
         }
@@ -724,9 +732,7 @@ async fn halt(
                 ctx,
                 load_gen,
                 parent,
-                Status::Failed,
-                None,
-                Some(msg),
+                Outcome::error(Status::Failed, msg),
             )
             .await
         }
@@ -740,13 +746,10 @@ async fn halt(
                 bg.abort();
             }
             inner.unload(&ctx.id, load_gen);
-            let outcome = Outcome {
-                status: Status::Running,
-                output: None,
-                error: Some(format!(
-                    "replay reached the end of the journal before seq {seq}"
-                )),
-            };
+            let outcome = Outcome::error(
+                Status::Running,
+                format!("replay reached the end of the journal before seq {seq}"),
+            );
             inner.notify_finished(&ctx.id, outcome, None);
             Next::Done
         }
@@ -758,9 +761,7 @@ async fn finish(
     ctx: &Arc<WorkflowCtx>,
     load_gen: u64,
     parent: Option<String>,
-    status: Status,
-    output: Option<String>,
-    error: Option<String>,
+    outcome: Outcome,
 ) -> Next {
     for bg in ctx.take_background() {
         bg.abort();
@@ -771,15 +772,10 @@ async fn finish(
             return Next::RetryLater;
         }
     }
-    let outcome = Outcome {
-        status,
-        output,
-        error,
-    };
     let now = inner.clock.now_ms();
     let mut ops = vec![WriteOp::Finish {
         instance: ctx.id.clone(),
-        status,
+        status: outcome.status,
         output: outcome.output.clone(),
         error: outcome.error.clone(),
         at: now,
