@@ -83,37 +83,62 @@ fn wake(rec: &mut InstanceRecord, at: Millis) {
     }
 }
 
-fn apply(state: &mut State, op: WriteOp) -> Result<(), StoreError> {
-    let id = op.instance().to_string();
-    if matches!(op, WriteOp::Wake { .. }) && !state.instances.contains_key(&id) {
-        return Ok(()); // nothing to wake (e.g. a parent outside this store)
-    }
-    let inst = state
-        .instances
-        .get_mut(&id)
-        .ok_or_else(|| StoreError::NotFound(id.clone()))?;
-    match op {
-        WriteOp::Append { entry, .. } => {
-            let seq = entry.seq;
-            if inst.journal.contains_key(&entry.seq) {
+/// Refuses a batch that cannot apply whole, so a refused submission changes nothing: an op on
+/// a missing instance (a `Wake` aside), a journal seq written twice, a signal consumed twice.
+fn check(state: &State, ops: &[WriteOp]) -> Result<(), StoreError> {
+    let mut seqs = std::collections::HashSet::new();
+    let mut signals = std::collections::HashSet::new();
+    for op in ops {
+        let id = op.instance();
+        let Some(inst) = state.instances.get(id) else {
+            if matches!(op, WriteOp::Wake { .. }) {
+                continue; // nothing to wake (e.g. a parent outside this store)
+            }
+            return Err(StoreError::NotFound(id.to_string()));
+        };
+        match op {
+            WriteOp::Append { entry, .. }
+                if inst.journal.contains_key(&entry.seq) || !seqs.insert((id, entry.seq)) =>
+            {
                 return Err(StoreError::Conflict {
-                    instance: id,
+                    instance: id.to_string(),
                     detail: format!("journal entry seq {} already exists", entry.seq),
                 });
             }
-            inst.journal.insert(entry.seq, entry);
+            WriteOp::ConsumeSignal { signal, .. } => {
+                let open = inst
+                    .signals
+                    .iter()
+                    .any(|(s, consumed)| s.id == *signal && consumed.is_none());
+                if !open || !signals.insert(*signal) {
+                    return Err(StoreError::Conflict {
+                        instance: id.to_string(),
+                        detail: format!("signal {signal} is consumed already (or unknown)"),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Applies one op of a batch that passed [`check`].
+fn apply(state: &mut State, op: WriteOp) {
+    let id = op.instance().to_string();
+    let Some(inst) = state.instances.get_mut(&id) else {
+        return;
+    };
+    match op {
+        WriteOp::Append { entry, .. } => {
+            let seq = entry.seq;
+            inst.journal.insert(seq, entry);
             state.appended.push((id, seq));
         }
         WriteOp::Attempt { record, .. } => inst.attempts.push(record),
         WriteOp::ConsumeSignal { signal, seq, .. } => {
-            match inst.signals.iter_mut().find(|(s, _)| s.id == signal) {
-                Some(s) if s.1.is_none() => s.1 = Some(seq),
-                _ => {
-                    return Err(StoreError::Conflict {
-                        instance: id,
-                        detail: format!("signal {signal} is consumed already (or unknown)"),
-                    });
-                }
+            if let Some(s) = inst.signals.iter_mut().find(|(s, _)| s.id == signal) {
+                s.1 = Some(seq);
             }
         }
         WriteOp::Wake { at, .. } => wake(&mut inst.record, at),
@@ -149,7 +174,6 @@ fn apply(state: &mut State, op: WriteOp) -> Result<(), StoreError> {
             }
         }
     }
-    Ok(())
 }
 
 impl Store for MemoryStore {
@@ -160,25 +184,11 @@ impl Store for MemoryStore {
         if state.closed {
             return Commit::ready(Err(StoreError::Closed));
         }
-        // Atomic: validate appends first so a conflict changes nothing.
-        for op in &ops {
-            if let WriteOp::Append { instance, entry } = op
-                && let Some(inst) = state.instances.get(instance)
-                && inst.journal.contains_key(&entry.seq)
-            {
-                return Commit::ready(Err(StoreError::Conflict {
-                    instance: instance.clone(),
-                    detail: format!("journal entry seq {} already exists", entry.seq),
-                }));
-            }
-            if !state.instances.contains_key(op.instance()) && !matches!(op, WriteOp::Wake { .. }) {
-                return Commit::ready(Err(StoreError::NotFound(op.instance().to_string())));
-            }
+        if let Err(e) = check(&state, &ops) {
+            return Commit::ready(Err(e));
         }
         for op in ops {
-            if let Err(e) = apply(&mut state, op) {
-                return Commit::ready(Err(e));
-            }
+            apply(&mut state, op);
         }
         Commit::ready(Ok(()))
     }
@@ -326,5 +336,39 @@ mod tests {
         assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
         let loaded = store.load("a").await.expect("load").expect("exists");
         assert_eq!(loaded.journal, vec![entry]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_cannot_apply_whole_changes_nothing() {
+        let store = MemoryStore::new();
+        let rec = InstanceRecord {
+            id: "a".into(),
+            ..Default::default()
+        };
+        assert!(matches!(store.create(rec).await, Ok(Created::New)));
+        let entry = JournalEntry {
+            seq: 1,
+            kind: super::super::EntryKind::Signal,
+            name: "s".into(),
+            outcome: "1".into(),
+            attempts: 1,
+            started_at: 0,
+            finished_at: 0,
+        };
+        let ops = vec![
+            WriteOp::Append {
+                instance: "a".into(),
+                entry,
+            },
+            WriteOp::ConsumeSignal {
+                instance: "a".into(),
+                signal: 42,
+                seq: 1,
+            },
+        ];
+        let err = store.submit(ops).await.expect_err("unknown signal");
+        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+        let loaded = store.load("a").await.expect("load").expect("exists");
+        assert!(loaded.journal.is_empty(), "{:?}", loaded.journal);
     }
 }
