@@ -600,36 +600,12 @@ where
                 .filter_map(|seq| by_seq.get(seq).copied())
                 .collect();
             // The store as the crash left it: the instance, running, with k checkpoints.
-            let store = Arc::new(MemoryStore::new());
-            let mut rec = history.record.clone();
-            rec.status = Status::Running;
-            rec.output = None;
-            rec.error = None;
-            rec.custom_status = None;
-            rec.wake_at = None;
-            let seeded: Result<(), crate::store::StoreError> = async {
-                store.create(rec).await?;
-                let mut ops: Vec<WriteOp> = prefix
-                    .iter()
-                    .map(|e| WriteOp::Append {
-                        instance: ID.into(),
-                        entry: (*e).clone(),
-                    })
-                    .collect();
-                ops.extend(
-                    history
-                        .attempts
-                        .iter()
-                        .filter(|a| prefix.iter().any(|e| e.seq == a.seq))
-                        .map(|a| WriteOp::Attempt {
-                            instance: ID.into(),
-                            record: a.clone(),
-                        }),
-                );
-                store.submit(ops).await
-            }
-            .await;
-            seeded.map_err(|e| fail(Some(k), format!("cannot seed the store: {e}")))?;
+            let attempts = history
+                .attempts
+                .iter()
+                .filter(|a| prefix.iter().any(|e| e.seq == a.seq));
+            let seeded = store_as_crashed(&history.record, prefix.iter().copied(), attempts).await;
+            let store = seeded.map_err(|e| fail(Some(k), format!("cannot seed the store: {e}")))?;
             // Resume when the crash left off: at the last checkpoint's time.
             let resume_at = prefix.last().map(|e| e.finished_at);
             let t = self.runtime(Some(store), resume_at).await?;
@@ -698,6 +674,40 @@ where
     }
 }
 
+/// A fresh store holding `record` as a crash would leave it: running, with `journal` and
+/// `attempts` and nothing else (no output, status, timer or parent).
+async fn store_as_crashed<'a>(
+    record: &InstanceRecord,
+    journal: impl Iterator<Item = &'a JournalEntry>,
+    attempts: impl Iterator<Item = &'a AttemptRecord>,
+) -> Result<Arc<MemoryStore>, crate::store::StoreError> {
+    let store = Arc::new(MemoryStore::new());
+    let rec = InstanceRecord {
+        parent: None,
+        ..InstanceRecord::new(
+            record.id.clone(),
+            record.workflow.clone(),
+            record.version.clone(),
+            record.input.clone(),
+            record.created_at,
+        )
+    };
+    let id = rec.id.clone();
+    store.create(rec).await?;
+    let mut ops: Vec<WriteOp> = journal
+        .map(|e| WriteOp::Append {
+            instance: id.clone(),
+            entry: e.clone(),
+        })
+        .collect();
+    ops.extend(attempts.map(|a| WriteOp::Attempt {
+        instance: id.clone(),
+        record: a.clone(),
+    }));
+    store.submit(ops).await?;
+    Ok(store)
+}
+
 /// The first difference between two journals. Time-valued entries (`now()`, timer and
 /// deadline fire times) may differ: a resumed run does not spend exactly the same time.
 fn journal_difference(reference: &[JournalEntry], after: &[JournalEntry]) -> Option<String> {
@@ -764,27 +774,12 @@ pub async fn replay(export_json: &str) -> Result<ReplayReport, Error> {
         detail: format!("not an orch instance export: {e}"),
     })?;
     let id = export.record.id.clone();
-    let store = Arc::new(MemoryStore::new());
-    let mut rec = export.record.clone();
-    rec.status = Status::Running;
-    rec.output = None;
-    rec.error = None;
-    rec.wake_at = None;
-    rec.parent = None; // the parent is not part of the export
-    store.create(rec).await?;
-    let mut ops: Vec<WriteOp> = export
-        .journal
-        .iter()
-        .map(|e| WriteOp::Append {
-            instance: id.clone(),
-            entry: e.clone(),
-        })
-        .collect();
-    ops.extend(export.attempts.iter().map(|a| WriteOp::Attempt {
-        instance: id.clone(),
-        record: a.clone(),
-    }));
-    store.submit(ops).await?;
+    let store = store_as_crashed(
+        &export.record,
+        export.journal.iter(),
+        export.attempts.iter(),
+    )
+    .await?;
     let t = TestRuntime::builder()
         .with_store(store)
         .replay_only()
