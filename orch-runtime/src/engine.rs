@@ -233,7 +233,8 @@ impl Inner {
         Ok(n)
     }
 
-    /// Creates (or finds) an instance and starts driving it.
+    /// Creates (or finds) an instance and starts driving it. `input` must fit the workflow's
+    /// input type: typed callers serialized it from that type, untyped ones check it first.
     pub(crate) async fn start(
         self: &Arc<Self>,
         def: &'static WorkflowDef,
@@ -245,10 +246,6 @@ impl Inner {
             return Err(Error::ShutDown);
         }
         limits::check_payload("workflow input", &input)?;
-        (def.check_input)(&input).map_err(|detail| Error::InvalidInput {
-            workflow: def.name.to_string(),
-            detail,
-        })?;
         let id = match id {
             // Child ids are made by the engine (`parent/seq`), outside the user id space.
             Some(id) if parent.is_some() => id,

@@ -167,6 +167,11 @@ impl Runtime {
         input: &str,
     ) -> Result<String, Error> {
         let def = self.inner.registry.get(workflow)?;
+        crate::limits::check_payload("workflow input", input)?;
+        (def.check_input)(input).map_err(|detail| Error::InvalidInput {
+            workflow: def.name.to_string(),
+            detail,
+        })?;
         self.inner
             .start(def, id.map(str::to_string), input.to_string(), None)
             .await
