@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::example_binary;
+use support::{example_binary, wait_bounded};
 
 const ORDERS: u64 = 24;
 
@@ -52,19 +52,7 @@ fn spawn(p: &Paths) -> Child {
 /// Runs the example to the end and returns its JSON summary.
 fn run_to_completion(p: &Paths) -> Value {
     let mut child = spawn(p);
-    // Bounded: a run that never finishes fails the test instead of hanging it.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("the example did not finish within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = wait_bounded(&mut child, Duration::from_secs(30));
     assert!(status.success(), "the example failed: {status:?}");
     let stdout = std::fs::read_to_string(&p.stdout).unwrap();
     let mut lines = stdout.lines();

@@ -10,9 +10,9 @@ use orch_runtime::{JournalEntry, ListFilter, Runtime};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::example_binary;
+use support::{example_binary, wait_bounded};
 
 const ORDERS: u64 = 24;
 
@@ -33,22 +33,6 @@ fn example(db: &Path, log: &Path, stdout: &Path) -> Child {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start the example")
-}
-
-/// Waits for `child`, killing it and failing after `limit` so the test cannot hang.
-fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("the example did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// The step that sends a request logged by `service` as `op` (each step of the checkout

@@ -2,8 +2,9 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// Builds the checkout example once (a no-op when `cargo test` built it already) and returns
 /// its path, as cargo reports it, so a custom target dir or profile is found too.
@@ -27,4 +28,20 @@ pub fn example_binary() -> &'static Path {
             .find_map(|m| m["executable"].as_str().map(PathBuf::from))
             .expect("cargo reported no executable for the checkout example")
     })
+}
+
+/// Waits for `child`, killing it and failing after `limit` so a test cannot hang.
+pub fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("poll the example") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the example did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
