@@ -83,11 +83,7 @@ impl Trace {
             .filter(|e| {
                 matches!(
                     e.kind,
-                    EntryKind::Step
-                        | EntryKind::Background
-                        | EntryKind::Child
-                        | EntryKind::Sleep
-                        | EntryKind::Signal
+                    EntryKind::Step | EntryKind::Child | EntryKind::Sleep | EntryKind::Signal
                 )
             })
             .collect();
@@ -360,10 +356,7 @@ fn collect_leaves<'a>(t: &Tree<'a>, out: &mut Vec<(usize, &'a Node)>) {
 fn takes(n: &Node, e: &JournalEntry) -> bool {
     match n {
         Node::Call { name, .. } => {
-            matches!(
-                e.kind,
-                EntryKind::Step | EntryKind::Background | EntryKind::Child
-            ) && e.name == *name
+            matches!(e.kind, EntryKind::Step | EntryKind::Child) && e.name == *name
         }
         Node::Child { workflow, .. } => e.kind == EntryKind::Child && e.name == *workflow,
         Node::Sleep { .. } => e.kind == EntryKind::Sleep,

@@ -139,9 +139,8 @@ impl InstanceRecord {
 #[serde(rename_all = "snake_case")]
 pub enum EntryKind {
     /// A `#[step]` call.
+    /// (Steps run with `orch::background` are journaled as steps too.)
     Step,
-    /// A step run with `background`: its failure never fails the workflow.
-    Background,
     /// A durable timer; the outcome holds its fire time.
     Sleep,
     /// The deadline of a signal wait with timeout.
@@ -164,9 +163,8 @@ pub enum EntryKind {
 
 impl EntryKind {
     /// Every kind.
-    pub const ALL: [EntryKind; 11] = [
+    pub const ALL: [EntryKind; 10] = [
         EntryKind::Step,
-        EntryKind::Background,
         EntryKind::Sleep,
         EntryKind::Deadline,
         EntryKind::Signal,
@@ -182,7 +180,6 @@ impl EntryKind {
     pub fn as_str(self) -> &'static str {
         match self {
             EntryKind::Step => "step",
-            EntryKind::Background => "background",
             EntryKind::Sleep => "sleep",
             EntryKind::Deadline => "deadline",
             EntryKind::Signal => "signal",
