@@ -688,9 +688,6 @@ async fn drive_once(inner: &Arc<Inner>, id: &str, load: Load, load_gen: u64) -> 
                 };
                 let Some(commit) = commit else { continue };
                 drop(fut);
-                for bg in ctx.take_background() {
-                    bg.abort();
-                }
                 if let Err(e) = commit.await {
                     tracing::error!(instance = id, error = %e, "cannot suspend; retrying");
                     return Next::RetryLater;
@@ -739,9 +736,6 @@ async fn halt(
         }
         Halt::Frontier(seq) => {
             // Replay-only mode: the journal is exhausted; report without writing anything.
-            for bg in ctx.take_background() {
-                bg.abort();
-            }
             inner.unload(&ctx.id, load_gen);
             let outcome = Outcome::error(
                 Status::Running,
