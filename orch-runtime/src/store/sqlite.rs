@@ -310,12 +310,14 @@ fn reader_loop(mut conn: Connection, queue: &Mutex<mpsc::Receiver<ReadJob>>) {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        // Disconnecting lets the writer finish everything queued, then exit.
-        drop(self.tx.take());
+        // Readers first, the writer last: the last connection to close folds the WAL into
+        // the database file, and only the writer may write it. Disconnecting lets the writer
+        // finish everything queued, then exit.
         drop(self.read_tx.take());
         for r in self.readers.drain(..) {
             let _ = r.join();
         }
+        drop(self.tx.take());
         if self.writer.take().is_some_and(|w| w.join().is_err()) {
             tracing::error!(path = %self.path.display(), "the SQLite writer thread panicked");
         }
@@ -454,8 +456,15 @@ fn writer_loop(
     max_batch: usize,
     commits: &AtomicU64,
 ) {
-    // Ends when every sender is gone (the store was dropped) or after a Close.
+    // After a Close every command is refused, but the connection stays open until the store
+    // is dropped: closing it last lets SQLite fold the WAL into the database file.
+    let mut closed = false;
     while let Ok(first) = rx.recv() {
+        if closed {
+            let outcome = Outcome::failed(&first, StoreError::Closed);
+            reply(first, outcome);
+            continue;
+        }
         let mut closing = matches!(first, Command::Close(_));
         let mut batch = vec![first];
         while !closing && batch.len() < max_batch {
@@ -468,11 +477,8 @@ fn writer_loop(
             }
         }
         run_batch(&conn, batch, commits);
-        if closing {
-            break;
-        }
+        closed |= closing;
     }
-    // Dropping `rx` here makes every later (or still queued) command fail with `Closed`.
 }
 
 /// Runs `batch` in one transaction and replies to every command after it ended.
@@ -1107,6 +1113,8 @@ impl Store for SqliteStore {
                 };
             }
             match rx.await {
+                // Closing twice is fine.
+                Ok(Err(StoreError::Closed)) if was_closed => Ok(()),
                 Ok(result) => result,
                 // Dropped unanswered: an earlier close got there first.
                 Err(_) if was_closed => Ok(()),
