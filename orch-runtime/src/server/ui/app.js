@@ -899,7 +899,7 @@
     rows = first.instances || [];
     cursor = first.next_cursor || null;
 
-    show(ctx, h('div', { class: 'o-page', 'data-testid': 'instances' },
+    show(ctx, h('div', { class: 'o-page', 'data-testid': 'instances', 'data-query': apiQuery.toString() },
       pageHead('Instances', 'Search every run by workflow, status, id, time or attribute.'),
       card(null, filterBar, { class: 'o-filter-card' }),
       card(null, h('div', {}, h('div', { class: 'o-list-head' }, countLine, listError), table, empty, h('div', { class: 'o-more' }, more)))));
@@ -1189,7 +1189,7 @@
     const valid = times.filter((t) => !Number.isNaN(t));
     const created = parseTime(inst.created_at);
     let t0 = Math.min(...valid, Number.isNaN(created) ? Infinity : created);
-    let t1 = Math.max(...valid, FINAL.has(inst.status) ? parseTime(inst.updated_at) || -Infinity : Date.now());
+    let t1 = Math.max(...valid, FINAL.has(inst.status) ? -Infinity : Date.now());
     if (!Number.isFinite(t0)) t0 = Date.now();
     if (!Number.isFinite(t1) || t1 <= t0) t1 = t0 + 1;
     const span = t1 - t0;
