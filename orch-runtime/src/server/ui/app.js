@@ -499,9 +499,10 @@
       if (!ctx.alive()) return;
       renderDashboard(root, defs.definitions || [], stats, failures);
       if (first) { show(ctx, root); first = false; }
-      ctx.later(() => refresh().catch(() => ctx.later(refresh, LIST_REFRESH_MS * 2)), LIST_REFRESH_MS);
     };
+    const loop = () => refresh().catch(() => {}).finally(() => ctx.later(loop, LIST_REFRESH_MS));
     await refresh();
+    ctx.later(loop, LIST_REFRESH_MS);
   }
 
   function renderDashboard(root, defs, stats, failures) {
@@ -1012,13 +1013,17 @@
     };
 
     // Poll once a second while the instance can still change; stop when it is final.
+    let failing = false;
     const loop = async () => {
       try {
         await refresh();
+        failing = false;
       } catch (e) {
         if (!ctx.alive()) return;
         if (!view.inst) throw e;
-        toast(`Could not refresh: ${e.message}`, 'error');
+        // Once per outage, not once a second.
+        if (!failing) toast(`Could not refresh: ${e.message}`, 'error');
+        failing = true;
       }
       const live = view.inst && !FINAL.has(view.inst.status);
       els.live.hidden = !live;
