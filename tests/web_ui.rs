@@ -321,6 +321,9 @@ impl Example {
     fn start(dir: &Path) -> Example {
         let mut child = Command::new(example_binary())
             .args([
+                // Slow enough that the timeline's bars are visible in the screenshot.
+                "--step-delay-ms",
+                "40",
                 "--orders",
                 "3",
                 "--http",

@@ -702,7 +702,7 @@
           h('td', {}, h('a', { href: `#/definitions/${enc(d.name)}`, class: 'o-strong' }, d.name),
             h('div', { class: 'o-muted o-small o-mono', title: d.version }, `v ${shortVersion(d.version)}`)),
           h('td', {}, h('span', { class: 'o-type' }, d.input_type), h('span', { class: 'o-muted' }, ' → '), h('span', { class: 'o-type' }, d.output_type)),
-          h('td', {}, h('div', { class: 'o-chips' }, (d.steps || []).map((st) => h('span', { class: 'o-chip o-mono' }, st)))),
+          h('td', {}, h('div', { class: 'o-chips' }, [...new Set(d.steps || [])].map((st) => h('span', { class: 'o-chip o-mono' }, st)))),
           h('td', {}, countPills(d.counts || {}, d.name))), `#/definitions/${enc(d.name)}`))))
       : h('div', { class: 'o-empty' }, 'No workflows are registered in this process.');
     show(ctx, h('div', { class: 'o-page', 'data-testid': 'definitions' },
@@ -729,7 +729,7 @@
       card('Instances', h('div', {},
         countPills(counts, d.name),
         h('p', {}, h('a', { href: instancesHref({ workflow: d.name }), 'data-testid': 'definition-instances' }, `All instances of ${d.name} →`)))),
-      card('Steps', h('ol', { class: 'o-steps' }, (d.steps || []).map((st) => h('li', { class: 'o-mono' }, st)))),
+      card('Steps', h('ol', { class: 'o-steps' }, [...new Set(d.steps || [])].map((st) => h('li', { class: 'o-mono' }, st)))),
       d.input_schema ? card('Input schema', jsonView(d.input_schema, { openDepth: 1 })) : null,
       d.output_schema ? card('Output schema', jsonView(d.output_schema, { openDepth: 1 })) : null);
     show(ctx, h('div', { class: 'o-page', 'data-testid': 'definition-page', 'data-workflow': d.name },
@@ -977,9 +977,8 @@
       els.banner,
       h('div', { class: 'o-split' },
         card('Process', els.graph, { class: 'o-graph-card', testid: 'graph-card' }),
-        h('div', { class: 'o-col' }, els.summary, els.timeline)),
-      els.io,
-      els.extra);
+        h('div', { class: 'o-col' }, els.summary, els.timeline, els.extra)),
+      els.io);
 
     els.graph.addEventListener('click', (ev) => {
       const node = ev.target.closest('g.node[data-name]');
@@ -1087,6 +1086,7 @@
       ['Updated', timeEl(i.updated_at)],
     ];
     if (i.wake_at) meta.push(['Wakes', timeEl(i.wake_at)]);
+    if (i.retries) meta.push(['Retried', h('span', { 'data-testid': 'instance-retries' }, plural(i.retries, 'time'))]);
     if (i.parent) meta.push(['Parent', h('a', { href: `#/instances/${enc(i.parent)}`, class: 'o-mono', 'data-testid': 'instance-parent' }, i.parent)]);
     if (FINAL.has(i.status)) {
       const ms = parseTime(i.updated_at) - parseTime(i.created_at);
@@ -1198,16 +1198,29 @@
     if (!Number.isFinite(t0)) t0 = Date.now();
     if (!Number.isFinite(t1) || t1 <= t0) t1 = t0 + 1;
     const span = t1 - t0;
-    const pos = (t) => Math.max(0, Math.min(100, ((t - t0) / span) * 100));
+    const intervals = [];
+    for (const e of entries) {
+      const a = parseTime(e.started_at);
+      const b = parseTime(e.finished_at);
+      if (!Number.isNaN(a)) intervals.push([a, Number.isNaN(b) ? a : Math.max(a, b)]);
+    }
+    const { pos, breaks } = timeScale(intervals, t0, t1);
 
-    const axis = h('div', { class: 'o-tl-axis' }, [0, 0.5, 1].map((f) =>
-      h('span', { style: { left: `${f * 100}%` }, class: f === 1 ? 'o-tl-tick o-tl-tick-end' : 'o-tl-tick' }, f === 0 ? '0' : `+${fmtDuration(f * span)}`)));
+    const axis = h('div', { class: 'o-tl-axis' },
+      (breaks.length ? [0, 1] : [0, 0.5, 1]).map((f) =>
+        h('span', { style: { left: `${f * 100}%` }, class: f === 1 ? 'o-tl-tick o-tl-tick-end' : 'o-tl-tick' }, f === 0 ? '0' : `+${fmtDuration(f * span)}`)),
+      breaks.map((b) => h('span', {
+        class: 'o-tl-tick o-tl-break-label',
+        style: { left: `${b.at + b.width / 2}%` },
+        title: `${fmtDuration(b.ms)} with nothing running, shortened`,
+      }, `⋯ ${fmtDuration(b.ms)}`)));
 
     const rows = shown.map((e) => {
       const st = entryState(e);
       const start = parseTime(e.started_at);
       const end = parseTime(e.finished_at);
-      const bar = h('div', { class: 'o-tl-track' });
+      const bar = h('div', { class: 'o-tl-track' },
+        breaks.map((b) => h('span', { class: 'o-tl-gap', style: { left: `${b.at}%`, width: `${b.width}%` } })));
       for (const a of e.errors || []) {
         const as = parseTime(a.started_at);
         const ae = parseTime(a.finished_at);
@@ -1284,6 +1297,48 @@
     return card('Timeline', body, { testid: 'timeline-card', right: h('div', { class: 'o-card-tools' }, total, toggle) });
   }
 
+  /**
+   * Maps times in [t0, t1] to 0–100 %. Stretches with nothing running that take more than a
+   * fifth of the span (a retry hours later, a wait for a signal) are drawn as narrow breaks,
+   * so the work around them stays readable.
+   */
+  function timeScale(intervals, t0, t1) {
+    const span = t1 - t0;
+    const BREAK = 4;
+    const merged = [];
+    for (const [a, b] of intervals.slice().sort((x, y) => x[0] - y[0])) {
+      const last = merged[merged.length - 1];
+      if (last && a <= last[1]) last[1] = Math.max(last[1], b);
+      else merged.push([a, b]);
+    }
+    const minGap = Math.max(1000, span / 5);
+    const gaps = [];
+    let cur = t0;
+    for (const [a, b] of merged) {
+      if (a - cur > minGap) gaps.push([cur, a]);
+      cur = Math.max(cur, b);
+    }
+    if (t1 - cur > minGap) gaps.push([cur, t1]);
+    if (!gaps.length || gaps.length * BREAK >= 60) {
+      return { pos: (t) => Math.max(0, Math.min(100, ((t - t0) / span) * 100)), breaks: [] };
+    }
+    const kept = span - gaps.reduce((n, [a, b]) => n + (b - a), 0) || 1;
+    const avail = 100 - BREAK * gaps.length;
+    const pos = (t) => {
+      let x = 0;
+      let from = t0;
+      for (const [a, b] of gaps) {
+        if (t <= a) break;
+        x += ((a - from) / kept) * avail;
+        if (t < b) return x + (BREAK * (t - a)) / (b - a);
+        x += BREAK;
+        from = b;
+      }
+      return Math.max(0, Math.min(100, x + ((Math.max(t, from) - from) / kept) * avail));
+    };
+    return { pos, breaks: gaps.map(([a, b]) => ({ at: pos(a), width: BREAK, ms: b - a })) };
+  }
+
   function ioCards(i) {
     let outTag = null;
     if (i.output && typeof i.output === 'object' && !Array.isArray(i.output)) {
@@ -1307,10 +1362,19 @@
     ];
   }
 
+  function supersededWhy(entries) {
+    const failed = entries.find((e) => e.state === 'failed');
+    if (!failed) return null;
+    const n = failed.attempts || 1;
+    return h('span', { class: 'o-muted' }, ' · ', h('span', { class: 'o-mono o-fail-step' }, entryLabel(failed)),
+      ` had failed${n > 1 ? ` after ${n} attempts` : ''}`);
+  }
+
   function supersededCards(superseded) {
     if (!superseded.length) return [];
     return [card('Replaced by retries', h('div', { 'data-testid': 'superseded' }, superseded.map((r) => h('details', { class: 'o-superseded' },
-      h('summary', {}, `Retry ${r.retry}: ${plural((r.entries || []).length, 'entry', 'entries')} replaced`),
+      h('summary', {}, `Retry ${r.retry}: ${plural((r.entries || []).length, 'entry', 'entries')} replaced`,
+        supersededWhy(r.entries || [])),
       h('table', { class: 'o-table o-table-sm' },
         h('thead', {}, h('tr', {}, h('th', {}, 'Seq'), h('th', {}, 'Operation'), h('th', {}, 'State'), h('th', {}, 'Tries'), h('th', {}, 'Finished'), h('th', {}, 'Errors'))),
         h('tbody', {}, (r.entries || []).map((e) => h('tr', {},
