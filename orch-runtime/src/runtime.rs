@@ -448,7 +448,7 @@ impl<W: Workflow> Run<W> {
         let rec = self.rt.outcome(&self.id).await?;
         let id = self.id.clone();
         match (rec.status, rec.output) {
-            (Status::Completed | Status::Failed, Some(out)) => {
+            (Status::Completed | Status::Failed | Status::Cancelled, Some(out)) => {
                 serde_json::from_str(&out).map_err(|e| Error::Decode {
                     id,
                     what: "output",
@@ -459,7 +459,7 @@ impl<W: Workflow> Run<W> {
                 id,
                 message: rec.error.unwrap_or_default(),
             }),
-            (Status::Failed, None) => Err(Error::Failed {
+            (Status::Failed | Status::Cancelled | Status::Terminated, None) => Err(Error::Failed {
                 id,
                 message: rec.error.unwrap_or_default(),
             }),

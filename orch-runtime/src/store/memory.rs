@@ -253,6 +253,7 @@ fn apply(state: &mut State, op: WriteOp) {
                 inst.record.cancel_requested = Some(at);
                 inst.record.updated_at = at;
             }
+            wake(&mut inst.record, at);
         }
         WriteOp::CancelDelivered { seq, .. } => inst.record.cancel_seq = Some(seq),
         WriteOp::Retry { from_seq, at, .. } => {

@@ -842,6 +842,8 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
             )
             .and_then(|mut s| s.execute(params![id, at]))
             .map_err(|e| backend(&ctx("requesting cancellation"), e))?;
+            // Due now, so a restart delivers the cancellation without waiting for a timer.
+            wake(conn, id, *at, &ctx("requesting cancellation"))?;
         }
         WriteOp::CancelDelivered { seq, .. } => {
             conn.prepare_cached("UPDATE instances SET cancel_seq = ?2 WHERE id = ?1")
