@@ -730,8 +730,8 @@
         countPills(counts, d.name),
         h('p', {}, h('a', { href: instancesHref({ workflow: d.name }), 'data-testid': 'definition-instances' }, `All instances of ${d.name} →`)))),
       card('Steps', h('ol', { class: 'o-steps' }, [...new Set(d.steps || [])].map((st) => h('li', { class: 'o-mono' }, st)))),
-      d.input_schema ? card('Input schema', jsonView(d.input_schema, { openDepth: 1 })) : null,
-      d.output_schema ? card('Output schema', jsonView(d.output_schema, { openDepth: 1 })) : null);
+      d.input_schema ? card(`Input: ${d.input_type}`, schemaView(d.input_schema), { testid: 'input-schema' }) : null,
+      d.output_schema ? card(`Output: ${d.output_type}`, schemaView(d.output_schema), { testid: 'output-schema' }) : null);
     show(ctx, h('div', { class: 'o-page', 'data-testid': 'definition-page', 'data-workflow': d.name },
       h('div', { class: 'o-crumbs' }, h('a', { href: '#/definitions' }, 'Definitions'), ' / ', d.name),
       pageHead(d.name, `${d.input_type} → ${d.output_type}`, startBtn),
@@ -743,9 +743,113 @@
     }
   }
 
+  // ---- types, as the server describes them: a registry of named formats
+  // ({"root": format, "types": {name: container}}), or else any JSON (shown as it is).
+
+  const SCALARS = {
+    STR: 'string', BOOL: 'bool', UNIT: '()', CHAR: 'char', BYTES: 'bytes', F32: 'f32', F64: 'f64',
+    I8: 'i8', I16: 'i16', I32: 'i32', I64: 'i64', I128: 'i128', U8: 'u8', U16: 'u16', U32: 'u32', U64: 'u64', U128: 'u128',
+  };
+
+  function isRegistry(schema) {
+    return schema && typeof schema === 'object' && schema.root && schema.types && typeof schema.types === 'object';
+  }
+
+  function fmtFormat(f) {
+    if (typeof f === 'string') return SCALARS[f] || f.toLowerCase();
+    if (!f || typeof f !== 'object') return compactJson(f, 60);
+    if ('TYPENAME' in f) return String(f.TYPENAME);
+    if ('SEQ' in f) return `Vec<${fmtFormat(f.SEQ)}>`;
+    if ('OPTION' in f) return `Option<${fmtFormat(f.OPTION)}>`;
+    if ('MAP' in f) return `Map<${fmtFormat(f.MAP.KEY)}, ${fmtFormat(f.MAP.VALUE)}>`;
+    if ('TUPLE' in f) return `(${(f.TUPLE || []).map(fmtFormat).join(', ')})`;
+    if ('TUPLEARRAY' in f) return `[${fmtFormat(f.TUPLEARRAY.CONTENT)}; ${f.TUPLEARRAY.SIZE}]`;
+    if ('NEWTYPE' in f) return fmtFormat(f.NEWTYPE);
+    return compactJson(f, 60);
+  }
+
+  function namedFields(list) {
+    return (list || []).map((entry) => Object.entries(entry)[0]).filter(Boolean);
+  }
+
+  /** One row per field or variant of each named type: a table, not the raw registry. */
+  function schemaView(schema) {
+    if (!isRegistry(schema)) return jsonView(schema, { openDepth: 1 });
+    const rows = [];
+    const root = schema.root && schema.root.TYPENAME;
+    const named = Object.entries(schema.types).sort(([a], [b]) => (b === root) - (a === root));
+    for (const [name, c] of named) {
+      const kind = c && typeof c === 'object' ? Object.keys(c)[0] : String(c);
+      const body = c && typeof c === 'object' ? c[kind] : null;
+      let members = [];
+      if (kind === 'STRUCT') members = namedFields(body).map(([k, f]) => [k, fmtFormat(f)]);
+      else if (kind === 'NEWTYPESTRUCT') members = [['', fmtFormat(body)]];
+      else if (kind === 'TUPLESTRUCT') members = (body || []).map((f, i) => [String(i), fmtFormat(f)]);
+      else if (kind === 'ENUM') {
+        members = Object.values(body || {}).map((v) => {
+          const [variant, vf] = Object.entries(v)[0] || ['?', null];
+          let t = '';
+          if (vf && typeof vf === 'object') {
+            if ('NEWTYPE' in vf) t = `(${fmtFormat(vf.NEWTYPE)})`;
+            else if ('TUPLE' in vf) t = `(${(vf.TUPLE || []).map(fmtFormat).join(', ')})`;
+            else if ('STRUCT' in vf) t = `{ ${namedFields(vf.STRUCT).map(([k, f]) => `${k}: ${fmtFormat(f)}`).join(', ')} }`;
+          }
+          return [variant, t];
+        });
+      }
+      const label = { STRUCT: 'struct', ENUM: 'enum', NEWTYPESTRUCT: 'newtype', TUPLESTRUCT: 'tuple struct', UNITSTRUCT: 'unit struct' }[kind] || kind;
+      rows.push(h('tr', { class: 'o-schema-type' },
+        h('th', { colspan: 2 }, h('span', { class: 'o-type' }, name), ' ', h('span', { class: 'o-muted o-small' }, label))));
+      for (const [k, t] of members) {
+        rows.push(h('tr', {}, h('td', { class: 'o-mono' }, kind === 'ENUM' ? k : (k || '—')), h('td', { class: 'o-mono o-muted' }, t)));
+      }
+    }
+    return h('table', { class: 'o-table o-table-sm o-schema' }, h('tbody', {}, rows));
+  }
+
+  /** A JSON value of the registry's root type with empty fields: a starting point for input. */
+  function sampleOf(schema) {
+    if (!isRegistry(schema)) return {};
+    const types = schema.types;
+    const fmt = (f, depth) => {
+      if (depth > 6) return null;
+      if (typeof f === 'string') {
+        if (f === 'STR' || f === 'CHAR') return '';
+        if (f === 'BOOL') return false;
+        if (f === 'UNIT') return null;
+        if (f === 'BYTES') return [];
+        return SCALARS[f] ? 0 : null;
+      }
+      if (!f || typeof f !== 'object') return null;
+      if ('TYPENAME' in f) return container(types[f.TYPENAME], depth + 1);
+      if ('SEQ' in f) return [fmt(f.SEQ, depth + 1)];
+      if ('OPTION' in f) return null;
+      if ('MAP' in f) return {};
+      if ('TUPLE' in f) return (f.TUPLE || []).map((x) => fmt(x, depth + 1));
+      if ('TUPLEARRAY' in f) return Array.from({ length: f.TUPLEARRAY.SIZE || 0 }, () => fmt(f.TUPLEARRAY.CONTENT, depth + 1));
+      return null;
+    };
+    const container = (c, depth) => {
+      if (!c || typeof c !== 'object') return null;
+      if ('STRUCT' in c) return Object.fromEntries(namedFields(c.STRUCT).map(([k, f]) => [k, fmt(f, depth)]));
+      if ('NEWTYPESTRUCT' in c) return fmt(c.NEWTYPESTRUCT, depth);
+      if ('TUPLESTRUCT' in c) return (c.TUPLESTRUCT || []).map((f) => fmt(f, depth));
+      if ('ENUM' in c) {
+        const [variant, vf] = Object.entries(Object.values(c.ENUM || {})[0] || {})[0] || [];
+        if (!variant) return null;
+        if (vf && typeof vf === 'object' && 'NEWTYPE' in vf) return { [variant]: fmt(vf.NEWTYPE, depth) };
+        if (vf && typeof vf === 'object' && 'STRUCT' in vf) return { [variant]: Object.fromEntries(namedFields(vf.STRUCT).map(([k, f]) => [k, fmt(f, depth)])) };
+        if (vf && typeof vf === 'object' && 'TUPLE' in vf) return { [variant]: vf.TUPLE.map((f) => fmt(f, depth)) };
+        return variant;
+      }
+      return null;
+    };
+    return fmt(schema.root, 0);
+  }
+
   function startDialog(d) {
     const id = h('input', { name: 'id', placeholder: 'leave empty for a generated id', 'data-testid': 'start-id', autocomplete: 'off' });
-    const input = jsonField('Input (JSON)', 'input', '{\n  \n}', 'start-input');
+    const input = jsonField('Input (JSON)', 'input', JSON.stringify(sampleOf(d.input_schema), null, 2), 'start-input');
     openDialog({
       title: `Start ${d.name}`,
       intro: `The input must deserialize into ${d.input_type}. Starting with an id that exists returns that instance.`,
