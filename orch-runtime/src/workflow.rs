@@ -44,6 +44,8 @@ pub struct WorkflowDef {
     pub input_type: fn() -> &'static str,
     /// The Rust type of the output.
     pub output_type: fn() -> &'static str,
+    /// The function's arguments: (name, type as written).
+    pub args: &'static [(&'static str, &'static str)],
     /// The shapes of the input and output types, traced through their serde impls (see
     /// [`type_schema`]).
     pub schemas: fn() -> (serde_json::Value, serde_json::Value),
@@ -61,12 +63,19 @@ impl WorkflowDef {
             input_type: std::any::type_name::<W::Input>,
             output_type: std::any::type_name::<W::Output>,
             schemas: schemas::<W>,
+            args: &[],
         }
     }
 
     /// The same definition with the body's shape (the macro's output uses this).
     pub const fn with_shape(mut self, shape: &'static Node) -> WorkflowDef {
         self.shape = shape;
+        self
+    }
+
+    /// The same definition with its arguments' names and types (the macro's output uses this).
+    pub const fn with_args(mut self, args: &'static [(&'static str, &'static str)]) -> WorkflowDef {
+        self.args = args;
         self
     }
 

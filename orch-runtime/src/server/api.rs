@@ -571,6 +571,7 @@ fn definition_json(def: &crate::workflow::WorkflowDef, counts: &Map<String, Valu
         "output_type": short_type((def.output_type)()),
         "input_type_path": (def.input_type)(),
         "output_type_path": (def.output_type)(),
+        "args": def.args.iter().map(|(name, ty)| json!({"name": name, "type": ty})).collect::<Vec<_>>(),
         "steps": steps,
         "counts": counts,
     })
