@@ -180,7 +180,6 @@ pub struct Stats {
     pub from: Option<String>,
     #[serde(default)]
     pub to: Option<String>,
-    #[serde(default)]
     pub totals: Vec<StatusCount>,
     #[serde(default)]
     pub failed_steps: Vec<FailedStep>,
