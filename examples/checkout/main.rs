@@ -63,7 +63,23 @@ struct Args {
     /// Take the analytics service down for every order (checkouts must still complete).
     #[arg(long)]
     analytics_down: bool,
+    /// Start with the payment service down (charges fail with 503) until
+    /// `POST <payment url>/admin/outage {"down": false}`; then retry the failed orders from
+    /// the UI.
+    #[arg(long)]
+    payment_outage: bool,
+    /// Where the web UI and HTTP API listen (a free port if this one is taken).
+    #[arg(long, default_value = DEFAULT_HTTP)]
+    http: String,
+    /// Do not start the web UI and HTTP API.
+    #[arg(long, conflicts_with = "http")]
+    no_http: bool,
+    /// Keep running after the batch (serving the UI and resuming retried orders) until Ctrl-C.
+    #[arg(long)]
+    serve: bool,
 }
+
+const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -101,6 +117,7 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
         log: &log_path,
         delay: Duration::from_millis(args.step_delay_ms),
         analytics_down: args.analytics_down,
+        payment_outage: args.payment_outage,
     })
     .await
     .map_err(|e| {
@@ -115,12 +132,19 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
             .zip(services.urls.clone())
             .collect(),
     )?;
-    let rt = Runtime::builder()
-        .sqlite(&args.db)
-        .max_running(args.concurrency.max(1))
-        .build()
-        .await
-        .map_err(|e| format!("cannot open {}: {e}", args.db.display()))?;
+    let rt = open_runtime(&args).await?;
+    let say = |line: String| {
+        // With --json, stdout holds only the JSON result.
+        if quiet {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
+    if let Some(url) = rt.http_url() {
+        say(format!("orch UI: {url}"));
+    }
+    say(format!("payment service: {}", services.urls[2]));
 
     let ids: Vec<String> = (1..=args.orders).map(|n| format!("order-{n}")).collect();
     let before = records(&rt).await?;
@@ -257,6 +281,13 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
             services.reloaded_keys
         );
     }
+    if args.serve {
+        say(format!(
+            "serving {} until Ctrl-C (retry failed orders there; they resume here)",
+            rt.http_url().unwrap_or_default()
+        ));
+        let _ = tokio::signal::ctrl_c().await;
+    }
     rt.shutdown().await?;
     let all_final = outcomes.values().all(|o| o.status.is_final());
     Ok(if all_final {
@@ -264,6 +295,29 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The runtime on the SQLite file, with the web UI unless `--no-http` (on a free port when
+/// the default one is taken).
+async fn open_runtime(args: &Args) -> Result<Runtime, BoxError> {
+    let build = |http: Option<&str>| {
+        let mut b = Runtime::builder()
+            .sqlite(&args.db)
+            .max_running(args.concurrency.max(1));
+        if let Some(addr) = http {
+            b = b.http(addr);
+        }
+        b.build()
+    };
+    let http = (!args.no_http).then_some(args.http.as_str());
+    match build(http).await {
+        Err(OrchError::Config(e)) if args.http == DEFAULT_HTTP => {
+            eprintln!("checkout: {e}; using a free port instead");
+            Ok(build(Some("127.0.0.1:0")).await?)
+        }
+        Err(e) => Err(format!("cannot open {}: {e}", args.db.display()).into()),
+        Ok(rt) => Ok(rt),
+    }
 }
 
 /// Every checkout instance in the store, by id.

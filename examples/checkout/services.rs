@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -162,6 +162,9 @@ struct Service {
     name: &'static str,
     delay: Duration,
     analytics_down: bool,
+    /// The payment service refuses every charge while this is set (`--payment-outage`; ended
+    /// by `POST /admin/outage {"down": false}`).
+    payment_outage: Arc<AtomicBool>,
     log: Arc<ServiceLog>,
     seen: Mutex<HashMap<String, Recorded>>,
     counters: Arc<Counters>,
@@ -295,7 +298,10 @@ fn release(_: &Service, body: &Value) -> Effect {
     Effect::ok("release", json!({ "released": reservation }))
 }
 
-fn charge(_: &Service, body: &Value) -> Effect {
+fn charge(svc: &Service, body: &Value) -> Effect {
+    if svc.payment_outage.load(Ordering::SeqCst) {
+        return Effect::refuse(StatusCode::SERVICE_UNAVAILABLE, "payment service outage");
+    }
     let order = str_field(body, "order");
     if str_field(body, "card") == DECLINED_CARD {
         return Effect {
@@ -342,6 +348,8 @@ pub struct Config<'a> {
     pub delay: Duration,
     /// The analytics service refuses every request.
     pub analytics_down: bool,
+    /// The payment service refuses every charge until told otherwise.
+    pub payment_outage: bool,
 }
 
 /// The running services.
@@ -358,6 +366,7 @@ pub struct Running {
 pub async fn start(config: Config<'_>) -> io::Result<Running> {
     let earlier = read_log(config.log)?;
     let log = Arc::new(ServiceLog::open(config.log)?);
+    let payment_outage = Arc::new(AtomicBool::new(config.payment_outage));
     let mut running = Running {
         urls: Vec::new(),
         counters: Vec::new(),
@@ -381,6 +390,7 @@ pub async fn start(config: Config<'_>) -> io::Result<Running> {
             name,
             delay: config.delay,
             analytics_down: config.analytics_down,
+            payment_outage: payment_outage.clone(),
             log: log.clone(),
             seen: Mutex::new(seen),
             counters: counters.clone(),
@@ -399,6 +409,17 @@ pub async fn start(config: Config<'_>) -> io::Result<Running> {
                 path,
                 post(move |headers: HeaderMap, Json(body): Json<Value>| {
                     handle(svc.clone(), apply, headers, body)
+                }),
+            );
+        }
+        if name == "payment" {
+            let outage = payment_outage.clone();
+            router = router.route(
+                "/admin/outage",
+                post(move |Json(body): Json<Value>| async move {
+                    let down = body["down"].as_bool().unwrap_or(false);
+                    outage.store(down, Ordering::SeqCst);
+                    Json(json!({ "down": down }))
                 }),
             );
         }

@@ -141,8 +141,12 @@ pub const PHASES: [&str; 6] = [
 /// the card is declined), ship, and record analytics in the background.
 #[workflow]
 pub async fn checkout(order: Order) -> Result<Receipt, CheckoutError> {
+    // Searchable in the UI and API ("orders of customer-3", "items ordered today").
+    orch::set_attribute("customer", &order.customer).await;
+    orch::set_attribute("items", order.items.iter().map(|i| i.qty).sum::<u32>()).await;
     orch::set_status(PHASES[0]).await;
     let placed = create_order(&order).await?;
+    orch::set_attribute("total_cents", placed.total_cents).await;
 
     orch::set_status(PHASES[1]).await;
     let reservation = reserve_inventory(&order).await?;

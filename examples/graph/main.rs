@@ -93,6 +93,7 @@ async fn run(workflow: &str, n: u64) -> Result<Trace, BoxError> {
                 log: &log,
                 delay: std::time::Duration::ZERO,
                 analytics_down: false,
+                payment_outage: false,
             })
             .await?;
             workflow::connect(services::NAMES.into_iter().zip(services.urls).collect())?;

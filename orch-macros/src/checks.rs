@@ -469,6 +469,7 @@ fn step_misuse(path: &Path) -> Option<String> {
             "wait for the signal in the workflow and pass its payload to the step as an argument"
         }
         "set_status" => "set the status in the workflow, before or after calling the step",
+        "set_attribute" => "set the attribute in the workflow, before or after calling the step",
         "background" => {
             "start background work from the workflow, or use `tokio::spawn` for work the \
              journal need not know about"

@@ -229,6 +229,10 @@ impl Shape {
                     self.out.push(Node::Background(inner));
                 }
             }
+            "set_attribute" => {
+                // Bookkeeping, not a step of the process: not drawn.
+                call.args.iter().for_each(|a| self.visit_expr(a));
+            }
             "set_status" => {
                 call.args.iter().for_each(|a| self.visit_expr(a));
                 let label = arg(0).map(|a| label(a, false)).unwrap_or_default();

@@ -77,6 +77,9 @@ pub(crate) enum Halt {
     Store(StoreError),
     /// Replay-only mode reached an operation that is not journaled (seq).
     Frontier(u32),
+    /// Cancelled where the workflow cannot receive the cancellation (a wait for a signal
+    /// without timeout, a step whose error type cannot hold it).
+    Cancelled(String),
 }
 
 /// The outcome of asking for the next seq.
@@ -117,18 +120,30 @@ struct State {
     child_waiters: HashMap<String, u32>,
     /// Seqs whose child finished since they last looked.
     children_done: HashSet<u32>,
+    /// When cancellation was requested, if it was.
+    cancel_at: Option<Millis>,
+    /// The seq of the call that received the cancellation, once one did.
+    cancel_seq: Option<u32>,
+    /// The last step (not background) whose outcome was an error: name and seq.
+    failed_step: Option<(String, u32)>,
 }
 
 /// One loaded instance's durable state.
 pub(crate) struct WorkflowCtx {
     pub(crate) id: String,
+    /// The workflow's registered name.
+    pub(crate) workflow: &'static str,
     /// This instance's children as stored when first needed in this load: one read for all
     /// the child calls a replay passes, instead of one each.
     children: tokio::sync::OnceCell<HashMap<String, crate::store::InstanceRecord>>,
     pub(crate) version: &'static str,
     pub(crate) recorded_version: String,
     pub(crate) engine: Arc<Inner>,
+    /// How many times the instance was retried (part of child ids started after a retry).
+    pub(crate) retries: u32,
     state: Mutex<State>,
+    /// Turns true when cancellation is requested (wakes retry back-offs and short timers).
+    cancel_tx: tokio::sync::watch::Sender<bool>,
 }
 
 /// Counts an operation that is executing right now (a step, a short timer, background work):
@@ -168,6 +183,7 @@ impl Drop for WaiterGuard {
 impl WorkflowCtx {
     pub(crate) fn new(
         engine: Arc<Inner>,
+        workflow: &'static str,
         version: &'static str,
         loaded: LoadedInstance,
     ) -> Arc<WorkflowCtx> {
@@ -179,14 +195,83 @@ impl WorkflowCtx {
         st.journal = loaded.journal.into_iter().map(|e| (e.seq, e)).collect();
         st.seen_signals = loaded.signals.iter().map(|s| s.id).collect();
         st.signals = loaded.signals;
+        st.cancel_at = loaded.record.cancel_requested;
+        st.cancel_seq = loaded.record.cancel_seq;
+        let (cancel_tx, _) = tokio::sync::watch::channel(st.cancel_at.is_some());
         Arc::new(WorkflowCtx {
             children: tokio::sync::OnceCell::new(),
             id: loaded.record.id,
+            workflow,
             version,
             recorded_version: loaded.record.version,
+            retries: loaded.record.retries,
             engine,
             state: Mutex::new(st),
+            cancel_tx,
         })
+    }
+
+    /// Cancellation was requested: wake every wait so the waiting call can receive it.
+    pub(crate) fn request_cancel(&self, at: Millis) {
+        {
+            let mut st = self.lock();
+            if st.cancel_at.is_none() {
+                st.cancel_at = Some(at);
+            }
+        }
+        self.cancel_tx.send_replace(true);
+        self.wake_all();
+    }
+
+    /// Whether a cancellation is waiting to be received.
+    pub(crate) fn cancel_pending(&self) -> bool {
+        let st = self.lock();
+        st.cancel_at.is_some() && st.cancel_seq.is_none()
+    }
+
+    /// Hands a pending cancellation to the call at `seq` (once): true if it was pending. The
+    /// caller journals it with [`WriteOp::CancelDelivered`] beside its entry.
+    pub(crate) fn take_cancel(&self, seq: u32) -> bool {
+        if in_background() {
+            // Background work never fails the workflow, so it cannot receive its cancellation.
+            return false;
+        }
+        let mut st = self.lock();
+        if st.cancel_at.is_some() && st.cancel_seq.is_none() {
+            st.cancel_seq = Some(seq);
+            return true;
+        }
+        false
+    }
+
+    /// Whether the call that received the cancellation came at or after `seq` (or none has
+    /// yet): a timer at `seq` then ends early, on replay as when it ran.
+    pub(crate) fn cancels_timer(&self, seq: u32) -> bool {
+        let st = self.lock();
+        st.cancel_at.is_some() && st.cancel_seq.is_none_or(|c| c > seq)
+    }
+
+    /// Whether cancellation was requested (delivered or not).
+    pub(crate) fn cancel_requested(&self) -> bool {
+        self.lock().cancel_at.is_some()
+    }
+
+    /// Resolves once cancellation is requested.
+    pub(crate) async fn cancelled(&self) {
+        let mut rx = self.cancel_tx.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
+    /// Notes a step whose outcome is an error (background work aside).
+    pub(crate) fn note_failed_step(&self, name: &str, seq: u32) {
+        if !in_background() {
+            self.lock().failed_step = Some((name.to_string(), seq));
+        }
+    }
+
+    /// The last step whose outcome was an error.
+    pub(crate) fn failed_step(&self) -> Option<(String, u32)> {
+        self.lock().failed_step.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -196,21 +196,25 @@ fn timer(target: Target) -> Durable<()> {
 }
 
 /// Waits for `fire_at`. Short waits keep the instance loaded; long ones let it suspend.
+/// Cancellation ends the wait early (the next step call receives the cancellation error).
 async fn wait_until(ctx: Arc<WorkflowCtx>, seq: u32, fire_at: Millis) {
     let remaining = fire_at - ctx.now_ms();
-    if remaining <= 0 {
+    if remaining <= 0 || ctx.cancels_timer(seq) {
         return;
     }
     let remaining = Duration::from_millis(remaining as u64);
     if remaining <= ctx.engine.keep_loaded {
         let _busy = ctx.inflight();
-        tokio::time::sleep(remaining).await;
+        tokio::select! {
+            _ = tokio::time::sleep(remaining) => {}
+            _ = ctx.cancelled() => {}
+        }
         return;
     }
     let _waiting = ctx.waiter_guard(seq);
     let mut alarm = Box::pin(tokio::time::sleep(remaining));
     std::future::poll_fn(|cx| {
-        if alarm.as_mut().poll(cx).is_ready() || ctx.now_ms() >= fire_at {
+        if alarm.as_mut().poll(cx).is_ready() || ctx.now_ms() >= fire_at || ctx.cancels_timer(seq) {
             return Poll::Ready(());
         }
         ctx.wait(seq, Some(fire_at), cx.waker());
@@ -265,6 +269,51 @@ pub fn set_status<T: Serialize>(status: T) -> Durable<()> {
                     at: now,
                 };
                 ctx.record_later(entry(seq, EntryKind::Status, "", json, now), vec![update]);
+                Box::pin(std::future::ready(()))
+            }
+        },
+    }
+}
+
+/// Sets a searchable attribute of this instance (`items = 3`, `customer = "c-7"`), journaled:
+/// the HTTP API and UI search instances by attribute values and aggregate numeric ones
+/// ("total items ordered today"). Setting a key again replaces its value.
+pub fn set_attribute<T: Serialize>(key: &str, value: T) -> Durable<()> {
+    match context::current() {
+        None => Box::pin(std::future::ready(())),
+        Some(Scope::Step(step)) => misuse("set_attribute", &step),
+        Some(Scope::Workflow(ctx)) => match ctx.begin(EntryKind::Attribute, key) {
+            Begin::Halted => parked(),
+            Begin::Replay(_) => Box::pin(std::future::ready(())),
+            Begin::Fresh(seq) => {
+                let Some(json) = to_json(&ctx, "set_attribute", &value) else {
+                    return parked();
+                };
+                if key.is_empty() || key.len() > 128 {
+                    ctx.halt(Halt::Failed(format!(
+                        "orch::set_attribute: the key must be 1 to 128 bytes, got {:?}",
+                        key
+                    )));
+                    return parked();
+                }
+                if json.len() > 4096 {
+                    ctx.halt(Halt::Failed(format!(
+                        "orch::set_attribute(\"{key}\"): the value is {} bytes of JSON, over the \
+                         4096-byte limit for attributes; store a short value (an id, a number)",
+                        json.len()
+                    )));
+                    return parked();
+                }
+                let now = ctx.now_ms();
+                let update = WriteOp::Attribute {
+                    instance: ctx.id.clone(),
+                    key: key.to_string(),
+                    value: json.clone(),
+                };
+                ctx.record_later(
+                    entry(seq, EntryKind::Attribute, key, json, now),
+                    vec![update],
+                );
                 Box::pin(std::future::ready(()))
             }
         },
@@ -392,11 +441,24 @@ fn receive<T: DeserializeOwned + Send + 'static>(
                     }
                 }
             }
+            if ctx.cancel_pending() {
+                // Cancelled while waiting: a wait with a timeout gives up as if it timed out
+                // (the next step call receives the cancellation error); one without cannot
+                // return, so the instance ends cancelled.
+                if deadline.is_none() {
+                    ctx.halt(Halt::Cancelled(format!(
+                        "cancelled while waiting for signal `{name}` (a wait without timeout \
+                         cannot receive a cancellation; use orch::signal_with_timeout to run \
+                         compensation code)"
+                    )));
+                    return Poll::Pending;
+                }
+            }
             if let Some(at) = deadline {
                 let fired = alarm
                     .as_mut()
                     .is_some_and(|a| a.as_mut().poll(cx).is_ready());
-                if fired || ctx.now_ms() >= at {
+                if fired || ctx.now_ms() >= at || ctx.cancel_pending() {
                     let json = serde_json::to_string(&Received::TimedOut)
                         .unwrap_or_else(|_| "\"timed_out\"".into());
                     let now = ctx.now_ms();
@@ -488,7 +550,11 @@ pub fn call_workflow<W: Workflow>(input: W::Input) -> Durable<W::Output> {
     };
     Box::pin(async move {
         // `/` cannot appear in user ids, so a child id never collides with one.
-        let child_id = format!("{}/{seq}", ctx.id);
+        // After a retry, calls run again under new ids: the old children keep their history.
+        let child_id = match ctx.retries {
+            0 => format!("{}/{seq}", ctx.id),
+            n => format!("{}/{seq}.r{n}", ctx.id),
+        };
         let inner = ctx.engine.clone();
         let started = ctx.now_ms();
         ctx.wait_for_child(&child_id, seq);

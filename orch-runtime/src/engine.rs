@@ -73,6 +73,12 @@ pub(crate) struct Outcome {
     pub(crate) error: Option<String>,
 }
 
+/// An operator's hard stop, as recorded.
+pub(crate) struct Termination {
+    pub(crate) message: String,
+    pub(crate) audit: crate::store::AuditRecord,
+}
+
 impl Outcome {
     /// Ended with the workflow's own output (`Completed`, or `Failed` for an `Err` output).
     fn output(ok: bool, output: String) -> Outcome {
@@ -131,6 +137,10 @@ pub(crate) struct Inner {
     timer_task: Mutex<Option<AbortHandle>>,
     closing: AtomicBool,
     handle: tokio::runtime::Handle,
+    pub(crate) metrics: crate::metrics::Metrics,
+    /// The HTTP server, when turned on.
+    #[cfg(feature = "http")]
+    pub(crate) http: std::sync::OnceLock<crate::server::Bound>,
 }
 
 enum Event {
@@ -171,6 +181,7 @@ impl Inner {
         test: Option<TestHooks>,
     ) -> Arc<Inner> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let store_metrics = store.metrics();
         let inner = Arc::new(Inner {
             store,
             registry,
@@ -185,6 +196,9 @@ impl Inner {
             timer_task: Mutex::new(None),
             closing: AtomicBool::new(false),
             handle: tokio::runtime::Handle::current(),
+            metrics: crate::metrics::Metrics::new(store_metrics),
+            #[cfg(feature = "http")]
+            http: std::sync::OnceLock::new(),
         });
         let task = inner
             .handle
@@ -263,6 +277,7 @@ impl Inner {
         let record_copy = record.clone();
         match self.store.create(record).await? {
             crate::store::Created::New => {
+                self.metrics.started(def.name);
                 self.schedule_with(&id, Load::Fresh(Some(Box::new(record_copy))))
             }
             crate::store::Created::Existing(existing) => {
@@ -339,6 +354,63 @@ impl Inner {
         self.schedule(id, false);
     }
 
+    /// Tells the instance its cancellation was requested (recorded in the store already):
+    /// the loaded copy wakes its waiting call; an unloaded one is loaded and replayed.
+    pub(crate) fn cancel(self: &Arc<Self>, id: &str, at: Millis) {
+        self.nudge(id, |ctx| ctx.request_cancel(at));
+    }
+
+    /// Stops the instance hard: its task and background work are aborted, then the end is
+    /// recorded (with the audit entry, in one transaction) and announced.
+    pub(crate) async fn terminate(
+        self: &Arc<Self>,
+        rec: &InstanceRecord,
+        t: Termination,
+    ) -> Result<(), Error> {
+        self.abort_loaded(&rec.id);
+        let now = self.clock.now_ms();
+        let mut ops = vec![
+            WriteOp::Finish {
+                instance: rec.id.clone(),
+                status: Status::Terminated,
+                output: None,
+                error: Some(t.message.clone()),
+                failed_step: None,
+                at: now,
+            },
+            WriteOp::Audit(t.audit),
+        ];
+        if let Some(parent) = &rec.parent {
+            ops.push(WriteOp::Wake {
+                instance: parent.clone(),
+                at: now,
+            });
+        }
+        self.store.submit(ops).await?;
+        // A load that started meanwhile (a timer, a signal) finds the instance final once it
+        // reads it; stop one that read it before the end was written.
+        self.abort_loaded(&rec.id);
+        self.metrics.finished(&rec.workflow, Status::Terminated);
+        let outcome = Outcome::error(Status::Terminated, t.message);
+        self.notify_finished(&rec.id, outcome, rec.parent.as_deref());
+        Ok(())
+    }
+
+    /// Stops driving `id` here: its task and background work are aborted.
+    fn abort_loaded(&self, id: &str) {
+        let slot = lock(&self.loaded).remove(id);
+        if let Some(slot) = slot {
+            if let Some(task) = slot.task {
+                task.abort();
+            }
+            if let Some(ctx) = slot.ctx {
+                for bg in ctx.take_background() {
+                    bg.abort();
+                }
+            }
+        }
+    }
+
     /// Makes the timer task fire every timer due by now (after virtual time moved).
     #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub(crate) fn tick_timers(&self) {
@@ -403,6 +475,10 @@ impl Inner {
     pub(crate) async fn shutdown(&self) -> Result<(), Error> {
         if self.closing.swap(true, Ordering::SeqCst) {
             return Ok(());
+        }
+        #[cfg(feature = "http")]
+        if let Some(server) = self.http.get() {
+            server.stop();
         }
         let slots: Vec<Slot> = lock(&self.loaded).drain().map(|(_, s)| s).collect();
         for slot in slots {
@@ -553,7 +629,7 @@ async fn drive_once(inner: &Arc<Inner>, id: &str, load: Load, load_gen: u64) -> 
         }
     };
     let input = loaded.record.input.clone();
-    let ctx = WorkflowCtx::new(inner.clone(), def.version, loaded);
+    let ctx = WorkflowCtx::new(inner.clone(), def.name, def.version, loaded);
     let _background = BackgroundGuard(ctx.clone());
     {
         let mut slots = lock(&inner.loaded);
@@ -734,6 +810,16 @@ async fn halt(
             tracing::error!(instance = %ctx.id, error = %e, "checkpoint failed; retrying");
             Next::RetryLater
         }
+        Halt::Cancelled(msg) => {
+            finish(
+                inner,
+                ctx,
+                load_gen,
+                parent,
+                Outcome::error(Status::Cancelled, msg),
+            )
+            .await
+        }
         Halt::Frontier(seq) => {
             // Replay-only mode: the journal is exhausted; report without writing anything.
             inner.unload(&ctx.id, load_gen);
@@ -763,12 +849,22 @@ async fn finish(
             return Next::RetryLater;
         }
     }
+    let mut outcome = outcome;
+    if outcome.status == Status::Failed && ctx.cancel_requested() {
+        // Asked to cancel, the workflow returned an error (after compensating).
+        outcome.status = Status::Cancelled;
+    }
+    let failed_step = match outcome.status {
+        Status::Failed | Status::Cancelled => ctx.failed_step(),
+        _ => None,
+    };
     let now = inner.clock.now_ms();
     let mut ops = vec![WriteOp::Finish {
         instance: ctx.id.clone(),
         status: outcome.status,
         output: outcome.output.clone(),
         error: outcome.error.clone(),
+        failed_step,
         at: now,
     }];
     if let Some(parent) = &parent {
@@ -785,6 +881,7 @@ async fn finish(
         return Next::RetryLater;
     }
     inner.unload(&ctx.id, load_gen);
+    inner.metrics.finished(ctx.workflow, outcome.status);
     inner.notify_finished(&ctx.id, outcome, parent.as_deref());
     Next::Done
 }

@@ -118,6 +118,19 @@ pub enum Error {
     /// The runtime is shutting down.
     #[error("the runtime has been shut down; build a new one to continue")]
     ShutDown,
+    /// The runtime's configuration cannot work (e.g. an HTTP address that cannot be bound).
+    #[error("{0}")]
+    Config(String),
+    /// The operation does not apply to the instance as it stands.
+    #[error("cannot {action} instance `{id}`: {reason}")]
+    Conflict {
+        /// The operation.
+        action: &'static str,
+        /// The instance.
+        id: String,
+        /// Why, and what to do instead.
+        reason: String,
+    },
     /// A storage failure.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -38,14 +38,18 @@
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
 
+pub mod admin;
 mod context;
 pub mod durable;
 mod engine;
 pub mod error;
 pub mod graph;
 pub mod limits;
+mod metrics;
 pub mod retry;
 mod runtime;
+#[cfg(feature = "http")]
+pub mod server;
 pub mod step;
 pub mod store;
 #[cfg(feature = "testing")]
@@ -57,6 +61,8 @@ pub use error::Error;
 pub use orch_macros::{step, workflow};
 pub use retry::{Retry, Retryable, StepError, ms, secs};
 pub use runtime::{Run, Runtime, RuntimeBuilder};
+#[cfg(feature = "http")]
+pub use server::HttpConfig;
 pub use store::{AttemptRecord, EntryKind, InstanceRecord, JournalEntry, ListFilter, Status};
 pub use workflow::Workflow;
 
@@ -64,7 +70,8 @@ pub use workflow::Workflow;
 pub mod orch {
     pub use crate::durable::{
         Durable, background, call_workflow, current_step, idempotency_key, instance_id, now,
-        patched, random, set_status, signal, signal_with_timeout, sleep, sleep_until, uuid,
+        patched, random, set_attribute, set_status, signal, signal_with_timeout, sleep,
+        sleep_until, uuid,
     };
 }
 

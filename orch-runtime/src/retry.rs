@@ -129,6 +129,10 @@ pub struct StepError {
     pub message: String,
     /// True when retrying cannot help (a declined card, a bad request).
     pub permanent: bool,
+    /// True when the workflow was cancelled (see `Runtime::cancel`): the step did not run (or
+    /// stopped retrying), and the workflow should compensate and return.
+    #[serde(default)]
+    pub cancelled: bool,
 }
 
 impl StepError {
@@ -137,6 +141,7 @@ impl StepError {
         StepError {
             message: message.to_string(),
             permanent: false,
+            cancelled: false,
         }
     }
 
@@ -145,7 +150,22 @@ impl StepError {
         StepError {
             message: message.to_string(),
             permanent: true,
+            cancelled: false,
         }
+    }
+
+    /// The cancellation of the workflow, as received by a step call.
+    pub fn cancelled(message: impl std::fmt::Display) -> StepError {
+        StepError {
+            message: message.to_string(),
+            permanent: true,
+            cancelled: true,
+        }
+    }
+
+    /// Whether this is a cancellation (see [`StepError::cancelled`]).
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled
     }
 }
 

@@ -27,6 +27,8 @@ pub struct RuntimeBuilder {
     keep_loaded: Duration,
     pub(crate) clock: Clock,
     pub(crate) test: Option<TestHooks>,
+    #[cfg(feature = "http")]
+    http: Option<crate::server::HttpConfig>,
 }
 
 impl RuntimeBuilder {
@@ -64,6 +66,23 @@ impl RuntimeBuilder {
     /// timer fires (default one second).
     pub fn keep_loaded_below(mut self, d: Duration) -> Self {
         self.keep_loaded = d;
+        self
+    }
+
+    /// Serves the HTTP API, the web UI, `/metrics` and `/healthz` on `addr` (e.g.
+    /// `"127.0.0.1:8080"`; port 0 picks a free one, see [`Runtime::http_addr`]). A loopback
+    /// address needs no token; any other address needs at least one (see
+    /// [`HttpConfig`](crate::HttpConfig), or the `ORCH_ADMIN_TOKENS` / `ORCH_READ_TOKENS`
+    /// environment variables).
+    #[cfg(feature = "http")]
+    pub fn http(self, addr: impl Into<String>) -> Self {
+        self.http_with(crate::server::HttpConfig::new(addr))
+    }
+
+    /// Like [`http`](Self::http), with tokens and options.
+    #[cfg(feature = "http")]
+    pub fn http_with(mut self, config: crate::server::HttpConfig) -> Self {
+        self.http = Some(config);
         self
     }
 
@@ -105,7 +124,20 @@ impl RuntimeBuilder {
         if resumed > 0 {
             tracing::info!(resumed, "resuming unfinished instances");
         }
-        Ok(Runtime { inner })
+        let rt = Runtime { inner };
+        #[cfg(feature = "http")]
+        if let Some(config) = self.http {
+            match crate::server::start(rt.clone(), config).await {
+                Ok(bound) => {
+                    let _ = rt.inner.http.set(bound);
+                }
+                Err(e) => {
+                    let _ = rt.shutdown().await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(rt)
     }
 }
 
@@ -124,7 +156,22 @@ impl Runtime {
             keep_loaded: Duration::from_secs(1),
             clock: Clock::System,
             test: None,
+            #[cfg(feature = "http")]
+            http: None,
         }
+    }
+
+    /// Where the HTTP server listens, when it was turned on with
+    /// [`RuntimeBuilder::http`].
+    #[cfg(feature = "http")]
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.http.get().map(|b| b.addr)
+    }
+
+    /// The web UI's address (`http://127.0.0.1:8080/`), when the server is on.
+    #[cfg(feature = "http")]
+    pub fn http_url(&self) -> Option<String> {
+        self.http_addr().map(|a| format!("http://{a}/"))
     }
 
     /// Starts workflow `W` with `input` under a generated id.
@@ -264,6 +311,36 @@ impl Runtime {
         Ok(())
     }
 
+    /// Sends a signal with a JSON payload; returns the stored signal's id.
+    pub async fn signal_id(
+        &self,
+        id: &str,
+        name: &str,
+        payload: &serde_json::Value,
+    ) -> Result<i64, Error> {
+        if self.inner.is_closing() {
+            return Err(Error::ShutDown);
+        }
+        let json = payload.to_string();
+        crate::limits::check_payload("signal payload", &json)?;
+        let at = self.inner.clock.now_ms();
+        let signal_id = self
+            .inner
+            .store
+            .add_signal(id, name, json.clone(), at)
+            .await?;
+        self.inner.deliver(
+            id,
+            crate::store::SignalRecord {
+                id: signal_id,
+                name: name.to_string(),
+                payload: json,
+                received_at: at,
+            },
+        );
+        Ok(signal_id)
+    }
+
     /// Waits until the instance has finished and returns its final record.
     pub async fn wait(&self, id: &str) -> Result<InstanceRecord, Error> {
         loop {
@@ -371,7 +448,7 @@ impl<W: Workflow> Run<W> {
         let rec = self.rt.outcome(&self.id).await?;
         let id = self.id.clone();
         match (rec.status, rec.output) {
-            (Status::Completed | Status::Failed, Some(out)) => {
+            (Status::Completed | Status::Failed | Status::Cancelled, Some(out)) => {
                 serde_json::from_str(&out).map_err(|e| Error::Decode {
                     id,
                     what: "output",
@@ -382,7 +459,7 @@ impl<W: Workflow> Run<W> {
                 id,
                 message: rec.error.unwrap_or_default(),
             }),
-            (Status::Failed, None) => Err(Error::Failed {
+            (Status::Failed | Status::Cancelled | Status::Terminated, None) => Err(Error::Failed {
                 id,
                 message: rec.error.unwrap_or_default(),
             }),

@@ -98,7 +98,13 @@ where
             make().await
         }
         Call::Halted => std::future::pending().await,
-        Call::Replay { ctx, entry } => replay(&ctx, &entry).await,
+        Call::Replay { ctx, entry } => {
+            let value = replay(&ctx, &entry).await;
+            if (policy.judge)(&value).is_some() {
+                ctx.note_failed_step(&entry.name, entry.seq);
+            }
+            value
+        }
         Call::Fresh { ctx, seq, name } => execute(&ctx, seq, name, options, make, policy).await,
     }
 }
@@ -119,7 +125,10 @@ pub(crate) struct BackgroundFailed;
 async fn replay<R: DeserializeOwned>(ctx: &WorkflowCtx, entry: &JournalEntry) -> R {
     match decode::<R>(&entry.outcome) {
         Ok(Ok(value)) => value,
-        Ok(Err(message)) => stop(ctx, Halt::Failed(message)).await,
+        Ok(Err(message)) => {
+            ctx.note_failed_step(&entry.name, entry.seq);
+            stop(ctx, Halt::Failed(message)).await
+        }
         Err(detail) => {
             let msg = format!(
                 "at seq {} the recorded output of step `{}` does not deserialize into the step's \
@@ -183,6 +192,9 @@ where
     let started = ctx.now_ms();
     let max = options.retry.attempts();
     let mut attempt = ctx.failed_attempts(seq) + 1;
+    if ctx.take_cancel(seq) {
+        return cancelled(ctx, seq, name, started, attempt - 1, &policy).await;
+    }
     let (result, last_failure) = loop {
         let attempt_start = ctx.now_ms();
         let info = Arc::new(StepInfo {
@@ -253,7 +265,14 @@ where
                 .delay_with(attempt, (seed >> 11) as f64 / (1u64 << 53) as f64),
             None => options.retry.delay_after(attempt),
         };
-        tokio::time::sleep(delay).await;
+        // Cancellation ends the back-off: the step stops retrying and receives it.
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = ctx.cancelled() => {}
+        }
+        if ctx.take_cancel(seq) {
+            return cancelled(ctx, seq, name, started, attempt, &policy).await;
+        }
         attempt += 1;
     };
     let outcome = match &result {
@@ -278,6 +297,12 @@ where
         started_at: started,
         finished_at: ctx.now_ms(),
     };
+    ctx.engine.metrics.step(
+        ctx.workflow,
+        name,
+        (entry.finished_at - started).max(0) as f64 / 1000.0,
+        attempt - 1,
+    );
     let extra = last_failure
         .map(|record| WriteOp::Attempt {
             instance: ctx.id.clone(),
@@ -289,7 +314,60 @@ where
         return stop(ctx, Halt::Store(e)).await;
     }
     match result {
-        Ok(value) => value,
-        Err(message) => stop(ctx, Halt::Failed(message)).await,
+        Ok(value) => {
+            if (policy.judge)(&value).is_some() {
+                ctx.note_failed_step(name, seq);
+            }
+            value
+        }
+        Err(message) => {
+            ctx.note_failed_step(name, seq);
+            stop(ctx, Halt::Failed(message)).await
+        }
     }
+}
+
+/// The step at `seq` receives the workflow's cancellation instead of running (again): its
+/// outcome is the cancellation error, journaled like any outcome so replay returns it too.
+async fn cancelled<R: Serialize>(
+    ctx: &Arc<WorkflowCtx>,
+    seq: u32,
+    name: &'static str,
+    started: crate::store::Millis,
+    attempts: u32,
+    policy: &ErrorPolicy<R>,
+) -> R {
+    let message = format!("step `{name}` was cancelled: the workflow's cancellation was requested");
+    let Some(value) = (policy.rescue)(StepError::cancelled(&message)) else {
+        let msg = format!(
+            "{message}, and the step's error type cannot hold a cancellation (implement \
+             From<orch_runtime::StepError> for it to run compensation code)"
+        );
+        return stop(ctx, Halt::Cancelled(msg)).await;
+    };
+    let outcome = match encode(&value) {
+        Ok(o) => o,
+        Err(e) => {
+            let msg = format!("step `{name}` (seq {seq}): cannot serialize its cancellation: {e}");
+            return stop(ctx, Halt::Failed(msg)).await;
+        }
+    };
+    let entry = JournalEntry {
+        seq,
+        kind: EntryKind::Step,
+        name: name.to_string(),
+        outcome,
+        attempts,
+        started_at: started,
+        finished_at: ctx.now_ms(),
+    };
+    let delivered = WriteOp::CancelDelivered {
+        instance: ctx.id.clone(),
+        seq,
+    };
+    if let Err(e) = ctx.record(entry, vec![delivered]).await {
+        return stop(ctx, Halt::Store(e)).await;
+    }
+    ctx.note_failed_step(name, seq);
+    value
 }

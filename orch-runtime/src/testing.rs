@@ -807,7 +807,11 @@ pub async fn replay(export_json: &str) -> Result<ReplayReport, Error> {
                 same_output: None,
             })
         }
-        Status::Completed | Status::Failed | Status::Suspended => {
+        Status::Completed
+        | Status::Failed
+        | Status::Suspended
+        | Status::Cancelled
+        | Status::Terminated => {
             if outcome.output.is_none()
                 && outcome.error != export.record.error
                 && let Some(err) = outcome.error

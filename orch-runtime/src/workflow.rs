@@ -40,6 +40,10 @@ pub struct WorkflowDef {
     pub check_input: fn(&str) -> Result<(), String>,
     /// The body's static shape, extracted by `#[workflow]` (see [`graph`](crate::graph)).
     pub shape: &'static Node,
+    /// The Rust type of the input (a tuple for several arguments).
+    pub input_type: fn() -> &'static str,
+    /// The Rust type of the output.
+    pub output_type: fn() -> &'static str,
 }
 
 impl WorkflowDef {
@@ -51,6 +55,8 @@ impl WorkflowDef {
             start: start_erased::<W>,
             check_input: check_input::<W>,
             shape: &Node::EMPTY,
+            input_type: std::any::type_name::<W::Input>,
+            output_type: std::any::type_name::<W::Output>,
         }
     }
 
@@ -77,10 +83,22 @@ impl std::fmt::Debug for WorkflowDef {
 
 inventory::collect!(WorkflowDef);
 
+/// Names the path of the offending field (`items[0].qty: invalid type …`).
 fn check_input<W: Workflow>(json: &str) -> Result<(), String> {
-    serde_json::from_str::<W::Input>(json)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    let mut de = serde_json::Deserializer::from_str(json);
+    let checked: Result<W::Input, _> = serde_path_to_error::deserialize(&mut de);
+    match checked {
+        Ok(_) => de.end().map_err(|e| e.to_string()),
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                Err(inner.to_string())
+            } else {
+                Err(format!("at `{path}`: {inner}"))
+            }
+        }
+    }
 }
 
 fn start_erased<W: Workflow>(json: &str) -> Result<BoxFuture<'static, ErasedOutput>, String> {

@@ -274,3 +274,28 @@ pub fn to_svg(shape: &Node, run: Option<&Trace>) -> String {
     }
     d.svg()
 }
+
+/// The shape as a JSON tree (served by the HTTP API): `{"seq": [...]}`,
+/// `{"call": {"name": "charge", "may_fail": true}}`, `{"branch": {"label": …, "arms": […]}}` …
+pub fn shape_json(node: &Node) -> serde_json::Value {
+    use serde_json::json;
+    let many = |nodes: &[Node]| nodes.iter().map(shape_json).collect::<Vec<_>>();
+    match node {
+        Node::Call { name, may_fail } => json!({"call": {"name": name, "may_fail": may_fail}}),
+        Node::Child { workflow, may_fail } => {
+            json!({"child": {"workflow": workflow, "may_fail": may_fail}})
+        }
+        Node::Sleep { label } => json!({"sleep": {"label": label}}),
+        Node::Signal { name, timeout } => json!({"signal": {"name": name, "timeout": timeout}}),
+        Node::Background(inner) => json!({"background": shape_json(inner)}),
+        Node::Status { label } => json!({"status": {"label": label}}),
+        Node::Seq(nodes) => json!({"seq": many(nodes)}),
+        Node::Branch { label, arms } => json!({"branch": {
+            "label": label,
+            "arms": arms.iter().map(|a| json!({"label": a.label, "body": many(a.body)})).collect::<Vec<_>>(),
+        }}),
+        Node::Loop { label, body } => json!({"loop": {"label": label, "body": many(body)}}),
+        Node::Parallel(arms) => json!({"parallel": many(arms)}),
+        Node::Return => json!("return"),
+    }
+}

@@ -1,8 +1,9 @@
 //! An in-memory [`Store`]: nothing survives the process. For tests and benchmarks.
 
 use super::{
-    AttemptRecord, Commit, Created, InstanceRecord, JournalEntry, ListFilter, LoadedInstance,
-    Millis, SignalRecord, Status, Store, StoreError, WriteOp,
+    Aggregate, AttemptRecord, AuditRecord, BucketCount, Commit, Created, Details, InstanceRecord,
+    JournalEntry, ListFilter, LoadedInstance, Millis, Query, SignalRecord, Stats, StatsQuery,
+    Status, StatusCount, StepCount, Store, StoreError, Superseded, WriteOp,
 };
 use futures_util::future::BoxFuture;
 use std::collections::BTreeMap;
@@ -15,6 +16,9 @@ struct Instance {
     attempts: Vec<AttemptRecord>,
     /// Signals with the seq that consumed them, if any.
     signals: Vec<(SignalRecord, Option<u32>)>,
+    attributes: BTreeMap<String, String>,
+    superseded: Vec<Superseded>,
+    superseded_attempts: Vec<(u32, AttemptRecord)>,
 }
 
 impl Default for InstanceRecord {
@@ -29,6 +33,7 @@ struct State {
     /// (instance, seq) of every journal append, in commit order.
     appended: Vec<(String, u32)>,
     next_signal: i64,
+    audit: Vec<AuditRecord>,
     closed: bool,
 }
 
@@ -88,8 +93,21 @@ fn wake(rec: &mut InstanceRecord, at: Millis) {
 fn check(state: &State, ops: &[WriteOp]) -> Result<(), StoreError> {
     let mut seqs = std::collections::HashSet::new();
     let mut signals = std::collections::HashSet::new();
+    let mut forks = std::collections::HashSet::new();
     for op in ops {
         let id = op.instance();
+        if let WriteOp::Fork { record, .. } = op {
+            if state.instances.contains_key(&record.id) || !forks.insert(record.id.as_str()) {
+                return Err(StoreError::Conflict {
+                    instance: record.id.clone(),
+                    detail: "an instance with this id exists already".into(),
+                });
+            }
+            continue;
+        }
+        if matches!(op, WriteOp::Audit(_)) {
+            continue;
+        }
         let Some(inst) = state.instances.get(id) else {
             if matches!(op, WriteOp::Wake { .. }) {
                 continue; // nothing to wake (e.g. a parent outside this store)
@@ -117,14 +135,65 @@ fn check(state: &State, ops: &[WriteOp]) -> Result<(), StoreError> {
                     });
                 }
             }
+            WriteOp::RequestCancel { .. } if inst.record.status.is_final() => {
+                return Err(StoreError::Finished {
+                    id: id.to_string(),
+                    status: inst.record.status,
+                });
+            }
+            WriteOp::Retry { .. } if !retryable(inst.record.status) => {
+                return Err(StoreError::Conflict {
+                    instance: id.to_string(),
+                    detail: format!(
+                        "the instance is {}; only failed, cancelled, terminated or \
+                         incompatible instances can be retried",
+                        inst.record.status
+                    ),
+                });
+            }
             _ => {}
         }
     }
     Ok(())
 }
 
+/// Whether [`WriteOp::Retry`] applies to an instance in `status`.
+pub(crate) fn retryable(status: Status) -> bool {
+    matches!(
+        status,
+        Status::Failed | Status::Cancelled | Status::Terminated | Status::Incompatible
+    )
+}
+
 /// Applies one op of a batch that passed [`check`].
 fn apply(state: &mut State, op: WriteOp) {
+    let op = match op {
+        WriteOp::Fork {
+            record,
+            journal,
+            attempts,
+        } => {
+            let id = record.id.clone();
+            for e in &journal {
+                state.appended.push((id.clone(), e.seq));
+            }
+            state.instances.insert(
+                id,
+                Instance {
+                    record: *record,
+                    journal: journal.into_iter().map(|e| (e.seq, e)).collect(),
+                    attempts,
+                    ..Default::default()
+                },
+            );
+            return;
+        }
+        WriteOp::Audit(a) => {
+            state.audit.push(a);
+            return;
+        }
+        op => op,
+    };
     let id = op.instance().to_string();
     let Some(inst) = state.instances.get_mut(&id) else {
         return;
@@ -162,6 +231,7 @@ fn apply(state: &mut State, op: WriteOp) {
             status,
             output,
             error,
+            failed_step,
             at,
             ..
         } => {
@@ -171,8 +241,50 @@ fn apply(state: &mut State, op: WriteOp) {
                 inst.record.error = error;
                 inst.record.wake_at = None;
                 inst.record.updated_at = at;
+                inst.record.failed_seq = failed_step.as_ref().map(|f| f.1);
+                inst.record.failed_step = failed_step.map(|f| f.0);
             }
         }
+        WriteOp::Attribute { key, value, .. } => {
+            inst.attributes.insert(key, value);
+        }
+        WriteOp::RequestCancel { at, .. } => {
+            if inst.record.cancel_requested.is_none() {
+                inst.record.cancel_requested = Some(at);
+                inst.record.updated_at = at;
+            }
+            wake(&mut inst.record, at);
+        }
+        WriteOp::CancelDelivered { seq, .. } => inst.record.cancel_seq = Some(seq),
+        WriteOp::Retry { from_seq, at, .. } => {
+            let retry = inst.record.retries + 1;
+            let moved = inst.journal.split_off(&from_seq);
+            inst.superseded
+                .extend(moved.into_values().map(|entry| Superseded { retry, entry }));
+            let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut inst.attempts)
+                .into_iter()
+                .partition(|a| a.seq >= from_seq);
+            inst.attempts = kept;
+            inst.superseded_attempts
+                .extend(gone.into_iter().map(|a| (retry, a)));
+            for (_, consumed) in &mut inst.signals {
+                if consumed.is_some_and(|seq| seq >= from_seq) {
+                    *consumed = None;
+                }
+            }
+            let r = &mut inst.record;
+            r.retries = retry;
+            r.status = Status::Running;
+            r.output = None;
+            r.error = None;
+            r.failed_step = None;
+            r.failed_seq = None;
+            r.cancel_requested = None;
+            r.cancel_seq = None;
+            r.wake_at = None;
+            r.updated_at = at;
+        }
+        WriteOp::Fork { .. } | WriteOp::Audit(_) => {}
     }
 }
 
@@ -292,6 +404,164 @@ impl Store for MemoryStore {
             .filter(|i| !i.record.status.is_final())
             .map(|i| i.record.clone())
             .collect();
+        Box::pin(async move { Ok(result) })
+    }
+
+    fn search(&self, query: Query) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>> {
+        let state = self.lock();
+        let mut found: Vec<InstanceRecord> = state
+            .instances
+            .values()
+            .filter(|i| query.matches(&i.record, &i.attributes) && query.after_cursor(&i.record))
+            .map(|i| i.record.clone())
+            .collect();
+        found.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+        if query.limit > 0 {
+            found.truncate(query.limit);
+        }
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn details(&self, id: &str) -> BoxFuture<'_, Result<Option<Details>, StoreError>> {
+        let state = self.lock();
+        let result = state.instances.get(id).map(|inst| Details {
+            record: inst.record.clone(),
+            journal: inst.journal.values().cloned().collect(),
+            attempts: inst.attempts.clone(),
+            signals: inst
+                .signals
+                .iter()
+                .filter(|(_, consumed)| consumed.is_none())
+                .map(|(s, _)| s.clone())
+                .collect(),
+            attributes: inst.attributes.clone(),
+            superseded: inst.superseded.clone(),
+            superseded_attempts: inst.superseded_attempts.clone(),
+        });
+        Box::pin(async move { Ok(result) })
+    }
+
+    fn attributes(
+        &self,
+        ids: Vec<String>,
+    ) -> BoxFuture<'_, Result<super::AttributeMap, StoreError>> {
+        let state = self.lock();
+        let result = ids
+            .into_iter()
+            .filter_map(|id| {
+                let attrs = &state.instances.get(&id)?.attributes;
+                (!attrs.is_empty()).then(|| (id, attrs.clone()))
+            })
+            .collect();
+        Box::pin(async move { Ok(result) })
+    }
+
+    fn counts(&self) -> BoxFuture<'_, Result<Vec<StatusCount>, StoreError>> {
+        let state = self.lock();
+        let mut counts: BTreeMap<(String, &'static str), (Status, u64)> = BTreeMap::new();
+        for i in state.instances.values() {
+            let r = &i.record;
+            counts
+                .entry((r.workflow.clone(), r.status.as_str()))
+                .or_insert((r.status, 0))
+                .1 += 1;
+        }
+        let result = counts
+            .into_iter()
+            .map(|((workflow, _), (status, count))| StatusCount {
+                workflow,
+                status,
+                count,
+            })
+            .collect();
+        Box::pin(async move { Ok(result) })
+    }
+
+    fn stats(&self, q: StatsQuery) -> BoxFuture<'_, Result<Stats, StoreError>> {
+        let state = self.lock();
+        let bucket = q.bucket_ms.max(1);
+        let mut totals: BTreeMap<(String, &'static str), (Status, u64)> = BTreeMap::new();
+        let mut series: BTreeMap<(Millis, String, &'static str), (Status, u64)> = BTreeMap::new();
+        let mut steps: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for i in state.instances.values() {
+            let r = &i.record;
+            if r.created_at < q.from
+                || r.created_at >= q.to
+                || q.workflow.as_ref().is_some_and(|w| *w != r.workflow)
+            {
+                continue;
+            }
+            let st = r.status.as_str();
+            totals
+                .entry((r.workflow.clone(), st))
+                .or_insert((r.status, 0))
+                .1 += 1;
+            let start = q.from + (r.created_at - q.from) / bucket * bucket;
+            series
+                .entry((start, r.workflow.clone(), st))
+                .or_insert((r.status, 0))
+                .1 += 1;
+            if let (Some(step), Status::Failed | Status::Cancelled) = (&r.failed_step, r.status) {
+                *steps.entry((r.workflow.clone(), step.clone())).or_default() += 1;
+            }
+        }
+        let result = Stats {
+            totals: totals
+                .into_iter()
+                .map(|((workflow, _), (status, count))| StatusCount {
+                    workflow,
+                    status,
+                    count,
+                })
+                .collect(),
+            series: series
+                .into_iter()
+                .map(|((start, workflow, _), (status, count))| BucketCount {
+                    start,
+                    workflow,
+                    status,
+                    count,
+                })
+                .collect(),
+            failed_steps: steps
+                .into_iter()
+                .map(|((workflow, step), count)| StepCount {
+                    workflow,
+                    step,
+                    count,
+                })
+                .collect(),
+        };
+        Box::pin(async move { Ok(result) })
+    }
+
+    fn aggregate(&self, key: String, query: Query) -> BoxFuture<'_, Result<Aggregate, StoreError>> {
+        let state = self.lock();
+        let mut agg = Aggregate::default();
+        for i in state.instances.values() {
+            if !query.matches(&i.record, &i.attributes) {
+                continue;
+            }
+            let Some(raw) = i.attributes.get(&key) else {
+                continue;
+            };
+            agg.count += 1;
+            if let Some(n) = serde_json::from_str::<serde_json::Value>(raw)
+                .ok()
+                .and_then(|v| v.as_f64())
+            {
+                agg.numeric += 1;
+                agg.sum += n;
+                agg.min = Some(agg.min.map_or(n, |m| m.min(n)));
+                agg.max = Some(agg.max.map_or(n, |m| m.max(n)));
+            }
+        }
+        Box::pin(async move { Ok(agg) })
+    }
+
+    fn audit(&self, limit: usize) -> BoxFuture<'_, Result<Vec<AuditRecord>, StoreError>> {
+        let state = self.lock();
+        let result = state.audit.iter().rev().take(limit).cloned().collect();
         Box::pin(async move { Ok(result) })
     }
 

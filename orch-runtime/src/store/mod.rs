@@ -13,6 +13,7 @@ pub mod sqlite;
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -36,15 +37,31 @@ pub enum Status {
     Failed,
     /// Its journal no longer matches the code; stopped until compatible code is deployed.
     Incompatible,
+    /// Cancelled on request: the workflow received the cancellation and returned an error (or
+    /// could not receive it).
+    Cancelled,
+    /// Stopped hard by an operator; nothing more runs.
+    Terminated,
 }
 
 impl Status {
     /// Every status, in display order.
-    pub const ALL: [Status; 5] = [
+    pub const ALL: [Status; 7] = [
         Status::Running,
         Status::Suspended,
         Status::Completed,
         Status::Failed,
+        Status::Cancelled,
+        Status::Terminated,
+        Status::Incompatible,
+    ];
+
+    /// The statuses an instance ends in.
+    pub const FINAL: [Status; 5] = [
+        Status::Completed,
+        Status::Failed,
+        Status::Cancelled,
+        Status::Terminated,
         Status::Incompatible,
     ];
 
@@ -52,7 +69,11 @@ impl Status {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            Status::Completed | Status::Failed | Status::Incompatible
+            Status::Completed
+                | Status::Failed
+                | Status::Incompatible
+                | Status::Cancelled
+                | Status::Terminated
         )
     }
 
@@ -64,6 +85,8 @@ impl Status {
             Status::Completed => "completed",
             Status::Failed => "failed",
             Status::Incompatible => "incompatible",
+            Status::Cancelled => "cancelled",
+            Status::Terminated => "terminated",
         }
     }
 
@@ -106,6 +129,22 @@ pub struct InstanceRecord {
     pub updated_at: Millis,
     /// When a suspended instance's earliest timer fires.
     pub wake_at: Option<Millis>,
+    /// The step the instance failed at (its last step whose final attempt failed, background
+    /// work aside), for failed and cancelled instances.
+    #[serde(default)]
+    pub failed_step: Option<String>,
+    /// That step's seq: where a retry starts by default.
+    #[serde(default)]
+    pub failed_seq: Option<u32>,
+    /// When cancellation was requested (cooperative; see `Runtime::cancel`).
+    #[serde(default)]
+    pub cancel_requested: Option<Millis>,
+    /// The seq of the call that received the cancellation, once one did.
+    #[serde(default)]
+    pub cancel_seq: Option<u32>,
+    /// How many times the instance was retried (`Runtime::retry`).
+    #[serde(default)]
+    pub retries: u32,
 }
 
 impl InstanceRecord {
@@ -130,6 +169,11 @@ impl InstanceRecord {
             created_at: now,
             updated_at: now,
             wake_at: None,
+            failed_step: None,
+            failed_seq: None,
+            cancel_requested: None,
+            cancel_seq: None,
+            retries: 0,
         }
     }
 }
@@ -159,11 +203,13 @@ pub enum EntryKind {
     Status,
     /// `patched()`.
     Patch,
+    /// `set_attribute()`: the name is the key, the outcome the value.
+    Attribute,
 }
 
 impl EntryKind {
     /// Every kind.
-    pub const ALL: [EntryKind; 10] = [
+    pub const ALL: [EntryKind; 11] = [
         EntryKind::Step,
         EntryKind::Sleep,
         EntryKind::Deadline,
@@ -174,6 +220,7 @@ impl EntryKind {
         EntryKind::Uuid,
         EntryKind::Status,
         EntryKind::Patch,
+        EntryKind::Attribute,
     ];
 
     /// The lower-case name used in storage and messages.
@@ -189,6 +236,7 @@ impl EntryKind {
             EntryKind::Uuid => "uuid",
             EntryKind::Status => "status",
             EntryKind::Patch => "patch",
+            EntryKind::Attribute => "attribute",
         }
     }
 
@@ -343,7 +391,8 @@ pub enum WriteOp {
         /// When it is due.
         at: Millis,
     },
-    /// Finish the instance (completed, failed or incompatible).
+    /// Finish the instance (completed, failed, cancelled, terminated or incompatible). Does
+    /// nothing to an instance that has finished already.
     Finish {
         /// Instance id.
         instance: String,
@@ -353,9 +402,75 @@ pub enum WriteOp {
         output: Option<String>,
         /// Error message.
         error: Option<String>,
+        /// The step it failed at, with its seq.
+        failed_step: Option<(String, u32)>,
         /// When.
         at: Millis,
     },
+    /// Sets (or replaces) a searchable attribute (`set_attribute`).
+    Attribute {
+        /// Instance id.
+        instance: String,
+        /// Key.
+        key: String,
+        /// Value as JSON text.
+        value: String,
+    },
+    /// Asks a live instance to cancel (cooperatively). A finished instance is a conflict; a
+    /// second request keeps the first one's time.
+    RequestCancel {
+        /// Instance id.
+        instance: String,
+        /// When.
+        at: Millis,
+    },
+    /// The call at `seq` received the cancellation.
+    CancelDelivered {
+        /// Instance id.
+        instance: String,
+        /// The call's seq.
+        seq: u32,
+    },
+    /// Runs a finished (failed, cancelled, terminated or incompatible) instance again from
+    /// `from_seq`: journal entries and failed attempts from that seq on are moved aside as
+    /// superseded by retry number `retries + 1` (kept, never deleted), signals consumed by
+    /// them become pending again, and the instance is running with no output. Anything else is
+    /// a conflict.
+    Retry {
+        /// Instance id.
+        instance: String,
+        /// The first seq to run again.
+        from_seq: u32,
+        /// When.
+        at: Millis,
+    },
+    /// Stores a new instance with a journal copied from another (a fork). An existing id is a
+    /// conflict.
+    Fork {
+        /// The new instance.
+        record: Box<InstanceRecord>,
+        /// Its journal.
+        journal: Vec<JournalEntry>,
+        /// Failed attempts of those entries.
+        attempts: Vec<AttemptRecord>,
+    },
+    /// Appends to the audit log (who did what to which instance).
+    Audit(AuditRecord),
+}
+
+/// One operator action, as recorded in the audit log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// When.
+    pub at: Millis,
+    /// Who (the API token's name, or `local`).
+    pub actor: String,
+    /// What (`start`, `signal`, `cancel`, `terminate`, `retry`, `restart`, `fork`, …).
+    pub action: String,
+    /// The instance acted on (or a description of a bulk filter).
+    pub target: String,
+    /// Details as JSON text.
+    pub detail: String,
 }
 
 impl WriteOp {
@@ -368,7 +483,13 @@ impl WriteOp {
             | WriteOp::CustomStatus { instance, .. }
             | WriteOp::SetStatus { instance, .. }
             | WriteOp::Wake { instance, .. }
-            | WriteOp::Finish { instance, .. } => instance,
+            | WriteOp::Finish { instance, .. }
+            | WriteOp::Attribute { instance, .. }
+            | WriteOp::RequestCancel { instance, .. }
+            | WriteOp::CancelDelivered { instance, .. }
+            | WriteOp::Retry { instance, .. } => instance,
+            WriteOp::Fork { record, .. } => &record.id,
+            WriteOp::Audit(a) => &a.target,
         }
     }
 }
@@ -423,6 +544,212 @@ impl ListFilter {
                 .is_none_or(|p| rec.parent.as_ref() == Some(p))
             && self.after_id.as_ref().is_none_or(|a| rec.id > *a)
     }
+}
+
+/// Where a page of [`Store::search`] ended: the next page starts after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    /// The last instance's creation time.
+    pub created_at: Millis,
+    /// The last instance's id.
+    pub id: String,
+}
+
+/// A search over instances, newest first (by creation time, then id), paged by [`Cursor`]:
+/// instances created while paging appear before the first page, never inside or between
+/// pages, so a page boundary never skips or repeats an instance.
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    /// Only this workflow.
+    pub workflow: Option<String>,
+    /// Only these statuses (empty: any).
+    pub statuses: Vec<Status>,
+    /// Created at or after this time.
+    pub created_after: Option<Millis>,
+    /// Created before this time.
+    pub created_before: Option<Millis>,
+    /// Ids starting with this.
+    pub id_prefix: Option<String>,
+    /// Attributes equal to these values (key, JSON text).
+    pub attributes: Vec<(String, String)>,
+    /// Only children of this instance.
+    pub parent: Option<String>,
+    /// Only instances after this cursor (older).
+    pub after: Option<Cursor>,
+    /// At most this many (0 = no limit).
+    pub limit: usize,
+}
+
+impl Query {
+    /// Whether `rec`, with attributes `attrs`, passes the filter (cursor and limit aside).
+    pub fn matches(&self, rec: &InstanceRecord, attrs: &BTreeMap<String, String>) -> bool {
+        self.workflow.as_ref().is_none_or(|w| *w == rec.workflow)
+            && (self.statuses.is_empty() || self.statuses.contains(&rec.status))
+            && self.created_after.is_none_or(|t| rec.created_at >= t)
+            && self.created_before.is_none_or(|t| rec.created_at < t)
+            && self
+                .id_prefix
+                .as_ref()
+                .is_none_or(|p| rec.id.starts_with(p.as_str()))
+            && self
+                .parent
+                .as_ref()
+                .is_none_or(|p| rec.parent.as_ref() == Some(p))
+            && self
+                .attributes
+                .iter()
+                .all(|(k, v)| attrs.get(k).is_some_and(|have| json_equal(have, v)))
+    }
+
+    /// Whether `rec` comes after the cursor in newest-first order.
+    pub fn after_cursor(&self, rec: &InstanceRecord) -> bool {
+        self.after.as_ref().is_none_or(|c| {
+            rec.created_at < c.created_at || (rec.created_at == c.created_at && rec.id < c.id)
+        })
+    }
+}
+
+/// Compares two JSON texts as values (so `1` equals `1.0` and key order does not matter).
+pub fn json_equal(a: &str, b: &str) -> bool {
+    match (
+        serde_json::from_str::<serde_json::Value>(a),
+        serde_json::from_str::<serde_json::Value>(b),
+    ) {
+        (Ok(x), Ok(y)) => match (x.as_f64(), y.as_f64()) {
+            (Some(p), Some(q)) => p == q,
+            _ => x == y,
+        },
+        _ => a == b,
+    }
+}
+
+/// Attributes per instance: id → (key → JSON text).
+pub type AttributeMap = HashMap<String, BTreeMap<String, String>>;
+
+/// A journal entry replaced by a retry (kept for the record).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Superseded {
+    /// The retry that replaced it (1 for the first retry).
+    pub retry: u32,
+    /// The entry as it was.
+    pub entry: JournalEntry,
+}
+
+/// Everything known about one instance, for display.
+#[derive(Clone, Debug)]
+pub struct Details {
+    /// The instance.
+    pub record: InstanceRecord,
+    /// Its journal, ordered by seq.
+    pub journal: Vec<JournalEntry>,
+    /// Failed attempts of the current journal, ordered by (seq, attempt).
+    pub attempts: Vec<AttemptRecord>,
+    /// Signals not yet consumed, in delivery order.
+    pub signals: Vec<SignalRecord>,
+    /// Attributes (key → JSON text).
+    pub attributes: BTreeMap<String, String>,
+    /// Entries replaced by retries, ordered by (retry, seq).
+    pub superseded: Vec<Superseded>,
+    /// Failed attempts of superseded entries: (retry, attempt).
+    pub superseded_attempts: Vec<(u32, AttemptRecord)>,
+}
+
+/// What [`Store::stats`] counts.
+#[derive(Clone, Debug)]
+pub struct StatsQuery {
+    /// Instances created at or after this.
+    pub from: Millis,
+    /// And before this.
+    pub to: Millis,
+    /// Width of one series bucket (> 0).
+    pub bucket_ms: Millis,
+    /// Only this workflow.
+    pub workflow: Option<String>,
+}
+
+/// A count of instances of one workflow in one status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusCount {
+    /// Workflow name.
+    pub workflow: String,
+    /// Status.
+    pub status: Status,
+    /// How many.
+    pub count: u64,
+}
+
+/// A [`StatusCount`] in one time bucket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketCount {
+    /// Start of the bucket.
+    pub start: Millis,
+    /// Workflow name.
+    pub workflow: String,
+    /// Status.
+    pub status: Status,
+    /// How many created in the bucket are in that status now.
+    pub count: u64,
+}
+
+/// Failed (or cancelled) instances by the step they failed at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepCount {
+    /// Workflow name.
+    pub workflow: String,
+    /// Step name.
+    pub step: String,
+    /// How many.
+    pub count: u64,
+}
+
+/// Counts over a time window.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Per workflow and status.
+    pub totals: Vec<StatusCount>,
+    /// Per bucket, workflow and status (empty buckets left out).
+    pub series: Vec<BucketCount>,
+    /// Failed instances per failing step.
+    pub failed_steps: Vec<StepCount>,
+}
+
+/// Aggregates of one attribute over the instances matching a [`Query`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Aggregate {
+    /// Instances that have the attribute.
+    pub count: u64,
+    /// Of those, how many hold a number.
+    pub numeric: u64,
+    /// Sum of the numbers.
+    pub sum: f64,
+    /// Smallest number.
+    pub min: Option<f64>,
+    /// Largest number.
+    pub max: Option<f64>,
+}
+
+/// Histograms a store fills as it commits, exported at `/metrics`.
+#[derive(Debug)]
+pub struct StoreMetrics {
+    /// Seconds per write transaction.
+    pub commit_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Commands per write transaction (group commit).
+    pub batch_size: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+        StoreMetrics {
+            commit_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+        }
+    }
+}
+
+fn unsupported<T: Send + 'static>(what: &str) -> BoxFuture<'static, Result<T, StoreError>> {
+    let msg = format!("this store does not support {what}");
+    Box::pin(async move { Err(StoreError::Backend(msg)) })
 }
 
 /// A storage failure.
@@ -556,4 +883,49 @@ pub trait Store: Send + Sync + 'static {
 
     /// Waits until everything submitted so far is durable, then stops accepting writes.
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Instances matching `query`, newest first.
+    fn search(&self, _query: Query) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>> {
+        unsupported("search")
+    }
+
+    /// Everything about one instance, superseded entries included.
+    fn details(&self, _id: &str) -> BoxFuture<'_, Result<Option<Details>, StoreError>> {
+        unsupported("instance details")
+    }
+
+    /// The attributes of each of `ids` (key → JSON text); ids without any are left out.
+    fn attributes(&self, _ids: Vec<String>) -> BoxFuture<'_, Result<AttributeMap, StoreError>> {
+        unsupported("attributes")
+    }
+
+    /// Counts by workflow and status (all instances).
+    fn counts(&self) -> BoxFuture<'_, Result<Vec<StatusCount>, StoreError>> {
+        unsupported("counts")
+    }
+
+    /// Counts of instances created in a window.
+    fn stats(&self, _query: StatsQuery) -> BoxFuture<'_, Result<Stats, StoreError>> {
+        unsupported("stats")
+    }
+
+    /// Aggregates attribute `key` over the instances matching `query` (cursor and limit
+    /// ignored).
+    fn aggregate(
+        &self,
+        _key: String,
+        _query: Query,
+    ) -> BoxFuture<'_, Result<Aggregate, StoreError>> {
+        unsupported("attribute aggregates")
+    }
+
+    /// The newest `limit` audit records, newest first.
+    fn audit(&self, _limit: usize) -> BoxFuture<'_, Result<Vec<AuditRecord>, StoreError>> {
+        unsupported("the audit log")
+    }
+
+    /// Commit histograms, when the store keeps them.
+    fn metrics(&self) -> Option<std::sync::Arc<StoreMetrics>> {
+        None
+    }
 }

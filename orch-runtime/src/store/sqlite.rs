@@ -13,12 +13,15 @@
 //! written by a newer orch ([`StoreError::TooNew`]) without changing them.
 
 use super::{
-    AttemptRecord, Commit, Created, EntryKind, InstanceRecord, JournalEntry, ListFilter,
-    LoadedInstance, Millis, SignalRecord, Status, Store, StoreError, WriteOp,
+    Aggregate, AttemptRecord, AuditRecord, BucketCount, Commit, Created, Details, EntryKind,
+    InstanceRecord, JournalEntry, ListFilter, LoadedInstance, Millis, Query, SignalRecord, Stats,
+    StatsQuery, Status, StatusCount, StepCount, Store, StoreError, StoreMetrics, Superseded,
+    WriteOp,
 };
 use futures_util::future::BoxFuture;
 use rusqlite::types::Value;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -80,6 +83,51 @@ const MIGRATIONS: &[&str] = &[
         consumed_seq INTEGER
     );
     CREATE INDEX signals_instance ON signals (instance, consumed_seq);",
+    // Version 2: search, attributes, cancellation, retries, the audit log.
+    "ALTER TABLE instances ADD COLUMN failed_step TEXT;
+    ALTER TABLE instances ADD COLUMN failed_seq INTEGER;
+    ALTER TABLE instances ADD COLUMN cancel_requested INTEGER;
+    ALTER TABLE instances ADD COLUMN cancel_seq INTEGER;
+    ALTER TABLE instances ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX instances_created ON instances (created_at, id);
+    CREATE INDEX instances_workflow_created ON instances (workflow, created_at, id);
+    CREATE TABLE attributes (
+        instance TEXT NOT NULL REFERENCES instances (id),
+        key      TEXT NOT NULL,
+        value    TEXT NOT NULL,
+        PRIMARY KEY (instance, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX attributes_key_value ON attributes (key, value);
+    CREATE TABLE superseded (
+        instance    TEXT NOT NULL REFERENCES instances (id),
+        retry       INTEGER NOT NULL,
+        seq         INTEGER NOT NULL,
+        kind        TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        outcome     TEXT NOT NULL,
+        attempts    INTEGER NOT NULL,
+        started_at  INTEGER NOT NULL,
+        finished_at INTEGER NOT NULL,
+        PRIMARY KEY (instance, retry, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE superseded_attempts (
+        instance    TEXT NOT NULL REFERENCES instances (id),
+        retry       INTEGER NOT NULL,
+        seq         INTEGER NOT NULL,
+        attempt     INTEGER NOT NULL,
+        error       TEXT NOT NULL,
+        started_at  INTEGER NOT NULL,
+        finished_at INTEGER NOT NULL,
+        PRIMARY KEY (instance, retry, seq, attempt)
+    );
+    CREATE TABLE audit (
+        id     INTEGER PRIMARY KEY AUTOINCREMENT,
+        at     INTEGER NOT NULL,
+        actor  TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );",
 ];
 
 /// The schema version this build creates and understands.
@@ -89,7 +137,8 @@ const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 const APPLICATION: &str = "orch";
 
 const INSTANCE_COLUMNS: &str = "id, workflow, version, input, status, output, error, \
-     custom_status, parent, created_at, updated_at, wake_at";
+     custom_status, parent, created_at, updated_at, wake_at, failed_step, failed_seq, \
+     cancel_requested, cancel_seq, retries";
 
 /// How hard SQLite works to make each commit survive a crash.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -133,7 +182,10 @@ impl Default for SqliteOptions {
 /// A command for the writer thread.
 enum Command {
     Submit(Vec<WriteOp>, oneshot::Sender<Result<(), StoreError>>),
-    Create(InstanceRecord, oneshot::Sender<Result<Created, StoreError>>),
+    Create(
+        Box<InstanceRecord>,
+        oneshot::Sender<Result<Created, StoreError>>,
+    ),
     AddSignal {
         instance: String,
         name: String,
@@ -161,6 +213,7 @@ pub struct SqliteStore {
     read_tx: Option<mpsc::Sender<ReadJob>>,
     readers: Vec<JoinHandle<()>>,
     commits: Arc<AtomicU64>,
+    metrics: Arc<StoreMetrics>,
     closed: AtomicBool,
 }
 
@@ -224,13 +277,15 @@ impl SqliteStore {
         }
 
         let commits = Arc::new(AtomicU64::new(0));
+        let metrics = Arc::new(StoreMetrics::default());
         let (tx, rx) = mpsc::channel();
         let max_batch = options.max_batch.max(1);
         let writer = std::thread::Builder::new()
             .name("orch-sqlite-writer".into())
             .spawn({
                 let commits = commits.clone();
-                move || writer_loop(conn, rx, max_batch, &commits)
+                let metrics = metrics.clone();
+                move || writer_loop(conn, rx, max_batch, &commits, &metrics)
             })
             .map_err(|e| backend(&ctx("spawning the writer thread"), e))?;
 
@@ -241,6 +296,7 @@ impl SqliteStore {
             read_tx: Some(read_tx),
             readers,
             commits,
+            metrics,
             closed: AtomicBool::new(false),
         })
     }
@@ -455,6 +511,7 @@ fn writer_loop(
     rx: mpsc::Receiver<Command>,
     max_batch: usize,
     commits: &AtomicU64,
+    metrics: &StoreMetrics,
 ) {
     // After a Close every command is refused, but the connection stays open until the store
     // is dropped: closing it last lets SQLite fold the WAL into the database file.
@@ -476,7 +533,13 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
+        let size = batch.len();
         run_batch(&conn, batch, commits);
+        metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        metrics.batch_size.observe(size as f64);
         closed |= closing;
     }
 }
@@ -610,25 +673,34 @@ fn parse_status(id: &str, raw: &str) -> Result<Status, StoreError> {
     })
 }
 
-fn final_statuses() -> [&'static str; 3] {
-    [
-        Status::Completed.as_str(),
-        Status::Failed.as_str(),
-        Status::Incompatible.as_str(),
-    ]
-}
+/// `(?, ?, ?, ?, ?)` for the final statuses.
+const FINAL_IN: &str = "('completed', 'failed', 'cancelled', 'terminated', 'incompatible')";
 
 fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
     let id = op.instance();
     let ctx = |what: &str| format!("{what} for instance `{id}`");
-    if let WriteOp::Wake { at, .. } = op {
+    match op {
         // A missing instance has nothing to wake.
-        return wake(conn, id, *at, &ctx("waking"));
+        WriteOp::Wake { at, .. } => return wake(conn, id, *at, &ctx("waking")),
+        WriteOp::Audit(a) => {
+            conn.prepare_cached(
+                "INSERT INTO audit (at, actor, action, target, detail) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut s| s.execute(params![a.at, a.actor, a.action, a.target, a.detail]))
+            .map_err(|e| backend("recording an audit entry", e))?;
+            return Ok(());
+        }
+        WriteOp::Fork {
+            record,
+            journal,
+            attempts,
+        } => return fork(conn, record, journal, attempts),
+        _ => {}
     }
-    if status_of(conn, id, &ctx("checking the instance"))?.is_none() {
+    let Some(current) = status_of(conn, id, &ctx("checking the instance"))? else {
         return Err(StoreError::NotFound(id.to_string()));
-    }
-    let [completed, failed, incompatible] = final_statuses();
+    };
     match op {
         WriteOp::Append { entry, .. } => {
             let ctx = ctx("appending a journal entry");
@@ -716,34 +788,26 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
             at,
             ..
         } => {
-            conn.prepare_cached(
+            conn.prepare_cached(&format!(
                 "UPDATE instances SET status = ?2, wake_at = ?3, updated_at = ?4 \
-                 WHERE id = ?1 AND status NOT IN (?5, ?6, ?7)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    id,
-                    status.as_str(),
-                    wake_at,
-                    at,
-                    completed,
-                    failed,
-                    incompatible
-                ])
-            })
+                 WHERE id = ?1 AND status NOT IN {FINAL_IN}"
+            ))
+            .and_then(|mut s| s.execute(params![id, status.as_str(), wake_at, at]))
             .map_err(|e| backend(&ctx("setting the status"), e))?;
         }
         WriteOp::Finish {
             status,
             output,
             error,
+            failed_step,
             at,
             ..
         } => {
-            conn.prepare_cached(
+            conn.prepare_cached(&format!(
                 "UPDATE instances SET status = ?2, output = ?3, error = ?4, wake_at = NULL, \
-                 updated_at = ?5 WHERE id = ?1 AND status NOT IN (?6, ?7, ?8)",
-            )
+                 updated_at = ?5, failed_step = ?6, failed_seq = ?7 \
+                 WHERE id = ?1 AND status NOT IN {FINAL_IN}"
+            ))
             .and_then(|mut s| {
                 s.execute(params![
                     id,
@@ -751,13 +815,123 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
                     output,
                     error,
                     at,
-                    completed,
-                    failed,
-                    incompatible
+                    failed_step.as_ref().map(|f| &f.0),
+                    failed_step.as_ref().map(|f| f.1)
                 ])
             })
             .map_err(|e| backend(&ctx("finishing"), e))?;
         }
+        WriteOp::Attribute { key, value, .. } => {
+            conn.prepare_cached(
+                "INSERT INTO attributes (instance, key, value) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (instance, key) DO UPDATE SET value = excluded.value",
+            )
+            .and_then(|mut s| s.execute(params![id, key, value]))
+            .map_err(|e| backend(&ctx("setting an attribute"), e))?;
+        }
+        WriteOp::RequestCancel { at, .. } => {
+            if current.is_final() {
+                return Err(StoreError::Finished {
+                    id: id.to_string(),
+                    status: current,
+                });
+            }
+            conn.prepare_cached(
+                "UPDATE instances SET cancel_requested = COALESCE(cancel_requested, ?2), \
+                 updated_at = ?2 WHERE id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![id, at]))
+            .map_err(|e| backend(&ctx("requesting cancellation"), e))?;
+            // Due now, so a restart delivers the cancellation without waiting for a timer.
+            wake(conn, id, *at, &ctx("requesting cancellation"))?;
+        }
+        WriteOp::CancelDelivered { seq, .. } => {
+            conn.prepare_cached("UPDATE instances SET cancel_seq = ?2 WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![id, seq]))
+                .map_err(|e| backend(&ctx("recording a delivered cancellation"), e))?;
+        }
+        WriteOp::Retry { from_seq, at, .. } => {
+            if !super::memory::retryable(current) {
+                return Err(StoreError::Conflict {
+                    instance: id.to_string(),
+                    detail: format!(
+                        "the instance is {current}; only failed, cancelled, terminated or \
+                         incompatible instances can be retried"
+                    ),
+                });
+            }
+            retry(conn, id, *from_seq, *at).map_err(|e| backend(&ctx("retrying"), e))?;
+        }
+        WriteOp::Fork { .. } | WriteOp::Audit(_) => {}
+    }
+    Ok(())
+}
+
+/// Moves the journal from `from_seq` on aside and makes the instance run again.
+fn retry(conn: &Connection, id: &str, from_seq: u32, at: Millis) -> rusqlite::Result<()> {
+    let retry: i64 = conn
+        .prepare_cached("SELECT retries + 1 FROM instances WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))?;
+    conn.prepare_cached(
+        "INSERT INTO superseded (instance, retry, seq, kind, name, outcome, attempts, \
+         started_at, finished_at) SELECT instance, ?3, seq, kind, name, outcome, attempts, \
+         started_at, finished_at FROM journal WHERE instance = ?1 AND seq >= ?2",
+    )?
+    .execute(params![id, from_seq, retry])?;
+    conn.prepare_cached("DELETE FROM journal WHERE instance = ?1 AND seq >= ?2")?
+        .execute(params![id, from_seq])?;
+    conn.prepare_cached(
+        "INSERT INTO superseded_attempts (instance, retry, seq, attempt, error, started_at, \
+         finished_at) SELECT instance, ?3, seq, attempt, error, started_at, finished_at \
+         FROM attempts WHERE instance = ?1 AND seq >= ?2",
+    )?
+    .execute(params![id, from_seq, retry])?;
+    conn.prepare_cached("DELETE FROM attempts WHERE instance = ?1 AND seq >= ?2")?
+        .execute(params![id, from_seq])?;
+    conn.prepare_cached(
+        "UPDATE signals SET consumed_seq = NULL WHERE instance = ?1 AND consumed_seq >= ?2",
+    )?
+    .execute(params![id, from_seq])?;
+    conn.prepare_cached(
+        "UPDATE instances SET retries = ?2, status = 'running', output = NULL, error = NULL, \
+         failed_step = NULL, failed_seq = NULL, cancel_requested = NULL, cancel_seq = NULL, \
+         wake_at = NULL, updated_at = ?3 WHERE id = ?1",
+    )?
+    .execute(params![id, retry, at])?;
+    Ok(())
+}
+
+/// Stores a forked instance with its copied journal.
+fn fork(
+    conn: &Connection,
+    record: &InstanceRecord,
+    journal: &[JournalEntry],
+    attempts: &[AttemptRecord],
+) -> Result<(), StoreError> {
+    if let Created::Existing(_) = create(conn, record)? {
+        return Err(StoreError::Conflict {
+            instance: record.id.clone(),
+            detail: "an instance with this id exists already".into(),
+        });
+    }
+    let id = &record.id;
+    for entry in journal {
+        apply(
+            conn,
+            &WriteOp::Append {
+                instance: id.clone(),
+                entry: entry.clone(),
+            },
+        )?;
+    }
+    for a in attempts {
+        apply(
+            conn,
+            &WriteOp::Attempt {
+                instance: id.clone(),
+                record: a.clone(),
+            },
+        )?;
     }
     Ok(())
 }
@@ -767,8 +941,8 @@ fn create(conn: &Connection, rec: &InstanceRecord) -> Result<Created, StoreError
     let inserted = conn
         .prepare_cached(&format!(
             "INSERT INTO instances ({INSTANCE_COLUMNS}) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
-             ON CONFLICT (id) DO NOTHING"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+             ?17) ON CONFLICT (id) DO NOTHING"
         ))
         .and_then(|mut s| {
             s.execute(params![
@@ -783,7 +957,12 @@ fn create(conn: &Connection, rec: &InstanceRecord) -> Result<Created, StoreError
                 rec.parent,
                 rec.created_at,
                 rec.updated_at,
-                rec.wake_at
+                rec.wake_at,
+                rec.failed_step,
+                rec.failed_seq,
+                rec.cancel_requested,
+                rec.cancel_seq,
+                rec.retries
             ])
         })
         .map_err(|e| backend(&ctx, e))?;
@@ -865,6 +1044,15 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<(InstanceRecord, String)> 
             created_at: row.get(9)?,
             updated_at: row.get(10)?,
             wake_at: row.get(11)?,
+            failed_step: row.get(12)?,
+            failed_seq: row
+                .get::<_, Option<i64>>(13)?
+                .map(|v| u32::try_from(v).unwrap_or(u32::MAX)),
+            cancel_requested: row.get(14)?,
+            cancel_seq: row
+                .get::<_, Option<i64>>(15)?
+                .map(|v| u32::try_from(v).unwrap_or(u32::MAX)),
+            retries: get_u32(row, 16)?,
         },
         raw_status,
     ))
@@ -1026,13 +1214,369 @@ fn list_records(conn: &Connection, filter: &ListFilter) -> Result<Vec<InstanceRe
 
 fn unfinished_records(conn: &Connection) -> Result<Vec<InstanceRecord>, StoreError> {
     let sql = format!(
-        "SELECT {INSTANCE_COLUMNS} FROM instances WHERE status NOT IN (?, ?, ?) ORDER BY id"
+        "SELECT {INSTANCE_COLUMNS} FROM instances WHERE status NOT IN {FINAL_IN} ORDER BY id"
     );
-    let params = final_statuses()
-        .into_iter()
-        .map(|s| Value::Text(s.to_string()))
-        .collect();
-    query_records(conn, &sql, params, "listing unfinished instances")
+    query_records(conn, &sql, Vec::new(), "listing unfinished instances")
+}
+
+/// The WHERE clause (without cursor) and parameters of a search.
+fn query_where(q: &Query) -> (String, Vec<Value>) {
+    let mut sql = String::from(" WHERE 1 = 1");
+    let mut params = Vec::new();
+    if let Some(workflow) = &q.workflow {
+        sql.push_str(" AND i.workflow = ?");
+        params.push(Value::Text(workflow.clone()));
+    }
+    if !q.statuses.is_empty() {
+        sql.push_str(" AND i.status IN (");
+        for (n, st) in q.statuses.iter().enumerate() {
+            sql.push_str(if n == 0 { "?" } else { ", ?" });
+            params.push(Value::Text(st.as_str().to_string()));
+        }
+        sql.push(')');
+    }
+    if let Some(t) = q.created_after {
+        sql.push_str(" AND i.created_at >= ?");
+        params.push(Value::Integer(t));
+    }
+    if let Some(t) = q.created_before {
+        sql.push_str(" AND i.created_at < ?");
+        params.push(Value::Integer(t));
+    }
+    if let Some(prefix) = &q.id_prefix {
+        // substr instead of LIKE: no wildcard escaping, and case-sensitive like ids.
+        sql.push_str(" AND substr(i.id, 1, ?) = ?");
+        params.push(Value::Integer(prefix.chars().count() as i64));
+        params.push(Value::Text(prefix.clone()));
+    }
+    if let Some(parent) = &q.parent {
+        sql.push_str(" AND i.parent = ?");
+        params.push(Value::Text(parent.clone()));
+    }
+    for (key, value) in &q.attributes {
+        // Stored values are canonical JSON text (serde_json), so text equality is value
+        // equality for strings, bools and integers; numbers also compare numerically.
+        sql.push_str(
+            " AND EXISTS (SELECT 1 FROM attributes a WHERE a.instance = i.id AND a.key = ? \
+             AND (a.value = ? OR (json_valid(a.value) AND json_valid(?) \
+             AND json_type(a.value) IN ('integer', 'real') \
+             AND json_type(?) IN ('integer', 'real') AND CAST(a.value AS REAL) = CAST(? AS REAL))))",
+        );
+        params.push(Value::Text(key.clone()));
+        let canonical = serde_json::from_str::<serde_json::Value>(value)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|_| value.clone());
+        params.push(Value::Text(canonical));
+        params.push(Value::Text(value.clone()));
+        params.push(Value::Text(value.clone()));
+        params.push(Value::Text(value.clone()));
+    }
+    (sql, params)
+}
+
+fn search_records(conn: &Connection, q: &Query) -> Result<Vec<InstanceRecord>, StoreError> {
+    let (mut where_sql, mut params) = query_where(q);
+    if let Some(c) = &q.after {
+        where_sql.push_str(" AND (i.created_at < ? OR (i.created_at = ? AND i.id < ?))");
+        params.push(Value::Integer(c.created_at));
+        params.push(Value::Integer(c.created_at));
+        params.push(Value::Text(c.id.clone()));
+    }
+    let columns = INSTANCE_COLUMNS
+        .split(", ")
+        .map(|c| format!("i.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut sql = format!(
+        "SELECT {columns} FROM instances i{where_sql} ORDER BY i.created_at DESC, i.id DESC"
+    );
+    if q.limit > 0 {
+        sql.push_str(" LIMIT ?");
+        params.push(Value::Integer(i64::try_from(q.limit).unwrap_or(i64::MAX)));
+    }
+    query_records(conn, &sql, params, "searching instances")
+}
+
+fn journal_rows(
+    conn: &Connection,
+    sql: &str,
+    id: &str,
+    ctx: &str,
+) -> Result<Vec<(u32, JournalEntry)>, StoreError> {
+    let raw = conn
+        .prepare_cached(sql)
+        .and_then(|mut s| {
+            s.query_map([id], |r| {
+                Ok((
+                    get_u32(r, 0)?,
+                    get_u32(r, 1)?,
+                    r.get::<_, String>(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    get_u32(r, 5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(|e| backend(ctx, e))?;
+    raw.into_iter()
+        .map(
+            |(group, seq, kind, name, outcome, attempts, started_at, finished_at)| {
+                let kind = EntryKind::parse(&kind).ok_or_else(|| {
+                    StoreError::Backend(format!(
+                        "instance `{id}` has a journal entry (seq {seq}) of unknown kind \
+                         `{kind}` in the database"
+                    ))
+                })?;
+                Ok((
+                    group,
+                    JournalEntry {
+                        seq,
+                        kind,
+                        name,
+                        outcome,
+                        attempts,
+                        started_at,
+                        finished_at,
+                    },
+                ))
+            },
+        )
+        .collect()
+}
+
+fn instance_details(conn: &mut Connection, id: &str) -> Result<Option<Details>, StoreError> {
+    let ctx = format!("reading instance `{id}`");
+    let Some(loaded) = load_instance(conn, id)? else {
+        return Ok(None);
+    };
+    let attributes = attributes_of(conn, &[id.to_string()])?
+        .remove(id)
+        .unwrap_or_default();
+    let superseded = journal_rows(
+        conn,
+        "SELECT retry, seq, kind, name, outcome, attempts, started_at, finished_at \
+         FROM superseded WHERE instance = ?1 ORDER BY retry, seq",
+        id,
+        &ctx,
+    )?
+    .into_iter()
+    .map(|(retry, entry)| Superseded { retry, entry })
+    .collect();
+    let superseded_attempts = conn
+        .prepare_cached(
+            "SELECT retry, seq, attempt, error, started_at, finished_at FROM \
+             superseded_attempts WHERE instance = ?1 ORDER BY retry, seq, attempt",
+        )
+        .and_then(|mut s| {
+            s.query_map([id], |r| {
+                Ok((
+                    get_u32(r, 0)?,
+                    AttemptRecord {
+                        seq: get_u32(r, 1)?,
+                        attempt: get_u32(r, 2)?,
+                        error: r.get(3)?,
+                        started_at: r.get(4)?,
+                        finished_at: r.get(5)?,
+                    },
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(|e| backend(&ctx, e))?;
+    Ok(Some(Details {
+        record: loaded.record,
+        journal: loaded.journal,
+        attempts: loaded.attempts,
+        signals: loaded.signals,
+        attributes,
+        superseded,
+        superseded_attempts,
+    }))
+}
+
+fn attributes_of(conn: &Connection, ids: &[String]) -> Result<super::AttributeMap, StoreError> {
+    let mut out: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+    let mut stmt = conn
+        .prepare_cached("SELECT key, value FROM attributes WHERE instance = ?1 ORDER BY key")
+        .map_err(|e| backend("reading attributes", e))?;
+    for id in ids {
+        let rows = stmt
+            .query_map([id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| backend("reading attributes", e))?;
+        if !rows.is_empty() {
+            out.insert(id.clone(), rows.into_iter().collect());
+        }
+    }
+    Ok(out)
+}
+
+fn status_counts(
+    conn: &Connection,
+    sql: &str,
+    params: Vec<Value>,
+    ctx: &str,
+) -> Result<Vec<(i64, String, String, u64)>, StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| {
+            s.query_map(rusqlite::params_from_iter(params), |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get::<_, i64>(3)?.max(0) as u64,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(|e| backend(ctx, e))
+}
+
+fn counts_all(conn: &Connection) -> Result<Vec<StatusCount>, StoreError> {
+    status_counts(
+        conn,
+        "SELECT 0, workflow, status, COUNT(*) FROM instances GROUP BY workflow, status \
+         ORDER BY workflow, status",
+        Vec::new(),
+        "counting instances",
+    )?
+    .into_iter()
+    .map(|(_, workflow, status, count)| {
+        Ok(StatusCount {
+            status: parse_status(&workflow, &status)?,
+            workflow,
+            count,
+        })
+    })
+    .collect()
+}
+
+fn stats_window(conn: &Connection, q: &StatsQuery) -> Result<Stats, StoreError> {
+    let mut where_sql = String::from(" WHERE created_at >= ? AND created_at < ?");
+    let mut params = vec![Value::Integer(q.from), Value::Integer(q.to)];
+    if let Some(w) = &q.workflow {
+        where_sql.push_str(" AND workflow = ?");
+        params.push(Value::Text(w.clone()));
+    }
+    let ctx = "counting instances in a window";
+    let totals = status_counts(
+        conn,
+        &format!(
+            "SELECT 0, workflow, status, COUNT(*) FROM instances{where_sql} \
+             GROUP BY workflow, status ORDER BY workflow, status"
+        ),
+        params.clone(),
+        ctx,
+    )?;
+    let bucket = q.bucket_ms.max(1);
+    let mut series_params = vec![Value::Integer(q.from), Value::Integer(bucket)];
+    series_params.extend(params.iter().cloned());
+    let series = status_counts(
+        conn,
+        &format!(
+            "SELECT ?1 + ((created_at - ?1) / ?2) * ?2 AS b, workflow, status, COUNT(*) \
+             FROM instances{} GROUP BY b, workflow, status ORDER BY b, workflow, status",
+            where_sql
+                .replacen("created_at >= ?", "created_at >= ?3", 1)
+                .replacen("created_at < ?", "created_at < ?4", 1)
+                .replacen("workflow = ?", "workflow = ?5", 1)
+        ),
+        series_params,
+        ctx,
+    )?;
+    let steps = conn
+        .prepare_cached(&format!(
+            "SELECT workflow, failed_step, COUNT(*) FROM instances{where_sql} \
+             AND failed_step IS NOT NULL AND status IN ('failed', 'cancelled') \
+             GROUP BY workflow, failed_step ORDER BY workflow, failed_step"
+        ))
+        .and_then(|mut s| {
+            s.query_map(rusqlite::params_from_iter(params), |r| {
+                Ok(StepCount {
+                    workflow: r.get(0)?,
+                    step: r.get(1)?,
+                    count: r.get::<_, i64>(2)?.max(0) as u64,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(|e| backend(ctx, e))?;
+    let status = |w: &str, s: &str| parse_status(w, s);
+    Ok(Stats {
+        totals: totals
+            .into_iter()
+            .map(|(_, workflow, st, count)| {
+                Ok(StatusCount {
+                    status: status(&workflow, &st)?,
+                    workflow,
+                    count,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?,
+        series: series
+            .into_iter()
+            .map(|(start, workflow, st, count)| {
+                Ok(BucketCount {
+                    start,
+                    status: status(&workflow, &st)?,
+                    workflow,
+                    count,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?,
+        failed_steps: steps,
+    })
+}
+
+fn aggregate_attribute(conn: &Connection, key: &str, q: &Query) -> Result<Aggregate, StoreError> {
+    let (where_sql, mut params) = query_where(q);
+    let sql = format!(
+        "SELECT COUNT(*), \
+         SUM(json_type(a.value) IN ('integer', 'real')), \
+         SUM(CASE WHEN json_type(a.value) IN ('integer', 'real') THEN CAST(a.value AS REAL) END), \
+         MIN(CASE WHEN json_type(a.value) IN ('integer', 'real') THEN CAST(a.value AS REAL) END), \
+         MAX(CASE WHEN json_type(a.value) IN ('integer', 'real') THEN CAST(a.value AS REAL) END) \
+         FROM instances i JOIN attributes a ON a.instance = i.id AND a.key = ?{where_sql} \
+         AND json_valid(a.value)"
+    );
+    params.insert(0, Value::Text(key.to_string()));
+    conn.prepare_cached(&sql)
+        .and_then(|mut s| {
+            s.query_row(rusqlite::params_from_iter(params), |r| {
+                Ok(Aggregate {
+                    count: r.get::<_, i64>(0)?.max(0) as u64,
+                    numeric: r.get::<_, Option<i64>>(1)?.unwrap_or(0).max(0) as u64,
+                    sum: r.get::<_, Option<f64>>(2)?.unwrap_or(0.0),
+                    min: r.get(3)?,
+                    max: r.get(4)?,
+                })
+            })
+        })
+        .map_err(|e| backend(&format!("aggregating attribute `{key}`"), e))
+}
+
+fn audit_records(conn: &Connection, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+    conn.prepare_cached(
+        "SELECT at, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT ?1",
+    )
+    .and_then(|mut s| {
+        s.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+            Ok(AuditRecord {
+                at: r.get(0)?,
+                actor: r.get(1)?,
+                action: r.get(2)?,
+                target: r.get(3)?,
+                detail: r.get(4)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()
+    })
+    .map_err(|e| backend("reading the audit log", e))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1049,7 +1593,7 @@ impl Store for SqliteStore {
 
     fn create(&self, record: InstanceRecord) -> BoxFuture<'_, Result<Created, StoreError>> {
         let (tx, rx) = oneshot::channel();
-        let sent = self.send(Command::Create(record, tx));
+        let sent = self.send(Command::Create(Box::new(record), tx));
         Box::pin(async move {
             if !sent {
                 return Err(StoreError::Closed);
@@ -1097,6 +1641,42 @@ impl Store for SqliteStore {
 
     fn unfinished(&self) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>> {
         self.read(|conn| unfinished_records(conn))
+    }
+
+    fn search(&self, query: Query) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>> {
+        self.read(move |conn| search_records(conn, &query))
+    }
+
+    fn details(&self, id: &str) -> BoxFuture<'_, Result<Option<Details>, StoreError>> {
+        let id = id.to_string();
+        self.read(move |conn| instance_details(conn, &id))
+    }
+
+    fn attributes(
+        &self,
+        ids: Vec<String>,
+    ) -> BoxFuture<'_, Result<super::AttributeMap, StoreError>> {
+        self.read(move |conn| attributes_of(conn, &ids))
+    }
+
+    fn counts(&self) -> BoxFuture<'_, Result<Vec<StatusCount>, StoreError>> {
+        self.read(|conn| counts_all(conn))
+    }
+
+    fn stats(&self, query: StatsQuery) -> BoxFuture<'_, Result<Stats, StoreError>> {
+        self.read(move |conn| stats_window(conn, &query))
+    }
+
+    fn aggregate(&self, key: String, query: Query) -> BoxFuture<'_, Result<Aggregate, StoreError>> {
+        self.read(move |conn| aggregate_attribute(conn, &key, &query))
+    }
+
+    fn audit(&self, limit: usize) -> BoxFuture<'_, Result<Vec<AuditRecord>, StoreError>> {
+        self.read(move |conn| audit_records(conn, limit))
+    }
+
+    fn metrics(&self) -> Option<Arc<StoreMetrics>> {
+        Some(self.metrics.clone())
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -1259,6 +1839,7 @@ mod tests {
                     status: Status::Completed,
                     output: Some("42".into()),
                     error: None,
+                    failed_step: None,
                     at: 70,
                 },
                 // Ignored: c is final.
@@ -1273,6 +1854,7 @@ mod tests {
                     status: Status::Failed,
                     output: None,
                     error: Some("late".into()),
+                    failed_step: None,
                     at: 72,
                 },
             ])
@@ -1539,6 +2121,7 @@ mod tests {
                 status: Status::Failed,
                 output: None,
                 error: Some("no".into()),
+                failed_step: None,
                 at: 5,
             }])
             .await

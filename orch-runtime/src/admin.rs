@@ -1,0 +1,403 @@
+//! Operating instances: search, details, analytics, and the operator's actions (cancel,
+//! terminate, retry, restart, fork), each recorded in the audit log with who did it.
+
+use crate::engine::Termination;
+use crate::error::Error;
+use crate::runtime::Runtime;
+use crate::store::{
+    Aggregate, AuditRecord, Details, InstanceRecord, Query, Stats, StatsQuery, Status, StatusCount,
+    WriteOp,
+};
+use crate::workflow::WorkflowDef;
+
+/// At most this many instances per bulk operation.
+pub const MAX_BULK: usize = 10_000;
+
+/// The result of a bulk operation.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct BulkOutcome {
+    /// Instances the filter matched.
+    pub matched: usize,
+    /// Ids the operation applied to.
+    pub succeeded: Vec<String>,
+    /// Ids it did not apply to, with why.
+    pub failed: Vec<BulkFailure>,
+}
+
+/// One instance a bulk operation skipped.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BulkFailure {
+    /// The instance.
+    pub id: String,
+    /// Why.
+    pub error: String,
+}
+
+impl Runtime {
+    /// Every workflow compiled into this binary, by name.
+    pub fn definitions(&self) -> Vec<&'static WorkflowDef> {
+        self.inner
+            .registry
+            .names()
+            .into_iter()
+            .filter_map(|n| self.inner.registry.get(n).ok())
+            .collect()
+    }
+
+    /// The workflow named `name`.
+    pub fn definition(&self, name: &str) -> Result<&'static WorkflowDef, Error> {
+        self.inner.registry.get(name)
+    }
+
+    /// Instances matching `query`, newest first (see [`Query`] for paging).
+    pub async fn search(&self, query: Query) -> Result<Vec<InstanceRecord>, Error> {
+        Ok(self.inner.store.search(query).await?)
+    }
+
+    /// Everything stored about an instance: record, journal, attempts, pending signals,
+    /// attributes and the entries earlier retries superseded.
+    pub async fn details(&self, id: &str) -> Result<Details, Error> {
+        self.inner
+            .store
+            .details(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(id.to_string()))
+    }
+
+    /// The attributes of each of `ids` (key → JSON text).
+    pub async fn attributes_of(
+        &self,
+        ids: Vec<String>,
+    ) -> Result<crate::store::AttributeMap, Error> {
+        Ok(self.inner.store.attributes(ids).await?)
+    }
+
+    /// Instance counts by workflow and status.
+    pub async fn counts(&self) -> Result<Vec<StatusCount>, Error> {
+        Ok(self.inner.store.counts().await?)
+    }
+
+    /// Counts of instances created in a window, by workflow, status, time bucket and
+    /// failing step.
+    pub async fn stats(&self, query: StatsQuery) -> Result<Stats, Error> {
+        Ok(self.inner.store.stats(query).await?)
+    }
+
+    /// Count, sum, min and max of attribute `key` over the instances matching `query`.
+    pub async fn aggregate(&self, key: &str, query: Query) -> Result<Aggregate, Error> {
+        Ok(self.inner.store.aggregate(key.to_string(), query).await?)
+    }
+
+    /// The newest `limit` audit records.
+    pub async fn audit_log(&self, limit: usize) -> Result<Vec<AuditRecord>, Error> {
+        Ok(self.inner.store.audit(limit).await?)
+    }
+
+    /// Records an operator action done elsewhere (e.g. a start through the HTTP API).
+    pub async fn record_audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), Error> {
+        let rec = self.audit_record(actor, action, target, detail);
+        Ok(self.inner.store.submit(vec![WriteOp::Audit(rec)]).await?)
+    }
+
+    fn audit_record(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: serde_json::Value,
+    ) -> AuditRecord {
+        AuditRecord {
+            at: self.inner.clock.now_ms(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            target: target.to_string(),
+            detail: detail.to_string(),
+        }
+    }
+
+    async fn live_record(&self, id: &str) -> Result<InstanceRecord, Error> {
+        if self.inner.is_closing() {
+            return Err(Error::ShutDown);
+        }
+        self.instance(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(id.to_string()))
+    }
+
+    /// Asks an instance to cancel, cooperatively: its waiting call returns a cancellation
+    /// error — a step call returns `Err(StepError::cancelled(..))` converted into the step's
+    /// error type, a `signal_with_timeout` returns `None`, a durable sleep ends early and the
+    /// next step call returns the error — so the workflow's compensation code runs. The
+    /// instance ends `cancelled` when the workflow then returns an error. Children are
+    /// cancelled too. Cancelling twice is harmless; a finished instance is a conflict.
+    pub async fn cancel(&self, id: &str, actor: &str, reason: &str) -> Result<(), Error> {
+        let rec = self.live_record(id).await?;
+        if rec.status.is_final() {
+            return Err(Error::Conflict {
+                action: "cancel",
+                id: id.to_string(),
+                reason: format!("it has already finished ({})", rec.status),
+            });
+        }
+        let at = self.inner.clock.now_ms();
+        let audit = self.audit_record(actor, "cancel", id, serde_json::json!({ "reason": reason }));
+        self.inner
+            .store
+            .submit(vec![
+                WriteOp::RequestCancel {
+                    instance: id.to_string(),
+                    at,
+                },
+                WriteOp::Audit(audit),
+            ])
+            .await
+            .map_err(|e| match e {
+                crate::store::StoreError::Finished { status, .. } => Error::Conflict {
+                    action: "cancel",
+                    id: id.to_string(),
+                    reason: format!("it has already finished ({status})"),
+                },
+                e => Error::Store(e),
+            })?;
+        self.inner.cancel(id, at);
+        for child in self.live_children(id).await? {
+            // A child that finished meanwhile needs nothing.
+            let _ = Box::pin(self.cancel(&child.id, actor, reason)).await;
+        }
+        Ok(())
+    }
+
+    async fn live_children(&self, id: &str) -> Result<Vec<InstanceRecord>, Error> {
+        let query = Query {
+            parent: Some(id.to_string()),
+            statuses: vec![Status::Running, Status::Suspended],
+            ..Default::default()
+        };
+        Ok(self.inner.store.search(query).await?)
+    }
+
+    /// Stops an instance hard: nothing more of it runs (a step in flight is abandoned), and
+    /// it ends `terminated` with the reason as its error. Children are terminated too.
+    pub async fn terminate(&self, id: &str, actor: &str, reason: &str) -> Result<(), Error> {
+        let rec = self.live_record(id).await?;
+        if rec.status.is_final() {
+            return Err(Error::Conflict {
+                action: "terminate",
+                id: id.to_string(),
+                reason: format!("it has already finished ({})", rec.status),
+            });
+        }
+        for child in self.live_children(id).await? {
+            let _ = Box::pin(self.terminate(&child.id, actor, reason)).await;
+        }
+        let reason = if reason.is_empty() {
+            "no reason given"
+        } else {
+            reason
+        };
+        let t = Termination {
+            message: format!("terminated by {actor}: {reason}"),
+            audit: self.audit_record(
+                actor,
+                "terminate",
+                id,
+                serde_json::json!({ "reason": reason }),
+            ),
+        };
+        self.inner.terminate(&rec, t).await
+    }
+
+    /// Runs a failed, cancelled, terminated or incompatible instance again, under the same
+    /// id, from `from_seq` (default: the step it failed at; for an instance that did not fail
+    /// at a step, the end of its journal, so it resumes where it stopped). Journal entries
+    /// from that seq on are kept as superseded, never deleted. Returns the seq it restarts at.
+    pub async fn retry(&self, id: &str, from_seq: Option<u32>, actor: &str) -> Result<u32, Error> {
+        let details = self.details(id).await?;
+        let rec = &details.record;
+        if !crate::store::memory::retryable(rec.status) {
+            return Err(Error::Conflict {
+                action: "retry",
+                id: id.to_string(),
+                reason: format!(
+                    "it is {}; only failed, cancelled, terminated or incompatible instances \
+                     can be retried",
+                    rec.status
+                ),
+            });
+        }
+        let end = details.journal.iter().map(|e| e.seq).max().unwrap_or(0) + 1;
+        let from = match from_seq {
+            Some(0) => {
+                return Err(Error::Conflict {
+                    action: "retry",
+                    id: id.to_string(),
+                    reason: "seqs start at 1".into(),
+                });
+            }
+            Some(seq) if seq > end => {
+                return Err(Error::Conflict {
+                    action: "retry",
+                    id: id.to_string(),
+                    reason: format!(
+                        "from_seq {seq} is past the end of its journal (entries 1 to {})",
+                        end - 1
+                    ),
+                });
+            }
+            Some(seq) => seq,
+            None => rec.failed_seq.or(rec.cancel_seq).unwrap_or(end),
+        };
+        let at = self.inner.clock.now_ms();
+        let audit = self.audit_record(
+            actor,
+            "retry",
+            id,
+            serde_json::json!({ "from_seq": from, "previous_status": rec.status }),
+        );
+        self.inner
+            .store
+            .submit(vec![
+                WriteOp::Retry {
+                    instance: id.to_string(),
+                    from_seq: from,
+                    at,
+                },
+                WriteOp::Audit(audit),
+            ])
+            .await?;
+        self.inner.schedule(id, false);
+        Ok(from)
+    }
+
+    /// Starts a new instance of the same workflow with the same input; returns its id.
+    pub async fn restart(&self, id: &str, actor: &str) -> Result<String, Error> {
+        let rec = self.live_record(id).await?;
+        let def = self.inner.registry.get(&rec.workflow)?;
+        let new_id = self.inner.start(def, None, rec.input.clone(), None).await?;
+        self.record_audit(
+            actor,
+            "restart",
+            id,
+            serde_json::json!({ "new_instance": new_id }),
+        )
+        .await?;
+        Ok(new_id)
+    }
+
+    /// Starts a new instance whose journal is a copy of `id`'s entries before `from_seq`:
+    /// it replays those and runs from `from_seq` on. Returns the new id.
+    pub async fn fork(&self, id: &str, from_seq: u32, actor: &str) -> Result<String, Error> {
+        let details = self.details(id).await?;
+        let rec = &details.record;
+        let def = self.inner.registry.get(&rec.workflow)?;
+        let end = details.journal.iter().map(|e| e.seq).max().unwrap_or(0) + 1;
+        if from_seq == 0 || from_seq > end {
+            return Err(Error::Conflict {
+                action: "fork",
+                id: id.to_string(),
+                reason: format!(
+                    "from_seq must be between 1 and {end} (one past its last journal entry)"
+                ),
+            });
+        }
+        let new_id = uuid::Uuid::new_v4().simple().to_string();
+        let now = self.inner.clock.now_ms();
+        let mut record = InstanceRecord::new(
+            new_id.clone(),
+            def.name,
+            rec.version.clone(),
+            rec.input.clone(),
+            now,
+        );
+        record.parent = None;
+        let journal = details
+            .journal
+            .iter()
+            .filter(|e| e.seq < from_seq)
+            .cloned()
+            .collect();
+        let attempts = details
+            .attempts
+            .iter()
+            .filter(|a| a.seq < from_seq)
+            .cloned()
+            .collect();
+        let audit = self.audit_record(
+            actor,
+            "fork",
+            id,
+            serde_json::json!({ "from_seq": from_seq, "new_instance": new_id }),
+        );
+        self.inner
+            .store
+            .submit(vec![
+                WriteOp::Fork {
+                    record: Box::new(record),
+                    journal,
+                    attempts,
+                },
+                WriteOp::Audit(audit),
+            ])
+            .await?;
+        self.inner.metrics.started(def.name);
+        self.inner.schedule(&new_id, false);
+        Ok(new_id)
+    }
+
+    /// Cancels every running or suspended instance matching `query` (at most
+    /// [`MAX_BULK`]).
+    pub async fn bulk_cancel(
+        &self,
+        query: Query,
+        actor: &str,
+        reason: &str,
+    ) -> Result<BulkOutcome, Error> {
+        let matched = self.bulk_targets(query).await?;
+        let mut out = BulkOutcome {
+            matched: matched.len(),
+            ..Default::default()
+        };
+        for rec in matched {
+            match self.cancel(&rec.id, actor, reason).await {
+                Ok(()) => out.succeeded.push(rec.id),
+                Err(e) => out.failed.push(BulkFailure {
+                    id: rec.id,
+                    error: e.to_string(),
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Retries every instance matching `query` from its failed step (at most
+    /// [`MAX_BULK`]).
+    pub async fn bulk_retry(&self, query: Query, actor: &str) -> Result<BulkOutcome, Error> {
+        let matched = self.bulk_targets(query).await?;
+        let mut out = BulkOutcome {
+            matched: matched.len(),
+            ..Default::default()
+        };
+        for rec in matched {
+            match self.retry(&rec.id, None, actor).await {
+                Ok(_) => out.succeeded.push(rec.id),
+                Err(e) => out.failed.push(BulkFailure {
+                    id: rec.id,
+                    error: e.to_string(),
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn bulk_targets(&self, mut query: Query) -> Result<Vec<InstanceRecord>, Error> {
+        query.after = None;
+        query.limit = MAX_BULK;
+        Ok(self.inner.store.search(query).await?)
+    }
+}

@@ -1,0 +1,151 @@
+//! Counters and histograms exported in the Prometheus text format (`GET /metrics`).
+
+use crate::store::{Status, StatusCount, StoreMetrics};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::{Arc, Mutex};
+
+type Labels = Vec<(&'static str, String)>;
+
+fn step_histogram() -> Histogram {
+    // 1 ms … ~65 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+/// The runtime's metrics.
+pub(crate) struct Metrics {
+    registry: Mutex<Registry>,
+    started: Family<Labels, Counter>,
+    finished: Family<Labels, Counter>,
+    step_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    step_retries: Family<Labels, Counter>,
+    instances: Family<Labels, Gauge>,
+    http: Family<Labels, Counter>,
+}
+
+impl Metrics {
+    pub(crate) fn new(store: Option<Arc<StoreMetrics>>) -> Metrics {
+        let mut registry = Registry::default();
+        let started = Family::<Labels, Counter>::default();
+        let finished = Family::<Labels, Counter>::default();
+        let step_seconds =
+            Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(step_histogram);
+        let step_retries = Family::<Labels, Counter>::default();
+        let instances = Family::<Labels, Gauge>::default();
+        let http = Family::<Labels, Counter>::default();
+        registry.register(
+            "orch_instances_started",
+            "Instances started, by workflow",
+            started.clone(),
+        );
+        registry.register(
+            "orch_instances_finished",
+            "Instances that reached a final status, by workflow and status",
+            finished.clone(),
+        );
+        registry.register(
+            "orch_step_duration_seconds",
+            "Time from a step's first attempt to its checkpointed outcome, by workflow and step",
+            step_seconds.clone(),
+        );
+        registry.register(
+            "orch_step_retries",
+            "Failed step attempts that were retried, by workflow and step",
+            step_retries.clone(),
+        );
+        registry.register(
+            "orch_instances",
+            "Instances in the store by status (running and suspended: not yet finished)",
+            instances.clone(),
+        );
+        registry.register(
+            "orch_http_requests",
+            "HTTP API requests, by route and status code",
+            http.clone(),
+        );
+        if let Some(store) = store {
+            registry.register(
+                "orch_store_commit_seconds",
+                "Duration of one store write transaction (group commit)",
+                store.commit_seconds.clone(),
+            );
+            registry.register(
+                "orch_store_batch_size",
+                "Commands written per store transaction",
+                store.batch_size.clone(),
+            );
+        }
+        Metrics {
+            registry: Mutex::new(registry),
+            started,
+            finished,
+            step_seconds,
+            step_retries,
+            instances,
+            http,
+        }
+    }
+
+    pub(crate) fn started(&self, workflow: &str) {
+        self.started
+            .get_or_create(&vec![("workflow", workflow.to_string())])
+            .inc();
+    }
+
+    pub(crate) fn finished(&self, workflow: &str, status: Status) {
+        self.finished
+            .get_or_create(&vec![
+                ("workflow", workflow.to_string()),
+                ("status", status.as_str().to_string()),
+            ])
+            .inc();
+    }
+
+    pub(crate) fn step(&self, workflow: &str, step: &str, seconds: f64, retries: u32) {
+        let labels = vec![
+            ("workflow", workflow.to_string()),
+            ("step", step.to_string()),
+        ];
+        self.step_seconds.get_or_create(&labels).observe(seconds);
+        if retries > 0 {
+            self.step_retries
+                .get_or_create(&labels)
+                .inc_by(u64::from(retries));
+        }
+    }
+
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn http_request(&self, route: &str, code: u16) {
+        self.http
+            .get_or_create(&vec![
+                ("route", route.to_string()),
+                ("code", code.to_string()),
+            ])
+            .inc();
+    }
+
+    /// The text exposition, with the instance gauges set from `counts` (read from the store,
+    /// so they hold across restarts).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn render(&self, counts: &[StatusCount]) -> String {
+        let mut by_status = std::collections::BTreeMap::new();
+        for c in counts {
+            *by_status.entry(c.status.as_str()).or_insert(0i64) +=
+                i64::try_from(c.count).unwrap_or(i64::MAX);
+        }
+        for st in Status::ALL {
+            self.instances
+                .get_or_create(&vec![("status", st.as_str().to_string())])
+                .set(by_status.get(st.as_str()).copied().unwrap_or(0));
+        }
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &registry);
+        out
+    }
+}

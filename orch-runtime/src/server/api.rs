@@ -1,0 +1,1042 @@
+//! The JSON API handlers (`/api/v1`), `/metrics` and `/healthz`.
+
+use super::auth::{Auth, Caller, Refused, Role};
+use super::views::{self, json_text, parse_time, time};
+use crate::error::Error;
+use crate::graph::Trace;
+use crate::runtime::Runtime;
+use crate::store::{Cursor, Query, StatsQuery, Status, StoreError};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    rt: Runtime,
+    auth: Auth,
+}
+
+impl AppState {
+    pub(crate) fn new(rt: Runtime, auth: Auth) -> AppState {
+        AppState { rt, auth }
+    }
+}
+
+const OPENAPI: &str = include_str!("openapi.json");
+
+pub(crate) fn routes(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/definitions", get(definitions))
+        .route("/api/v1/definitions/{name}", get(definition))
+        .route("/api/v1/definitions/{name}/graph", get(definition_graph))
+        .route("/api/v1/instances", get(search).post(start))
+        .route("/api/v1/instances/{id}", get(instance))
+        .route("/api/v1/instances/{id}/journal", get(journal))
+        .route("/api/v1/instances/{id}/graph", get(instance_graph))
+        .route("/api/v1/instances/{id}/signal", post(signal))
+        .route("/api/v1/instances/{id}/cancel", post(cancel))
+        .route("/api/v1/instances/{id}/terminate", post(terminate))
+        .route("/api/v1/instances/{id}/retry", post(retry))
+        .route("/api/v1/instances/{id}/restart", post(restart))
+        .route("/api/v1/instances/{id}/fork", post(fork))
+        .route("/api/v1/bulk/cancel", post(bulk_cancel))
+        .route("/api/v1/bulk/retry", post(bulk_retry))
+        .route("/api/v1/stats", get(stats))
+        .route("/api/v1/stats/attributes", get(attribute_stats))
+        .route("/api/v1/audit", get(audit))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .merge(api)
+        .route("/healthz", get(healthz))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .layer(DefaultBodyLimit::max(super::MAX_BODY))
+        .with_state(state)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors.
+
+/// An error response: `{"error": {"code", "message"}}`.
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+type ApiResult<T = Response> = Result<T, ApiError>;
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> ApiError {
+        let message = e.to_string();
+        let (status, code) = match &e {
+            Error::UnknownWorkflow { .. } | Error::NotFound(_) => {
+                (StatusCode::NOT_FOUND, "not_found")
+            }
+            Error::Store(StoreError::NotFound(_)) => (StatusCode::NOT_FOUND, "not_found"),
+            Error::InvalidInput { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
+            Error::InvalidId { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+            Error::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Error::IdConflict { .. }
+            | Error::Conflict { .. }
+            | Error::Store(StoreError::Finished { .. } | StoreError::Conflict { .. }) => {
+                (StatusCode::CONFLICT, "conflict")
+            }
+            Error::ShutDown | Error::Store(StoreError::Closed) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %message, "HTTP API request failed");
+        }
+        ApiError::new(status, code, message)
+    }
+}
+
+pub(crate) async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no route for {method} {}; the API is under /api/v1 (see /api/v1/openapi.json)",
+            uri.path()
+        ),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Middleware.
+
+async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let caller = match state.auth.check(req.headers()) {
+        Ok(c) => c,
+        Err(refused) => {
+            let message = match refused {
+                Refused::Missing => {
+                    "this server requires a token: send `Authorization: Bearer <token>`"
+                }
+                Refused::Unknown => "the bearer token is not valid for this server",
+            };
+            let mut resp =
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"orch\""),
+            );
+            return resp;
+        }
+    };
+    let mutating = !matches!(*req.method(), Method::GET | Method::HEAD);
+    if mutating && caller.role != Role::Admin {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "token `{}` is read-only; {} {} needs an admin token",
+                caller.name,
+                req.method(),
+                req.uri().path()
+            ),
+        )
+        .into_response();
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let resp = next.run(req).await;
+    state
+        .rt
+        .inner
+        .metrics
+        .http_request(&route, resp.status().as_u16());
+    resp
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request parts.
+
+fn caller(req_caller: Option<axum::Extension<Caller>>) -> Caller {
+    req_caller.map(|c| c.0).unwrap_or(Caller {
+        name: "local".into(),
+        role: Role::Admin,
+    })
+}
+
+/// A JSON object body (an empty body counts as `{}`).
+fn body_object(body: Result<Bytes, BytesRejection>) -> ApiResult<Map<String, Value>> {
+    let bytes = body.map_err(|rej| {
+        let status = rej.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                status,
+                "payload_too_large",
+                format!(
+                    "the request body is over the limit of {} bytes",
+                    super::MAX_BODY
+                ),
+            )
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {}", rej.body_text()))
+        }
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(other) => Err(ApiError::bad_request(format!(
+            "the request body must be a JSON object, got {}",
+            kind_of(&other)
+        ))),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "the request body is not valid JSON: {e}"
+        ))),
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Refuses fields other than `known` (a typo must not be silently ignored).
+fn only_fields(body: &Map<String, Value>, known: &[&str]) -> ApiResult<()> {
+    if let Some(k) = body.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "unknown field `{k}` in the request body; expected {}",
+            list(known)
+        )));
+    }
+    Ok(())
+}
+
+fn list(names: &[&str]) -> String {
+    if names.is_empty() {
+        return "no fields".into();
+    }
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn opt_string(body: &Map<String, Value>, field: &str) -> ApiResult<Option<String>> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "`{field}` must be a string, got {}",
+            kind_of(other)
+        ))),
+    }
+}
+
+fn opt_seq(body: &Map<String, Value>, field: &str) -> ApiResult<Option<u32>> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| *n >= 1)
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "`{field}` must be a positive integer (a journal seq), got {v}"
+                ))
+            }),
+    }
+}
+
+fn params(
+    q: Result<axum::extract::Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult<Vec<(String, String)>> {
+    q.map(|q| q.0)
+        .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))
+}
+
+const SEARCH_PARAMS: &[&str] = &[
+    "workflow",
+    "status",
+    "created_after",
+    "created_before",
+    "id_prefix",
+    "attr.<key>",
+    "parent",
+    "limit",
+    "cursor",
+];
+
+fn parse_statuses(raw: &str) -> ApiResult<Vec<Status>> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            Status::parse(s).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "unknown status `{s}`; statuses are {}",
+                    Status::ALL.map(Status::as_str).join(", ")
+                ))
+            })
+        })
+        .collect()
+}
+
+/// An attribute value in a filter: JSON when it parses as JSON, else a string.
+fn attr_value(raw: &str) -> String {
+    match serde_json::from_str::<Value>(raw) {
+        Ok(v) => v.to_string(),
+        Err(_) => Value::String(raw.to_string()).to_string(),
+    }
+}
+
+fn parse_cursor(raw: &str) -> ApiResult<Cursor> {
+    raw.split_once('_')
+        .and_then(|(t, id)| {
+            Some(Cursor {
+                created_at: t.parse().ok()?,
+                id: id.to_string(),
+            })
+        })
+        .filter(|c| !c.id.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "bad cursor `{raw}`: pass the `next_cursor` of the previous page unchanged"
+            ))
+        })
+}
+
+fn cursor_of(rec: &crate::store::InstanceRecord) -> String {
+    format!("{}_{}", rec.created_at, rec.id)
+}
+
+fn check_workflow(rt: &Runtime, name: &str) -> ApiResult<()> {
+    rt.definition(name).map(|_| ()).map_err(ApiError::from)
+}
+
+/// A search query from URL parameters; `extra` names further parameters the caller handles.
+fn query_from_params(
+    rt: &Runtime,
+    params: &[(String, String)],
+    extra: &[&str],
+) -> ApiResult<(Query, HashMap<String, String>)> {
+    let now = views::now_ms();
+    let mut q = Query {
+        limit: 50,
+        ..Default::default()
+    };
+    let mut rest = HashMap::new();
+    for (k, v) in params {
+        match k.as_str() {
+            "workflow" => {
+                check_workflow(rt, v)?;
+                q.workflow = Some(v.clone());
+            }
+            "status" => q.statuses.extend(parse_statuses(v)?),
+            "created_after" => {
+                q.created_after = Some(
+                    parse_time(v, now)
+                        .map_err(|e| ApiError::bad_request(format!("created_after: {e}")))?,
+                )
+            }
+            "created_before" => {
+                q.created_before = Some(
+                    parse_time(v, now)
+                        .map_err(|e| ApiError::bad_request(format!("created_before: {e}")))?,
+                )
+            }
+            "id_prefix" => q.id_prefix = Some(v.clone()).filter(|p| !p.is_empty()),
+            "parent" => q.parent = Some(v.clone()),
+            "limit" => {
+                q.limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=500).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!("limit must be 1 to 500, got `{v}`"))
+                    })?
+            }
+            "cursor" => q.after = Some(parse_cursor(v)?),
+            k if k.starts_with("attr.") && k.len() > 5 => {
+                q.attributes.push((k[5..].to_string(), attr_value(v)))
+            }
+            k if extra.contains(&k) => {
+                rest.insert(k.to_string(), v.clone());
+            }
+            k => {
+                let mut known: Vec<&str> = SEARCH_PARAMS.to_vec();
+                known.extend_from_slice(extra);
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter `{k}`; known: {}",
+                    list(&known)
+                )));
+            }
+        }
+    }
+    Ok((q, rest))
+}
+
+/// A search filter given as a JSON object (bulk operations).
+fn query_from_json(rt: &Runtime, filter: Option<&Value>) -> ApiResult<Query> {
+    let Some(filter) = filter else {
+        return Err(ApiError::bad_request(
+            "missing `filter`: a bulk operation needs a filter object, e.g. \
+             {\"filter\": {\"workflow\": \"checkout\", \"status\": [\"failed\"]}}",
+        ));
+    };
+    let Value::Object(f) = filter else {
+        return Err(ApiError::bad_request(format!(
+            "`filter` must be an object, got {}",
+            kind_of(filter)
+        )));
+    };
+    only_fields(
+        f,
+        &[
+            "workflow",
+            "status",
+            "created_after",
+            "created_before",
+            "id_prefix",
+            "attr",
+            "parent",
+        ],
+    )?;
+    let mut params = Vec::new();
+    for (k, v) in f {
+        match (k.as_str(), v) {
+            ("status", Value::Array(items)) => {
+                for s in items {
+                    let s = s.as_str().ok_or_else(|| {
+                        ApiError::bad_request("`filter.status` must be a list of strings")
+                    })?;
+                    params.push(("status".to_string(), s.to_string()));
+                }
+            }
+            ("attr", Value::Object(attrs)) => {
+                for (ak, av) in attrs {
+                    params.push((format!("attr.{ak}"), av.to_string()));
+                }
+            }
+            ("attr", other) => {
+                return Err(ApiError::bad_request(format!(
+                    "`filter.attr` must be an object of key → value, got {}",
+                    kind_of(other)
+                )));
+            }
+            (k, Value::String(s)) => params.push((k.to_string(), s.clone())),
+            (k, Value::Number(n)) if k.starts_with("created") => {
+                params.push((k.to_string(), n.to_string()))
+            }
+            (k, other) => {
+                return Err(ApiError::bad_request(format!(
+                    "`filter.{k}` must be a string, got {}",
+                    kind_of(other)
+                )));
+            }
+        }
+    }
+    let (q, _) = query_from_params(rt, &params, &[])?;
+    Ok(q)
+}
+
+fn text(body: String, content_type: &'static str) -> Response {
+    let mut resp = (StatusCode::OK, body).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+fn ok(v: Value) -> Response {
+    (StatusCode::OK, axum::Json(v)).into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers.
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    if state.rt.inner.is_closing() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "shutting_down"})),
+        )
+            .into_response();
+    }
+    match state.rt.counts().await {
+        Ok(_) => ok(json!({"status": "ok"})),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "unavailable", "error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> ApiResult {
+    let counts = state.rt.counts().await?;
+    Ok(text(
+        state.rt.inner.metrics.render(&counts),
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+    ))
+}
+
+async fn openapi() -> Response {
+    text(OPENAPI.to_string(), "application/json")
+}
+
+async fn whoami(State(state): State<AppState>, c: Option<axum::Extension<Caller>>) -> Response {
+    let c = caller(c);
+    ok(json!({
+        "actor": c.name,
+        "role": c.role,
+        "auth_required": state.auth.required(),
+    }))
+}
+
+fn short_type(full: &str) -> String {
+    // `checkout::workflow::Order` → `Order`, keeping generic structure readable.
+    let mut out = String::new();
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        out.push_str(word.rsplit("::").next().unwrap_or(word));
+        word.clear();
+    };
+    for ch in full.chars() {
+        if ch.is_alphanumeric() || ch == '_' || ch == ':' {
+            word.push(ch);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(ch);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
+fn definition_json(def: &crate::workflow::WorkflowDef, counts: &Map<String, Value>) -> Value {
+    let mut steps = def.shape.calls();
+    steps.dedup();
+    json!({
+        "name": def.name,
+        "version": def.version,
+        "input_type": short_type((def.input_type)()),
+        "output_type": short_type((def.output_type)()),
+        "input_type_path": (def.input_type)(),
+        "output_type_path": (def.output_type)(),
+        "steps": steps,
+        "counts": counts,
+    })
+}
+
+async fn counts_by_workflow(rt: &Runtime) -> ApiResult<BTreeMap<String, Map<String, Value>>> {
+    let mut out: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for def in rt.definitions() {
+        let m = out.entry(def.name.to_string()).or_default();
+        for st in Status::ALL {
+            m.insert(st.as_str().into(), json!(0));
+        }
+    }
+    for c in rt.counts().await? {
+        if let Some(m) = out.get_mut(&c.workflow) {
+            m.insert(c.status.as_str().into(), json!(c.count));
+        }
+    }
+    Ok(out)
+}
+
+async fn definitions(State(state): State<AppState>) -> ApiResult {
+    let counts = counts_by_workflow(&state.rt).await?;
+    let empty = Map::new();
+    let defs: Vec<Value> = state
+        .rt
+        .definitions()
+        .into_iter()
+        .map(|d| definition_json(d, counts.get(d.name).unwrap_or(&empty)))
+        .collect();
+    Ok(ok(json!({ "definitions": defs })))
+}
+
+async fn definition(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    let def = state.rt.definition(&name)?;
+    let counts = counts_by_workflow(&state.rt).await?;
+    let mut v = definition_json(def, counts.get(def.name).unwrap_or(&Map::new()));
+    if let Value::Object(m) = &mut v {
+        m.insert("shape".into(), crate::graph::shape_json(def.shape));
+        m.insert("mermaid".into(), json!(def.drawing().mermaid()));
+    }
+    Ok(ok(v))
+}
+
+fn graph_format(params: &[(String, String)], allowed_extra: &[&str]) -> ApiResult<String> {
+    let mut format = "svg".to_string();
+    for (k, v) in params {
+        match k.as_str() {
+            "format" => format = v.clone(),
+            k if allowed_extra.contains(&k) => {}
+            k => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter `{k}`; known: `format`"
+                )));
+            }
+        }
+    }
+    if !["svg", "mermaid", "dot"].contains(&format.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "unknown graph format `{format}`; use svg, mermaid or dot"
+        )));
+    }
+    Ok(format)
+}
+
+fn render(drawing: crate::graph::Drawing<'_>, format: &str) -> Response {
+    match format {
+        "mermaid" => text(drawing.mermaid(), "text/plain; charset=utf-8"),
+        "dot" => text(drawing.dot(), "text/vnd.graphviz; charset=utf-8"),
+        _ => text(drawing.svg(), "image/svg+xml"),
+    }
+}
+
+async fn definition_graph(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    q: Result<axum::extract::Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult {
+    let params = params(q)?;
+    let format = graph_format(&params, &[])?;
+    let def = state.rt.definition(&name)?;
+    Ok(render(def.drawing(), &format))
+}
+
+async fn start(
+    State(state): State<AppState>,
+    c: Option<axum::Extension<Caller>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let body = body_object(body)?;
+    only_fields(&body, &["workflow", "input", "id"])?;
+    let workflow = opt_string(&body, "workflow")?.ok_or_else(|| {
+        ApiError::bad_request("missing `workflow`: the name of the workflow to start")
+    })?;
+    let def = state.rt.definition(&workflow)?;
+    let Some(input) = body.get("input") else {
+        return Err(ApiError::bad_request(format!(
+            "missing `input`: the JSON input of workflow `{}` (type {}); use null for a \
+             workflow without arguments",
+            def.name,
+            short_type((def.input_type)())
+        )));
+    };
+    let id = opt_string(&body, "id")?;
+    let existed = match &id {
+        Some(id) => state.rt.instance(id).await?.is_some(),
+        None => false,
+    };
+    let input = input.to_string();
+    let new_id = state
+        .rt
+        .start_json(&workflow, id.as_deref(), &input)
+        .await?;
+    let created = !existed;
+    if created {
+        state
+            .rt
+            .record_audit(
+                &caller(c).name,
+                "start",
+                &new_id,
+                json!({ "workflow": workflow }),
+            )
+            .await?;
+    }
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        axum::Json(json!({"id": new_id, "workflow": workflow, "created": created})),
+    )
+        .into_response())
+}
+
+async fn search(
+    State(state): State<AppState>,
+    q: Result<axum::extract::Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult {
+    let params = params(q)?;
+    let (mut query, _) = query_from_params(&state.rt, &params, &[])?;
+    let limit = query.limit;
+    query.limit = limit + 1;
+    let mut found = state.rt.search(query).await?;
+    let next = if found.len() > limit {
+        found.truncate(limit);
+        found.last().map(cursor_of)
+    } else {
+        None
+    };
+    let attrs = state
+        .rt
+        .attributes_of(found.iter().map(|r| r.id.clone()).collect())
+        .await?;
+    let instances: Vec<Value> = found
+        .iter()
+        .map(|r| views::instance(r, attrs.get(&r.id), false))
+        .collect();
+    Ok(ok(json!({"instances": instances, "next_cursor": next})))
+}
+
+async fn instance(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    let d = state.rt.details(&id).await?;
+    Ok(ok(views::instance(&d.record, Some(&d.attributes), true)))
+}
+
+async fn journal(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    let d = state.rt.details(&id).await?;
+    Ok(ok(views::journal(&d, views::now_ms())))
+}
+
+async fn instance_graph(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<axum::extract::Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult {
+    let params = params(q)?;
+    let format = graph_format(&params, &[])?;
+    let d = state.rt.details(&id).await?;
+    let def = state.rt.definition(&d.record.workflow)?;
+    let trace = Trace::of(def.shape, d.record.status, &d.journal);
+    let title = format!("{} · {}", def.name, d.record.id);
+    let drawing = crate::graph::Drawing::new(def.shape)
+        .title(&title)
+        .run(&trace);
+    Ok(render(drawing, &format))
+}
+
+async fn signal(
+    State(state): State<AppState>,
+    c: Option<axum::Extension<Caller>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let body = body_object(body)?;
+    only_fields(&body, &["name", "payload"])?;
+    let name = opt_string(&body, "name")?
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::bad_request("missing `name`: the signal's name"))?;
+    let payload = body.get("payload").cloned().unwrap_or(Value::Null);
+    let signal_id = state.rt.signal_id(&id, &name, &payload).await?;
+    state
+        .rt
+        .record_audit(
+            &caller(c).name,
+            "signal",
+            &id,
+            json!({"name": name, "signal_id": signal_id}),
+        )
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"id": id, "signal_id": signal_id})),
+    )
+        .into_response())
+}
+
+async fn status_of(rt: &Runtime, id: &str) -> ApiResult<Status> {
+    Ok(rt
+        .instance(id)
+        .await?
+        .ok_or_else(|| Error::NotFound(id.to_string()))?
+        .status)
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    c: Option<axum::Extension<Caller>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let body = body_object(body)?;
+    only_fields(&body, &["reason"])?;
+    let reason = opt_string(&body, "reason")?.unwrap_or_default();
+    state.rt.cancel(&id, &caller(c).name, &reason).await?;
+    let status = status_of(&state.rt, &id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"id": id, "status": status, "cancel_requested": true})),
+    )
+        .into_response())
+}
+
+async fn terminate(
+    State(state): State<AppState>,
+    c: Option<axum::Extension<Caller>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let body = body_object(body)?;
+    only_fields(&body, &["reason"])?;
+    let reason = opt_string(&body, "reason")?.unwrap_or_default();
+    state.rt.terminate(&id, &caller(c).name, &reason).await?;
+    let status = status_of(&state.rt, &id).await?;
+    Ok(ok(json!({"id": id, "status": status})))
+}
+
+async fn retry(
+    State(state): State<AppState>,
+    c: Option<axum::Extension<Caller>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let body = body_object(body)?;
+    only_fields(&body, &["from_seq"])?;
+    let from = opt_seq(&body, "from_seq")?;
+    let from = state.rt.retry(&id, from, &caller(c).name).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"id": id, "from_seq": from})),
+    )
+        .into_response())
+}
+
+async fn restart(
+    State(state): State<AppState>,
+    c: Option<axum::Extension<Caller>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let body = body_object(body)?;
+    only_fields(&body, &[])?;
+    let new_id = state.rt.restart(&id, &caller(c).name).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"id": new_id, "restarted_from": id})),
+    )
+        .into_response())
+}
+
+async fn fork(
+    State(state): State<AppState>,
+    c: Option<axum::Extension<Caller>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let body = body_object(body)?;
+    only_fields(&body, &["from_seq"])?;
+    let from = opt_seq(&body, "from_seq")?.ok_or_else(|| {
+        ApiError::bad_request("missing `from_seq`: the first journal seq the fork runs anew")
+    })?;
+    let new_id = state.rt.fork(&id, from, &caller(c).name).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"id": new_id, "forked_from": id, "from_seq": from})),
+    )
+        .into_response())
+}
+
+async fn bulk_cancel(
+    State(state): State<AppState>,
+    c: Option<axum::Extension<Caller>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let body = body_object(body)?;
+    only_fields(&body, &["filter", "reason"])?;
+    let query = query_from_json(&state.rt, body.get("filter"))?;
+    let reason = opt_string(&body, "reason")?.unwrap_or_default();
+    let out = state
+        .rt
+        .bulk_cancel(query, &caller(c).name, &reason)
+        .await?;
+    Ok(ok(serde_json::to_value(out).unwrap_or(Value::Null)))
+}
+
+async fn bulk_retry(
+    State(state): State<AppState>,
+    c: Option<axum::Extension<Caller>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let body = body_object(body)?;
+    only_fields(&body, &["filter"])?;
+    let query = query_from_json(&state.rt, body.get("filter"))?;
+    let out = state.rt.bulk_retry(query, &caller(c).name).await?;
+    Ok(ok(serde_json::to_value(out).unwrap_or(Value::Null)))
+}
+
+fn duration_param(name: &str, raw: &str) -> ApiResult<i64> {
+    let d = humantime::parse_duration(raw).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{name}: `{raw}` is not a duration ({e}); use e.g. 15m, 24h or 7d"
+        ))
+    })?;
+    let ms = d.as_millis().min(i64::MAX as u128) as i64;
+    if ms <= 0 {
+        return Err(ApiError::bad_request(format!("{name} must be positive")));
+    }
+    Ok(ms)
+}
+
+async fn stats(
+    State(state): State<AppState>,
+    q: Result<axum::extract::Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult {
+    let params = params(q)?;
+    let mut window = 24 * 3_600_000;
+    let mut bucket = None;
+    let mut workflow = None;
+    for (k, v) in &params {
+        match k.as_str() {
+            "window" => window = duration_param("window", v)?,
+            "bucket" => bucket = Some(duration_param("bucket", v)?),
+            "workflow" => {
+                check_workflow(&state.rt, v)?;
+                workflow = Some(v.clone());
+            }
+            k => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter `{k}`; known: `window`, `bucket`, `workflow`"
+                )));
+            }
+        }
+    }
+    let bucket = bucket.unwrap_or((window / 24).max(1000));
+    if window / bucket > 1000 {
+        return Err(ApiError::bad_request(format!(
+            "window / bucket gives {} buckets; at most 1000 (choose a larger bucket)",
+            window / bucket
+        )));
+    }
+    let to = views::now_ms() + 1;
+    let from = to - window;
+    let s = state
+        .rt
+        .stats(StatsQuery {
+            from,
+            to,
+            bucket_ms: bucket,
+            workflow,
+        })
+        .await?;
+    Ok(ok(json!({
+        "from": time(from),
+        "to": time(to),
+        "bucket_ms": bucket,
+        "totals": s.totals,
+        "series": s.series.iter().map(|b| json!({
+            "start": time(b.start), "workflow": b.workflow, "status": b.status, "count": b.count
+        })).collect::<Vec<_>>(),
+        "failed_steps": s.failed_steps,
+    })))
+}
+
+async fn attribute_stats(
+    State(state): State<AppState>,
+    q: Result<axum::extract::Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult {
+    let params = params(q)?;
+    let (query, rest) = query_from_params(&state.rt, &params, &["key"])?;
+    let key = rest.get("key").filter(|k| !k.is_empty()).ok_or_else(|| {
+        ApiError::bad_request(
+            "missing `key`: the attribute to aggregate (set with orch::set_attribute)",
+        )
+    })?;
+    let a = state.rt.aggregate(key, query).await?;
+    let avg = (a.numeric > 0).then(|| a.sum / a.numeric as f64);
+    Ok(ok(json!({
+        "key": key,
+        "count": a.count,
+        "numeric": a.numeric,
+        "sum": a.sum,
+        "min": a.min,
+        "max": a.max,
+        "avg": avg,
+    })))
+}
+
+async fn audit(
+    State(state): State<AppState>,
+    q: Result<axum::extract::Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult {
+    let params = params(q)?;
+    let mut limit = 100;
+    for (k, v) in &params {
+        match k.as_str() {
+            "limit" => {
+                limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!("limit must be 1 to 1000, got `{v}`"))
+                    })?
+            }
+            k => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter `{k}`; known: `limit`"
+                )));
+            }
+        }
+    }
+    let entries: Vec<Value> = state
+        .rt
+        .audit_log(limit)
+        .await?
+        .into_iter()
+        .map(|a| {
+            json!({
+                "at": time(a.at),
+                "actor": a.actor,
+                "action": a.action,
+                "target": a.target,
+                "detail": json_text(&a.detail),
+            })
+        })
+        .collect();
+    Ok(ok(json!({ "entries": entries })))
+}

@@ -1,0 +1,152 @@
+//! The HTTP server: JSON API (`/api/v1`), web UI (`/`), `/metrics` and `/healthz`, inside the
+//! user's own binary. Turned on with [`RuntimeBuilder::http`](crate::RuntimeBuilder::http).
+//! The API is described in `docs/http-api.md` and, machine-readably, at
+//! `/api/v1/openapi.json`.
+
+mod api;
+mod auth;
+mod views;
+
+use crate::error::Error;
+use crate::runtime::Runtime;
+use axum::Router;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use std::net::SocketAddr;
+use tokio::task::AbortHandle;
+
+pub use auth::Role;
+
+/// Largest request body the API reads.
+pub const MAX_BODY: usize = 2 * 1024 * 1024;
+
+/// How the HTTP server listens and whom it lets in.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    addr: String,
+    tokens: Vec<auth::Token>,
+    read_env: bool,
+}
+
+impl HttpConfig {
+    /// Listen on `addr` (`"127.0.0.1:8080"`; port 0 picks a free port). Tokens are also read
+    /// from `ORCH_ADMIN_TOKENS` and `ORCH_READ_TOKENS` (`name:secret,name2:secret2`).
+    pub fn new(addr: impl Into<String>) -> HttpConfig {
+        HttpConfig {
+            addr: addr.into(),
+            tokens: Vec::new(),
+            read_env: true,
+        }
+    }
+
+    /// Accept `Authorization: Bearer <secret>` for every call, recorded as `name`.
+    pub fn admin_token(mut self, name: impl Into<String>, secret: impl Into<String>) -> Self {
+        self.tokens
+            .push(auth::Token::new(name.into(), secret.into(), Role::Admin));
+        self
+    }
+
+    /// Accept `Authorization: Bearer <secret>` for reading only.
+    pub fn read_token(mut self, name: impl Into<String>, secret: impl Into<String>) -> Self {
+        self.tokens
+            .push(auth::Token::new(name.into(), secret.into(), Role::Read));
+        self
+    }
+
+    /// Ignore `ORCH_ADMIN_TOKENS` / `ORCH_READ_TOKENS` (use only the tokens given here).
+    pub fn without_env_tokens(mut self) -> Self {
+        self.read_env = false;
+        self
+    }
+}
+
+/// A running server.
+pub(crate) struct Bound {
+    pub(crate) addr: SocketAddr,
+    task: AbortHandle,
+}
+
+impl Bound {
+    pub(crate) fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+fn config_error(msg: String) -> Error {
+    Error::Config(msg)
+}
+
+/// Binds and serves; returns once the socket is listening.
+pub(crate) async fn start(rt: Runtime, config: HttpConfig) -> Result<Bound, Error> {
+    let mut tokens = config.tokens.clone();
+    if config.read_env {
+        tokens.extend(auth::env_tokens("ORCH_ADMIN_TOKENS", Role::Admin).map_err(config_error)?);
+        tokens.extend(auth::env_tokens("ORCH_READ_TOKENS", Role::Read).map_err(config_error)?);
+    }
+    let listener = tokio::net::TcpListener::bind(&config.addr)
+        .await
+        .map_err(|e| {
+            config_error(format!(
+                "cannot listen on `{}`: {e} (choose another address or port, e.g. \
+                 127.0.0.1:0 for any free port)",
+                config.addr
+            ))
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| config_error(format!("cannot read the bound address: {e}")))?;
+    if !addr.ip().is_loopback() && tokens.is_empty() {
+        return Err(config_error(format!(
+            "the HTTP server would listen on {addr}, which is not a loopback address, without \
+             any token: add one with HttpConfig::admin_token / read_token or the \
+             ORCH_ADMIN_TOKENS / ORCH_READ_TOKENS environment variables, or bind to 127.0.0.1"
+        )));
+    }
+    let state = api::AppState::new(rt, auth::Auth::new(tokens));
+    let app = router(state);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the HTTP server stopped");
+        }
+    });
+    tracing::info!(%addr, "orch HTTP server listening");
+    Ok(Bound {
+        addr,
+        task: task.abort_handle(),
+    })
+}
+
+fn router(state: api::AppState) -> Router {
+    let api = api::routes(state.clone());
+    Router::new()
+        .merge(api)
+        .route("/", axum::routing::get(ui_index))
+        .route("/ui/app.js", axum::routing::get(ui_js))
+        .route("/ui/app.css", axum::routing::get(ui_css))
+        .route("/ui/{*rest}", axum::routing::get(ui_index))
+        .fallback(api::not_found)
+}
+
+const INDEX_HTML: &str = include_str!("ui/index.html");
+const APP_JS: &str = include_str!("ui/app.js");
+const APP_CSS: &str = include_str!("ui/app.css");
+
+fn asset(body: &'static str, content_type: &'static str) -> Response {
+    let mut resp = (StatusCode::OK, body).into_response();
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+async fn ui_index() -> Response {
+    asset(INDEX_HTML, "text/html; charset=utf-8")
+}
+
+async fn ui_js() -> Response {
+    asset(APP_JS, "text/javascript; charset=utf-8")
+}
+
+async fn ui_css() -> Response {
+    asset(APP_CSS, "text/css; charset=utf-8")
+}

@@ -1,0 +1,228 @@
+//! The JSON shapes of the API (see `docs/http-api.md`).
+
+use crate::store::{
+    AttemptRecord, Details, EntryKind, InstanceRecord, JournalEntry, Millis, SignalRecord, Status,
+};
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// RFC 3339 with milliseconds, UTC.
+pub(crate) fn time(ms: Millis) -> Value {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    Value::String(humantime::format_rfc3339_millis(t).to_string())
+}
+
+fn opt_time(ms: Option<Millis>) -> Value {
+    ms.map_or(Value::Null, time)
+}
+
+/// Parses a time parameter: RFC 3339, or an age like `24h` meaning that long before `now`.
+pub(crate) fn parse_time(raw: &str, now: Millis) -> Result<Millis, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(raw) {
+        return t
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as Millis)
+            .map_err(|_| format!("`{raw}` is before 1970"));
+    }
+    if let Ok(age) = humantime::parse_duration(raw) {
+        return Ok(now.saturating_sub(age.as_millis().min(i64::MAX as u128) as Millis));
+    }
+    if let Ok(ms) = raw.parse::<i64>() {
+        return Ok(ms);
+    }
+    Err(format!(
+        "`{raw}` is not a time: use RFC 3339 (2026-11-26T08:00:00Z), an age such as 15m, 24h \
+         or 7d, or milliseconds since the epoch"
+    ))
+}
+
+/// Parses JSON text stored by the runtime; text that is not JSON is returned as a string.
+pub(crate) fn json_text(raw: &str) -> Value {
+    serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()))
+}
+
+fn opt_json(raw: &Option<String>) -> Value {
+    raw.as_deref().map_or(Value::Null, json_text)
+}
+
+fn attrs_json(attrs: Option<&BTreeMap<String, String>>) -> Value {
+    let mut map = Map::new();
+    for (k, v) in attrs.into_iter().flatten() {
+        map.insert(k.clone(), json_text(v));
+    }
+    Value::Object(map)
+}
+
+/// An instance; `full` adds input and output.
+pub(crate) fn instance(
+    rec: &InstanceRecord,
+    attrs: Option<&BTreeMap<String, String>>,
+    full: bool,
+) -> Value {
+    let mut v = json!({
+        "id": rec.id,
+        "workflow": rec.workflow,
+        "version": rec.version,
+        "status": rec.status,
+        "custom_status": opt_json(&rec.custom_status),
+        "attributes": attrs_json(attrs),
+        "error": rec.error,
+        "failed_step": rec.failed_step,
+        "failed_seq": rec.failed_seq,
+        "parent": rec.parent,
+        "created_at": time(rec.created_at),
+        "updated_at": time(rec.updated_at),
+        "wake_at": opt_time(rec.wake_at),
+        "cancel_requested": rec.cancel_requested.is_some(),
+        "cancel_requested_at": opt_time(rec.cancel_requested),
+        "retries": rec.retries,
+    });
+    if full && let Value::Object(map) = &mut v {
+        map.insert("input".into(), json_text(&rec.input));
+        map.insert("output".into(), opt_json(&rec.output));
+    }
+    v
+}
+
+/// What a recorded outcome holds, for display: (value, error).
+fn outcome_of(e: &JournalEntry) -> (Value, Option<String>) {
+    let raw = json_text(&e.outcome);
+    match e.kind {
+        EntryKind::Step | EntryKind::Child => match raw {
+            Value::Object(mut m) if m.len() == 1 && m.contains_key("value") => {
+                (m.remove("value").unwrap_or(Value::Null), None)
+            }
+            Value::Object(m) if m.len() == 1 && m.contains_key("failed") => (
+                Value::Null,
+                m.get("failed").and_then(Value::as_str).map(str::to_string),
+            ),
+            other => (other, None),
+        },
+        EntryKind::Sleep | EntryKind::Deadline => match raw.as_i64() {
+            Some(ms) => (time(ms), None),
+            None => (raw, None),
+        },
+        EntryKind::Signal => match raw {
+            Value::Object(mut m) if m.contains_key("payload") => {
+                (m.remove("payload").unwrap_or(Value::Null), None)
+            }
+            other => (other, None),
+        },
+        _ => (raw, None),
+    }
+}
+
+fn attempt_json(a: &AttemptRecord) -> Value {
+    json!({
+        "attempt": a.attempt,
+        "error": a.error,
+        "started_at": time(a.started_at),
+        "finished_at": time(a.finished_at),
+    })
+}
+
+fn entry_json(
+    e: &JournalEntry,
+    attempts: &[&AttemptRecord],
+    status: Status,
+    now: Millis,
+    cancel_seq: Option<u32>,
+) -> Value {
+    let (outcome, failure) = outcome_of(e);
+    let final_failed = attempts.iter().any(|a| a.attempt >= e.attempts.max(1));
+    let state = if failure.is_some() || (e.kind == EntryKind::Step && final_failed) {
+        "failed"
+    } else if cancel_seq == Some(e.seq) {
+        "cancelled"
+    } else if matches!(e.kind, EntryKind::Sleep | EntryKind::Deadline)
+        && !status.is_final()
+        && e.outcome.parse::<i64>().is_ok_and(|at| at > now)
+    {
+        "waiting"
+    } else {
+        "done"
+    };
+    json!({
+        "seq": e.seq,
+        "kind": e.kind,
+        "name": e.name,
+        "state": state,
+        "outcome": outcome,
+        "error": failure.or_else(|| attempts.last().filter(|_| final_failed).map(|a| a.error.clone())),
+        "attempts": e.attempts,
+        "started_at": time(e.started_at),
+        "finished_at": time(e.finished_at),
+        "duration_ms": (e.finished_at - e.started_at).max(0),
+        "errors": attempts.iter().map(|a| attempt_json(a)).collect::<Vec<_>>(),
+    })
+}
+
+/// The journal view of an instance.
+pub(crate) fn journal(d: &Details, now: Millis) -> Value {
+    let rec = &d.record;
+    let entries: Vec<Value> = d
+        .journal
+        .iter()
+        .map(|e| {
+            let attempts: Vec<&AttemptRecord> =
+                d.attempts.iter().filter(|a| a.seq == e.seq).collect();
+            entry_json(e, &attempts, rec.status, now, rec.cancel_seq)
+        })
+        .collect();
+    // Failed attempts of a step still running (no entry yet) are shown too.
+    let recorded: std::collections::HashSet<u32> = d.journal.iter().map(|e| e.seq).collect();
+    let in_flight: Vec<Value> = d
+        .attempts
+        .iter()
+        .filter(|a| !recorded.contains(&a.seq))
+        .map(|a| {
+            json!({"seq": a.seq, "attempt": a.attempt, "error": a.error,
+                         "started_at": time(a.started_at), "finished_at": time(a.finished_at)})
+        })
+        .collect();
+    let mut retries: BTreeMap<u32, Vec<Value>> = BTreeMap::new();
+    for s in &d.superseded {
+        let attempts: Vec<&AttemptRecord> = d
+            .superseded_attempts
+            .iter()
+            .filter(|(r, a)| *r == s.retry && a.seq == s.entry.seq)
+            .map(|(_, a)| a)
+            .collect();
+        retries.entry(s.retry).or_default().push(entry_json(
+            &s.entry,
+            &attempts,
+            Status::Failed,
+            now,
+            None,
+        ));
+    }
+    json!({
+        "id": rec.id,
+        "status": rec.status,
+        "entries": entries,
+        "failed_attempts_in_flight": in_flight,
+        "superseded": retries
+            .into_iter()
+            .map(|(retry, entries)| json!({"retry": retry, "entries": entries}))
+            .collect::<Vec<_>>(),
+        "pending_signals": d.signals.iter().map(signal_json).collect::<Vec<_>>(),
+    })
+}
+
+fn signal_json(s: &SignalRecord) -> Value {
+    json!({
+        "id": s.id,
+        "name": s.name,
+        "payload": json_text(&s.payload),
+        "received_at": time(s.received_at),
+    })
+}
+
+/// Milliseconds since the epoch, now.
+pub(crate) fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
