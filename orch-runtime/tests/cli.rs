@@ -206,17 +206,17 @@ async fn ship(label: String) -> Result<String, StepError> {
     Ok(format!("shipped {label}"))
 }
 
-/// Packs, then waits for the signal `approve` before shipping.
+/// Packs, then waits up to an hour for the signal `approve` before shipping.
 #[workflow]
 async fn cli_parcel(parcel: Parcel) -> Result<String, StepError> {
     orch::set_attribute("items", parcel.items).await;
     let label = pack(&parcel).await?;
     orch::set_status("waiting for approval").await;
-    let approved: bool = orch::signal("approve").await;
-    if !approved {
-        return Err(StepError::permanent("not approved"));
+    match orch::signal_with_timeout::<bool>("approve", secs(3600)).await {
+        Some(true) => ship(label).await,
+        Some(false) => Err(StepError::permanent("not approved")),
+        None => Err(StepError::permanent("no approval within an hour")),
     }
-    ship(label).await
 }
 
 /// Closed until `a_failed_instance_is_retried_restarted_and_forked` opens it.
@@ -291,69 +291,108 @@ async fn wait_for_status(url: &str, id: &str, status: &str) -> Value {
     }
 }
 
-/// Runs `orch tail ID`, waits (bounded) for a line containing `until`, calls `then`, and
-/// returns the tail's whole output once it exits by itself (bounded).
-async fn tail_until(
-    url: &str,
-    id: &str,
-    until: &'static str,
-    then: impl FnOnce() + Send + 'static,
-) -> Out {
-    let mut cmd = command(url, None, &["tail", id]);
-    tokio::task::spawn_blocking(move || {
-        let mut child = cmd
+/// A running `orch tail`, read line by line (stdout and stderr) so a test can wait for one.
+struct Follower {
+    child: std::process::Child,
+    lines: mpsc::Receiver<(bool, String)>,
+    stdout: String,
+    stderr: String,
+    open: usize,
+}
+
+impl Follower {
+    fn spawn(url: &str, args: &[&str]) -> Follower {
+        let mut child = command(url, None, args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn orch tail");
-        let stdout = child.stdout.take().expect("stdout");
-        let (lines_tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if lines_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut seen = String::new();
-        let deadline = Instant::now() + PATIENCE;
-        let mut triggered = false;
-        let mut then = Some(then);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) => {
-                    seen.push_str(&line);
-                    seen.push('\n');
-                    if !triggered && line.contains(until) {
-                        triggered = true;
-                        if let Some(then) = then.take() {
-                            then();
-                        }
+        let (tx, lines) = mpsc::channel();
+        let out: Box<dyn Read + Send> = Box::new(child.stdout.take().expect("stdout"));
+        let err: Box<dyn Read + Send> = Box::new(child.stderr.take().expect("stderr"));
+        for (is_stdout, pipe) in [(true, out), (false, err)] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send((is_stdout, line)).is_err() {
+                        break;
                     }
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            });
+        }
+        Follower {
+            child,
+            lines,
+            stdout: String::new(),
+            stderr: String::new(),
+            open: 2,
+        }
+    }
+
+    /// Reads lines until one contains `text` (bounded); false when the process ended first.
+    fn wait_for(&mut self, text: &str) -> bool {
+        let deadline = Instant::now() + PATIENCE;
+        while self.open > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((is_stdout, line)) => {
+                    let found = line.contains(text);
+                    let into = if is_stdout {
+                        &mut self.stdout
+                    } else {
+                        &mut self.stderr
+                    };
+                    into.push_str(&line);
+                    into.push('\n');
+                    if found {
+                        return true;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => self.open = 0,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let _ = child.kill();
-                    panic!("orch tail did not finish (waiting for {until:?}); it printed:\n{seen}");
+                    let _ = self.child.kill();
+                    panic!(
+                        "orch tail did not print {text:?} in time; stdout:\n{}stderr:\n{}",
+                        self.stdout, self.stderr
+                    );
                 }
             }
         }
-        let status = child.wait().expect("wait for orch tail");
-        let mut stderr = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = e.read_to_string(&mut stderr);
-        }
-        assert!(triggered, "orch tail never printed {until:?}:\n{seen}");
+        false
+    }
+
+    /// Waits (bounded) for the process to end by itself and returns its output.
+    fn finish(mut self) -> Out {
+        self.wait_for("\0never printed\0");
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("orch tail did not exit; stdout:\n{}", self.stdout);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         Out {
             code: status.code().unwrap_or(-1),
-            stdout: seen,
-            stderr,
+            stdout: self.stdout,
+            stderr: self.stderr,
         }
-    })
-    .await
-    .expect("tail thread")
+    }
+
+    /// Stops a tail that runs until Ctrl-C and returns what it printed.
+    fn stop(mut self) -> Out {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        Out {
+            code: -1,
+            stdout: self.stdout,
+            stderr: self.stderr,
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -466,10 +505,12 @@ async fn start_list_show_signal_and_tail_follow_an_instance_to_completion() {
     assert!(row.ends_with("waiting for approval"), "{table}");
 
     // tail follows the instance while a signal moves it on, to the end.
-    let signal_url = url.clone();
-    let tail = tail_until(&url, "parcel-1", "status: suspended", move || {
+    let follow_url = url.clone();
+    let tail = tokio::task::spawn_blocking(move || {
+        let mut tail = Follower::spawn(&follow_url, &["tail", "parcel-1"]);
+        assert!(tail.wait_for("status: suspended"), "{:?}", tail.stop());
         let sent = orch_blocking(
-            &signal_url,
+            &follow_url,
             &["signal", "parcel-1", "approve", "--payload", "true"],
         );
         assert_eq!(sent.code, 0, "{sent:?}");
@@ -477,8 +518,10 @@ async fn start_list_show_signal_and_tail_follow_an_instance_to_completion() {
             sent.stdout.starts_with("sent signal approve to parcel-1"),
             "{sent:?}"
         );
+        tail.finish()
     })
-    .await;
+    .await
+    .expect("tail thread");
     assert_eq!(tail.code, 0, "{tail:?}");
     assert!(
         tail.stderr.contains("following parcel-1 (cli_parcel)"),
@@ -487,7 +530,10 @@ async fn start_list_show_signal_and_tail_follow_an_instance_to_completion() {
     for fact in [
         "step pack: done",
         "custom status: waiting for approval",
+        "deadline approve: waiting",
         "status: suspended",
+        "deadline approve: done",
+        "signal approve: done",
         "step ship: done",
         "parcel-1 completed",
         "\"Ok\": \"shipped box-p1\"",
@@ -871,5 +917,46 @@ async fn tokens_are_required_and_read_tokens_cannot_change_anything() {
     let admin = orch(&url, &flag).await;
     assert_eq!(admin.code, 0, "{admin:?}");
     assert_eq!(admin.stdout, "started by-token (cli_gated)\n");
+    rt.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_without_an_id_prints_status_changes_until_stopped() {
+    let (rt, url) = server().await;
+    let follow_url = url.clone();
+    let tail = tokio::task::spawn_blocking(move || {
+        let url = follow_url.as_str();
+        let mut tail = Follower::spawn(url, &["tail", "--workflow", "cli_parcel"]);
+        assert!(tail.wait_for("(Ctrl-C to stop)"), "{:?}", tail.stop());
+        let input = r#"{"id": "w", "items": 1}"#;
+        let start = ["start", "cli_parcel", "--input", input, "--id", "watched-1"];
+        assert_eq!(orch_blocking(url, &start).code, 0);
+        let other = ["start", "cli_gated", "--input", "1", "--id", "other-1"];
+        assert_eq!(orch_blocking(url, &other).code, 0);
+        assert!(tail.wait_for("suspended"), "{:?}", tail.stop());
+        let signal = ["signal", "watched-1", "approve", "--payload", "true"];
+        assert_eq!(orch_blocking(url, &signal).code, 0);
+        assert!(tail.wait_for("→ completed"), "{:?}", tail.stop());
+        tail.stop()
+    })
+    .await
+    .expect("tail thread");
+    assert!(
+        tail.stderr
+            .contains("following status changes of workflow cli_parcel: 0 active now"),
+        "{tail:?}"
+    );
+    let lines: Vec<&str> = tail.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("watched-1 (cli_parcel): new, "),
+        "{tail:?}"
+    );
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l.starts_with("watched-1 (cli_parcel): suspended → completed")),
+        "{tail:?}"
+    );
+    assert!(!tail.stdout.contains("other-1"), "{tail:?}");
     rt.shutdown().await.expect("shutdown");
 }

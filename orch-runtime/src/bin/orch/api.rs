@@ -67,6 +67,9 @@ pub struct Instance {
     pub wake_at: Option<String>,
     #[serde(default)]
     pub cancel_requested: bool,
+    /// How many times the instance was retried (beyond the contract's fields; optional).
+    #[serde(default)]
+    pub retries: Option<u64>,
 }
 
 /// Keeps a present `null` as `Some(Null)` (a missing field stays `None` via `default`).
@@ -108,15 +111,20 @@ pub struct Entry {
     pub duration_ms: Option<u64>,
     #[serde(default)]
     pub errors: Vec<AttemptError>,
+    /// The entry's own error, when the server sends one (beyond the contract; optional).
+    #[serde(default)]
+    pub error: Value,
 }
 
 impl Entry {
-    /// The last failed attempt's error, if any attempt failed.
+    /// The entry's error, else the last failed attempt's, if any attempt failed.
     pub fn last_error(&self) -> Option<String> {
-        self.errors.last().map(|e| match &e.error {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        })
+        let text = |v: &Value| match v {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        };
+        text(&self.error).or_else(|| self.errors.last().and_then(|e| text(&e.error)))
     }
 }
 

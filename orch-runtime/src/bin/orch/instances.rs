@@ -185,6 +185,9 @@ pub async fn show(ctx: &Ctx, id: &str) -> Result<(), CliError> {
         },
     );
     field("status", status_word(&i));
+    if let Some(n) = i.retries.filter(|&n| n > 0) {
+        field("retries", n.to_string());
+    }
     if let Some(e) = display::error_text(&i.error) {
         field("error", e);
     }
@@ -259,7 +262,10 @@ fn journal_table(entries: &[Entry]) -> Table {
             e.name.clone().unwrap_or_default(),
             e.state.clone(),
             e.attempts.map(|a| a.to_string()).unwrap_or_default(),
-            e.duration_ms.map(display::millis).unwrap_or_default(),
+            e.duration_ms
+                .filter(|_| e.state != "waiting")
+                .map(display::millis)
+                .unwrap_or_default(),
             e.last_error()
                 .map(|m| display::truncate(&m, 60))
                 .unwrap_or_default(),

@@ -103,7 +103,7 @@ fn entry_line(e: &Entry) -> String {
     if let Some(a) = e.attempts.filter(|&a| a > 1) {
         details.push(display::attempts(a));
     }
-    if let Some(ms) = e.duration_ms {
+    if let Some(ms) = e.duration_ms.filter(|_| e.state != "waiting") {
         details.push(display::millis(ms));
     }
     if !details.is_empty() {
@@ -126,12 +126,6 @@ fn entry_line(e: &Entry) -> String {
 async fn tail_all(ctx: &Ctx, workflow: Option<&str>) -> Result<(), CliError> {
     let mut known: HashMap<String, String> = HashMap::new();
     let mut first = true;
-    if !ctx.json {
-        eprintln!(
-            "following status changes of {} (Ctrl-C to stop)",
-            workflow.map_or("all workflows".to_string(), |w| format!("workflow {w}"))
-        );
-    }
     loop {
         let mut current: BTreeMap<String, (Value, Instance)> = BTreeMap::new();
         for status in [None, Some("running,suspended")] {
@@ -175,6 +169,13 @@ async fn tail_all(ctx: &Ctx, workflow: Option<&str>) -> Result<(), CliError> {
         // Forget ended instances that fell off the newest page: nothing more will happen to
         // them unless they are retried, and then they show up among the active ones.
         known.retain(|id, status| !api::is_final(status) || current.contains_key(id));
+        if first && !ctx.json {
+            let active = known.values().filter(|s| !api::is_final(s)).count();
+            eprintln!(
+                "following status changes of {}: {active} active now (Ctrl-C to stop)",
+                workflow.map_or("all workflows".to_string(), |w| format!("workflow {w}"))
+            );
+        }
         first = false;
         tokio::time::sleep(POLL).await;
     }
