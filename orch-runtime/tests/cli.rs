@@ -855,6 +855,38 @@ async fn refusals_print_the_server_s_message_and_exit_1() {
         "names the field: {wrong_type:?}"
     );
 
+    let no_input = orch(&url, &["start", "cli_parcel"]).await;
+    assert_eq!(no_input.code, 1, "{no_input:?}");
+    assert!(
+        no_input.stderr.contains("hint: no --input was given"),
+        "{no_input:?}"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("input.json");
+    std::fs::write(&file, r#"{"id": "from-file", "items": 9}"#).expect("write input");
+    let at_file = format!("@{}", file.display());
+    let args = ["start", "cli_parcel", "--input", &at_file, "--id", "file-1"];
+    assert_eq!(
+        ok(&url, &args).await.stdout,
+        "started file-1 (cli_parcel)\n"
+    );
+    let shown = ok(&url, &["show", "file-1", "--json"]).await.json();
+    assert_eq!(
+        shown["instance"]["input"],
+        json!({"id": "from-file", "items": 9})
+    );
+    std::fs::write(&file, "{\"id\": ").expect("write input");
+    let truncated = orch(&url, &["start", "cli_parcel", "--input", &at_file]).await;
+    assert_eq!(truncated.code, 2, "{truncated:?}");
+    assert!(
+        truncated.stderr.contains(&format!(
+            "error: --input is not valid JSON (from {}): EOF while parsing",
+            file.display()
+        )),
+        "{truncated:?}"
+    );
+
     let no_workflow = orch(&url, &["start", "no_such_workflow"]).await;
     assert_eq!(no_workflow.code, 1, "{no_workflow:?}");
     assert!(

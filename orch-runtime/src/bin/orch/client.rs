@@ -18,8 +18,12 @@ pub enum CliError {
     Unreachable { url: String, cause: String },
     /// 401/403: no token, an unknown token, or a read-only token on a mutating call.
     Auth { message: String, hint: String },
-    /// The server refused the request (4xx other than auth) or failed it (5xx).
-    Refused { message: String },
+    /// The server refused the request (4xx other than auth) or failed it (5xx); `code` is the
+    /// contract's machine code (`not_found`, `invalid_input`, …) when the body had one.
+    Refused {
+        message: String,
+        code: Option<String>,
+    },
     /// The request went through but the operation did not succeed (an instance that ended
     /// other than `completed`, a file that could not be written).
     Failed(String),
@@ -42,7 +46,7 @@ impl CliError {
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CliError::Usage(m) | CliError::Refused { message: m } | CliError::Failed(m) => {
+            CliError::Usage(m) | CliError::Refused { message: m, .. } | CliError::Failed(m) => {
                 write!(f, "error: {m}")
             }
             CliError::Unreachable { url, cause } => write!(
@@ -145,7 +149,7 @@ impl Client {
             return Ok(response);
         }
         let body = response.text().await.unwrap_or_default();
-        let message = error_message(status, &body, url);
+        let (message, code) = error_message(status, &body, url);
         Err(match status {
             StatusCode::UNAUTHORIZED => CliError::Auth {
                 message,
@@ -161,7 +165,7 @@ impl Client {
                        (--token / ORCH_TOKEN)"
                     .into(),
             },
-            _ => CliError::Refused { message },
+            _ => CliError::Refused { message, code },
         })
     }
 
@@ -178,24 +182,27 @@ impl Client {
     }
 }
 
-/// The server's message from a `{"error": {"code", "message"}}` body, or a description of
-/// whatever else came back.
-fn error_message(status: StatusCode, body: &str, url: &Url) -> String {
+/// The server's message and code from a `{"error": {"code", "message"}}` body, or a
+/// description of whatever else came back.
+fn error_message(status: StatusCode, body: &str, url: &Url) -> (String, Option<String>) {
     if let Ok(value) = serde_json::from_str::<Value>(body)
-        && let Some(message) = value
-            .get("error")
-            .and_then(|e| e.get("message"))
-            .and_then(Value::as_str)
+        && let Some(error) = value.get("error")
+        && let Some(message) = error.get("message").and_then(Value::as_str)
     {
-        return message.to_string();
+        let code = error
+            .get("code")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        return (message.to_string(), code);
     }
     let snippet: String = body.trim().chars().take(200).collect();
     let path = url.path();
-    if snippet.is_empty() {
+    let message = if snippet.is_empty() {
         format!("the server answered {status} to {path}")
     } else {
         format!("the server answered {status} to {path}: {snippet}")
-    }
+    };
+    (message, None)
 }
 
 async fn json_body(response: Response) -> Result<Value, CliError> {

@@ -307,10 +307,21 @@ pub async fn start(ctx: &Ctx, args: StartArgs) -> Result<u8, CliError> {
     if let Some(id) = &args.id {
         body["id"] = json!(id);
     }
-    let started = ctx
-        .client
-        .post(ctx.client.api(&["instances"]), &body)
-        .await?;
+    let started = match ctx.client.post(ctx.client.api(&["instances"]), &body).await {
+        Err(CliError::Refused { message, code })
+            if args.input.is_none() && code.as_deref() == Some("invalid_input") =>
+        {
+            return Err(CliError::Refused {
+                message: format!(
+                    "{message}\nhint: no --input was given (so the input was null); pass it \
+                     with --input JSON (`orch definitions {}` shows its type)",
+                    args.name
+                ),
+                code,
+            });
+        }
+        other => other?,
+    };
     let id = started
         .get("id")
         .and_then(Value::as_str)

@@ -144,7 +144,7 @@ async fn tail_all(ctx: &Ctx, workflow: Option<&str>) -> Result<(), CliError> {
                     let instance: Instance = api::parse("instance", &value)?;
                     current.insert(id, (value, instance));
                 }
-                Err(CliError::Refused { .. }) => {
+                Err(CliError::Refused { code, .. }) if code.as_deref() == Some("not_found") => {
                     known.remove(&id);
                 }
                 Err(e) => return Err(e),
