@@ -827,7 +827,39 @@ async fn list_pages_up_to_the_limit_or_everything() {
     assert!(all["next_cursor"].is_null(), "{all:#}");
     let none = ok(&url, &["list", "--workflow", "cli_gated"]).await;
     assert_eq!(none.stdout, "no instances match\n");
+
+    // More than the server's largest page (500): --all and a large --limit follow cursors.
+    for n in 0..600u32 {
+        rt.start_with_id(CliNoop, &format!("many-{n:03}"), n)
+            .await
+            .expect("start");
+    }
+    let ids = |out: Out| -> Vec<String> {
+        out.json()["instances"]
+            .as_array()
+            .expect("instances")
+            .iter()
+            .map(|i| i["id"].as_str().expect("id").to_string())
+            .collect()
+    };
+    let all = ids(ok(&url, &["list", "--all", "--workflow", "cli_noop", "--json"]).await);
+    let expected: Vec<String> = (0..600).map(|n| format!("many-{n:03}")).collect();
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(sorted, expected, "each instance once");
+    let limited = ids(ok(
+        &url,
+        &["list", "--limit", "550", "--id-prefix", "many-", "--json"],
+    )
+    .await);
+    assert_eq!(limited.len(), 550);
+    assert_eq!(limited[..], all[..550], "the newest 550, in order");
     rt.shutdown().await.expect("shutdown");
+}
+
+#[workflow]
+async fn cli_noop(n: u32) -> Result<u32, StepError> {
+    Ok(n)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
