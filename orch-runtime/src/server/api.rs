@@ -562,7 +562,8 @@ fn short_type(full: &str) -> String {
 
 fn definition_json(def: &crate::workflow::WorkflowDef, counts: &Map<String, Value>) -> Value {
     let mut steps = def.shape.calls();
-    steps.dedup();
+    let mut seen = std::collections::HashSet::new();
+    steps.retain(|s| seen.insert(*s));
     json!({
         "name": def.name,
         "version": def.version,
@@ -608,6 +609,9 @@ async fn definition(State(state): State<AppState>, Path(name): Path<String>) -> 
     let counts = counts_by_workflow(&state.rt).await?;
     let mut v = definition_json(def, counts.get(def.name).unwrap_or(&Map::new()));
     if let Value::Object(m) = &mut v {
+        let (input, output) = (def.schemas)();
+        m.insert("input_schema".into(), input);
+        m.insert("output_schema".into(), output);
         m.insert("shape".into(), crate::graph::shape_json(def.shape));
         m.insert("mermaid".into(), json!(def.drawing().mermaid()));
     }
