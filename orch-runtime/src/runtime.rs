@@ -285,30 +285,11 @@ impl Runtime {
         name: &str,
         payload: T,
     ) -> Result<(), Error> {
-        if self.inner.is_closing() {
-            return Err(Error::ShutDown);
-        }
-        let json = serde_json::to_string(&payload).map_err(|e| Error::InvalidInput {
+        let json = serde_json::to_value(&payload).map_err(|e| Error::InvalidInput {
             workflow: format!("signal `{name}`"),
             detail: e.to_string(),
         })?;
-        crate::limits::check_payload("signal payload", &json)?;
-        let at = self.inner.clock.now_ms();
-        let signal_id = self
-            .inner
-            .store
-            .add_signal(id, name, json.clone(), at)
-            .await?;
-        self.inner.deliver(
-            id,
-            crate::store::SignalRecord {
-                id: signal_id,
-                name: name.to_string(),
-                payload: json,
-                received_at: at,
-            },
-        );
-        Ok(())
+        self.signal_id(id, name, &json).await.map(|_| ())
     }
 
     /// Sends a signal with a JSON payload; returns the stored signal's id.

@@ -801,15 +801,20 @@ async fn status_of(rt: &Runtime, id: &str) -> ApiResult<Status> {
         .status)
 }
 
+/// The optional `reason` of a cancel or terminate body.
+fn reason_of(body: Result<Bytes, BytesRejection>) -> ApiResult<String> {
+    let body = body_object(body)?;
+    only_fields(&body, &["reason"])?;
+    Ok(opt_string(&body, "reason")?.unwrap_or_default())
+}
+
 async fn cancel(
     State(state): State<AppState>,
     c: Option<axum::Extension<Caller>>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let body = body_object(body)?;
-    only_fields(&body, &["reason"])?;
-    let reason = opt_string(&body, "reason")?.unwrap_or_default();
+    let reason = reason_of(body)?;
     state.rt.cancel(&id, &caller(c).name, &reason).await?;
     let status = status_of(&state.rt, &id).await?;
     Ok((
@@ -825,9 +830,7 @@ async fn terminate(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let body = body_object(body)?;
-    only_fields(&body, &["reason"])?;
-    let reason = opt_string(&body, "reason")?.unwrap_or_default();
+    let reason = reason_of(body)?;
     state.rt.terminate(&id, &caller(c).name, &reason).await?;
     let status = status_of(&state.rt, &id).await?;
     Ok(ok(json!({"id": id, "status": status})))
