@@ -332,12 +332,17 @@ impl Follower {
 
     /// Reads lines until one contains `text` (bounded); false when the process ended first.
     fn wait_for(&mut self, text: &str) -> bool {
+        self.read_until(Some(text))
+    }
+
+    /// Reads lines until one contains `text`, or with `None` until both pipes close (bounded).
+    fn read_until(&mut self, text: Option<&str>) -> bool {
         let deadline = Instant::now() + PATIENCE;
         while self.open > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok((is_stdout, line)) => {
-                    let found = line.contains(text);
+                    let found = text.is_some_and(|t| line.contains(t));
                     let into = if is_stdout {
                         &mut self.stdout
                     } else {
@@ -353,7 +358,7 @@ impl Follower {
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     let _ = self.child.kill();
                     panic!(
-                        "orch tail did not print {text:?} in time; stdout:\n{}stderr:\n{}",
+                        "orch tail did not print {text:?} (or end) in time; stdout:\n{}stderr:\n{}",
                         self.stdout, self.stderr
                     );
                 }
@@ -364,7 +369,7 @@ impl Follower {
 
     /// Waits (bounded) for the process to end by itself and returns its output.
     fn finish(mut self) -> Out {
-        self.wait_for("\0never printed\0");
+        self.read_until(None);
         let deadline = Instant::now() + PATIENCE;
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
