@@ -59,6 +59,25 @@ async fn gate(log: String) -> Result<Vec<String>, StepError> {
     Ok(vec![a, b])
 }
 
+#[step]
+async fn undo(log: String, tag: String) -> Result<String, StepError> {
+    log_call(&log, &format!("undo {tag}"));
+    Ok(format!("{tag}-undone"))
+}
+
+#[workflow]
+async fn hold(log: String) -> Result<String, StepError> {
+    before(log.clone(), "hold".into()).await?;
+    orch::sleep(Duration::from_secs(3600)).await;
+    match after(log.clone(), "hold".into()).await {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            undo(log, "hold".into()).await?;
+            Err(e)
+        }
+    }
+}
+
 /// The worker side: runs only when re-executed by a test with `ORCH_WORKER` set.
 #[test]
 fn worker() {
@@ -82,6 +101,11 @@ fn worker() {
             ),
             "gate" => drop(
                 orch.start_with_id(Gate, "gate-1", log)
+                    .await
+                    .expect("start"),
+            ),
+            "hold" => drop(
+                orch.start_with_id(Hold, "hold-1", log)
                     .await
                     .expect("start"),
             ),
@@ -200,5 +224,52 @@ async fn a_workflow_waiting_for_a_signal_survives_kill_9_and_takes_the_signal_af
     let out = run.result().await.expect("result").expect("ok");
     assert_eq!(out, ["gate-before", "bob-after"]);
     assert_eq!(calls(&log), ["before gate", "after bob"]);
+    rt.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_cancellation_survives_kill_9_and_is_delivered_after_restart() {
+    let (_dir, db, log) = setup();
+    let mut worker = spawn_worker("hold", &db, &log);
+    wait_suspended(&db, "hold-1").await;
+    // Another process records the cancellation (as an API node would); the worker, which has
+    // the instance unloaded until its one-hour timer, is killed before it hears of it.
+    {
+        let store = SqliteStore::open(&db, SqliteOptions::default()).expect("open");
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as i64;
+        store
+            .submit(vec![orch_runtime::store::WriteOp::RequestCancel {
+                instance: "hold-1".into(),
+                at,
+            }])
+            .await
+            .expect("request cancel");
+        store.close().await.expect("close");
+    }
+    worker.0.kill().expect("kill -9");
+    worker.0.wait().expect("reap");
+    assert_eq!(calls(&log), ["before hold"]);
+
+    let started = Instant::now();
+    let rt = Runtime::builder()
+        .sqlite(&db)
+        .build()
+        .await
+        .expect("restart");
+    let run = rt.handle(Hold, "hold-1").await.expect("handle");
+    let err = tokio::time::timeout(Duration::from_secs(20), run.result())
+        .await
+        .expect("delivered at restart, not when the one-hour timer fires")
+        .expect("result")
+        .expect_err("cancelled");
+    assert!(err.is_cancelled(), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let rec = rt.instance("hold-1").await.expect("read").expect("rec");
+    assert_eq!(rec.status, Status::Cancelled);
+    // The step after the sleep never ran; its compensation ran once.
+    assert_eq!(calls(&log), ["before hold", "undo hold"]);
     rt.shutdown().await.expect("shutdown");
 }

@@ -128,6 +128,15 @@ fn generate(wf: &Workflow) -> TokenStream {
     let attrs = &func.attrs;
     let vis = &func.vis;
     let ident = &func.sig.ident;
+    // (name, type as written) of each argument, for the API's definition view.
+    let arg_docs: Vec<TokenStream> = params
+        .iter()
+        .map(|p| {
+            let name = p.name.to_string();
+            let ty = quote::ToTokens::to_token_stream(&p.ty).to_string();
+            quote::quote! { (#name, #ty) }
+        })
+        .collect();
     let block = &func.block;
     let body_ident = format_ident!("__orch_workflow_{}", ident);
     let names: Vec<&Ident> = params.iter().map(|p| &p.name).collect();
@@ -209,7 +218,9 @@ fn generate(wf: &Workflow) -> TokenStream {
             }
 
             #krate::__private::inventory::submit! {
-                #krate::__private::WorkflowDef::of::<#marker>().with_shape(#marker::SHAPE)
+                #krate::__private::WorkflowDef::of::<#marker>()
+                    .with_shape(#marker::SHAPE)
+                    .with_args(&[#(#arg_docs),*])
             }
         };
     }

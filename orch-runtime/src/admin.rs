@@ -10,6 +10,19 @@ use crate::store::{
 };
 use crate::workflow::WorkflowDef;
 
+/// The attribute a restarted instance carries: the id it was restarted from.
+pub const RESTARTED_FROM: &str = "orch.restarted_from";
+/// The attribute a forked instance carries: the id it was forked from.
+pub const FORKED_FROM: &str = "orch.forked_from";
+
+fn lineage(instance: &str, key: &str, source: &str) -> WriteOp {
+    WriteOp::Attribute {
+        instance: instance.to_string(),
+        key: key.to_string(),
+        value: serde_json::Value::String(source.to_string()).to_string(),
+    }
+}
+
 /// At most this many instances per bulk operation.
 pub const MAX_BULK: usize = 10_000;
 
@@ -280,13 +293,19 @@ impl Runtime {
         let rec = self.live_record(id).await?;
         let def = self.inner.registry.get(&rec.workflow)?;
         let new_id = self.inner.start(def, None, rec.input.clone(), None).await?;
-        self.record_audit(
+        let audit = self.audit_record(
             actor,
             "restart",
             id,
             serde_json::json!({ "new_instance": new_id }),
-        )
-        .await?;
+        );
+        self.inner
+            .store
+            .submit(vec![
+                lineage(&new_id, RESTARTED_FROM, id),
+                WriteOp::Audit(audit),
+            ])
+            .await?;
         Ok(new_id)
     }
 
@@ -334,17 +353,27 @@ impl Runtime {
             id,
             serde_json::json!({ "from_seq": from_seq, "new_instance": new_id }),
         );
-        self.inner
-            .store
-            .submit(vec![
-                WriteOp::Fork {
-                    record: Box::new(record),
-                    journal,
-                    attempts,
-                },
-                WriteOp::Audit(audit),
-            ])
-            .await?;
+        // Attributes set by the copied entries hold in the fork too (replay does not set
+        // them again), and the fork names its source.
+        let mut attributes: Vec<WriteOp> = details
+            .journal
+            .iter()
+            .filter(|e| e.seq < from_seq && e.kind == crate::store::EntryKind::Attribute)
+            .map(|e| WriteOp::Attribute {
+                instance: new_id.clone(),
+                key: e.name.clone(),
+                value: e.outcome.clone(),
+            })
+            .collect();
+        attributes.push(lineage(&new_id, FORKED_FROM, id));
+        let mut ops = vec![WriteOp::Fork {
+            record: Box::new(record),
+            journal,
+            attempts,
+        }];
+        ops.extend(attributes);
+        ops.push(WriteOp::Audit(audit));
+        self.inner.store.submit(ops).await?;
         self.inner.metrics.started(def.name);
         self.inner.schedule(&new_id, false);
         Ok(new_id)

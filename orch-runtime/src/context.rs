@@ -251,9 +251,9 @@ impl WorkflowCtx {
         st.cancel_at.is_some() && st.cancel_seq.is_none_or(|c| c > seq)
     }
 
-    /// Whether the workflow received a cancellation.
-    pub(crate) fn cancel_delivered(&self) -> bool {
-        self.lock().cancel_seq.is_some()
+    /// Whether cancellation was requested (delivered or not).
+    pub(crate) fn cancel_requested(&self) -> bool {
+        self.lock().cancel_at.is_some()
     }
 
     /// Resolves once cancellation is requested.

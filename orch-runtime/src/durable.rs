@@ -289,6 +289,13 @@ pub fn set_attribute<T: Serialize>(key: &str, value: T) -> Durable<()> {
                 let Some(json) = to_json(&ctx, "set_attribute", &value) else {
                     return parked();
                 };
+                if key.starts_with("orch.") {
+                    ctx.halt(Halt::Failed(format!(
+                        "orch::set_attribute(\"{key}\"): keys starting with `orch.` are reserved \
+                         for orch's own attributes (e.g. orch.forked_from); choose another key"
+                    )));
+                    return parked();
+                }
                 if key.is_empty() || key.len() > 128 {
                     ctx.halt(Halt::Failed(format!(
                         "orch::set_attribute: the key must be 1 to 128 bytes, got {:?}",

@@ -367,17 +367,7 @@ impl Inner {
         rec: &InstanceRecord,
         t: Termination,
     ) -> Result<(), Error> {
-        let slot = lock(&self.loaded).remove(&rec.id);
-        if let Some(slot) = slot {
-            if let Some(task) = slot.task {
-                task.abort();
-            }
-            if let Some(ctx) = slot.ctx {
-                for bg in ctx.take_background() {
-                    bg.abort();
-                }
-            }
-        }
+        self.abort_loaded(&rec.id);
         let now = self.clock.now_ms();
         let mut ops = vec![
             WriteOp::Finish {
@@ -397,10 +387,28 @@ impl Inner {
             });
         }
         self.store.submit(ops).await?;
+        // A load that started meanwhile (a timer, a signal) finds the instance final once it
+        // reads it; stop one that read it before the end was written.
+        self.abort_loaded(&rec.id);
         self.metrics.finished(&rec.workflow, Status::Terminated);
         let outcome = Outcome::error(Status::Terminated, t.message);
         self.notify_finished(&rec.id, outcome, rec.parent.as_deref());
         Ok(())
+    }
+
+    /// Stops driving `id` here: its task and background work are aborted.
+    fn abort_loaded(&self, id: &str) {
+        let slot = lock(&self.loaded).remove(id);
+        if let Some(slot) = slot {
+            if let Some(task) = slot.task {
+                task.abort();
+            }
+            if let Some(ctx) = slot.ctx {
+                for bg in ctx.take_background() {
+                    bg.abort();
+                }
+            }
+        }
     }
 
     /// Makes the timer task fire every timer due by now (after virtual time moved).
@@ -842,8 +850,8 @@ async fn finish(
         }
     }
     let mut outcome = outcome;
-    if outcome.status == Status::Failed && ctx.cancel_delivered() {
-        // The workflow received its cancellation and returned an error.
+    if outcome.status == Status::Failed && ctx.cancel_requested() {
+        // Asked to cancel, the workflow returned an error (after compensating).
         outcome.status = Status::Cancelled;
     }
     let failed_step = match outcome.status {

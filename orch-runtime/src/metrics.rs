@@ -7,9 +7,13 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 type Labels = Vec<(&'static str, String)>;
+
+/// (workflow, step).
+type StepKey = (&'static str, &'static str);
 
 fn step_histogram() -> Histogram {
     // 1 ms … ~65 s.
@@ -25,6 +29,9 @@ pub(crate) struct Metrics {
     step_retries: Family<Labels, Counter>,
     instances: Family<Labels, Gauge>,
     http: Family<Labels, Counter>,
+    /// Handles of each (workflow, step)'s histogram and retry counter: a step's hot path
+    /// looks them up by two pointers instead of building a label set.
+    step_handles: std::sync::RwLock<HashMap<StepKey, (Histogram, Counter)>>,
 }
 
 impl Metrics {
@@ -87,6 +94,7 @@ impl Metrics {
             step_retries,
             instances,
             http,
+            step_handles: std::sync::RwLock::new(HashMap::new()),
         }
     }
 
@@ -105,16 +113,41 @@ impl Metrics {
             .inc();
     }
 
-    pub(crate) fn step(&self, workflow: &str, step: &str, seconds: f64, retries: u32) {
-        let labels = vec![
-            ("workflow", workflow.to_string()),
-            ("step", step.to_string()),
-        ];
-        self.step_seconds.get_or_create(&labels).observe(seconds);
+    pub(crate) fn step(
+        &self,
+        workflow: &'static str,
+        step: &'static str,
+        seconds: f64,
+        retries: u32,
+    ) {
+        let key = (workflow, step);
+        let cached = self
+            .step_handles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        let (histogram, counter) = match cached {
+            Some(h) => h,
+            None => {
+                let labels = vec![
+                    ("workflow", workflow.to_string()),
+                    ("step", step.to_string()),
+                ];
+                let h = (
+                    self.step_seconds.get_or_create(&labels).clone(),
+                    self.step_retries.get_or_create(&labels).clone(),
+                );
+                self.step_handles
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, h.clone());
+                h
+            }
+        };
+        histogram.observe(seconds);
         if retries > 0 {
-            self.step_retries
-                .get_or_create(&labels)
-                .inc_by(u64::from(retries));
+            counter.inc_by(u64::from(retries));
         }
     }
 

@@ -285,30 +285,11 @@ impl Runtime {
         name: &str,
         payload: T,
     ) -> Result<(), Error> {
-        if self.inner.is_closing() {
-            return Err(Error::ShutDown);
-        }
-        let json = serde_json::to_string(&payload).map_err(|e| Error::InvalidInput {
+        let json = serde_json::to_value(&payload).map_err(|e| Error::InvalidInput {
             workflow: format!("signal `{name}`"),
             detail: e.to_string(),
         })?;
-        crate::limits::check_payload("signal payload", &json)?;
-        let at = self.inner.clock.now_ms();
-        let signal_id = self
-            .inner
-            .store
-            .add_signal(id, name, json.clone(), at)
-            .await?;
-        self.inner.deliver(
-            id,
-            crate::store::SignalRecord {
-                id: signal_id,
-                name: name.to_string(),
-                payload: json,
-                received_at: at,
-            },
-        );
-        Ok(())
+        self.signal_id(id, name, &json).await.map(|_| ())
     }
 
     /// Sends a signal with a JSON payload; returns the stored signal's id.
@@ -448,7 +429,7 @@ impl<W: Workflow> Run<W> {
         let rec = self.rt.outcome(&self.id).await?;
         let id = self.id.clone();
         match (rec.status, rec.output) {
-            (Status::Completed | Status::Failed, Some(out)) => {
+            (Status::Completed | Status::Failed | Status::Cancelled, Some(out)) => {
                 serde_json::from_str(&out).map_err(|e| Error::Decode {
                     id,
                     what: "output",
@@ -459,7 +440,7 @@ impl<W: Workflow> Run<W> {
                 id,
                 message: rec.error.unwrap_or_default(),
             }),
-            (Status::Failed, None) => Err(Error::Failed {
+            (Status::Failed | Status::Cancelled | Status::Terminated, None) => Err(Error::Failed {
                 id,
                 message: rec.error.unwrap_or_default(),
             }),

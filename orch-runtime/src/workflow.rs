@@ -44,6 +44,11 @@ pub struct WorkflowDef {
     pub input_type: fn() -> &'static str,
     /// The Rust type of the output.
     pub output_type: fn() -> &'static str,
+    /// The function's arguments: (name, type as written).
+    pub args: &'static [(&'static str, &'static str)],
+    /// The shapes of the input and output types, traced through their serde impls (see
+    /// [`type_schema`]).
+    pub schemas: fn() -> (serde_json::Value, serde_json::Value),
 }
 
 impl WorkflowDef {
@@ -57,12 +62,20 @@ impl WorkflowDef {
             shape: &Node::EMPTY,
             input_type: std::any::type_name::<W::Input>,
             output_type: std::any::type_name::<W::Output>,
+            schemas: schemas::<W>,
+            args: &[],
         }
     }
 
     /// The same definition with the body's shape (the macro's output uses this).
     pub const fn with_shape(mut self, shape: &'static Node) -> WorkflowDef {
         self.shape = shape;
+        self
+    }
+
+    /// The same definition with its arguments' names and types (the macro's output uses this).
+    pub const fn with_args(mut self, args: &'static [(&'static str, &'static str)]) -> WorkflowDef {
+        self.args = args;
         self
     }
 
@@ -82,6 +95,32 @@ impl std::fmt::Debug for WorkflowDef {
 }
 
 inventory::collect!(WorkflowDef);
+
+fn schemas<W: Workflow>() -> (serde_json::Value, serde_json::Value) {
+    (type_schema::<W::Input>(), type_schema::<W::Output>())
+}
+
+/// The shape of `T` as its serde `Deserialize` impl sees it, traced with `serde-reflection`:
+/// `{"root": <format>, "types": {name: <container format>}}`, where a format is `"U32"`,
+/// `"STR"`, `{"SEQ": …}`, `{"OPTION": …}`, `{"TYPENAME": "Order"}` and so on, and a container
+/// is `{"STRUCT": [{"name": format}, …]}` or `{"ENUM": {…}}`. Types whose `Deserialize` impl
+/// cannot be traced (e.g. untagged enums) give `{"error": "…"}`.
+pub fn type_schema<T: DeserializeOwned>() -> serde_json::Value {
+    use serde_reflection::{Tracer, TracerConfig};
+    let mut tracer = Tracer::new(TracerConfig::default());
+    // Enums nested below an enum root (`Result<_, MyError>`) are seen one variant at a time;
+    // the unchecked registry keeps the variants traced so far instead of failing.
+    let traced = tracer
+        .trace_simple_type::<T>()
+        .map(|(root, _)| (root, tracer.registry_unchecked()));
+    match traced {
+        Ok((root, types)) => serde_json::json!({
+            "root": serde_json::to_value(&root).unwrap_or_default(),
+            "types": serde_json::to_value(&types).unwrap_or_default(),
+        }),
+        Err(e) => serde_json::json!({ "error": e.to_string() }),
+    }
+}
 
 /// Names the path of the offending field (`items[0].qty: invalid type …`).
 fn check_input<W: Workflow>(json: &str) -> Result<(), String> {

@@ -562,7 +562,8 @@ fn short_type(full: &str) -> String {
 
 fn definition_json(def: &crate::workflow::WorkflowDef, counts: &Map<String, Value>) -> Value {
     let mut steps = def.shape.calls();
-    steps.dedup();
+    let mut seen = std::collections::HashSet::new();
+    steps.retain(|s| seen.insert(*s));
     json!({
         "name": def.name,
         "version": def.version,
@@ -570,6 +571,7 @@ fn definition_json(def: &crate::workflow::WorkflowDef, counts: &Map<String, Valu
         "output_type": short_type((def.output_type)()),
         "input_type_path": (def.input_type)(),
         "output_type_path": (def.output_type)(),
+        "args": def.args.iter().map(|(name, ty)| json!({"name": name, "type": ty})).collect::<Vec<_>>(),
         "steps": steps,
         "counts": counts,
     })
@@ -608,6 +610,9 @@ async fn definition(State(state): State<AppState>, Path(name): Path<String>) -> 
     let counts = counts_by_workflow(&state.rt).await?;
     let mut v = definition_json(def, counts.get(def.name).unwrap_or(&Map::new()));
     if let Value::Object(m) = &mut v {
+        let (input, output) = (def.schemas)();
+        m.insert("input_schema".into(), input);
+        m.insert("output_schema".into(), output);
         m.insert("shape".into(), crate::graph::shape_json(def.shape));
         m.insert("mermaid".into(), json!(def.drawing().mermaid()));
     }
@@ -797,15 +802,20 @@ async fn status_of(rt: &Runtime, id: &str) -> ApiResult<Status> {
         .status)
 }
 
+/// The optional `reason` of a cancel or terminate body.
+fn reason_of(body: Result<Bytes, BytesRejection>) -> ApiResult<String> {
+    let body = body_object(body)?;
+    only_fields(&body, &["reason"])?;
+    Ok(opt_string(&body, "reason")?.unwrap_or_default())
+}
+
 async fn cancel(
     State(state): State<AppState>,
     c: Option<axum::Extension<Caller>>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let body = body_object(body)?;
-    only_fields(&body, &["reason"])?;
-    let reason = opt_string(&body, "reason")?.unwrap_or_default();
+    let reason = reason_of(body)?;
     state.rt.cancel(&id, &caller(c).name, &reason).await?;
     let status = status_of(&state.rt, &id).await?;
     Ok((
@@ -821,9 +831,7 @@ async fn terminate(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let body = body_object(body)?;
-    only_fields(&body, &["reason"])?;
-    let reason = opt_string(&body, "reason")?.unwrap_or_default();
+    let reason = reason_of(body)?;
     state.rt.terminate(&id, &caller(c).name, &reason).await?;
     let status = status_of(&state.rt, &id).await?;
     Ok(ok(json!({"id": id, "status": status})))

@@ -21,6 +21,23 @@ struct Instance {
     superseded_attempts: Vec<(u32, AttemptRecord)>,
 }
 
+impl Instance {
+    /// What a load returns: the record, journal, attempts and pending signals.
+    fn loaded(&self) -> LoadedInstance {
+        LoadedInstance {
+            record: self.record.clone(),
+            journal: self.journal.values().cloned().collect(),
+            attempts: self.attempts.clone(),
+            signals: self
+                .signals
+                .iter()
+                .filter(|(_, consumed)| consumed.is_none())
+                .map(|(s, _)| s.clone())
+                .collect(),
+        }
+    }
+}
+
 impl Default for InstanceRecord {
     fn default() -> Self {
         InstanceRecord::new("", "", "", "null", 0)
@@ -253,6 +270,7 @@ fn apply(state: &mut State, op: WriteOp) {
                 inst.record.cancel_requested = Some(at);
                 inst.record.updated_at = at;
             }
+            wake(&mut inst.record, at);
         }
         WriteOp::CancelDelivered { seq, .. } => inst.record.cancel_seq = Some(seq),
         WriteOp::Retry { from_seq, at, .. } => {
@@ -357,18 +375,7 @@ impl Store for MemoryStore {
     }
 
     fn load(&self, id: &str) -> BoxFuture<'_, Result<Option<LoadedInstance>, StoreError>> {
-        let state = self.lock();
-        let result = state.instances.get(id).map(|inst| LoadedInstance {
-            record: inst.record.clone(),
-            journal: inst.journal.values().cloned().collect(),
-            attempts: inst.attempts.clone(),
-            signals: inst
-                .signals
-                .iter()
-                .filter(|(_, consumed)| consumed.is_none())
-                .map(|(s, _)| s.clone())
-                .collect(),
-        });
+        let result = self.lock().instances.get(id).map(Instance::loaded);
         Box::pin(async move { Ok(result) })
     }
 
@@ -423,19 +430,17 @@ impl Store for MemoryStore {
 
     fn details(&self, id: &str) -> BoxFuture<'_, Result<Option<Details>, StoreError>> {
         let state = self.lock();
-        let result = state.instances.get(id).map(|inst| Details {
-            record: inst.record.clone(),
-            journal: inst.journal.values().cloned().collect(),
-            attempts: inst.attempts.clone(),
-            signals: inst
-                .signals
-                .iter()
-                .filter(|(_, consumed)| consumed.is_none())
-                .map(|(s, _)| s.clone())
-                .collect(),
-            attributes: inst.attributes.clone(),
-            superseded: inst.superseded.clone(),
-            superseded_attempts: inst.superseded_attempts.clone(),
+        let result = state.instances.get(id).map(|inst| {
+            let loaded = inst.loaded();
+            Details {
+                record: loaded.record,
+                journal: loaded.journal,
+                attempts: loaded.attempts,
+                signals: loaded.signals,
+                attributes: inst.attributes.clone(),
+                superseded: inst.superseded.clone(),
+                superseded_attempts: inst.superseded_attempts.clone(),
+            }
         });
         Box::pin(async move { Ok(result) })
     }
@@ -456,24 +461,15 @@ impl Store for MemoryStore {
     }
 
     fn counts(&self) -> BoxFuture<'_, Result<Vec<StatusCount>, StoreError>> {
-        let state = self.lock();
-        let mut counts: BTreeMap<(String, &'static str), (Status, u64)> = BTreeMap::new();
-        for i in state.instances.values() {
-            let r = &i.record;
-            counts
-                .entry((r.workflow.clone(), r.status.as_str()))
-                .or_insert((r.status, 0))
-                .1 += 1;
-        }
-        let result = counts
-            .into_iter()
-            .map(|((workflow, _), (status, count))| StatusCount {
-                workflow,
-                status,
-                count,
-            })
-            .collect();
-        Box::pin(async move { Ok(result) })
+        // All time: one window from the epoch, one bucket.
+        let all = StatsQuery {
+            from: 0,
+            to: Millis::MAX,
+            bucket_ms: Millis::MAX,
+            workflow: None,
+        };
+        let stats = self.stats(all);
+        Box::pin(async move { Ok(stats.await?.totals) })
     }
 
     fn stats(&self, q: StatsQuery) -> BoxFuture<'_, Result<Stats, StoreError>> {

@@ -842,6 +842,8 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
             )
             .and_then(|mut s| s.execute(params![id, at]))
             .map_err(|e| backend(&ctx("requesting cancellation"), e))?;
+            // Due now, so a restart delivers the cancellation without waiting for a timer.
+            wake(conn, id, *at, &ctx("requesting cancellation"))?;
         }
         WriteOp::CancelDelivered { seq, .. } => {
             conn.prepare_cached("UPDATE instances SET cancel_seq = ?2 WHERE id = ?1")
@@ -1078,48 +1080,16 @@ fn load_instance(conn: &mut Connection, id: &str) -> Result<Option<LoadedInstanc
     let Some(record) = get_record(&tx, id)? else {
         return Ok(None);
     };
-    let journal_raw = tx
-        .prepare_cached(
-            "SELECT seq, kind, name, outcome, attempts, started_at, finished_at \
-             FROM journal WHERE instance = ?1 ORDER BY seq",
-        )
-        .and_then(|mut s| {
-            s.query_map([id], |r| {
-                Ok((
-                    get_u32(r, 0)?,
-                    r.get::<_, String>(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    get_u32(r, 4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .map_err(|e| backend(&ctx, e))?;
-    let journal = journal_raw
-        .into_iter()
-        .map(
-            |(seq, kind, name, outcome, attempts, started_at, finished_at)| {
-                let kind = EntryKind::parse(&kind).ok_or_else(|| {
-                    StoreError::Backend(format!(
-                        "instance `{id}` has a journal entry (seq {seq}) of unknown kind \
-                         `{kind}` in the database"
-                    ))
-                })?;
-                Ok(JournalEntry {
-                    seq,
-                    kind,
-                    name,
-                    outcome,
-                    attempts,
-                    started_at,
-                    finished_at,
-                })
-            },
-        )
-        .collect::<Result<Vec<_>, StoreError>>()?;
+    let journal = journal_rows(
+        &tx,
+        "SELECT 0, seq, kind, name, outcome, attempts, started_at, finished_at \
+         FROM journal WHERE instance = ?1 ORDER BY seq",
+        id,
+        &ctx,
+    )?
+    .into_iter()
+    .map(|(_, e)| e)
+    .collect();
     let attempts = tx
         .prepare_cached(
             "SELECT seq, attempt, error, started_at, finished_at FROM attempts \
