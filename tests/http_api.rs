@@ -548,14 +548,40 @@ async fn a_definitions_steps_are_listed_once_each() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "server bug: GET /api/v1/definitions/{name} has no input_schema, output_schema or args (docs/http-api.md promises them)"]
-async fn a_definition_has_schemas_and_args() {
+async fn a_definition_has_its_args_and_traced_schemas() {
     let api = open().await;
+    let args = json!([{"name": "parcel", "type": "Parcel"}]);
+    let all = api.ok("/api/v1/definitions").await;
+    let listed = all["definitions"]
+        .as_array()
+        .expect("definitions")
+        .iter()
+        .find(|d| d["name"] == json!("pack"))
+        .expect("pack");
+    assert_eq!(listed["args"], args);
+    assert!(
+        listed.get("input_schema").is_none(),
+        "schemas only on the one definition"
+    );
     let one = api.ok("/api/v1/definitions/pack").await;
-    for key in ["input_schema", "output_schema", "args"] {
-        assert!(one.get(key).is_some(), "`{key}` missing: {one}");
-    }
-    assert_eq!(one["args"], json!([{"name": "parcel", "type": "Parcel"}]));
+    assert_eq!(one["args"], args);
+    assert_eq!(
+        one["input_schema"],
+        json!({"root": {"TYPENAME": "Parcel"}, "types": {
+            "Parcel": {"STRUCT": [{"sku": "STR"}, {"dims": {"TYPENAME": "Dims"}}]},
+            "Dims": {"STRUCT": [{"weight_g": "U32"}, {"qty": "U32"}]}}})
+    );
+    assert_eq!(one["output_schema"]["root"], json!({"TYPENAME": "Result"}));
+    assert_eq!(
+        one["output_schema"]["types"]["StepError"],
+        json!({"STRUCT": [{"message": "STR"}, {"permanent": "BOOL"}, {"cancelled": "BOOL"}]})
+    );
+    let approval = api.ok("/api/v1/definitions/approval").await;
+    assert_eq!(
+        approval["args"],
+        json!([{"name": "timeout_ms", "type": "u64"}])
+    );
+    assert_eq!(approval["input_schema"]["root"], json!("U64"), "{approval}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1179,6 +1205,11 @@ async fn restart_and_fork_make_new_instances() {
     assert_ne!(new_id, "orig");
     let restarted = api.wait_status(&new_id, "completed").await;
     assert_eq!(restarted["input"], parcel("vase", 500, 1));
+    assert_eq!(
+        restarted["attributes"]["orch.restarted_from"],
+        json!("orig"),
+        "{restarted}"
+    );
     assert_eq!(restarted["workflow"], json!("pack"));
     // An empty body works as well.
     let (status, body) = api.post_raw("/api/v1/instances/orig/restart", "").await;
@@ -1239,6 +1270,11 @@ async fn restart_and_fork_make_new_instances() {
     let fork = api.wait_status(&fork_id, "completed").await;
     assert_eq!(fork["output"], json!({"Ok": 42}));
     assert_eq!(fork["input"], json!(key));
+    assert_eq!(
+        fork["attributes"]["orch.forked_from"],
+        json!("to-fork"),
+        "{fork}"
+    );
     let journal = api.journal(&fork_id).await;
     // Entry 1 is a copy (same times), entries 2.. ran anew.
     let copied = entry(&journal, "prepare");
@@ -2619,4 +2655,222 @@ async fn concurrent_starts_of_one_id_create_it_once() {
             .count();
         assert_eq!(starts, 1, "{id} audited {starts} times");
     }
+}
+
+/// The property names an object schema documents, through `$ref`, `allOf` and `oneOf`; None
+/// when it allows any (`additionalProperties`) or names none.
+fn documented_keys(doc: &Value, schema: &Value) -> Option<BTreeSet<String>> {
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        return documented_keys(doc, doc.pointer(r.trim_start_matches('#'))?);
+    }
+    if schema
+        .get("additionalProperties")
+        .is_some_and(|a| a != &json!(false))
+    {
+        return None;
+    }
+    let mut keys: BTreeSet<String> = schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default();
+    for branch in ["allOf", "oneOf"] {
+        for s in schema
+            .get(branch)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            keys.extend(documented_keys(doc, s)?);
+        }
+    }
+    (!keys.is_empty()).then_some(keys)
+}
+
+/// Checks `value` against a JSON Schema of the OpenAPI document (the subset it uses: `$ref`,
+/// `allOf`, `oneOf`, `type`, `enum`, `required`, `properties`, `additionalProperties`,
+/// `items`, `minimum`), and that every key of an object is documented; returns what does not
+/// match.
+fn schema_errors(doc: &Value, schema: &Value, value: &Value, at: &str, out: &mut Vec<String>) {
+    if let Value::Object(obj) = value
+        && let Some(known) = documented_keys(doc, schema)
+    {
+        for k in obj.keys().filter(|k| !known.contains(*k)) {
+            out.push(format!("{at}: undocumented `{k}`"));
+        }
+    }
+    check_schema(doc, schema, value, at, out);
+}
+
+fn check_schema(doc: &Value, schema: &Value, value: &Value, at: &str, out: &mut Vec<String>) {
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        let target = doc
+            .pointer(r.trim_start_matches('#'))
+            .unwrap_or_else(|| panic!("$ref {r}"));
+        return check_schema(doc, target, value, at, out);
+    }
+    if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
+        for s in all {
+            check_schema(doc, s, value, at, out);
+        }
+    }
+    if let Some(one) = schema.get("oneOf").and_then(Value::as_array) {
+        let matching = one
+            .iter()
+            .filter(|s| {
+                let mut errs = Vec::new();
+                check_schema(doc, s, value, at, &mut errs);
+                errs.is_empty()
+            })
+            .count();
+        if matching == 0 {
+            out.push(format!("{at}: matches none of oneOf: {value}"));
+        }
+    }
+    if let Some(ty) = schema.get("type") {
+        let types: Vec<&str> = match ty {
+            Value::String(t) => vec![t.as_str()],
+            Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+            _ => vec![],
+        };
+        let fits = |t: &str| match t {
+            "null" => value.is_null(),
+            "boolean" => value.is_boolean(),
+            "integer" => value.is_i64() || value.is_u64(),
+            "number" => value.is_number(),
+            "string" => value.is_string(),
+            "array" => value.is_array(),
+            "object" => value.is_object(),
+            _ => true,
+        };
+        if !types.iter().any(|t| fits(t)) {
+            out.push(format!("{at}: expected {types:?}, got {value}"));
+            return;
+        }
+    }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+        && !allowed.contains(value)
+    {
+        out.push(format!("{at}: {value} is not one of {allowed:?}"));
+    }
+    if let (Some(min), Some(n)) = (
+        schema.get("minimum").and_then(Value::as_f64),
+        value.as_f64(),
+    ) && n < min
+    {
+        out.push(format!("{at}: {n} < {min}"));
+    }
+    if let Value::Object(obj) = value {
+        let props = schema.get("properties").and_then(Value::as_object);
+        for req in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            if !obj.contains_key(req) {
+                out.push(format!("{at}: missing `{req}`"));
+            }
+        }
+        for (k, v) in obj {
+            match props.and_then(|p| p.get(k)) {
+                Some(s) => schema_errors(doc, s, v, &format!("{at}.{k}"), out),
+                None => {
+                    if let Some(s @ Value::Object(_)) = schema.get("additionalProperties") {
+                        schema_errors(doc, s, v, &format!("{at}.{k}"), out)
+                    }
+                }
+            }
+        }
+    }
+    if let (Value::Array(items), Some(s)) = (value, schema.get("items")) {
+        for (n, v) in items.iter().enumerate() {
+            schema_errors(doc, s, v, &format!("{at}[{n}]"), out);
+        }
+    }
+}
+
+/// Every property the document's schemas name is in what the server returns, and nothing the
+/// server returns is undocumented: the documented response schema of each GET below, checked
+/// against a real answer (and the error schema against real errors).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_schemas_match_real_responses() {
+    let api = open().await;
+    let doc = api.ok("/api/v1/openapi.json").await;
+    let failed = api
+        .start("fragile_flow", json!("schema-x"), Some("sx-1"))
+        .await;
+    api.wait_status(&failed, "failed").await;
+    fix("schema-x");
+    let (status, _) = api.post("/api/v1/instances/sx-1/retry", json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    api.wait_status(&failed, "completed").await;
+    let tally = api
+        .start("tally", json!({"customer": "c", "items": 2}), Some("sx-2"))
+        .await;
+    api.wait_status(&tally, "completed").await;
+    let waiting = api.start("approval", json!(60_000), Some("sx-3")).await;
+    api.wait_status(&waiting, "suspended").await;
+    let (status, _) = api
+        .post(
+            "/api/v1/instances/sx-3/signal",
+            json!({"name": "other", "payload": 1}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+
+    let paths = &doc["paths"];
+    let mut errors = Vec::new();
+    for (template, concrete) in [
+        ("/api/v1/whoami", "/api/v1/whoami".to_string()),
+        ("/api/v1/definitions", "/api/v1/definitions".into()),
+        (
+            "/api/v1/definitions/{name}",
+            "/api/v1/definitions/pack".into(),
+        ),
+        (
+            "/api/v1/definitions/{name}",
+            "/api/v1/definitions/approval".into(),
+        ),
+        ("/api/v1/instances", "/api/v1/instances?limit=2".into()),
+        ("/api/v1/instances/{id}", "/api/v1/instances/sx-1".into()),
+        ("/api/v1/instances/{id}", "/api/v1/instances/sx-2".into()),
+        ("/api/v1/instances/{id}", "/api/v1/instances/sx-3".into()),
+        (
+            "/api/v1/instances/{id}/journal",
+            "/api/v1/instances/sx-1/journal".into(),
+        ),
+        (
+            "/api/v1/instances/{id}/journal",
+            "/api/v1/instances/sx-3/journal".into(),
+        ),
+        ("/api/v1/stats", "/api/v1/stats".into()),
+        (
+            "/api/v1/stats/attributes",
+            "/api/v1/stats/attributes?key=items".into(),
+        ),
+        ("/api/v1/audit", "/api/v1/audit".into()),
+        ("/healthz", "/healthz".into()),
+    ] {
+        let body = api.ok(&concrete).await;
+        let schema =
+            &paths[template]["get"]["responses"]["200"]["content"]["application/json"]["schema"];
+        assert!(schema.is_object(), "{template}: no 200 JSON schema");
+        schema_errors(&doc, schema, &body, &concrete, &mut errors);
+    }
+    let error_schema = json!({"$ref": "#/components/schemas/Error"});
+    for path in [
+        "/api/v1/instances/nope",
+        "/api/v1/instances?limit=0",
+        "/api/v1/nothing",
+    ] {
+        let (_, body) = api.get(path).await;
+        schema_errors(&doc, &error_schema, &body, path, &mut errors);
+    }
+    assert!(
+        errors.is_empty(),
+        "the OpenAPI document and the server disagree:\n{}",
+        errors.join("\n")
+    );
 }
