@@ -126,8 +126,10 @@ fn check(state: &State, ops: &[WriteOp]) -> Result<(), StoreError> {
             continue;
         }
         let Some(inst) = state.instances.get(id) else {
-            if matches!(op, WriteOp::Wake { .. }) {
-                continue; // nothing to wake (e.g. a parent outside this store)
+            if matches!(op, WriteOp::Wake { .. }) || forks.contains(id) {
+                // Nothing to wake (e.g. a parent outside this store), or an instance a fork
+                // earlier in this batch creates.
+                continue;
             }
             return Err(StoreError::NotFound(id.to_string()));
         };
