@@ -319,7 +319,7 @@ async fn retry_runs_a_failed_instance_again_from_its_failed_step_keeping_the_old
     assert_eq!(rec.failed_seq, Some(2));
     // Retrying a failed instance from a seq past its journal is refused; nothing changes.
     let bad = rt.retry(run.id(), Some(9), "ops").await;
-    assert!(matches!(bad, Err(OrchError::Conflict { .. })), "{bad:?}");
+    assert!(matches!(bad, Err(OrchError::InvalidArgument(_))), "{bad:?}");
     assert_eq!(
         rt.instance(run.id())
             .await
@@ -387,7 +387,7 @@ async fn retry_runs_a_failed_instance_again_from_its_failed_step_keeping_the_old
     assert_eq!(STEP_B.load(Ordering::SeqCst), b + 1);
     assert_eq!(STEP_C.load(Ordering::SeqCst), c + 1);
     let bad = rt.fork(run.id(), 0, "ops").await;
-    assert!(matches!(bad, Err(OrchError::Conflict { .. })), "{bad:?}");
+    assert!(matches!(bad, Err(OrchError::InvalidArgument(_))), "{bad:?}");
 
     let actions: Vec<String> = rt
         .audit_log(10)

@@ -246,22 +246,11 @@ impl Runtime {
         }
         let end = details.journal.iter().map(|e| e.seq).max().unwrap_or(0) + 1;
         let from = match from_seq {
-            Some(0) => {
-                return Err(Error::Conflict {
-                    action: "retry",
-                    id: id.to_string(),
-                    reason: "seqs start at 1".into(),
-                });
-            }
-            Some(seq) if seq > end => {
-                return Err(Error::Conflict {
-                    action: "retry",
-                    id: id.to_string(),
-                    reason: format!(
-                        "from_seq {seq} is past the end of its journal (entries 1 to {})",
-                        end - 1
-                    ),
-                });
+            Some(seq) if seq == 0 || seq > end => {
+                return Err(Error::InvalidArgument(format!(
+                    "cannot retry instance `{id}` from seq {seq}: it must be between 1 and {end} \
+                     (one past its last journal entry)"
+                )));
             }
             Some(seq) => seq,
             None => rec.failed_seq.or(rec.cancel_seq).unwrap_or(end),
@@ -292,7 +281,7 @@ impl Runtime {
     pub async fn restart(&self, id: &str, actor: &str) -> Result<String, Error> {
         let rec = self.live_record(id).await?;
         let def = self.inner.registry.get(&rec.workflow)?;
-        let new_id = self.inner.start(def, None, rec.input.clone(), None).await?;
+        let (new_id, _) = self.inner.start(def, None, rec.input.clone(), None).await?;
         let audit = self.audit_record(
             actor,
             "restart",
@@ -317,13 +306,10 @@ impl Runtime {
         let def = self.inner.registry.get(&rec.workflow)?;
         let end = details.journal.iter().map(|e| e.seq).max().unwrap_or(0) + 1;
         if from_seq == 0 || from_seq > end {
-            return Err(Error::Conflict {
-                action: "fork",
-                id: id.to_string(),
-                reason: format!(
-                    "from_seq must be between 1 and {end} (one past its last journal entry)"
-                ),
-            });
+            return Err(Error::InvalidArgument(format!(
+                "cannot fork instance `{id}` from seq {from_seq}: it must be between 1 and \
+                 {end} (one past its last journal entry)"
+            )));
         }
         let new_id = uuid::Uuid::new_v4().simple().to_string();
         let now = self.inner.clock.now_ms();

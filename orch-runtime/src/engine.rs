@@ -247,15 +247,16 @@ impl Inner {
         Ok(n)
     }
 
-    /// Creates (or finds) an instance and starts driving it. `input` must fit the workflow's
-    /// input type: typed callers serialized it from that type, untyped ones check it first.
+    /// Creates (or finds) an instance and starts driving it; returns its id and whether this
+    /// call created it. `input` must fit the workflow's input type: typed callers serialized
+    /// it from that type, untyped ones check it first.
     pub(crate) async fn start(
         self: &Arc<Self>,
         def: &'static WorkflowDef,
         id: Option<String>,
         input: String,
         parent: Option<String>,
-    ) -> Result<String, Error> {
+    ) -> Result<(String, bool), Error> {
         if self.is_closing() {
             return Err(Error::ShutDown);
         }
@@ -275,10 +276,11 @@ impl Inner {
             ..InstanceRecord::new(id.clone(), def.name, def.version, input, now)
         };
         let record_copy = record.clone();
-        match self.store.create(record).await? {
+        let created = match self.store.create(record).await? {
             crate::store::Created::New => {
                 self.metrics.started(def.name);
-                self.schedule_with(&id, Load::Fresh(Some(Box::new(record_copy))))
+                self.schedule_with(&id, Load::Fresh(Some(Box::new(record_copy))));
+                true
             }
             crate::store::Created::Existing(existing) => {
                 if existing.workflow != def.name || existing.parent != parent {
@@ -288,9 +290,10 @@ impl Inner {
                         requested: def.name.to_string(),
                     });
                 }
+                false
             }
-        }
-        Ok(id)
+        };
+        Ok((id, created))
     }
 
     /// Makes sure the instance is being driven: loads it, or nudges the loaded copy.

@@ -121,6 +121,9 @@ pub enum Error {
     /// The runtime's configuration cannot work (e.g. an HTTP address that cannot be bound).
     #[error("{0}")]
     Config(String),
+    /// An argument of an operation is out of range (e.g. a seq past the journal's end).
+    #[error("{0}")]
+    InvalidArgument(String),
     /// The operation does not apply to the instance as it stands.
     #[error("cannot {action} instance `{id}`: {reason}")]
     Conflict {

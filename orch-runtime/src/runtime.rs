@@ -201,7 +201,7 @@ impl Runtime {
             workflow: W::NAME.to_string(),
             detail: e.to_string(),
         })?;
-        let id = self.inner.start(def, id, json, None).await?;
+        let (id, _) = self.inner.start(def, id, json, None).await?;
         Ok(self.handle_unchecked(id))
     }
 
@@ -213,6 +213,17 @@ impl Runtime {
         id: Option<&str>,
         input: &str,
     ) -> Result<String, Error> {
+        Ok(self.start_json_created(workflow, id, input).await?.0)
+    }
+
+    /// Like [`start_json`](Self::start_json), also saying whether this call created the
+    /// instance (`false`: an instance with that id existed and is returned as it is).
+    pub async fn start_json_created(
+        &self,
+        workflow: &str,
+        id: Option<&str>,
+        input: &str,
+    ) -> Result<(String, bool), Error> {
         let def = self.inner.registry.get(workflow)?;
         crate::limits::check_payload("workflow input", input)?;
         (def.check_input)(input).map_err(|detail| Error::InvalidInput {

@@ -58,6 +58,7 @@ pub(crate) fn routes(state: AppState) -> Router {
     Router::new()
         .merge(api)
         .route("/healthz", get(healthz))
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_requests,
@@ -108,7 +109,9 @@ impl From<Error> for ApiError {
             }
             Error::Store(StoreError::NotFound(_)) => (StatusCode::NOT_FOUND, "not_found"),
             Error::InvalidInput { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
-            Error::InvalidId { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+            Error::InvalidId { .. } | Error::InvalidArgument(_) => {
+                (StatusCode::BAD_REQUEST, "bad_request")
+            }
             Error::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Error::IdConflict { .. }
             | Error::Conflict { .. }
@@ -125,6 +128,18 @@ impl From<Error> for ApiError {
         }
         ApiError::new(status, code, message)
     }
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{method} is not allowed on {}; see /api/v1/openapi.json for the methods each path \
+             takes",
+            uri.path()
+        ),
+    )
 }
 
 pub(crate) async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
@@ -284,6 +299,11 @@ fn opt_seq(body: &Map<String, Value>, field: &str) -> ApiResult<Option<u32>> {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
             .as_u64()
+            .or_else(|| {
+                v.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                    .map(|f| f as u64)
+            })
             .and_then(|n| u32::try_from(n).ok())
             .filter(|n| *n >= 1)
             .map(Some)
@@ -437,6 +457,12 @@ fn query_from_json(rt: &Runtime, filter: Option<&Value>) -> ApiResult<Query> {
             kind_of(filter)
         )));
     };
+    if f.is_empty() {
+        return Err(ApiError::bad_request(
+            "`filter` is empty, which would act on every instance; name at least one \
+             condition (e.g. {\"status\": [\"failed\"]})",
+        ));
+    }
     only_fields(
         f,
         &[
@@ -462,6 +488,11 @@ fn query_from_json(rt: &Runtime, filter: Option<&Value>) -> ApiResult<Query> {
             }
             ("attr", Value::Object(attrs)) => {
                 for (ak, av) in attrs {
+                    if ak.is_empty() {
+                        return Err(ApiError::bad_request(
+                            "`filter.attr` has an empty key; keys are attribute names",
+                        ));
+                    }
                     params.push((format!("attr.{ak}"), av.to_string()));
                 }
             }
@@ -679,16 +710,11 @@ async fn start(
         )));
     };
     let id = opt_string(&body, "id")?;
-    let existed = match &id {
-        Some(id) => state.rt.instance(id).await?.is_some(),
-        None => false,
-    };
     let input = input.to_string();
-    let new_id = state
+    let (new_id, created) = state
         .rt
-        .start_json(&workflow, id.as_deref(), &input)
+        .start_json_created(&workflow, id.as_deref(), &input)
         .await?;
-    let created = !existed;
     if created {
         state
             .rt

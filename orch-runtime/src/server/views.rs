@@ -19,22 +19,60 @@ fn opt_time(ms: Option<Millis>) -> Value {
 
 /// Parses a time parameter: RFC 3339, or an age like `24h` meaning that long before `now`.
 pub(crate) fn parse_time(raw: &str, now: Millis) -> Result<Millis, String> {
-    if let Ok(t) = humantime::parse_rfc3339_weak(raw) {
-        return t
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as Millis)
-            .map_err(|_| format!("`{raw}` is before 1970"));
+    if let Ok(ms) = raw.parse::<i64>() {
+        return Ok(ms);
+    }
+    if let Some(ms) = rfc3339(raw) {
+        return ms.ok_or_else(|| format!("`{raw}` is before 1970"));
     }
     if let Ok(age) = humantime::parse_duration(raw) {
         return Ok(now.saturating_sub(age.as_millis().min(i64::MAX as u128) as Millis));
-    }
-    if let Ok(ms) = raw.parse::<i64>() {
-        return Ok(ms);
     }
     Err(format!(
         "`{raw}` is not a time: use RFC 3339 (2026-11-26T08:00:00Z), an age such as 15m, 24h \
          or 7d, or milliseconds since the epoch"
     ))
+}
+
+/// RFC 3339 (also with a `+02:00` offset, a space or lower-case `t`/`z`): `Some(None)` for a
+/// time before 1970, `None` for text that is not such a time. humantime reads the UTC form;
+/// the offset is applied here.
+fn rfc3339(raw: &str) -> Option<Option<Millis>> {
+    let mut upper = raw.trim().to_ascii_uppercase();
+    if upper.len() == 10 && upper.as_bytes().get(4) == Some(&b'-') {
+        upper.push_str("T00:00:00Z"); // a date alone: its start, UTC
+    }
+    let (base, offset_ms) = match upper.len().checked_sub(6).map(|i| upper.split_at(i)) {
+        Some((base, off)) if base.contains('T') || base.contains(' ') => {
+            let b = off.as_bytes();
+            let sign = match b[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => 0,
+            };
+            let hm = (sign != 0 && b[3] == b':')
+                .then(|| {
+                    Some((
+                        off.get(1..3)?.parse::<i64>().ok()?,
+                        off.get(4..6)?.parse::<i64>().ok()?,
+                    ))
+                })
+                .flatten();
+            match hm {
+                Some((h, m)) if h < 24 && m < 60 => {
+                    (format!("{base}Z"), sign * (h * 3_600_000 + m * 60_000))
+                }
+                _ => (upper.clone(), 0),
+            }
+        }
+        _ => (upper.clone(), 0),
+    };
+    let t = humantime::parse_rfc3339_weak(&base).ok()?;
+    Some(
+        t.duration_since(UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_millis() as Millis - offset_ms),
+    )
 }
 
 /// Parses JSON text stored by the runtime; text that is not JSON is returned as a string.
