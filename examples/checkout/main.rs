@@ -287,6 +287,8 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
             rt.http_url().unwrap_or_default()
         ));
         let _ = tokio::signal::ctrl_c().await;
+    } else if !quiet && rt.http_url().is_some() {
+        println!("(the UI stops with this run; add --serve to keep it up and look around)");
     }
     rt.shutdown().await?;
     let all_final = outcomes.values().all(|o| o.status.is_final());
