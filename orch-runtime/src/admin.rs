@@ -233,6 +233,8 @@ impl Runtime {
     pub async fn retry(&self, id: &str, from_seq: Option<u32>, actor: &str) -> Result<u32, Error> {
         let details = self.details(id).await?;
         let rec = &details.record;
+        // Nothing could run it again here: refuse before changing anything.
+        self.inner.registry.get(&rec.workflow)?;
         if !crate::store::memory::retryable(rec.status) {
             return Err(Error::Conflict {
                 action: "retry",
@@ -352,10 +354,22 @@ impl Runtime {
             })
             .collect();
         attributes.push(lineage(&new_id, FORKED_FROM, id));
+        let loaded = self
+            .inner
+            .store
+            .load(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let ended_timers = loaded
+            .ended_timers
+            .into_iter()
+            .filter(|s| *s < from_seq)
+            .collect();
         let mut ops = vec![WriteOp::Fork {
             record: Box::new(record),
             journal,
             attempts,
+            ended_timers,
         }];
         ops.extend(attributes);
         ops.push(WriteOp::Audit(audit));

@@ -124,6 +124,11 @@ struct State {
     cancel_at: Option<Millis>,
     /// The seq of the call that received the cancellation, once one did.
     cancel_seq: Option<u32>,
+    /// The last seq taken when this load handed the cancellation over: timers up to it were
+    /// waiting before (a `join!` sibling), so the cancellation ends them too.
+    cancel_horizon: Option<u32>,
+    /// Timers a cancellation ended early (journaled, so replay ends them at once too).
+    ended_timers: HashSet<u32>,
     /// The last step (not background) whose outcome was an error: name and seq.
     failed_step: Option<(String, u32)>,
 }
@@ -197,6 +202,7 @@ impl WorkflowCtx {
         st.signals = loaded.signals;
         st.cancel_at = loaded.record.cancel_requested;
         st.cancel_seq = loaded.record.cancel_seq;
+        st.ended_timers = loaded.ended_timers.into_iter().collect();
         let (cancel_tx, _) = tokio::sync::watch::channel(st.cancel_at.is_some());
         Arc::new(WorkflowCtx {
             children: tokio::sync::OnceCell::new(),
@@ -223,12 +229,6 @@ impl WorkflowCtx {
         self.wake_all();
     }
 
-    /// Whether a cancellation is waiting to be received.
-    pub(crate) fn cancel_pending(&self) -> bool {
-        let st = self.lock();
-        st.cancel_at.is_some() && st.cancel_seq.is_none()
-    }
-
     /// Hands a pending cancellation to the call at `seq` (once): true if it was pending. The
     /// caller journals it with [`WriteOp::CancelDelivered`] beside its entry.
     pub(crate) fn take_cancel(&self, seq: u32) -> bool {
@@ -239,16 +239,40 @@ impl WorkflowCtx {
         let mut st = self.lock();
         if st.cancel_at.is_some() && st.cancel_seq.is_none() {
             st.cancel_seq = Some(seq);
+            st.cancel_horizon = Some(st.next_seq);
             return true;
         }
         false
     }
 
-    /// Whether the call that received the cancellation came at or after `seq` (or none has
-    /// yet): a timer at `seq` then ends early, on replay as when it ran.
-    pub(crate) fn cancels_timer(&self, seq: u32) -> bool {
+    /// Whether the timer at `seq` ended early on an earlier run (journaled).
+    pub(crate) fn timer_ended(&self, seq: u32) -> bool {
+        self.lock().ended_timers.contains(&seq)
+    }
+
+    /// Whether the cancellation ends the timer at `seq` now: it is pending, or it was handed
+    /// over while this timer was already waiting (timers started afterwards, e.g. in
+    /// compensation code, run normally). The caller journals the end with [`end_timer`].
+    ///
+    /// [`end_timer`]: Self::end_timer
+    pub(crate) fn cancel_ends_timer(&self, seq: u32) -> bool {
+        if in_background() {
+            return false;
+        }
         let st = self.lock();
-        st.cancel_at.is_some() && st.cancel_seq.is_none_or(|c| c > seq)
+        st.cancel_at.is_some()
+            && (st.cancel_seq.is_none() || st.cancel_horizon.is_some_and(|h| seq <= h))
+    }
+
+    /// Journals that the timer at `seq` ended early, before any later step can run.
+    pub(crate) fn end_timer(&self, seq: u32) {
+        if !self.lock().ended_timers.insert(seq) {
+            return;
+        }
+        self.record_value_write(vec![WriteOp::EndTimer {
+            instance: self.id.clone(),
+            seq,
+        }]);
     }
 
     /// Whether cancellation was requested (delivered or not).
@@ -417,6 +441,12 @@ impl WorkflowCtx {
     /// Records a value replay cannot reproduce; the next step waits for it to be durable.
     pub(crate) fn record_value(&self, entry: JournalEntry) {
         let commit = self.record(entry, Vec::new());
+        self.lock().values.push(commit);
+    }
+
+    /// Queues a write that the next step's side effect must not overtake.
+    fn record_value_write(&self, ops: Vec<WriteOp>) {
+        let commit = self.engine.store.submit(ops);
         self.lock().values.push(commit);
     }
 

@@ -199,22 +199,39 @@ fn timer(target: Target) -> Durable<()> {
 /// Cancellation ends the wait early (the next step call receives the cancellation error).
 async fn wait_until(ctx: Arc<WorkflowCtx>, seq: u32, fire_at: Millis) {
     let remaining = fire_at - ctx.now_ms();
-    if remaining <= 0 || ctx.cancels_timer(seq) {
+    if remaining <= 0 || ctx.timer_ended(seq) {
+        return;
+    }
+    let ended_by_cancel = || {
+        let ends = ctx.cancel_ends_timer(seq);
+        if ends {
+            ctx.end_timer(seq);
+        }
+        ends
+    };
+    if ended_by_cancel() {
         return;
     }
     let remaining = Duration::from_millis(remaining as u64);
     if remaining <= ctx.engine.keep_loaded {
         let _busy = ctx.inflight();
+        let alarm = tokio::time::sleep(remaining);
+        tokio::pin!(alarm);
         tokio::select! {
-            _ = tokio::time::sleep(remaining) => {}
-            _ = ctx.cancelled() => {}
+            _ = &mut alarm => {}
+            _ = ctx.cancelled() => {
+                if !ended_by_cancel() {
+                    // Handed over before this timer started: it runs its course.
+                    alarm.await;
+                }
+            }
         }
         return;
     }
     let _waiting = ctx.waiter_guard(seq);
     let mut alarm = Box::pin(tokio::time::sleep(remaining));
     std::future::poll_fn(|cx| {
-        if alarm.as_mut().poll(cx).is_ready() || ctx.now_ms() >= fire_at || ctx.cancels_timer(seq) {
+        if alarm.as_mut().poll(cx).is_ready() || ctx.now_ms() >= fire_at || ended_by_cancel() {
             return Poll::Ready(());
         }
         ctx.wait(seq, Some(fire_at), cx.waker());
@@ -286,7 +303,13 @@ pub fn set_attribute<T: Serialize>(key: &str, value: T) -> Durable<()> {
             Begin::Halted => parked(),
             Begin::Replay(_) => Box::pin(std::future::ready(())),
             Begin::Fresh(seq) => {
-                let Some(json) = to_json(&ctx, "set_attribute", &value) else {
+                // Canonical JSON (object keys sorted), so stored values compare as text.
+                let json = match serde_json::to_value(&value) {
+                    Ok(v) => to_json(&ctx, "set_attribute", &v),
+                    // Reports the serialization error and halts.
+                    Err(_) => to_json(&ctx, "set_attribute", &value),
+                };
+                let Some(json) = json else {
                     return parked();
                 };
                 if key.starts_with("orch.") {
@@ -448,7 +471,8 @@ fn receive<T: DeserializeOwned + Send + 'static>(
                     }
                 }
             }
-            if ctx.cancel_pending() {
+            let cancelled = ctx.cancel_ends_timer(seq);
+            if cancelled {
                 // Cancelled while waiting: a wait with a timeout gives up as if it timed out
                 // (the next step call receives the cancellation error); one without cannot
                 // return, so the instance ends cancelled.
@@ -465,7 +489,7 @@ fn receive<T: DeserializeOwned + Send + 'static>(
                 let fired = alarm
                     .as_mut()
                     .is_some_and(|a| a.as_mut().poll(cx).is_ready());
-                if fired || ctx.now_ms() >= at || ctx.cancel_pending() {
+                if fired || ctx.now_ms() >= at || cancelled {
                     let json = serde_json::to_string(&Received::TimedOut)
                         .unwrap_or_else(|_| "\"timed_out\"".into());
                     let now = ctx.now_ms();

@@ -603,6 +603,7 @@ async fn drive_once(inner: &Arc<Inner>, id: &str, load: Load, load_gen: u64) -> 
             journal: Vec::new(),
             attempts: Vec::new(),
             signals: Vec::new(),
+            ended_timers: Vec::new(),
         })),
         None => inner.store.load(id).await,
     };

@@ -780,6 +780,17 @@ pub async fn replay(export_json: &str) -> Result<ReplayReport, Error> {
         export.attempts.iter(),
     )
     .await?;
+    let ended: Vec<WriteOp> = export
+        .ended_timers
+        .iter()
+        .map(|&seq| WriteOp::EndTimer {
+            instance: id.clone(),
+            seq,
+        })
+        .collect();
+    if !ended.is_empty() {
+        store.submit(ended).await?;
+    }
     let t = TestRuntime::builder()
         .with_store(store)
         .replay_only()

@@ -943,8 +943,8 @@ async fn tokens_are_required_and_read_tokens_cannot_change_anything() {
         .in_memory()
         .http_with(
             HttpConfig::new("127.0.0.1:0")
-                .admin_token("ops", "s3cret")
-                .read_token("viewer", "r3ad"),
+                .admin_token("ops", "s3cret-admin")
+                .read_token("viewer", "r3ad-only-token"),
         )
         .build()
         .await
@@ -964,21 +964,21 @@ async fn tokens_are_required_and_read_tokens_cannot_change_anything() {
         "{wrong:?}"
     );
 
-    let read = orch_as(&url, Some("r3ad"), &["list"]).await;
+    let read = orch_as(&url, Some("r3ad-only-token"), &["list"]).await;
     assert_eq!(read.code, 0, "{read:?}");
-    let who = orch_as(&url, Some("r3ad"), &["whoami"]).await;
+    let who = orch_as(&url, Some("r3ad-only-token"), &["whoami"]).await;
     assert_eq!(
         who.stdout, "viewer (read); this server: tokens required\n",
         "{who:?}"
     );
     let start = ["start", "cli_gated", "--input", "1", "--id", "by-token"];
-    let read_only = orch_as(&url, Some("r3ad"), &start).await;
+    let read_only = orch_as(&url, Some("r3ad-only-token"), &start).await;
     assert_eq!(read_only.code, 4, "{read_only:?}");
     assert!(
         read_only.stderr.contains("the token is read-only"),
         "{read_only:?}"
     );
-    let flag = ["--token", "s3cret"]
+    let flag = ["--token", "s3cret-admin"]
         .iter()
         .chain(&start)
         .copied()

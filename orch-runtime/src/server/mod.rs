@@ -83,6 +83,9 @@ pub(crate) async fn start(rt: Runtime, config: HttpConfig) -> Result<Bound, Erro
         tokens.extend(auth::env_tokens("ORCH_ADMIN_TOKENS", Role::Admin).map_err(config_error)?);
         tokens.extend(auth::env_tokens("ORCH_READ_TOKENS", Role::Read).map_err(config_error)?);
     }
+    for t in &tokens {
+        auth::check_token(t).map_err(config_error)?;
+    }
     let listener = tokio::net::TcpListener::bind(&config.addr)
         .await
         .map_err(|e| {

@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// RFC 3339 with milliseconds, UTC.
 pub(crate) fn time(ms: Millis) -> Value {
-    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    // RFC 3339 ends at year 9999: later times (a sleep "forever") show as its last instant.
+    const MAX: Millis = 253_402_300_799_999;
+    let t = UNIX_EPOCH + Duration::from_millis(ms.clamp(0, MAX) as u64);
     Value::String(humantime::format_rfc3339_millis(t).to_string())
 }
 

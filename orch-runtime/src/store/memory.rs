@@ -17,6 +17,7 @@ struct Instance {
     /// Signals with the seq that consumed them, if any.
     signals: Vec<(SignalRecord, Option<u32>)>,
     attributes: BTreeMap<String, String>,
+    ended_timers: std::collections::BTreeSet<u32>,
     superseded: Vec<Superseded>,
     superseded_attempts: Vec<(u32, AttemptRecord)>,
 }
@@ -34,6 +35,7 @@ impl Instance {
                 .filter(|(_, consumed)| consumed.is_none())
                 .map(|(s, _)| s.clone())
                 .collect(),
+            ended_timers: self.ended_timers.iter().copied().collect(),
         }
     }
 }
@@ -191,6 +193,7 @@ fn apply(state: &mut State, op: WriteOp) {
             record,
             journal,
             attempts,
+            ended_timers,
         } => {
             let id = record.id.clone();
             for e in &journal {
@@ -202,6 +205,7 @@ fn apply(state: &mut State, op: WriteOp) {
                     record: *record,
                     journal: journal.into_iter().map(|e| (e.seq, e)).collect(),
                     attempts,
+                    ended_timers: ended_timers.into_iter().collect(),
                     ..Default::default()
                 },
             );
@@ -267,6 +271,9 @@ fn apply(state: &mut State, op: WriteOp) {
         WriteOp::Attribute { key, value, .. } => {
             inst.attributes.insert(key, value);
         }
+        WriteOp::EndTimer { seq, .. } => {
+            inst.ended_timers.insert(seq);
+        }
         WriteOp::RequestCancel { at, .. } => {
             if inst.record.cancel_requested.is_none() {
                 inst.record.cancel_requested = Some(at);
@@ -278,6 +285,22 @@ fn apply(state: &mut State, op: WriteOp) {
         WriteOp::Retry { from_seq, at, .. } => {
             let retry = inst.record.retries + 1;
             let moved = inst.journal.split_off(&from_seq);
+            inst.ended_timers.split_off(&from_seq);
+            // Attributes set by the moved entries go back to what earlier entries set.
+            for e in moved
+                .values()
+                .filter(|e| e.kind == super::EntryKind::Attribute)
+            {
+                let earlier = inst
+                    .journal
+                    .values()
+                    .rev()
+                    .find(|k| k.kind == super::EntryKind::Attribute && k.name == e.name);
+                match earlier {
+                    Some(k) => inst.attributes.insert(e.name.clone(), k.outcome.clone()),
+                    None => inst.attributes.remove(&e.name),
+                };
+            }
             inst.superseded
                 .extend(moved.into_values().map(|entry| Superseded { retry, entry }));
             let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut inst.attempts)

@@ -310,6 +310,8 @@ pub struct LoadedInstance {
     pub attempts: Vec<AttemptRecord>,
     /// Signals not yet consumed, in delivery order.
     pub signals: Vec<SignalRecord>,
+    /// Seqs of durable timers that a cancellation ended early (see [`WriteOp::EndTimer`]).
+    pub ended_timers: Vec<u32>,
 }
 
 /// An instance as exported by `Runtime::export`: everything needed to replay it elsewhere.
@@ -323,6 +325,9 @@ pub struct Export {
     pub attempts: Vec<AttemptRecord>,
     /// Signals not yet consumed.
     pub signals: Vec<SignalRecord>,
+    /// Seqs of timers a cancellation ended early.
+    #[serde(default)]
+    pub ended_timers: Vec<u32>,
 }
 
 impl From<LoadedInstance> for Export {
@@ -332,6 +337,7 @@ impl From<LoadedInstance> for Export {
             journal: l.journal,
             attempts: l.attempts,
             signals: l.signals,
+            ended_timers: l.ended_timers,
         }
     }
 }
@@ -407,6 +413,14 @@ pub enum WriteOp {
         /// When.
         at: Millis,
     },
+    /// The durable timer (sleep or signal deadline) at `seq` ended early because the workflow
+    /// was cancelled: replay ends it at once too, whatever the cancellation state is then.
+    EndTimer {
+        /// Instance id.
+        instance: String,
+        /// The timer's seq.
+        seq: u32,
+    },
     /// Sets (or replaces) a searchable attribute (`set_attribute`).
     Attribute {
         /// Instance id.
@@ -434,8 +448,8 @@ pub enum WriteOp {
     /// Runs a finished (failed, cancelled, terminated or incompatible) instance again from
     /// `from_seq`: journal entries and failed attempts from that seq on are moved aside as
     /// superseded by retry number `retries + 1` (kept, never deleted), signals consumed by
-    /// them become pending again, and the instance is running with no output. Anything else is
-    /// a conflict.
+    /// them become pending again, attributes they set go back to the values earlier entries
+    /// set (or away), and the instance is running with no output. Anything else is a conflict.
     Retry {
         /// Instance id.
         instance: String,
@@ -453,6 +467,8 @@ pub enum WriteOp {
         journal: Vec<JournalEntry>,
         /// Failed attempts of those entries.
         attempts: Vec<AttemptRecord>,
+        /// Timers among those entries that a cancellation ended early.
+        ended_timers: Vec<u32>,
     },
     /// Appends to the audit log (who did what to which instance).
     Audit(AuditRecord),
@@ -485,6 +501,7 @@ impl WriteOp {
             | WriteOp::Wake { instance, .. }
             | WriteOp::Finish { instance, .. }
             | WriteOp::Attribute { instance, .. }
+            | WriteOp::EndTimer { instance, .. }
             | WriteOp::RequestCancel { instance, .. }
             | WriteOp::CancelDelivered { instance, .. }
             | WriteOp::Retry { instance, .. } => instance,

@@ -120,6 +120,11 @@ const MIGRATIONS: &[&str] = &[
         finished_at INTEGER NOT NULL,
         PRIMARY KEY (instance, retry, seq, attempt)
     );
+    CREATE TABLE ended_timers (
+        instance TEXT NOT NULL REFERENCES instances (id),
+        seq      INTEGER NOT NULL,
+        PRIMARY KEY (instance, seq)
+    ) WITHOUT ROWID;
     CREATE TABLE audit (
         id     INTEGER PRIMARY KEY AUTOINCREMENT,
         at     INTEGER NOT NULL,
@@ -695,7 +700,8 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
             record,
             journal,
             attempts,
-        } => return fork(conn, record, journal, attempts),
+            ended_timers,
+        } => return fork(conn, record, journal, attempts, ended_timers),
         _ => {}
     }
     let Some(current) = status_of(conn, id, &ctx("checking the instance"))? else {
@@ -829,6 +835,13 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
             .and_then(|mut s| s.execute(params![id, key, value]))
             .map_err(|e| backend(&ctx("setting an attribute"), e))?;
         }
+        WriteOp::EndTimer { seq, .. } => {
+            conn.prepare_cached(
+                "INSERT INTO ended_timers (instance, seq) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            )
+            .and_then(|mut s| s.execute(params![id, seq]))
+            .map_err(|e| backend(&ctx("recording a timer ended early"), e))?;
+        }
         WriteOp::RequestCancel { at, .. } => {
             if current.is_final() {
                 return Err(StoreError::Finished {
@@ -872,6 +885,23 @@ fn retry(conn: &Connection, id: &str, from_seq: u32, at: Millis) -> rusqlite::Re
     let retry: i64 = conn
         .prepare_cached("SELECT retries + 1 FROM instances WHERE id = ?1")?
         .query_row([id], |r| r.get(0))?;
+    // Attributes set by the entries moved aside go back to what earlier entries set (or away).
+    conn.prepare_cached(
+        "DELETE FROM attributes WHERE instance = ?1 AND key IN (SELECT name FROM journal \
+         WHERE instance = ?1 AND seq >= ?2 AND kind = 'attribute')",
+    )?
+    .execute(params![id, from_seq])?;
+    conn.prepare_cached(
+        "INSERT INTO attributes (instance, key, value) SELECT j.instance, j.name, j.outcome \
+         FROM journal j WHERE j.instance = ?1 AND j.kind = 'attribute' AND j.seq < ?2 \
+         AND NOT EXISTS (SELECT 1 FROM attributes a WHERE a.instance = j.instance \
+         AND a.key = j.name) AND j.seq = (SELECT MAX(k.seq) FROM journal k \
+         WHERE k.instance = j.instance AND k.kind = 'attribute' AND k.name = j.name \
+         AND k.seq < ?2)",
+    )?
+    .execute(params![id, from_seq])?;
+    conn.prepare_cached("DELETE FROM ended_timers WHERE instance = ?1 AND seq >= ?2")?
+        .execute(params![id, from_seq])?;
     conn.prepare_cached(
         "INSERT INTO superseded (instance, retry, seq, kind, name, outcome, attempts, \
          started_at, finished_at) SELECT instance, ?3, seq, kind, name, outcome, attempts, \
@@ -907,6 +937,7 @@ fn fork(
     record: &InstanceRecord,
     journal: &[JournalEntry],
     attempts: &[AttemptRecord],
+    ended_timers: &[u32],
 ) -> Result<(), StoreError> {
     if let Created::Existing(_) = create(conn, record)? {
         return Err(StoreError::Conflict {
@@ -930,6 +961,15 @@ fn fork(
             &WriteOp::Attempt {
                 instance: id.clone(),
                 record: a.clone(),
+            },
+        )?;
+    }
+    for &seq in ended_timers {
+        apply(
+            conn,
+            &WriteOp::EndTimer {
+                instance: id.clone(),
+                seq,
             },
         )?;
     }
@@ -1125,12 +1165,20 @@ fn load_instance(conn: &mut Connection, id: &str) -> Result<Option<LoadedInstanc
             .collect::<rusqlite::Result<Vec<_>>>()
         })
         .map_err(|e| backend(&ctx, e))?;
+    let ended_timers = tx
+        .prepare_cached("SELECT seq FROM ended_timers WHERE instance = ?1 ORDER BY seq")
+        .and_then(|mut s| {
+            s.query_map([id], |r| get_u32(r, 0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(|e| backend(&ctx, e))?;
     tx.commit().map_err(|e| backend(&ctx, e))?;
     Ok(Some(LoadedInstance {
         record,
         journal,
         attempts,
         signals,
+        ended_timers,
     }))
 }
 

@@ -1,7 +1,8 @@
-//! Reproductions of defects found while reviewing the operations change (cancel, terminate,
-//! retry, fork, attributes, search, HTTP API). Each test is named after its defect; the ones
-//! that fail on the reviewed code are `#[ignore = "defect: ..."]` so the branch stays green
-//! (run them with `cargo test --test review_defects -- --ignored`).
+//! Regression tests for defects a review of the operations change found (cancel, terminate,
+//! retry, fork, attributes, search, HTTP API), each named after its defect: timers a
+//! cancellation ended early re-waited after a retry, a fork or a reload; SQLite and memory
+//! disagreed on object-valued attributes; a retry kept attributes of superseded entries and
+//! accepted an unknown workflow; far-future times panicked the API.
 #![allow(clippy::unwrap_used)]
 
 use orch_runtime::prelude::*;
@@ -63,7 +64,6 @@ async fn nap_then_charge(order: u32) -> Result<u32, StepError> {
 }
 
 #[tokio::test]
-#[ignore = "defect: retry after a cancellation re-waits a sleep (seq < from_seq) that had ended early"]
 async fn retry_after_cancel_rewaits_a_sleep_that_ended_early() {
     let dir = tempfile::tempdir().unwrap();
     let rt = sqlite(&dir).await;
@@ -82,7 +82,6 @@ async fn retry_after_cancel_rewaits_a_sleep_that_ended_early() {
 }
 
 #[tokio::test]
-#[ignore = "defect: a fork after a cancellation re-waits a copied sleep that had ended early"]
 async fn fork_after_cancel_rewaits_a_sleep_that_ended_early() {
     let dir = tempfile::tempdir().unwrap();
     let rt = sqlite(&dir).await;
@@ -143,7 +142,6 @@ async fn memory_store_finds_an_object_attribute_by_value() {
 }
 
 #[tokio::test]
-#[ignore = "defect: SQLite attribute search compares object values as text in serde field order; memory store finds them"]
 async fn sqlite_attribute_search_misses_object_values_the_memory_store_finds() {
     let dir = tempfile::tempdir().unwrap();
     let rt = sqlite(&dir).await;
@@ -172,14 +170,18 @@ async fn staged() -> Result<u32, StepError> {
 }
 
 #[tokio::test]
-#[ignore = "defect: retry moves entries aside but leaves the attributes they set (search still finds them)"]
 async fn retry_keeps_attributes_set_by_superseded_entries() {
     let dir = tempfile::tempdir().unwrap();
     let rt = sqlite(&dir).await;
     let run = rt.start(Staged, ()).await.unwrap();
     wait_status(&rt, run.id(), Status::Failed, 10).await;
     assert_eq!(
-        rt.details(run.id()).await.unwrap().attributes.get("stage").map(String::as_str),
+        rt.details(run.id())
+            .await
+            .unwrap()
+            .attributes
+            .get("stage")
+            .map(String::as_str),
         Some("\"doomed\"")
     );
     rt.retry(run.id(), Some(1), "ops").await.unwrap();
@@ -197,7 +199,7 @@ async fn retry_keeps_attributes_set_by_superseded_entries() {
         .await
         .unwrap();
     assert!(
-        d.attributes.get("stage").is_none() && found.is_empty(),
+        !d.attributes.contains_key("stage") && found.is_empty(),
         "the completed instance still carries stage=doomed from its superseded run: {:?}",
         d.attributes
     );
@@ -208,12 +210,17 @@ async fn retry_keeps_attributes_set_by_superseded_entries() {
 // 4. Retry of an instance whose workflow is not in this binary flips it to running forever.
 
 #[tokio::test]
-#[ignore = "defect: retry does not check the workflow is registered; the instance is left `running` with nothing driving it"]
 async fn retry_of_an_unknown_workflow_leaves_the_instance_running_forever() {
     let store = Arc::new(MemoryStore::new());
     let now = 1_700_000_000_000;
     store
-        .create(InstanceRecord::new("ghost", "no_such_workflow", "v0", "null", now))
+        .create(InstanceRecord::new(
+            "ghost",
+            "no_such_workflow",
+            "v0",
+            "null",
+            now,
+        ))
         .await
         .unwrap();
     store
@@ -227,7 +234,11 @@ async fn retry_of_an_unknown_workflow_leaves_the_instance_running_forever() {
         }])
         .await
         .unwrap();
-    let rt = Runtime::builder().store(store.clone()).build().await.unwrap();
+    let rt = Runtime::builder()
+        .store(store.clone())
+        .build()
+        .await
+        .unwrap();
     // Fork and restart refuse an unknown workflow; retry should too, changing nothing.
     assert!(rt.restart("ghost", "ops").await.is_err());
     let retried = rt.retry("ghost", None, "ops").await;
@@ -251,7 +262,6 @@ async fn sleeps_forever() -> u32 {
 }
 
 #[tokio::test]
-#[ignore = "defect: views::time panics (humantime fmt::Error) for times past year 9999; search/get/journal drop the connection"]
 async fn http_search_fails_for_everyone_once_an_instance_sleeps_forever() {
     let dir = tempfile::tempdir().unwrap();
     let rt = Runtime::builder()
@@ -296,7 +306,6 @@ async fn join_race() -> Result<u32, StepError> {
 }
 
 #[tokio::test]
-#[ignore = "defect: a sleep joined with a step ends early or not on cancel depending on join! poll order; replay then re-waits it"]
 async fn cancel_in_a_join_ends_the_sleep_in_one_run_but_not_on_replay() {
     let dir = tempfile::tempdir().unwrap();
     let rt = sqlite(&dir).await;
@@ -316,7 +325,13 @@ async fn cancel_in_a_join_ends_the_sleep_in_one_run_but_not_on_replay() {
     let mut report = Vec::new();
     for id in &ids {
         let rec = rt.instance(id).await.unwrap().unwrap();
-        let seqs: Vec<u32> = rt.journal(id).await.unwrap().iter().map(|e| e.seq).collect();
+        let seqs: Vec<u32> = rt
+            .journal(id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
         report.push(format!(
             "{id}: {} cancel_seq={:?} wake_at={:?} journal={seqs:?}",
             rec.status, rec.cancel_seq, rec.wake_at
