@@ -393,6 +393,18 @@ impl Inner {
         // A load that started meanwhile (a timer, a signal) finds the instance final once it
         // reads it; stop one that read it before the end was written.
         self.abort_loaded(&rec.id);
+        // The instance may have finished on its own just before (the end is written once).
+        let now_rec = self.store.get(&rec.id).await?;
+        if let Some(r) = now_rec.filter(|r| r.status != Status::Terminated) {
+            return Err(Error::Conflict {
+                action: "terminate",
+                id: rec.id.clone(),
+                reason: format!(
+                    "it finished ({}) before the termination took effect",
+                    r.status
+                ),
+            });
+        }
         self.metrics.finished(&rec.workflow, Status::Terminated);
         let outcome = Outcome::error(Status::Terminated, t.message);
         self.notify_finished(&rec.id, outcome, rec.parent.as_deref());
@@ -468,10 +480,17 @@ impl Inner {
 
     /// Forgets the load `load_gen` of the instance (a later load is left alone).
     fn unload(&self, id: &str, load_gen: u64) {
+        self.unload_woken(id, load_gen);
+    }
+
+    /// Like [`unload`](Self::unload); true if something asked this load to look again
+    /// meanwhile (e.g. a retry written just after this load recorded the end).
+    fn unload_woken(&self, id: &str, load_gen: u64) -> bool {
         let mut loaded = lock(&self.loaded);
         if loaded.get(id).is_some_and(|s| s.load_gen == load_gen) {
-            loaded.remove(id);
+            return loaded.remove(id).is_some_and(|s| s.woken);
         }
+        false
     }
 
     /// Stops driving everything and closes the store after it has written what was queued.
@@ -884,9 +903,14 @@ async fn finish(
         tracing::error!(instance = %ctx.id, error = %e, "cannot record the end; retrying");
         return Next::RetryLater;
     }
-    inner.unload(&ctx.id, load_gen);
+    let woken = inner.unload_woken(&ctx.id, load_gen);
     inner.metrics.finished(ctx.workflow, outcome.status);
     inner.notify_finished(&ctx.id, outcome, parent.as_deref());
+    if woken {
+        // Asked to look again after the end was written (a retry can make it run again):
+        // a fresh load reads what the store says now.
+        inner.schedule(&ctx.id, false);
+    }
     Next::Done
 }
 
