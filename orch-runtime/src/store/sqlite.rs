@@ -679,7 +679,12 @@ fn parse_status(id: &str, raw: &str) -> Result<Status, StoreError> {
 }
 
 /// `(?, ?, ?, ?, ?)` for the final statuses.
-const FINAL_IN: &str = "('completed', 'failed', 'cancelled', 'terminated', 'incompatible')";
+macro_rules! final_in {
+    () => {
+        "('completed', 'failed', 'cancelled', 'terminated', 'incompatible')"
+    };
+}
+const FINAL_IN: &str = final_in!();
 
 fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
     let id = op.instance();
@@ -794,9 +799,11 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
             at,
             ..
         } => {
-            conn.prepare_cached(&format!(
-                "UPDATE instances SET status = ?2, wake_at = ?3, updated_at = ?4 \
-                 WHERE id = ?1 AND status NOT IN {FINAL_IN}"
+            // A literal (no formatting) on this hot path.
+            conn.prepare_cached(concat!(
+                "UPDATE instances SET status = ?2, wake_at = ?3, updated_at = ?4 ",
+                "WHERE id = ?1 AND status NOT IN ",
+                final_in!()
             ))
             .and_then(|mut s| s.execute(params![id, status.as_str(), wake_at, at]))
             .map_err(|e| backend(&ctx("setting the status"), e))?;
@@ -809,10 +816,11 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
             at,
             ..
         } => {
-            conn.prepare_cached(&format!(
-                "UPDATE instances SET status = ?2, output = ?3, error = ?4, wake_at = NULL, \
-                 updated_at = ?5, failed_step = ?6, failed_seq = ?7 \
-                 WHERE id = ?1 AND status NOT IN {FINAL_IN}"
+            conn.prepare_cached(concat!(
+                "UPDATE instances SET status = ?2, output = ?3, error = ?4, wake_at = NULL, ",
+                "updated_at = ?5, failed_step = ?6, failed_seq = ?7 ",
+                "WHERE id = ?1 AND status NOT IN ",
+                final_in!()
             ))
             .and_then(|mut s| {
                 s.execute(params![
