@@ -1075,6 +1075,17 @@ fn get_u32(row: &Row<'_>, idx: usize) -> rusqlite::Result<u32> {
     })
 }
 
+/// An attempt from the columns `seq, attempt, error, started_at, finished_at` at `first`.
+fn attempt_from(r: &Row<'_>, first: usize) -> rusqlite::Result<AttemptRecord> {
+    Ok(AttemptRecord {
+        seq: get_u32(r, first)?,
+        attempt: get_u32(r, first + 1)?,
+        error: r.get(first + 2)?,
+        started_at: r.get(first + 3)?,
+        finished_at: r.get(first + 4)?,
+    })
+}
+
 /// A record as read, with the status still raw so a bad value becomes an error, not a panic.
 fn record_from_row(row: &Row<'_>) -> rusqlite::Result<(InstanceRecord, String)> {
     let raw_status: String = row.get(4)?;
@@ -1144,16 +1155,8 @@ fn load_instance(conn: &mut Connection, id: &str) -> Result<Option<LoadedInstanc
              WHERE instance = ?1 ORDER BY seq, attempt",
         )
         .and_then(|mut s| {
-            s.query_map([id], |r| {
-                Ok(AttemptRecord {
-                    seq: get_u32(r, 0)?,
-                    attempt: get_u32(r, 1)?,
-                    error: r.get(2)?,
-                    started_at: r.get(3)?,
-                    finished_at: r.get(4)?,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()
+            s.query_map([id], |r| attempt_from(r, 0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
         })
         .map_err(|e| backend(&ctx, e))?;
     let signals = tx
@@ -1395,19 +1398,8 @@ fn instance_details(conn: &mut Connection, id: &str) -> Result<Option<Details>, 
              superseded_attempts WHERE instance = ?1 ORDER BY retry, seq, attempt",
         )
         .and_then(|mut s| {
-            s.query_map([id], |r| {
-                Ok((
-                    get_u32(r, 0)?,
-                    AttemptRecord {
-                        seq: get_u32(r, 1)?,
-                        attempt: get_u32(r, 2)?,
-                        error: r.get(3)?,
-                        started_at: r.get(4)?,
-                        finished_at: r.get(5)?,
-                    },
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()
+            s.query_map([id], |r| Ok((get_u32(r, 0)?, attempt_from(r, 1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
         })
         .map_err(|e| backend(&ctx, e))?;
     Ok(Some(Details {
