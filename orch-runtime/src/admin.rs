@@ -283,19 +283,20 @@ impl Runtime {
     pub async fn restart(&self, id: &str, actor: &str) -> Result<String, Error> {
         let rec = self.live_record(id).await?;
         let def = self.inner.registry.get(&rec.workflow)?;
-        let (new_id, _) = self.inner.start(def, None, rec.input.clone(), None).await?;
-        let audit = self.audit_record(
-            actor,
-            "restart",
-            id,
-            serde_json::json!({ "new_instance": new_id }),
-        );
-        self.inner
-            .store
-            .submit(vec![
-                lineage(&new_id, RESTARTED_FROM, id),
-                WriteOp::Audit(audit),
-            ])
+        // The lineage attribute and the audit entry are written with the new instance.
+        let (new_id, _) = self
+            .inner
+            .start(def, None, rec.input.clone(), None, |new_id| {
+                vec![
+                    lineage(new_id, RESTARTED_FROM, id),
+                    WriteOp::Audit(self.audit_record(
+                        actor,
+                        "restart",
+                        id,
+                        serde_json::json!({ "new_instance": new_id }),
+                    )),
+                ]
+            })
             .await?;
         Ok(new_id)
     }

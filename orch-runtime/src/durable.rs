@@ -621,6 +621,7 @@ pub fn call_workflow<W: Workflow>(input: W::Input) -> Durable<W::Output> {
                                 Some(child_id.clone()),
                                 input.clone(),
                                 Some(ctx.id.clone()),
+                                |_| Vec::new(),
                             )
                             .await
                     };

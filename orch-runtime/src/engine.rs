@@ -256,6 +256,7 @@ impl Inner {
         id: Option<String>,
         input: String,
         parent: Option<String>,
+        extra: impl FnOnce(&str) -> Vec<WriteOp>,
     ) -> Result<(String, bool), Error> {
         if self.is_closing() {
             return Err(Error::ShutDown);
@@ -276,7 +277,8 @@ impl Inner {
             ..InstanceRecord::new(id.clone(), def.name, def.version, input, now)
         };
         let record_copy = record.clone();
-        let created = match self.store.create(record).await? {
+        // Written with the instance, in one transaction (an audit entry, attributes).
+        let created = match self.store.create_with(record, extra(&id)).await? {
             crate::store::Created::New => {
                 self.metrics.started(def.name);
                 self.schedule_with(&id, Load::Fresh(Some(Box::new(record_copy))));

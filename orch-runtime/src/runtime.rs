@@ -201,7 +201,10 @@ impl Runtime {
             workflow: W::NAME.to_string(),
             detail: e.to_string(),
         })?;
-        let (id, _) = self.inner.start(def, id, json, None).await?;
+        let (id, _) = self
+            .inner
+            .start(def, id, json, None, |_| Vec::new())
+            .await?;
         Ok(self.handle_unchecked(id))
     }
 
@@ -224,14 +227,41 @@ impl Runtime {
         id: Option<&str>,
         input: &str,
     ) -> Result<(String, bool), Error> {
+        self.start_json_as(workflow, id, input, None).await
+    }
+
+    /// Like [`start_json_created`](Self::start_json_created); when `actor` is given, a
+    /// `start` audit entry naming it is written in the same transaction as the new instance.
+    pub async fn start_json_as(
+        &self,
+        workflow: &str,
+        id: Option<&str>,
+        input: &str,
+        actor: Option<&str>,
+    ) -> Result<(String, bool), Error> {
         let def = self.inner.registry.get(workflow)?;
         crate::limits::check_payload("workflow input", input)?;
         (def.check_input)(input).map_err(|detail| Error::InvalidInput {
             workflow: def.name.to_string(),
             detail,
         })?;
+        let at = self.inner.clock.now_ms();
+        let audit = |new_id: &str| {
+            actor
+                .map(|actor| {
+                    crate::store::WriteOp::Audit(crate::store::AuditRecord {
+                        at,
+                        actor: actor.to_string(),
+                        action: "start".into(),
+                        target: new_id.to_string(),
+                        detail: serde_json::json!({ "workflow": def.name }).to_string(),
+                    })
+                })
+                .into_iter()
+                .collect()
+        };
         self.inner
-            .start(def, id.map(str::to_string), input.to_string(), None)
+            .start(def, id.map(str::to_string), input.to_string(), None, audit)
             .await
     }
 
@@ -310,16 +340,40 @@ impl Runtime {
         name: &str,
         payload: &serde_json::Value,
     ) -> Result<i64, Error> {
+        self.signal_as(id, name, payload, None).await
+    }
+
+    /// Like [`signal_id`](Self::signal_id); when `actor` is given, a `signal` audit entry
+    /// naming it is written in the same transaction as the signal.
+    pub async fn signal_as(
+        &self,
+        id: &str,
+        name: &str,
+        payload: &serde_json::Value,
+        actor: Option<&str>,
+    ) -> Result<i64, Error> {
         if self.inner.is_closing() {
             return Err(Error::ShutDown);
         }
         let json = payload.to_string();
         crate::limits::check_payload("signal payload", &json)?;
         let at = self.inner.clock.now_ms();
+        let audit = actor
+            .map(|actor| {
+                crate::store::WriteOp::Audit(crate::store::AuditRecord {
+                    at,
+                    actor: actor.to_string(),
+                    action: "signal".into(),
+                    target: id.to_string(),
+                    detail: serde_json::json!({ "name": name }).to_string(),
+                })
+            })
+            .into_iter()
+            .collect();
         let signal_id = self
             .inner
             .store
-            .add_signal(id, name, json.clone(), at)
+            .add_signal_with(id, name, json.clone(), at, audit)
             .await?;
         self.inner.deliver(
             id,

@@ -711,21 +711,11 @@ async fn start(
     };
     let id = opt_string(&body, "id")?;
     let input = input.to_string();
+    let actor = caller(c).name;
     let (new_id, created) = state
         .rt
-        .start_json_created(&workflow, id.as_deref(), &input)
+        .start_json_as(&workflow, id.as_deref(), &input, Some(&actor))
         .await?;
-    if created {
-        state
-            .rt
-            .record_audit(
-                &caller(c).name,
-                "start",
-                &new_id,
-                json!({ "workflow": workflow }),
-            )
-            .await?;
-    }
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -803,15 +793,10 @@ async fn signal(
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::bad_request("missing `name`: the signal's name"))?;
     let payload = body.get("payload").cloned().unwrap_or(Value::Null);
-    let signal_id = state.rt.signal_id(&id, &name, &payload).await?;
-    state
+    let actor = caller(c).name;
+    let signal_id = state
         .rt
-        .record_audit(
-            &caller(c).name,
-            "signal",
-            &id,
-            json!({"name": name, "signal_id": signal_id}),
-        )
+        .signal_as(&id, &name, &payload, Some(&actor))
         .await?;
     Ok((
         StatusCode::ACCEPTED,

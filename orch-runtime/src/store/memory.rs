@@ -348,20 +348,41 @@ impl Store for MemoryStore {
     }
 
     fn create(&self, record: InstanceRecord) -> BoxFuture<'_, Result<Created, StoreError>> {
+        self.create_with(record, Vec::new())
+    }
+
+    fn create_with(
+        &self,
+        record: InstanceRecord,
+        extra: Vec<WriteOp>,
+    ) -> BoxFuture<'_, Result<Created, StoreError>> {
         let mut state = self.lock();
         let result = if state.closed {
             Err(StoreError::Closed)
         } else if let Some(existing) = state.instances.get(&record.id) {
             Ok(Created::Existing(Box::new(existing.record.clone())))
         } else {
+            let id = record.id.clone();
             state.instances.insert(
-                record.id.clone(),
+                id.clone(),
                 Instance {
                     record,
                     ..Default::default()
                 },
             );
-            Ok(Created::New)
+            // All or nothing: a refused extra write takes the new instance back out.
+            match check(&state, &extra) {
+                Ok(()) => {
+                    for op in extra {
+                        apply(&mut state, op);
+                    }
+                    Ok(Created::New)
+                }
+                Err(e) => {
+                    state.instances.remove(&id);
+                    Err(e)
+                }
+            }
         };
         Box::pin(async move { result })
     }
@@ -373,16 +394,30 @@ impl Store for MemoryStore {
         payload: String,
         at: Millis,
     ) -> BoxFuture<'_, Result<i64, StoreError>> {
+        self.add_signal_with(instance, name, payload, at, Vec::new())
+    }
+
+    fn add_signal_with(
+        &self,
+        instance: &str,
+        name: &str,
+        payload: String,
+        at: Millis,
+        extra: Vec<WriteOp>,
+    ) -> BoxFuture<'_, Result<i64, StoreError>> {
         let mut state = self.lock();
-        state.next_signal += 1;
-        let id = state.next_signal;
-        let result = match state.instances.get_mut(instance) {
+        let result = match state.instances.get(instance) {
             None => Err(StoreError::NotFound(instance.to_string())),
             Some(inst) if inst.record.status.is_final() => Err(StoreError::Finished {
                 id: instance.to_string(),
                 status: inst.record.status,
             }),
-            Some(inst) => {
+            Some(_) => check(&state, &extra),
+        };
+        let result = result.map(|()| {
+            state.next_signal += 1;
+            let id = state.next_signal;
+            if let Some(inst) = state.instances.get_mut(instance) {
                 wake(&mut inst.record, at);
                 inst.signals.push((
                     SignalRecord {
@@ -393,9 +428,12 @@ impl Store for MemoryStore {
                     },
                     None,
                 ));
-                Ok(id)
             }
-        };
+            for op in extra {
+                apply(&mut state, op);
+            }
+            id
+        });
         Box::pin(async move { result })
     }
 

@@ -901,6 +901,42 @@ pub trait Store: Send + Sync + 'static {
     /// Waits until everything submitted so far is durable, then stops accepting writes.
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
+    /// Like [`create`](Self::create), applying `extra` (e.g. an audit entry, attributes of
+    /// the new instance) in the same transaction when the instance is new.
+    fn create_with(
+        &self,
+        record: InstanceRecord,
+        extra: Vec<WriteOp>,
+    ) -> BoxFuture<'_, Result<Created, StoreError>> {
+        Box::pin(async move {
+            let created = self.create(record).await?;
+            if matches!(created, Created::New) && !extra.is_empty() {
+                self.submit(extra).await?;
+            }
+            Ok(created)
+        })
+    }
+
+    /// Like [`add_signal`](Self::add_signal), applying `extra` (e.g. an audit entry) in the
+    /// same transaction.
+    fn add_signal_with(
+        &self,
+        instance: &str,
+        name: &str,
+        payload: String,
+        at: Millis,
+        extra: Vec<WriteOp>,
+    ) -> BoxFuture<'_, Result<i64, StoreError>> {
+        let add = self.add_signal(instance, name, payload, at);
+        Box::pin(async move {
+            let id = add.await?;
+            if !extra.is_empty() {
+                self.submit(extra).await?;
+            }
+            Ok(id)
+        })
+    }
+
     /// Instances matching `query`, newest first.
     fn search(&self, _query: Query) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>> {
         unsupported("search")

@@ -187,8 +187,10 @@ impl Default for SqliteOptions {
 /// A command for the writer thread.
 enum Command {
     Submit(Vec<WriteOp>, oneshot::Sender<Result<(), StoreError>>),
+    /// Create an instance, then apply the writes when it is new.
     Create(
         Box<InstanceRecord>,
+        Vec<WriteOp>,
         oneshot::Sender<Result<Created, StoreError>>,
     ),
     AddSignal {
@@ -196,6 +198,7 @@ enum Command {
         name: String,
         payload: String,
         at: Millis,
+        extra: Vec<WriteOp>,
         reply: oneshot::Sender<Result<i64, StoreError>>,
     },
     Close(oneshot::Sender<Result<(), StoreError>>),
@@ -633,7 +636,7 @@ fn reply(cmd: Command, outcome: Outcome) {
         (Command::Submit(_, tx) | Command::Close(tx), Outcome::Unit(r)) => {
             let _ = tx.send(r);
         }
-        (Command::Create(_, tx), Outcome::Created(r)) => {
+        (Command::Create(_, _, tx), Outcome::Created(r)) => {
             let _ = tx.send(r);
         }
         (Command::AddSignal { reply, .. }, Outcome::Signal(r)) => {
@@ -649,14 +652,25 @@ fn reply(cmd: Command, outcome: Outcome) {
 fn execute(conn: &Connection, cmd: &Command) -> Outcome {
     match cmd {
         Command::Submit(ops, _) => Outcome::Unit(ops.iter().try_for_each(|op| apply(conn, op))),
-        Command::Create(record, _) => Outcome::Created(create(conn, record)),
+        Command::Create(record, extra, _) => Outcome::Created(create(conn, record).and_then(|c| {
+            if matches!(c, Created::New) {
+                extra.iter().try_for_each(|op| apply(conn, op))?;
+            }
+            Ok(c)
+        })),
         Command::AddSignal {
             instance,
             name,
             payload,
             at,
+            extra,
             ..
-        } => Outcome::Signal(add_signal(conn, instance, name, payload, *at)),
+        } => Outcome::Signal(
+            add_signal(conn, instance, name, payload, *at).and_then(|id| {
+                extra.iter().try_for_each(|op| apply(conn, op))?;
+                Ok(id)
+            }),
+        ),
         Command::Close(_) => Outcome::Unit(Ok(())),
     }
 }
@@ -1608,8 +1622,16 @@ impl Store for SqliteStore {
     }
 
     fn create(&self, record: InstanceRecord) -> BoxFuture<'_, Result<Created, StoreError>> {
+        self.create_with(record, Vec::new())
+    }
+
+    fn create_with(
+        &self,
+        record: InstanceRecord,
+        extra: Vec<WriteOp>,
+    ) -> BoxFuture<'_, Result<Created, StoreError>> {
         let (tx, rx) = oneshot::channel();
-        let sent = self.send(Command::Create(Box::new(record), tx));
+        let sent = self.send(Command::Create(Box::new(record), extra, tx));
         Box::pin(async move {
             if !sent {
                 return Err(StoreError::Closed);
@@ -1625,12 +1647,24 @@ impl Store for SqliteStore {
         payload: String,
         at: Millis,
     ) -> BoxFuture<'_, Result<i64, StoreError>> {
+        self.add_signal_with(instance, name, payload, at, Vec::new())
+    }
+
+    fn add_signal_with(
+        &self,
+        instance: &str,
+        name: &str,
+        payload: String,
+        at: Millis,
+        extra: Vec<WriteOp>,
+    ) -> BoxFuture<'_, Result<i64, StoreError>> {
         let (reply, rx) = oneshot::channel();
         let sent = self.send(Command::AddSignal {
             instance: instance.to_string(),
             name: name.to_string(),
             payload,
             at,
+            extra,
             reply,
         });
         Box::pin(async move {
