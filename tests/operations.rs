@@ -459,6 +459,20 @@ async fn search_and_aggregate(rt: &Runtime) {
     assert_eq!(agg.sum, 45.0);
     assert_eq!((agg.min, agg.max), (Some(0.0), Some(9.0)));
 
+    // Changed since: only instances whose last change is at or after the given time.
+    let ten = rt.instance("basket-10").await.expect("read").expect("rec");
+    let changed = rt
+        .search(Query {
+            id_prefix: Some("basket-".into()),
+            updated_after: Some(ten.updated_at),
+            ..Default::default()
+        })
+        .await
+        .expect("search");
+    assert!(changed.iter().all(|r| r.updated_at >= ten.updated_at));
+    assert!(changed.iter().any(|r| r.id == "basket-10"));
+    assert!(!changed.iter().any(|r| r.id == "basket-00"), "{changed:?}");
+
     // Cursor paging, newest first, while new instances arrive between pages.
     let mut seen = Vec::new();
     let mut after: Option<Cursor> = None;

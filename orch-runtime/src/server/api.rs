@@ -327,6 +327,7 @@ const SEARCH_PARAMS: &[&str] = &[
     "status",
     "created_after",
     "created_before",
+    "updated_after",
     "id_prefix",
     "attr.<key>",
     "parent",
@@ -412,6 +413,12 @@ fn query_from_params(
                         .map_err(|e| ApiError::bad_request(format!("created_before: {e}")))?,
                 )
             }
+            "updated_after" => {
+                q.updated_after = Some(
+                    parse_time(v, now)
+                        .map_err(|e| ApiError::bad_request(format!("updated_after: {e}")))?,
+                )
+            }
             "id_prefix" => q.id_prefix = Some(v.clone()).filter(|p| !p.is_empty()),
             "parent" => q.parent = Some(v.clone()),
             "limit" => {
@@ -470,6 +477,7 @@ fn query_from_json(rt: &Runtime, filter: Option<&Value>) -> ApiResult<Query> {
             "status",
             "created_after",
             "created_before",
+            "updated_after",
             "id_prefix",
             "attr",
             "parent",

@@ -585,6 +585,8 @@ pub struct Query {
     pub created_after: Option<Millis>,
     /// Created before this time.
     pub created_before: Option<Millis>,
+    /// Changed (status, custom status, end, retry, cancel request) at or after this time.
+    pub updated_after: Option<Millis>,
     /// Ids starting with this.
     pub id_prefix: Option<String>,
     /// Attributes equal to these values (key, JSON text).
@@ -604,6 +606,7 @@ impl Query {
             && (self.statuses.is_empty() || self.statuses.contains(&rec.status))
             && self.created_after.is_none_or(|t| rec.created_at >= t)
             && self.created_before.is_none_or(|t| rec.created_at < t)
+            && self.updated_after.is_none_or(|t| rec.updated_at >= t)
             && self
                 .id_prefix
                 .as_ref()

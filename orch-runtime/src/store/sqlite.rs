@@ -1284,6 +1284,10 @@ fn query_where(q: &Query) -> (String, Vec<Value>) {
         sql.push_str(" AND i.created_at < ?");
         params.push(Value::Integer(t));
     }
+    if let Some(t) = q.updated_after {
+        sql.push_str(" AND i.updated_at >= ?");
+        params.push(Value::Integer(t));
+    }
     if let Some(prefix) = &q.id_prefix {
         // substr instead of LIKE: no wildcard escaping, and case-sensitive like ids.
         sql.push_str(" AND substr(i.id, 1, ?) = ?");

@@ -121,87 +121,94 @@ fn entry_line(e: &Entry) -> String {
     line
 }
 
-/// The newest instances and every active one are read each round; an instance that was
-/// active and left both lists is read by id to learn how it ended.
+/// Each round reads the instances that changed since the newest change seen before
+/// (`updated_after`, in the server's own times, so the two clocks need not agree), following
+/// cursors, and prints those whose status differs from what was seen.
 async fn tail_all(ctx: &Ctx, workflow: Option<&str>) -> Result<(), CliError> {
     let mut known: HashMap<String, String> = HashMap::new();
-    let mut first = true;
+    // The first round learns where things stand: the active instances and the newest page.
+    let mut current: BTreeMap<String, (Value, Instance)> = BTreeMap::new();
+    for (status, all) in [(Some("running,suspended"), true), (None, false)] {
+        for pair in pages(ctx, workflow, status, None, all).await? {
+            current.insert(pair.1.id.clone(), pair);
+        }
+    }
+    let mut since = current
+        .values()
+        .filter_map(|(_, i)| i.updated_at.clone())
+        .max();
+    for (_, i) in current.values() {
+        known.insert(i.id.clone(), i.status.clone());
+    }
+    if !ctx.json {
+        let active = known.values().filter(|s| !api::is_final(s)).count();
+        eprintln!(
+            "following status changes of {}: {active} active now (Ctrl-C to stop)",
+            workflow.map_or("all workflows".to_string(), |w| format!("workflow {w}"))
+        );
+    }
     loop {
-        let mut current: BTreeMap<String, (Value, Instance)> = BTreeMap::new();
-        for status in [None, Some("running,suspended")] {
-            for pair in page(ctx, workflow, status).await? {
-                current.insert(pair.1.id.clone(), pair);
-            }
-        }
-        let vanished: Vec<String> = known
-            .iter()
-            .filter(|(id, status)| !api::is_final(status) && !current.contains_key(*id))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in vanished {
-            match ctx.client.get(ctx.client.api(&["instances", &id])).await {
-                Ok(value) => {
-                    let instance: Instance = api::parse("instance", &value)?;
-                    current.insert(id, (value, instance));
-                }
-                Err(CliError::Refused { code, .. }) if code.as_deref() == Some("not_found") => {
-                    known.remove(&id);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let mut changes: Vec<&(Value, Instance)> = current
-            .values()
-            .filter(|(_, i)| known.get(&i.id) != Some(&i.status))
-            .collect();
+        tokio::time::sleep(POLL).await;
+        let mut changes = pages(ctx, workflow, None, since.as_deref(), true).await?;
         changes.sort_by(|a, b| (&a.1.updated_at, &a.1.id).cmp(&(&b.1.updated_at, &b.1.id)));
-        for (value, i) in changes {
-            let before = known.insert(i.id.clone(), i.status.clone());
-            if first {
-                continue;
+        for (value, i) in &changes {
+            if let Some(u) = &i.updated_at
+                && since.as_ref().is_none_or(|s| u > s)
+            {
+                since = Some(u.clone());
             }
+            if known.get(&i.id) == Some(&i.status) {
+                continue; // changed something else (e.g. its custom status)
+            }
+            let before = known.insert(i.id.clone(), i.status.clone());
             if ctx.json {
                 output::json_line(&json!({"event": "status", "from": before, "instance": value}))?;
             } else {
                 output::print(&change_line(i, before.as_deref()))?;
             }
         }
-        // Forget ended instances that fell off the newest page: nothing more will happen to
-        // them unless they are retried, and then they show up among the active ones.
-        known.retain(|id, status| !api::is_final(status) || current.contains_key(id));
-        if first && !ctx.json {
-            let active = known.values().filter(|s| !api::is_final(s)).count();
-            eprintln!(
-                "following status changes of {}: {active} active now (Ctrl-C to stop)",
-                workflow.map_or("all workflows".to_string(), |w| format!("workflow {w}"))
-            );
-        }
-        first = false;
-        tokio::time::sleep(POLL).await;
     }
 }
 
-async fn page(
+/// Instances matching the filters, newest first: one page of 100, or every page of 500 when
+/// `all` (following `next_cursor`).
+async fn pages(
     ctx: &Ctx,
     workflow: Option<&str>,
     status: Option<&str>,
+    updated_after: Option<&str>,
+    all: bool,
 ) -> Result<Vec<(Value, Instance)>, CliError> {
-    let mut url = ctx.client.api(&["instances"]);
-    {
-        let mut q = url.query_pairs_mut();
-        if let Some(w) = workflow {
-            q.append_pair("workflow", w);
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = ctx.client.api(&["instances"]);
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(w) = workflow {
+                q.append_pair("workflow", w);
+            }
+            if let Some(s) = status {
+                q.append_pair("status", s);
+            }
+            if let Some(t) = updated_after {
+                q.append_pair("updated_after", t);
+            }
+            if let Some(c) = &cursor {
+                q.append_pair("cursor", c);
+            }
+            q.append_pair("limit", if all { "500" } else { "100" });
         }
-        if let Some(s) = status {
-            q.append_pair("status", s);
+        let page: InstancePage = api::parse("instance list", &ctx.client.get(url).await?)?;
+        for v in page.instances {
+            let i: Instance = api::parse("instance", &v)?;
+            out.push((v, i));
         }
-        q.append_pair("limit", if status.is_some() { "500" } else { "100" });
+        match page.next_cursor {
+            Some(c) if all => cursor = Some(c),
+            _ => return Ok(out),
+        }
     }
-    let page: InstancePage = api::parse("instance list", &ctx.client.get(url).await?)?;
-    page.instances
-        .into_iter()
-        .map(|v| api::parse("instance", &v).map(|i| (v, i)))
-        .collect()
 }
 
 /// `order-7 (checkout): suspended → completed`; `order-9 (checkout): new, running`.
