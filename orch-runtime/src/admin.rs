@@ -23,6 +23,11 @@ fn lineage(instance: &str, key: &str, source: &str) -> WriteOp {
     }
 }
 
+/// One past the last journal seq: where an instance resumes.
+fn journal_end(journal: &[crate::store::JournalEntry]) -> u32 {
+    journal.iter().map(|e| e.seq).max().unwrap_or(0) + 1
+}
+
 /// At most this many instances per bulk operation.
 pub const MAX_BULK: usize = 10_000;
 
@@ -106,19 +111,8 @@ impl Runtime {
         Ok(self.inner.store.audit(limit).await?)
     }
 
-    /// Records an operator action done elsewhere (e.g. a start through the HTTP API).
-    pub async fn record_audit(
-        &self,
-        actor: &str,
-        action: &str,
-        target: &str,
-        detail: serde_json::Value,
-    ) -> Result<(), Error> {
-        let rec = self.audit_record(actor, action, target, detail);
-        Ok(self.inner.store.submit(vec![WriteOp::Audit(rec)]).await?)
-    }
-
-    fn audit_record(
+    /// An audit entry for `actor` doing `action` to `target` now.
+    pub(crate) fn audit_record(
         &self,
         actor: &str,
         action: &str,
@@ -231,11 +225,11 @@ impl Runtime {
     /// at a step, the end of its journal, so it resumes where it stopped). Journal entries
     /// from that seq on are kept as superseded, never deleted. Returns the seq it restarts at.
     pub async fn retry(&self, id: &str, from_seq: Option<u32>, actor: &str) -> Result<u32, Error> {
-        let details = self.details(id).await?;
-        let rec = &details.record;
+        let source = self.loaded(id).await?;
+        let rec = &source.record;
         // Nothing could run it again here: refuse before changing anything.
         self.inner.registry.get(&rec.workflow)?;
-        if !crate::store::memory::retryable(rec.status) {
+        if !rec.status.is_retryable() {
             return Err(Error::Conflict {
                 action: "retry",
                 id: id.to_string(),
@@ -246,7 +240,7 @@ impl Runtime {
                 ),
             });
         }
-        let end = details.journal.iter().map(|e| e.seq).max().unwrap_or(0) + 1;
+        let end = journal_end(&source.journal);
         let from = match from_seq {
             Some(seq) if seq == 0 || seq > end => {
                 return Err(Error::InvalidArgument(format!(
@@ -304,10 +298,10 @@ impl Runtime {
     /// Starts a new instance whose journal is a copy of `id`'s entries before `from_seq`:
     /// it replays those and runs from `from_seq` on. Returns the new id.
     pub async fn fork(&self, id: &str, from_seq: u32, actor: &str) -> Result<String, Error> {
-        let details = self.details(id).await?;
-        let rec = &details.record;
+        let source = self.loaded(id).await?;
+        let rec = &source.record;
         let def = self.inner.registry.get(&rec.workflow)?;
-        let end = details.journal.iter().map(|e| e.seq).max().unwrap_or(0) + 1;
+        let end = journal_end(&source.journal);
         if from_seq == 0 || from_seq > end {
             return Err(Error::InvalidArgument(format!(
                 "cannot fork instance `{id}` from seq {from_seq}: it must be between 1 and \
@@ -316,68 +310,69 @@ impl Runtime {
         }
         let new_id = uuid::Uuid::new_v4().simple().to_string();
         let now = self.inner.clock.now_ms();
-        let mut record = InstanceRecord::new(
+        let record = InstanceRecord::new(
             new_id.clone(),
             def.name,
             rec.version.clone(),
             rec.input.clone(),
             now,
         );
-        record.parent = None;
-        let journal = details
+        let journal: Vec<_> = source
             .journal
             .iter()
             .filter(|e| e.seq < from_seq)
             .cloned()
             .collect();
-        let attempts = details
-            .attempts
+        // Attributes set by the copied entries hold in the fork too (replay does not set
+        // them again), and the fork names its source.
+        let attributes: Vec<WriteOp> = journal
             .iter()
-            .filter(|a| a.seq < from_seq)
-            .cloned()
+            .filter(|e| e.kind == crate::store::EntryKind::Attribute)
+            .map(|e| WriteOp::Attribute {
+                instance: new_id.clone(),
+                key: e.name.clone(),
+                value: e.outcome.clone(),
+            })
+            .chain([lineage(&new_id, FORKED_FROM, id)])
             .collect();
+        let fork = WriteOp::Fork {
+            record: Box::new(record),
+            journal,
+            attempts: source
+                .attempts
+                .iter()
+                .filter(|a| a.seq < from_seq)
+                .cloned()
+                .collect(),
+            ended_timers: source
+                .ended_timers
+                .iter()
+                .copied()
+                .filter(|s| *s < from_seq)
+                .collect(),
+        };
         let audit = self.audit_record(
             actor,
             "fork",
             id,
             serde_json::json!({ "from_seq": from_seq, "new_instance": new_id }),
         );
-        // Attributes set by the copied entries hold in the fork too (replay does not set
-        // them again), and the fork names its source.
-        let mut attributes: Vec<WriteOp> = details
-            .journal
-            .iter()
-            .filter(|e| e.seq < from_seq && e.kind == crate::store::EntryKind::Attribute)
-            .map(|e| WriteOp::Attribute {
-                instance: new_id.clone(),
-                key: e.name.clone(),
-                value: e.outcome.clone(),
-            })
-            .collect();
-        attributes.push(lineage(&new_id, FORKED_FROM, id));
-        let loaded = self
-            .inner
-            .store
-            .load(id)
-            .await?
-            .ok_or_else(|| Error::NotFound(id.to_string()))?;
-        let ended_timers = loaded
-            .ended_timers
-            .into_iter()
-            .filter(|s| *s < from_seq)
-            .collect();
-        let mut ops = vec![WriteOp::Fork {
-            record: Box::new(record),
-            journal,
-            attempts,
-            ended_timers,
-        }];
+        let mut ops = vec![fork];
         ops.extend(attributes);
         ops.push(WriteOp::Audit(audit));
         self.inner.store.submit(ops).await?;
         self.inner.metrics.started(def.name);
         self.inner.schedule(&new_id, false);
         Ok(new_id)
+    }
+
+    /// The instance with its journal, attempts and ended timers (one read).
+    async fn loaded(&self, id: &str) -> Result<crate::store::LoadedInstance, Error> {
+        self.inner
+            .store
+            .load(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(id.to_string()))
     }
 
     /// Cancels every running or suspended instance matching `query` (at most

@@ -4,7 +4,7 @@ use crate::engine::{Clock, Inner, Outcome, TestHooks};
 use crate::error::Error;
 use crate::store::memory::MemoryStore;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
-use crate::store::{InstanceRecord, JournalEntry, ListFilter, Status, Store};
+use crate::store::{InstanceRecord, JournalEntry, ListFilter, Status, Store, WriteOp};
 use crate::workflow::{Registry, Workflow};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -216,22 +216,13 @@ impl Runtime {
         id: Option<&str>,
         input: &str,
     ) -> Result<String, Error> {
-        Ok(self.start_json_created(workflow, id, input).await?.0)
+        Ok(self.start_json_as(workflow, id, input, None).await?.0)
     }
 
     /// Like [`start_json`](Self::start_json), also saying whether this call created the
-    /// instance (`false`: an instance with that id existed and is returned as it is).
-    pub async fn start_json_created(
-        &self,
-        workflow: &str,
-        id: Option<&str>,
-        input: &str,
-    ) -> Result<(String, bool), Error> {
-        self.start_json_as(workflow, id, input, None).await
-    }
-
-    /// Like [`start_json_created`](Self::start_json_created); when `actor` is given, a
-    /// `start` audit entry naming it is written in the same transaction as the new instance.
+    /// instance (`false`: an instance with that id existed and is returned as it is). When
+    /// `actor` is given, a `start` audit entry naming it is written in the same transaction
+    /// as the new instance.
     pub async fn start_json_as(
         &self,
         workflow: &str,
@@ -245,17 +236,11 @@ impl Runtime {
             workflow: def.name.to_string(),
             detail,
         })?;
-        let at = self.inner.clock.now_ms();
         let audit = |new_id: &str| {
             actor
                 .map(|actor| {
-                    crate::store::WriteOp::Audit(crate::store::AuditRecord {
-                        at,
-                        actor: actor.to_string(),
-                        action: "start".into(),
-                        target: new_id.to_string(),
-                        detail: serde_json::json!({ "workflow": def.name }).to_string(),
-                    })
+                    let detail = serde_json::json!({ "workflow": def.name });
+                    WriteOp::Audit(self.audit_record(actor, "start", new_id, detail))
                 })
                 .into_iter()
                 .collect()
@@ -330,21 +315,12 @@ impl Runtime {
             workflow: format!("signal `{name}`"),
             detail: e.to_string(),
         })?;
-        self.signal_id(id, name, &json).await.map(|_| ())
+        self.signal_as(id, name, &json, None).await.map(|_| ())
     }
 
-    /// Sends a signal with a JSON payload; returns the stored signal's id.
-    pub async fn signal_id(
-        &self,
-        id: &str,
-        name: &str,
-        payload: &serde_json::Value,
-    ) -> Result<i64, Error> {
-        self.signal_as(id, name, payload, None).await
-    }
-
-    /// Like [`signal_id`](Self::signal_id); when `actor` is given, a `signal` audit entry
-    /// naming it is written in the same transaction as the signal.
+    /// Sends a signal with a JSON payload; returns the stored signal's id. When `actor` is
+    /// given, a `signal` audit entry naming it is written in the same transaction as the
+    /// signal.
     pub async fn signal_as(
         &self,
         id: &str,
@@ -360,13 +336,8 @@ impl Runtime {
         let at = self.inner.clock.now_ms();
         let audit = actor
             .map(|actor| {
-                crate::store::WriteOp::Audit(crate::store::AuditRecord {
-                    at,
-                    actor: actor.to_string(),
-                    action: "signal".into(),
-                    target: id.to_string(),
-                    detail: serde_json::json!({ "name": name }).to_string(),
-                })
+                let detail = serde_json::json!({ "name": name });
+                WriteOp::Audit(self.audit_record(actor, "signal", id, detail))
             })
             .into_iter()
             .collect();

@@ -162,7 +162,7 @@ fn check(state: &State, ops: &[WriteOp]) -> Result<(), StoreError> {
                     status: inst.record.status,
                 });
             }
-            WriteOp::Retry { .. } if !retryable(inst.record.status) => {
+            WriteOp::Retry { .. } if !inst.record.status.is_retryable() => {
                 return Err(StoreError::Conflict {
                     instance: id.to_string(),
                     detail: format!(
@@ -176,14 +176,6 @@ fn check(state: &State, ops: &[WriteOp]) -> Result<(), StoreError> {
         }
     }
     Ok(())
-}
-
-/// Whether [`WriteOp::Retry`] applies to an instance in `status`.
-pub(crate) fn retryable(status: Status) -> bool {
-    matches!(
-        status,
-        Status::Failed | Status::Cancelled | Status::Terminated | Status::Incompatible
-    )
 }
 
 /// Applies one op of a batch that passed [`check`].

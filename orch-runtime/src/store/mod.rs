@@ -77,6 +77,15 @@ impl Status {
         )
     }
 
+    /// Whether `Runtime::retry` (and [`WriteOp::Retry`]) applies: failed, cancelled,
+    /// terminated or incompatible.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            Status::Failed | Status::Cancelled | Status::Terminated | Status::Incompatible
+        )
+    }
+
     /// The lower-case name used in storage and output.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -886,7 +886,7 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
                 .map_err(|e| backend(&ctx("recording a delivered cancellation"), e))?;
         }
         WriteOp::Retry { from_seq, at, .. } => {
-            if !super::memory::retryable(current) {
+            if !current.is_retryable() {
                 return Err(StoreError::Conflict {
                     instance: id.to_string(),
                     detail: format!(
