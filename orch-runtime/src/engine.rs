@@ -674,14 +674,7 @@ async fn drive_once(inner: &Arc<Inner>, id: &str, load: Load, load_gen: u64) -> 
                 "the stored input no longer deserializes into workflow `{}`'s input type: {e}",
                 def.name
             );
-            return finish(
-                inner,
-                &ctx,
-                load_gen,
-                parent,
-                Outcome::error(Status::Failed, msg),
-            )
-            .await;
+            return halt(inner, &ctx, load_gen, parent, Halt::Failed(msg)).await;
         }
     };
     let scope = Scope::Workflow(ctx.clone());
@@ -738,25 +731,11 @@ async fn drive_once(inner: &Arc<Inner>, id: &str, load: Load, load_gen: u64) -> 
                 return finish(inner, &ctx, load_gen, parent, outcome).await;
             }
             Event::Done(Err(msg)) => {
-                return finish(
-                    inner,
-                    &ctx,
-                    load_gen,
-                    parent,
-                    Outcome::error(Status::Failed, msg),
-                )
-                .await;
+                return halt(inner, &ctx, load_gen, parent, Halt::Failed(msg)).await;
             }
             Event::Panicked(msg) => {
                 let msg = format!("workflow `{}` panicked: {msg}", def.name);
-                return finish(
-                    inner,
-                    &ctx,
-                    load_gen,
-                    parent,
-                    Outcome::error(Status::Failed, msg),
-                )
-                .await;
+                return halt(inner, &ctx, load_gen, parent, Halt::Failed(msg)).await;
             }
             Event::Halted(h) => return halt(inner, &ctx, load_gen, parent, h).await,
             Event::Idle(wake_at) => {
@@ -809,41 +788,16 @@ async fn halt(
     parent: Option<String>,
     h: Halt,
 ) -> Next {
-    match h {
+    let (status, msg) = match h {
         Halt::Incompatible(msg) => {
             tracing::error!(instance = %ctx.id, "{msg}");
-            finish(
-                inner,
-                ctx,
-                load_gen,
-                parent,
-                Outcome::error(Status::Incompatible, msg),
-            )
-            .await
+            (Status::Incompatible, msg)
         }
-        Halt::Failed(msg) => {
-            finish(
-                inner,
-                ctx,
-                load_gen,
-                parent,
-                Outcome::error(Status::Failed, msg),
-            )
-            .await
-        }
+        Halt::Failed(msg) => (Status::Failed, msg),
+        Halt::Cancelled(msg) => (Status::Cancelled, msg),
         Halt::Store(e) => {
             tracing::error!(instance = %ctx.id, error = %e, "checkpoint failed; retrying");
-            Next::RetryLater
-        }
-        Halt::Cancelled(msg) => {
-            finish(
-                inner,
-                ctx,
-                load_gen,
-                parent,
-                Outcome::error(Status::Cancelled, msg),
-            )
-            .await
+            return Next::RetryLater;
         }
         Halt::Frontier(seq) => {
             // Replay-only mode: the journal is exhausted; report without writing anything.
@@ -853,9 +807,10 @@ async fn halt(
                 format!("replay reached the end of the journal before seq {seq}"),
             );
             inner.notify_finished(&ctx.id, outcome, None);
-            Next::Done
+            return Next::Done;
         }
-    }
+    };
+    finish(inner, ctx, load_gen, parent, Outcome::error(status, msg)).await
 }
 
 async fn finish(

@@ -41,8 +41,8 @@ impl std::hash::Hasher for Fx {
 }
 
 type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fx>>;
-/// (started?, final status).
-type CounterKey = (bool, Option<Status>);
+/// The final status (`None`: the started counter).
+type CounterKey = Option<Status>;
 
 fn step_histogram() -> Histogram {
     // 1 ms … ~65 s.
@@ -146,7 +146,9 @@ impl Metrics {
         workflow: &str,
         status: Option<Status>,
     ) -> Counter {
-        let key = (std::ptr::eq(family, &self.started), status);
+        // Started counters have no status and finished ones always one: the status tells the
+        // two families apart.
+        let key = status;
         if let Some(c) = self
             .counters
             .read()

@@ -303,6 +303,9 @@ where
         (entry.finished_at - started).max(0) as f64 / 1000.0,
         attempt - 1,
     );
+    // The final attempt failed: its error (a value, a rescued panic or an unrecoverable
+    // failure) is the step's outcome.
+    let failed = last_failure.is_some();
     let extra = last_failure
         .map(|record| WriteOp::Attempt {
             instance: ctx.id.clone(),
@@ -313,17 +316,12 @@ where
     if let Err(e) = ctx.record(entry, extra).await {
         return stop(ctx, Halt::Store(e)).await;
     }
+    if failed {
+        ctx.note_failed_step(name, seq);
+    }
     match result {
-        Ok(value) => {
-            if (policy.judge)(&value).is_some() {
-                ctx.note_failed_step(name, seq);
-            }
-            value
-        }
-        Err(message) => {
-            ctx.note_failed_step(name, seq);
-            stop(ctx, Halt::Failed(message)).await
-        }
+        Ok(value) => value,
+        Err(message) => stop(ctx, Halt::Failed(message)).await,
     }
 }
 
