@@ -388,7 +388,7 @@ fn query_from_params(
     params: &[(String, String)],
     extra: &[&str],
 ) -> ApiResult<(Query, HashMap<String, String>)> {
-    let now = views::now_ms();
+    let now = rt.inner.clock.now_ms();
     let mut q = Query {
         limit: 50,
         ..Default::default()
@@ -534,7 +534,11 @@ fn text(body: String, content_type: &'static str) -> Response {
 }
 
 fn ok(v: Value) -> Response {
-    (StatusCode::OK, axum::Json(v)).into_response()
+    reply(StatusCode::OK, v)
+}
+
+fn reply(status: StatusCode, v: Value) -> Response {
+    (status, axum::Json(v)).into_response()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -542,19 +546,17 @@ fn ok(v: Value) -> Response {
 
 async fn healthz(State(state): State<AppState>) -> Response {
     if state.rt.inner.is_closing() {
-        return (
+        return reply(
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"status": "shutting_down"})),
-        )
-            .into_response();
+            json!({"status": "shutting_down"}),
+        );
     }
     match state.rt.counts().await {
         Ok(_) => ok(json!({"status": "ok"})),
-        Err(e) => (
+        Err(e) => reply(
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"status": "unavailable", "error": e.to_string()})),
-        )
-            .into_response(),
+            json!({"status": "unavailable", "error": e.to_string()}),
+        ),
     }
 }
 
@@ -729,11 +731,10 @@ async fn start(
     } else {
         StatusCode::OK
     };
-    Ok((
+    Ok(reply(
         status,
-        axum::Json(json!({"id": new_id, "workflow": workflow, "created": created})),
-    )
-        .into_response())
+        json!({"id": new_id, "workflow": workflow, "created": created}),
+    ))
 }
 
 async fn search(
@@ -769,7 +770,7 @@ async fn instance(State(state): State<AppState>, Path(id): Path<String>) -> ApiR
 
 async fn journal(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let d = state.rt.details(&id).await?;
-    Ok(ok(views::journal(&d, views::now_ms())))
+    Ok(ok(views::journal(&d, state.rt.inner.clock.now_ms())))
 }
 
 async fn instance_graph(
@@ -806,11 +807,10 @@ async fn signal(
         .rt
         .signal_as(&id, &name, &payload, Some(&actor))
         .await?;
-    Ok((
+    Ok(reply(
         StatusCode::ACCEPTED,
-        axum::Json(json!({"id": id, "signal_id": signal_id})),
-    )
-        .into_response())
+        json!({"id": id, "signal_id": signal_id}),
+    ))
 }
 
 async fn status_of(rt: &Runtime, id: &str) -> ApiResult<Status> {
@@ -837,11 +837,10 @@ async fn cancel(
     let reason = reason_of(body)?;
     state.rt.cancel(&id, &caller(c).name, &reason).await?;
     let status = status_of(&state.rt, &id).await?;
-    Ok((
+    Ok(reply(
         StatusCode::ACCEPTED,
-        axum::Json(json!({"id": id, "status": status, "cancel_requested": true})),
-    )
-        .into_response())
+        json!({"id": id, "status": status, "cancel_requested": true}),
+    ))
 }
 
 async fn terminate(
@@ -866,11 +865,10 @@ async fn retry(
     only_fields(&body, &["from_seq"])?;
     let from = opt_seq(&body, "from_seq")?;
     let from = state.rt.retry(&id, from, &caller(c).name).await?;
-    Ok((
+    Ok(reply(
         StatusCode::ACCEPTED,
-        axum::Json(json!({"id": id, "from_seq": from})),
-    )
-        .into_response())
+        json!({"id": id, "from_seq": from}),
+    ))
 }
 
 async fn restart(
@@ -882,11 +880,10 @@ async fn restart(
     let body = body_object(body)?;
     only_fields(&body, &[])?;
     let new_id = state.rt.restart(&id, &caller(c).name).await?;
-    Ok((
+    Ok(reply(
         StatusCode::CREATED,
-        axum::Json(json!({"id": new_id, "restarted_from": id})),
-    )
-        .into_response())
+        json!({"id": new_id, "restarted_from": id}),
+    ))
 }
 
 async fn fork(
@@ -901,11 +898,10 @@ async fn fork(
         ApiError::bad_request("missing `from_seq`: the first journal seq the fork runs anew")
     })?;
     let new_id = state.rt.fork(&id, from, &caller(c).name).await?;
-    Ok((
+    Ok(reply(
         StatusCode::CREATED,
-        axum::Json(json!({"id": new_id, "forked_from": id, "from_seq": from})),
-    )
-        .into_response())
+        json!({"id": new_id, "forked_from": id, "from_seq": from}),
+    ))
 }
 
 async fn bulk_cancel(
@@ -979,7 +975,7 @@ async fn stats(
             window / bucket
         )));
     }
-    let to = views::now_ms() + 1;
+    let to = state.rt.inner.clock.now_ms() + 1;
     let from = to - window;
     let s = state
         .rt

@@ -5,7 +5,7 @@ use crate::store::{
 };
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 /// RFC 3339 with milliseconds, UTC.
 pub(crate) fn time(ms: Millis) -> Value {
@@ -257,12 +257,4 @@ fn signal_json(s: &SignalRecord) -> Value {
         "payload": json_text(&s.payload),
         "received_at": time(s.received_at),
     })
-}
-
-/// Milliseconds since the epoch, now.
-pub(crate) fn now_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
 }

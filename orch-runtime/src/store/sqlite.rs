@@ -1327,13 +1327,10 @@ fn search_records(conn: &Connection, q: &Query) -> Result<Vec<InstanceRecord>, S
         params.push(Value::Integer(c.created_at));
         params.push(Value::Text(c.id.clone()));
     }
-    let columns = INSTANCE_COLUMNS
-        .split(", ")
-        .map(|c| format!("i.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ");
+    // The only table in the outer query is `instances i`, so its columns need no prefix.
     let mut sql = format!(
-        "SELECT {columns} FROM instances i{where_sql} ORDER BY i.created_at DESC, i.id DESC"
+        "SELECT {INSTANCE_COLUMNS} FROM instances i{where_sql} \
+         ORDER BY i.created_at DESC, i.id DESC"
     );
     if q.limit > 0 {
         sql.push_str(" LIMIT ?");
