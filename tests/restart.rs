@@ -162,6 +162,21 @@ fn calls(log: &Path) -> Vec<String> {
         .collect()
 }
 
+/// SIGKILL (`Child::kill`), then reap.
+fn kill_9(mut worker: Worker) {
+    worker.0.kill().expect("kill -9");
+    worker.0.wait().expect("reap");
+}
+
+/// A new runtime on the crashed worker's database (it resumes what was unfinished).
+async fn reopen(db: &Path) -> Runtime {
+    Runtime::builder()
+        .sqlite(db)
+        .build()
+        .await
+        .expect("restart")
+}
+
 fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("orch.db");
@@ -172,18 +187,13 @@ fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sleeping_workflow_survives_kill_9_and_wakes_when_its_timer_fires() {
     let (_dir, db, log) = setup();
-    let mut worker = spawn_worker("nap", &db, &log);
+    let worker = spawn_worker("nap", &db, &log);
     wait_suspended(&db, "nap-1").await;
-    worker.0.kill().expect("kill -9");
-    worker.0.wait().expect("reap");
+    kill_9(worker);
     assert_eq!(calls(&log), ["before nap"]);
 
     let started = Instant::now();
-    let rt = Runtime::builder()
-        .sqlite(&db)
-        .build()
-        .await
-        .expect("restart");
+    let rt = reopen(&db).await;
     let run = rt.handle(Nap, "nap-1").await.expect("handle");
     let out = run.result().await.expect("result").expect("ok");
     assert_eq!(out[0], "nap-before");
@@ -208,17 +218,12 @@ async fn a_sleeping_workflow_survives_kill_9_and_wakes_when_its_timer_fires() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workflow_waiting_for_a_signal_survives_kill_9_and_takes_the_signal_after_restart() {
     let (_dir, db, log) = setup();
-    let mut worker = spawn_worker("gate", &db, &log);
+    let worker = spawn_worker("gate", &db, &log);
     wait_suspended(&db, "gate-1").await;
-    worker.0.kill().expect("kill -9");
-    worker.0.wait().expect("reap");
+    kill_9(worker);
     assert_eq!(calls(&log), ["before gate"]);
 
-    let rt = Runtime::builder()
-        .sqlite(&db)
-        .build()
-        .await
-        .expect("restart");
+    let rt = reopen(&db).await;
     let run = rt.handle(Gate, "gate-1").await.expect("handle");
     rt.signal("gate-1", "approve", "bob").await.expect("signal");
     let out = run.result().await.expect("result").expect("ok");
@@ -230,7 +235,7 @@ async fn a_workflow_waiting_for_a_signal_survives_kill_9_and_takes_the_signal_af
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recorded_cancellation_survives_kill_9_and_is_delivered_after_restart() {
     let (_dir, db, log) = setup();
-    let mut worker = spawn_worker("hold", &db, &log);
+    let worker = spawn_worker("hold", &db, &log);
     wait_suspended(&db, "hold-1").await;
     // Another process records the cancellation (as an API node would); the worker, which has
     // the instance unloaded until its one-hour timer, is killed before it hears of it.
@@ -249,16 +254,11 @@ async fn a_recorded_cancellation_survives_kill_9_and_is_delivered_after_restart(
             .expect("request cancel");
         store.close().await.expect("close");
     }
-    worker.0.kill().expect("kill -9");
-    worker.0.wait().expect("reap");
+    kill_9(worker);
     assert_eq!(calls(&log), ["before hold"]);
 
     let started = Instant::now();
-    let rt = Runtime::builder()
-        .sqlite(&db)
-        .build()
-        .await
-        .expect("restart");
+    let rt = reopen(&db).await;
     let run = rt.handle(Hold, "hold-1").await.expect("handle");
     let err = tokio::time::timeout(Duration::from_secs(20), run.result())
         .await
