@@ -72,24 +72,20 @@ impl Bound {
     }
 }
 
-fn config_error(msg: String) -> Error {
-    Error::Config(msg)
-}
-
 /// Binds and serves; returns once the socket is listening.
 pub(crate) async fn start(rt: Runtime, config: HttpConfig) -> Result<Bound, Error> {
     let mut tokens = config.tokens.clone();
     if config.read_env {
-        tokens.extend(auth::env_tokens("ORCH_ADMIN_TOKENS", Role::Admin).map_err(config_error)?);
-        tokens.extend(auth::env_tokens("ORCH_READ_TOKENS", Role::Read).map_err(config_error)?);
+        tokens.extend(auth::env_tokens("ORCH_ADMIN_TOKENS", Role::Admin).map_err(Error::Config)?);
+        tokens.extend(auth::env_tokens("ORCH_READ_TOKENS", Role::Read).map_err(Error::Config)?);
     }
     for t in &tokens {
-        auth::check_token(t).map_err(config_error)?;
+        auth::check_token(t).map_err(Error::Config)?;
     }
     let listener = tokio::net::TcpListener::bind(&config.addr)
         .await
         .map_err(|e| {
-            config_error(format!(
+            Error::Config(format!(
                 "cannot listen on `{}`: {e} (choose another address or port, e.g. \
                  127.0.0.1:0 for any free port)",
                 config.addr
@@ -97,9 +93,9 @@ pub(crate) async fn start(rt: Runtime, config: HttpConfig) -> Result<Bound, Erro
         })?;
     let addr = listener
         .local_addr()
-        .map_err(|e| config_error(format!("cannot read the bound address: {e}")))?;
+        .map_err(|e| Error::Config(format!("cannot read the bound address: {e}")))?;
     if !addr.ip().is_loopback() && tokens.is_empty() {
-        return Err(config_error(format!(
+        return Err(Error::Config(format!(
             "the HTTP server would listen on {addr}, which is not a loopback address, without \
              any token: add one with HttpConfig::admin_token / read_token or the \
              ORCH_ADMIN_TOKENS / ORCH_READ_TOKENS environment variables, or bind to 127.0.0.1"
