@@ -676,11 +676,12 @@ fn execute(conn: &Connection, cmd: &Command) -> Outcome {
 }
 
 /// The status of `id`, or `None` when it does not exist.
-fn status_of(conn: &Connection, id: &str, ctx: &str) -> Result<Option<Status>, StoreError> {
+/// `what` names the operation in an error (formatted only then: this runs on every write).
+fn status_of(conn: &Connection, id: &str, what: &str) -> Result<Option<Status>, StoreError> {
     let raw: Option<String> = conn
         .prepare_cached("SELECT status FROM instances WHERE id = ?1")
         .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
-        .map_err(|e| backend(ctx, e))?;
+        .map_err(|e| backend(&format!("{what} for instance `{id}`"), e))?;
     raw.map(|s| parse_status(id, &s)).transpose()
 }
 
@@ -705,7 +706,7 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
     let ctx = |what: &str| format!("{what} for instance `{id}`");
     match op {
         // A missing instance has nothing to wake.
-        WriteOp::Wake { at, .. } => return wake(conn, id, *at, &ctx("waking")),
+        WriteOp::Wake { at, .. } => return wake(conn, id, *at, "waking"),
         WriteOp::Audit(a) => {
             conn.prepare_cached(
                 "INSERT INTO audit (at, actor, action, target, detail) \
@@ -723,67 +724,50 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
         } => return fork(conn, record, journal, attempts, ended_timers),
         _ => {}
     }
-    let Some(current) = status_of(conn, id, &ctx("checking the instance"))? else {
+    let Some(current) = status_of(conn, id, "checking the instance")? else {
         return Err(StoreError::NotFound(id.to_string()));
     };
     match op {
-        WriteOp::Append { entry, .. } => {
-            let ctx = ctx("appending a journal entry");
-            let inserted = conn
-                .prepare_cached(
-                    "INSERT INTO journal (instance, seq, kind, name, outcome, attempts, \
-                     started_at, finished_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
-                     ON CONFLICT (instance, seq) DO NOTHING",
+        WriteOp::Append { entry, .. } => insert_once(
+            conn,
+            "INSERT INTO journal (instance, seq, kind, name, outcome, attempts, started_at, \
+             finished_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+             ON CONFLICT (instance, seq) DO NOTHING",
+            params![
+                id,
+                entry.seq,
+                entry.kind.as_str(),
+                entry.name,
+                entry.outcome,
+                entry.attempts,
+                entry.started_at,
+                entry.finished_at
+            ],
+            id,
+            "appending a journal entry",
+            || format!("journal entry seq {} already exists", entry.seq),
+        )?,
+        WriteOp::Attempt { record, .. } => insert_once(
+            conn,
+            "INSERT INTO attempts (instance, seq, attempt, error, started_at, finished_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (instance, seq, attempt) DO NOTHING",
+            params![
+                id,
+                record.seq,
+                record.attempt,
+                record.error,
+                record.started_at,
+                record.finished_at
+            ],
+            id,
+            "recording a failed attempt",
+            || {
+                format!(
+                    "attempt {} of seq {} is already recorded",
+                    record.attempt, record.seq
                 )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        id,
-                        entry.seq,
-                        entry.kind.as_str(),
-                        entry.name,
-                        entry.outcome,
-                        entry.attempts,
-                        entry.started_at,
-                        entry.finished_at
-                    ])
-                })
-                .map_err(|e| backend(&ctx, e))?;
-            if inserted == 0 {
-                return Err(StoreError::Conflict {
-                    instance: id.to_string(),
-                    detail: format!("journal entry seq {} already exists", entry.seq),
-                });
-            }
-        }
-        WriteOp::Attempt { record, .. } => {
-            let ctx = ctx("recording a failed attempt");
-            let inserted = conn
-                .prepare_cached(
-                    "INSERT INTO attempts (instance, seq, attempt, error, started_at, \
-                     finished_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                     ON CONFLICT (instance, seq, attempt) DO NOTHING",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        id,
-                        record.seq,
-                        record.attempt,
-                        record.error,
-                        record.started_at,
-                        record.finished_at
-                    ])
-                })
-                .map_err(|e| backend(&ctx, e))?;
-            if inserted == 0 {
-                return Err(StoreError::Conflict {
-                    instance: id.to_string(),
-                    detail: format!(
-                        "attempt {} of seq {} is already recorded",
-                        record.attempt, record.seq
-                    ),
-                });
-            }
-        }
+            },
+        )?,
         WriteOp::ConsumeSignal { signal, seq, .. } => {
             let changed = conn
                 .prepare_cached(
@@ -878,7 +862,7 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
             .and_then(|mut s| s.execute(params![id, at]))
             .map_err(|e| backend(&ctx("requesting cancellation"), e))?;
             // Due now, so a restart delivers the cancellation without waiting for a timer.
-            wake(conn, id, *at, &ctx("requesting cancellation"))?;
+            wake(conn, id, *at, "requesting cancellation")?;
         }
         WriteOp::CancelDelivered { seq, .. } => {
             conn.prepare_cached("UPDATE instances SET cancel_seq = ?2 WHERE id = ?1")
@@ -898,6 +882,29 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
             retry(conn, id, *from_seq, *at).map_err(|e| backend(&ctx("retrying"), e))?;
         }
         WriteOp::Fork { .. } | WriteOp::Audit(_) => {}
+    }
+    Ok(())
+}
+
+/// Runs an `INSERT … ON CONFLICT DO NOTHING`; a row that exists already is a conflict
+/// described by `conflict`.
+fn insert_once(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    instance: &str,
+    what: &str,
+    conflict: impl FnOnce() -> String,
+) -> Result<(), StoreError> {
+    let inserted = conn
+        .prepare_cached(sql)
+        .and_then(|mut s| s.execute(params))
+        .map_err(|e| backend(&format!("{what} for instance `{instance}`"), e))?;
+    if inserted == 0 {
+        return Err(StoreError::Conflict {
+            instance: instance.to_string(),
+            detail: conflict(),
+        });
     }
     Ok(())
 }
@@ -1046,8 +1053,8 @@ fn add_signal(
     payload: &str,
     at: Millis,
 ) -> Result<i64, StoreError> {
-    let ctx = format!("delivering signal `{name}` to instance `{instance}`");
-    match status_of(conn, instance, &ctx)? {
+    let what = format!("delivering signal `{name}`");
+    match status_of(conn, instance, &what)? {
         None => return Err(StoreError::NotFound(instance.to_string())),
         Some(status) if status.is_final() => {
             return Err(StoreError::Finished {
@@ -1061,20 +1068,20 @@ fn add_signal(
         "INSERT INTO signals (instance, name, payload, received_at) VALUES (?1, ?2, ?3, ?4)",
     )
     .and_then(|mut s| s.execute(params![instance, name, payload, at]))
-    .map_err(|e| backend(&ctx, e))?;
+    .map_err(|e| backend(&format!("{what} for instance `{instance}`"), e))?;
     let id = conn.last_insert_rowid();
-    wake(conn, instance, at, &ctx)?;
+    wake(conn, instance, at, &what)?;
     Ok(id)
 }
 
 /// Makes a suspended instance due at `at` (earlier timers stay).
-fn wake(conn: &Connection, instance: &str, at: Millis, ctx: &str) -> Result<(), StoreError> {
+fn wake(conn: &Connection, instance: &str, at: Millis, what: &str) -> Result<(), StoreError> {
     conn.prepare_cached(
         "UPDATE instances SET wake_at = MIN(COALESCE(wake_at, ?2), ?2) \
          WHERE id = ?1 AND status = 'suspended'",
     )
     .and_then(|mut s| s.execute(params![instance, at]))
-    .map_err(|e| backend(ctx, e))?;
+    .map_err(|e| backend(&format!("{what} for instance `{instance}`"), e))?;
     Ok(())
 }
 
