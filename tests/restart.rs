@@ -138,15 +138,20 @@ fn spawn_worker(scenario: &str, db: &Path, log: &Path) -> Worker {
     Worker(child)
 }
 
-/// Polls the database (a second connection; WAL allows it) until the instance is suspended.
+/// Polls the database until the instance is suspended. The worker holds the store, so this
+/// reads with a plain read-only SQLite connection beside it (WAL allows it).
 async fn wait_suspended(db: &Path, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let status = || -> rusqlite::Result<String> {
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+        rusqlite::Connection::open_with_flags(db, flags)?.query_row(
+            "SELECT status FROM instances WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+    };
     loop {
-        if db.exists()
-            && let Ok(store) = SqliteStore::open(db, SqliteOptions::default())
-            && let Ok(Some(rec)) = store.get(id).await
-            && rec.status == Status::Suspended
-        {
+        if db.exists() && status().is_ok_and(|s| s == "suspended") {
             return;
         }
         assert!(Instant::now() < deadline, "{id} never suspended");
@@ -237,8 +242,9 @@ async fn a_recorded_cancellation_survives_kill_9_and_is_delivered_after_restart(
     let (_dir, db, log) = setup();
     let worker = spawn_worker("hold", &db, &log);
     wait_suspended(&db, "hold-1").await;
-    // Another process records the cancellation (as an API node would); the worker, which has
-    // the instance unloaded until its one-hour timer, is killed before it hears of it.
+    // The worker, which has the instance unloaded until its one-hour timer, is killed; then
+    // the cancellation is recorded in the store before any runtime runs on it again.
+    kill_9(worker);
     {
         let store = SqliteStore::open(&db, SqliteOptions::default()).expect("open");
         let at = std::time::SystemTime::now()
@@ -254,7 +260,6 @@ async fn a_recorded_cancellation_survives_kill_9_and_is_delivered_after_restart(
             .expect("request cancel");
         store.close().await.expect("close");
     }
-    kill_9(worker);
     assert_eq!(calls(&log), ["before hold"]);
 
     let started = Instant::now();

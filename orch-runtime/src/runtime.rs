@@ -34,6 +34,20 @@ pub struct RuntimeBuilder {
 impl RuntimeBuilder {
     /// Stores everything in the SQLite file at `path` (created if missing), with every
     /// checkpoint fsync'd before the workflow continues.
+    ///
+    /// **One runtime per file.** The runtime holds the file exclusively from
+    /// [`build`](Self::build) until [`Runtime::shutdown`] (or until it is dropped, or its
+    /// process ends, however abruptly). While it does, building a second runtime on the same
+    /// file — in another process or in this one — fails at once with
+    /// [`StoreError::Locked`](crate::store::StoreError::Locked), whose message names the file
+    /// and the holder (pid, host name, since when), and changes nothing in the database.
+    /// Stop the other process or point this one at another file; several processes cannot
+    /// share one SQLite store yet.
+    ///
+    /// The hold is an operating-system lock on `<path>-lock`, a small file beside the database
+    /// that names the holder. The system drops the lock when the holder dies, so a process
+    /// killed with `kill -9` does not block the next start; the file itself stays and is
+    /// reused (do not delete it while a runtime runs).
     pub fn sqlite(self, path: impl Into<PathBuf>) -> Self {
         self.sqlite_with(path, SqliteOptions::default())
     }
@@ -412,7 +426,8 @@ impl Runtime {
     }
 
     /// Stops driving instances (they resume on the next start) and closes the store once
-    /// every queued checkpoint is written.
+    /// every queued checkpoint is written. A SQLite file is then free for a new runtime, in
+    /// this process or another.
     pub async fn shutdown(&self) -> Result<(), Error> {
         self.inner.shutdown().await
     }

@@ -8,6 +8,7 @@
 //! embedded default). A multi-node backend adds leases by fencing every [`WriteOp`] with the
 //! instance's lease epoch inside its own `submit`; the engine needs no change for that.
 
+pub mod lock;
 pub mod memory;
 pub mod sqlite;
 
@@ -19,6 +20,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::sync::oneshot;
+
+pub use lock::LockHolder;
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
@@ -815,6 +818,17 @@ pub enum StoreError {
         found: i64,
         /// Highest version this build knows.
         supported: i64,
+    },
+    /// The database file is held by another runtime (in another process or in this one):
+    /// one SQLite file serves one runtime at a time. Nothing was changed.
+    #[error("{}", lock::locked_message(.path, .lock_file, .holder.as_ref()))]
+    Locked {
+        /// The database file.
+        path: String,
+        /// The lock file beside it, which names the holder.
+        lock_file: String,
+        /// Who holds it, as the holder wrote it; `None` when the lock file names nobody.
+        holder: Option<LockHolder>,
     },
     /// A write conflicted with what is stored (e.g. a journal seq written twice).
     #[error("conflicting write for instance `{instance}`: {detail}")]

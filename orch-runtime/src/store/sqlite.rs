@@ -9,9 +9,13 @@
 //!
 //! Reads go through a second connection; WAL lets them run beside the writer.
 //!
+//! One runtime owns the file: opening takes an exclusive lock on `<database>-lock` first (see
+//! [`lock`](super::lock)) and refuses a file another runtime holds ([`StoreError::Locked`]).
+//!
 //! Opening refuses files that are not orch databases ([`StoreError::Foreign`]) and databases
 //! written by a newer orch ([`StoreError::TooNew`]) without changing them.
 
+use super::lock::StoreLock;
 use super::{
     Aggregate, AttemptRecord, AuditRecord, BucketCount, Commit, Created, Details, EntryKind,
     InstanceRecord, JournalEntry, ListFilter, LoadedInstance, Millis, Query, SignalRecord, Stats,
@@ -223,6 +227,8 @@ pub struct SqliteStore {
     commits: Arc<AtomicU64>,
     metrics: Arc<StoreMetrics>,
     closed: AtomicBool,
+    /// The exclusive hold on the file; released by [`Store::close`] or on drop.
+    lock: Mutex<Option<StoreLock>>,
 }
 
 fn backend(context: &str, err: impl std::fmt::Display) -> StoreError {
@@ -239,10 +245,20 @@ impl SqliteStore {
     /// Blocking: call it from `spawn_blocking` in async code. Fails with
     /// [`StoreError::Foreign`] when the file is not an orch database and with
     /// [`StoreError::TooNew`] when a newer orch wrote it; in both cases nothing is changed.
+    ///
+    /// The store holds the file exclusively until it is closed ([`Store::close`]) or dropped:
+    /// before reading the database it locks `<path>-lock` (created beside it when missing) and
+    /// writes its pid, host name and start time there. While another store holds the file —
+    /// in another process or in this one — opening fails at once with
+    /// [`StoreError::Locked`], naming the holder, and changes nothing. The operating system
+    /// drops the lock when a process dies, so a crashed holder does not block the next open.
     pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref().to_path_buf();
         let shown = path.display().to_string();
         let ctx = |what: &str| format!("opening `{shown}`: {what}");
+
+        // Before anything is read or written: a file held by another runtime is left alone.
+        let lock = StoreLock::acquire(&path)?;
 
         let mut conn = Connection::open(&path).map_err(|e| backend(&ctx("open"), e))?;
         conn.busy_timeout(Duration::from_secs(5))
@@ -306,6 +322,7 @@ impl SqliteStore {
             commits,
             metrics,
             closed: AtomicBool::new(false),
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -1742,22 +1759,26 @@ impl Store for SqliteStore {
         let was_closed = self.closed.swap(true, Ordering::SeqCst);
         let sent = self.send(Command::Close(tx));
         Box::pin(async move {
-            if !sent {
+            let result = if !sent {
                 // Closing twice is fine; a writer that died on its own is not.
-                return if was_closed {
+                if was_closed {
                     Ok(())
                 } else {
                     Err(StoreError::Closed)
-                };
-            }
-            match rx.await {
-                // Closing twice is fine.
-                Ok(Err(StoreError::Closed)) if was_closed => Ok(()),
-                Ok(result) => result,
-                // Dropped unanswered: an earlier close got there first.
-                Err(_) if was_closed => Ok(()),
-                Err(_) => Err(StoreError::Closed),
-            }
+                }
+            } else {
+                match rx.await {
+                    // Closing twice is fine.
+                    Ok(Err(StoreError::Closed)) if was_closed => Ok(()),
+                    Ok(result) => result,
+                    // Dropped unanswered: an earlier close got there first.
+                    Err(_) if was_closed => Ok(()),
+                    Err(_) => Err(StoreError::Closed),
+                }
+            };
+            // Nothing is written after a close: the file is free for another runtime.
+            drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()).take());
+            result
         })
     }
 }
