@@ -45,7 +45,8 @@ struct Args {
     /// How many orders to check out (`order-1` … `order-N`; every 7th card is declined).
     #[arg(long, default_value_t = 36)]
     orders: u64,
-    /// The orch database; a second run on the same file resumes the first.
+    /// The orch database; a later run on the same file resumes an earlier one (one run at a
+    /// time: a run started while another has the file is refused).
     #[arg(long, default_value = "orch.db")]
     db: PathBuf,
     /// Where the services log every request (default: `<db>.services.log`).

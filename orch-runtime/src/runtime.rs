@@ -36,8 +36,10 @@ impl RuntimeBuilder {
     /// checkpoint fsync'd before the workflow continues.
     ///
     /// **One runtime per file.** The runtime holds the file exclusively from
-    /// [`build`](Self::build) until [`Runtime::shutdown`] (or until it is dropped, or its
-    /// process ends, however abruptly). While it does, building a second runtime on the same
+    /// [`build`](Self::build) until [`Runtime::shutdown`] or the end of its process, however
+    /// abrupt. (Dropping every handle without `shutdown` lets the file go only once the
+    /// instances it is still driving have stopped: call `shutdown` to rebuild in the same
+    /// process.) While it holds the file, building a second runtime on the same
     /// file — in another process or in this one — fails at once with
     /// [`StoreError::Locked`](crate::store::StoreError::Locked), whose message names the file
     /// and the holder (pid, host name, since when), and changes nothing in the database.
