@@ -275,8 +275,13 @@ pub fn set_status<T: Serialize>(status: T) -> Durable<()> {
                 let Some(json) = to_json(&ctx, "set_status", &status) else {
                     return parked();
                 };
-                if let Err(e) = crate::limits::check_payload("custom status", &json) {
-                    ctx.halt(Halt::Failed(e.to_string()));
+                if json.len() > crate::limits::MAX_CUSTOM_STATUS_BYTES {
+                    ctx.halt(Halt::Failed(format!(
+                        "orch::set_status: the status is {} bytes of JSON, over the limit of \
+                         {} bytes; show a short summary and keep the data in a step's output",
+                        json.len(),
+                        crate::limits::MAX_CUSTOM_STATUS_BYTES
+                    )));
                     return parked();
                 }
                 let now = ctx.now_ms();
@@ -319,18 +324,20 @@ pub fn set_attribute<T: Serialize>(key: &str, value: T) -> Durable<()> {
                     )));
                     return parked();
                 }
-                if key.is_empty() || key.len() > 128 {
+                if key.is_empty() || key.len() > crate::limits::MAX_ATTR_KEY_BYTES {
                     ctx.halt(Halt::Failed(format!(
-                        "orch::set_attribute: the key must be 1 to 128 bytes, got {:?}",
-                        key
+                        "orch::set_attribute: the key must be 1 to {} bytes, got {} bytes",
+                        crate::limits::MAX_ATTR_KEY_BYTES,
+                        key.len()
                     )));
                     return parked();
                 }
-                if json.len() > 4096 {
+                if json.len() > crate::limits::MAX_ATTR_VALUE_BYTES {
                     ctx.halt(Halt::Failed(format!(
                         "orch::set_attribute(\"{key}\"): the value is {} bytes of JSON, over the \
-                         4096-byte limit for attributes; store a short value (an id, a number)",
-                        json.len()
+                         {}-byte limit for attributes; store a short value (an id, a number)",
+                        json.len(),
+                        crate::limits::MAX_ATTR_VALUE_BYTES
                     )));
                     return parked();
                 }
