@@ -264,6 +264,9 @@ pub fn patched(id: &str) -> bool {
 }
 
 /// Sets the custom status shown for this instance ("where is my order?"), journaled.
+/// At most [`MAX_CUSTOM_STATUS_BYTES`](crate::limits::MAX_CUSTOM_STATUS_BYTES) (64 KiB) of
+/// JSON: a larger status ends the instance `failed` with an error naming the limit. Search
+/// results show a status over 1 KiB as `null`; the instance itself keeps it whole.
 pub fn set_status<T: Serialize>(status: T) -> Durable<()> {
     match context::current() {
         None => Box::pin(std::future::ready(())),
@@ -300,6 +303,10 @@ pub fn set_status<T: Serialize>(status: T) -> Durable<()> {
 /// Sets a searchable attribute of this instance (`items = 3`, `customer = "c-7"`), journaled:
 /// the HTTP API and UI search instances by attribute values and aggregate numeric ones
 /// ("total items ordered today"). Setting a key again replaces its value.
+/// Keys are 1 to [`MAX_ATTR_KEY_BYTES`](crate::limits::MAX_ATTR_KEY_BYTES) bytes (not
+/// starting with `orch.`), values at most
+/// [`MAX_ATTR_VALUE_BYTES`](crate::limits::MAX_ATTR_VALUE_BYTES) bytes of JSON: otherwise the
+/// instance ends `failed` with an error naming the limit.
 pub fn set_attribute<T: Serialize>(key: &str, value: T) -> Durable<()> {
     match context::current() {
         None => Box::pin(std::future::ready(())),
