@@ -34,8 +34,14 @@ pub const MAX_BULK: usize = 10_000;
 /// The result of a bulk operation.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct BulkOutcome {
-    /// Instances the filter matched.
+    /// Instances the filter matched: the true total, even over [`MAX_BULK`].
     pub matched: usize,
+    /// Instances the operation was tried on: `matched`, or [`MAX_BULK`] when more matched
+    /// (`succeeded.len() + failed.len()`).
+    pub attempted: usize,
+    /// Matched instances left untouched because of the [`MAX_BULK`] cap
+    /// (`matched - attempted`): run the operation again, or narrow the filter.
+    pub remaining: usize,
     /// Ids the operation applied to.
     pub succeeded: Vec<String>,
     /// Ids it did not apply to, with why.
@@ -144,6 +150,7 @@ impl Runtime {
     /// instance ends `cancelled` when the workflow then returns an error. Children are
     /// cancelled too. Cancelling twice is harmless; a finished instance is a conflict.
     pub async fn cancel(&self, id: &str, actor: &str, reason: &str) -> Result<(), Error> {
+        crate::limits::check_text("reason", reason, crate::limits::MAX_REASON_BYTES)?;
         let rec = self.live_record(id).await?;
         if rec.status.is_final() {
             return Err(Error::Conflict {
@@ -192,6 +199,7 @@ impl Runtime {
     /// Stops an instance hard: nothing more of it runs (a step in flight is abandoned), and
     /// it ends `terminated` with the reason as its error. Children are terminated too.
     pub async fn terminate(&self, id: &str, actor: &str, reason: &str) -> Result<(), Error> {
+        crate::limits::check_text("reason", reason, crate::limits::MAX_REASON_BYTES)?;
         let rec = self.live_record(id).await?;
         if rec.status.is_final() {
             return Err(Error::Conflict {
@@ -383,12 +391,9 @@ impl Runtime {
         actor: &str,
         reason: &str,
     ) -> Result<BulkOutcome, Error> {
-        let matched = self.bulk_targets(query).await?;
-        let mut out = BulkOutcome {
-            matched: matched.len(),
-            ..Default::default()
-        };
-        for rec in matched {
+        crate::limits::check_text("reason", reason, crate::limits::MAX_REASON_BYTES)?;
+        let (targets, mut out) = self.bulk_targets(query).await?;
+        for rec in targets {
             match self.cancel(&rec.id, actor, reason).await {
                 Ok(()) => out.succeeded.push(rec.id),
                 Err(e) => out.failed.push(BulkFailure {
@@ -403,12 +408,8 @@ impl Runtime {
     /// Retries every instance matching `query` from its failed step (at most
     /// [`MAX_BULK`]).
     pub async fn bulk_retry(&self, query: Query, actor: &str) -> Result<BulkOutcome, Error> {
-        let matched = self.bulk_targets(query).await?;
-        let mut out = BulkOutcome {
-            matched: matched.len(),
-            ..Default::default()
-        };
-        for rec in matched {
+        let (targets, mut out) = self.bulk_targets(query).await?;
+        for rec in targets {
             match self.retry(&rec.id, None, actor).await {
                 Ok(_) => out.succeeded.push(rec.id),
                 Err(e) => out.failed.push(BulkFailure {
@@ -420,9 +421,37 @@ impl Runtime {
         Ok(out)
     }
 
-    async fn bulk_targets(&self, mut query: Query) -> Result<Vec<InstanceRecord>, Error> {
+    /// The first [`MAX_BULK`] instances matching `query`, and an outcome counting all of
+    /// them (the rest is paged through by cursor, one page in memory at a time).
+    async fn bulk_targets(
+        &self,
+        mut query: Query,
+    ) -> Result<(Vec<InstanceRecord>, BulkOutcome), Error> {
         query.after = None;
         query.limit = MAX_BULK;
-        Ok(self.inner.store.search(query).await?)
+        let targets = self.inner.store.search(query.clone()).await?;
+        let mut matched = targets.len();
+        let full = |page: &[InstanceRecord]| page.len() == MAX_BULK;
+        let mut last = full(&targets).then(|| targets.last().map(cursor)).flatten();
+        while let Some(after) = last {
+            query.after = Some(after);
+            let page = self.inner.store.search(query.clone()).await?;
+            matched += page.len();
+            last = full(&page).then(|| page.last().map(cursor)).flatten();
+        }
+        let out = BulkOutcome {
+            matched,
+            attempted: targets.len(),
+            remaining: matched - targets.len(),
+            ..Default::default()
+        };
+        Ok((targets, out))
+    }
+}
+
+fn cursor(rec: &InstanceRecord) -> crate::store::Cursor {
+    crate::store::Cursor {
+        created_at: rec.created_at,
+        id: rec.id.clone(),
     }
 }

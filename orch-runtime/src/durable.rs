@@ -264,6 +264,9 @@ pub fn patched(id: &str) -> bool {
 }
 
 /// Sets the custom status shown for this instance ("where is my order?"), journaled.
+/// At most [`MAX_CUSTOM_STATUS_BYTES`](crate::limits::MAX_CUSTOM_STATUS_BYTES) (64 KiB) of
+/// JSON: a larger status ends the instance `failed` with an error naming the limit. Search
+/// results show a status over 1 KiB as `null`; the instance itself keeps it whole.
 pub fn set_status<T: Serialize>(status: T) -> Durable<()> {
     match context::current() {
         None => Box::pin(std::future::ready(())),
@@ -275,8 +278,13 @@ pub fn set_status<T: Serialize>(status: T) -> Durable<()> {
                 let Some(json) = to_json(&ctx, "set_status", &status) else {
                     return parked();
                 };
-                if let Err(e) = crate::limits::check_payload("custom status", &json) {
-                    ctx.halt(Halt::Failed(e.to_string()));
+                if json.len() > crate::limits::MAX_CUSTOM_STATUS_BYTES {
+                    ctx.halt(Halt::Failed(format!(
+                        "orch::set_status: the status is {} bytes of JSON, over the limit of \
+                         {} bytes; show a short summary and keep the data in a step's output",
+                        json.len(),
+                        crate::limits::MAX_CUSTOM_STATUS_BYTES
+                    )));
                     return parked();
                 }
                 let now = ctx.now_ms();
@@ -295,6 +303,10 @@ pub fn set_status<T: Serialize>(status: T) -> Durable<()> {
 /// Sets a searchable attribute of this instance (`items = 3`, `customer = "c-7"`), journaled:
 /// the HTTP API and UI search instances by attribute values and aggregate numeric ones
 /// ("total items ordered today"). Setting a key again replaces its value.
+/// Keys are 1 to [`MAX_ATTR_KEY_BYTES`](crate::limits::MAX_ATTR_KEY_BYTES) bytes (not
+/// starting with `orch.`), values at most
+/// [`MAX_ATTR_VALUE_BYTES`](crate::limits::MAX_ATTR_VALUE_BYTES) bytes of JSON: otherwise the
+/// instance ends `failed` with an error naming the limit.
 pub fn set_attribute<T: Serialize>(key: &str, value: T) -> Durable<()> {
     match context::current() {
         None => Box::pin(std::future::ready(())),
@@ -319,18 +331,20 @@ pub fn set_attribute<T: Serialize>(key: &str, value: T) -> Durable<()> {
                     )));
                     return parked();
                 }
-                if key.is_empty() || key.len() > 128 {
+                if key.is_empty() || key.len() > crate::limits::MAX_ATTR_KEY_BYTES {
                     ctx.halt(Halt::Failed(format!(
-                        "orch::set_attribute: the key must be 1 to 128 bytes, got {:?}",
-                        key
+                        "orch::set_attribute: the key must be 1 to {} bytes, got {} bytes",
+                        crate::limits::MAX_ATTR_KEY_BYTES,
+                        key.len()
                     )));
                     return parked();
                 }
-                if json.len() > 4096 {
+                if json.len() > crate::limits::MAX_ATTR_VALUE_BYTES {
                     ctx.halt(Halt::Failed(format!(
                         "orch::set_attribute(\"{key}\"): the value is {} bytes of JSON, over the \
-                         4096-byte limit for attributes; store a short value (an id, a number)",
-                        json.len()
+                         {}-byte limit for attributes; store a short value (an id, a number)",
+                        json.len(),
+                        crate::limits::MAX_ATTR_VALUE_BYTES
                     )));
                     return parked();
                 }

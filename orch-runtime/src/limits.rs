@@ -8,6 +8,34 @@ pub const MAX_ID_LEN: usize = 128;
 /// Largest serialized workflow input, signal payload or custom status: 1 MiB of JSON.
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
+/// Longest cancel or terminate reason, in bytes (it is stored with the instance and in the
+/// audit log).
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// Longest signal name, in bytes.
+pub const MAX_SIGNAL_NAME_BYTES: usize = 128;
+
+/// Longest attribute key (`orch::set_attribute`), in bytes.
+pub const MAX_ATTR_KEY_BYTES: usize = 128;
+
+/// Largest attribute value, in bytes of JSON.
+pub const MAX_ATTR_VALUE_BYTES: usize = 4096;
+
+/// Largest custom status (`orch::set_status`), in bytes of JSON: 64 KiB.
+pub const MAX_CUSTOM_STATUS_BYTES: usize = 64 * 1024;
+
+/// Refuses a free-text argument (`what`: "reason", "signal name") longer than `limit` bytes,
+/// before anything is written.
+pub fn check_text(what: &str, text: &str, limit: usize) -> Result<(), Error> {
+    if text.len() > limit {
+        return Err(Error::InvalidArgument(format!(
+            "the {what} is {} bytes, over the limit of {limit} bytes; shorten it",
+            text.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Checks an instance id: 1..=128 bytes of `A-Z a-z 0-9 . _ : -`.
 pub fn check_id(id: &str) -> Result<(), Error> {
     let reason = if id.is_empty() {
@@ -51,6 +79,21 @@ mod tests {
             let err = check_id(bad).expect_err(bad);
             assert!(err.to_string().contains("invalid instance id"), "{err}");
         }
+    }
+
+    #[test]
+    fn texts() {
+        assert!(check_text("reason", &"x".repeat(MAX_REASON_BYTES), MAX_REASON_BYTES).is_ok());
+        let err = check_text(
+            "reason",
+            &"x".repeat(MAX_REASON_BYTES + 1),
+            MAX_REASON_BYTES,
+        )
+        .expect_err("too long");
+        assert!(
+            err.to_string().contains("over the limit of 1024 bytes"),
+            "{err}"
+        );
     }
 
     #[test]

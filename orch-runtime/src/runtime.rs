@@ -347,6 +347,7 @@ impl Runtime {
         if self.inner.is_closing() {
             return Err(Error::ShutDown);
         }
+        crate::limits::check_text("signal name", name, crate::limits::MAX_SIGNAL_NAME_BYTES)?;
         let json = payload.to_string();
         crate::limits::check_payload("signal payload", &json)?;
         let at = self.inner.clock.now_ms();

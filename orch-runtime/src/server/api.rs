@@ -1,21 +1,25 @@
 //! The JSON API handlers (`/api/v1`), `/metrics` and `/healthz`.
 
 use super::auth::{Auth, Caller, Refused, Role};
-use super::views::{self, json_text, parse_time, time};
+use super::params::{
+    Pairs, Segment, check_workflow, cursor_of, duration_param, graph_format, query_from_json,
+    query_from_params,
+};
+use super::views::{self, json_text, time};
 use crate::error::Error;
 use crate::graph::Trace;
 use crate::runtime::Runtime;
-use crate::store::{Cursor, Query, StatsQuery, Status, StoreError};
+use crate::store::{StatsQuery, Status, StoreError};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -71,16 +75,21 @@ pub(crate) fn routes(state: AppState) -> Router {
 // Errors.
 
 /// An error response: `{"error": {"code", "message"}}`.
+#[derive(Debug)]
 pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
 }
 
-type ApiResult<T = Response> = Result<T, ApiError>;
+pub(crate) type ApiResult<T = Response> = Result<T, ApiError>;
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             code,
@@ -88,8 +97,23 @@ impl ApiError {
         }
     }
 
-    fn bad_request(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// A 500 that names nothing internal (the detail goes to the log, not to the caller).
+    pub(crate) fn internal() -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the server could not handle this request; the details are in its log",
+        )
+    }
+
+    /// The message shown to the caller.
+    #[cfg(test)]
+    pub(crate) fn message(&self) -> &str {
+        &self.message
     }
 }
 
@@ -123,6 +147,12 @@ impl From<Error> for ApiError {
             }
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            // Store and engine errors can quote SQL, paths or internals: log them, never
+            // send them.
+            tracing::error!(error = %message, "HTTP API request failed");
+            return ApiError::internal();
+        }
         if status.is_server_error() {
             tracing::error!(error = %message, "HTTP API request failed");
         }
@@ -250,7 +280,7 @@ fn body_object(body: Result<Bytes, BytesRejection>) -> ApiResult<Map<String, Val
     }
 }
 
-fn kind_of(v: &Value) -> &'static str {
+pub(crate) fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -262,7 +292,7 @@ fn kind_of(v: &Value) -> &'static str {
 }
 
 /// Refuses fields other than `known` (a typo must not be silently ignored).
-fn only_fields(body: &Map<String, Value>, known: &[&str]) -> ApiResult<()> {
+pub(crate) fn only_fields(body: &Map<String, Value>, known: &[&str]) -> ApiResult<()> {
     if let Some(k) = body.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!(
             "unknown field `{k}` in the request body; expected {}",
@@ -272,7 +302,7 @@ fn only_fields(body: &Map<String, Value>, known: &[&str]) -> ApiResult<()> {
     Ok(())
 }
 
-fn list(names: &[&str]) -> String {
+pub(crate) fn list(names: &[&str]) -> String {
     if names.is_empty() {
         return "no fields".into();
     }
@@ -313,217 +343,6 @@ fn opt_seq(body: &Map<String, Value>, field: &str) -> ApiResult<Option<u32>> {
                 ))
             }),
     }
-}
-
-fn params(
-    q: Result<axum::extract::Query<Vec<(String, String)>>, QueryRejection>,
-) -> ApiResult<Vec<(String, String)>> {
-    q.map(|q| q.0)
-        .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))
-}
-
-const SEARCH_PARAMS: &[&str] = &[
-    "workflow",
-    "status",
-    "created_after",
-    "created_before",
-    "updated_after",
-    "id_prefix",
-    "attr.<key>",
-    "parent",
-    "limit",
-    "cursor",
-];
-
-fn parse_statuses(raw: &str) -> ApiResult<Vec<Status>> {
-    raw.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            Status::parse(s).ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "unknown status `{s}`; statuses are {}",
-                    Status::ALL.map(Status::as_str).join(", ")
-                ))
-            })
-        })
-        .collect()
-}
-
-/// An attribute value in a filter: JSON when it parses as JSON, else a string.
-fn attr_value(raw: &str) -> String {
-    match serde_json::from_str::<Value>(raw) {
-        Ok(v) => v.to_string(),
-        Err(_) => Value::String(raw.to_string()).to_string(),
-    }
-}
-
-fn parse_cursor(raw: &str) -> ApiResult<Cursor> {
-    raw.split_once('_')
-        .and_then(|(t, id)| {
-            Some(Cursor {
-                created_at: t.parse().ok()?,
-                id: id.to_string(),
-            })
-        })
-        .filter(|c| !c.id.is_empty())
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "bad cursor `{raw}`: pass the `next_cursor` of the previous page unchanged"
-            ))
-        })
-}
-
-fn cursor_of(rec: &crate::store::InstanceRecord) -> String {
-    format!("{}_{}", rec.created_at, rec.id)
-}
-
-fn check_workflow(rt: &Runtime, name: &str) -> ApiResult<()> {
-    rt.definition(name).map(|_| ()).map_err(ApiError::from)
-}
-
-/// A search query from URL parameters; `extra` names further parameters the caller handles.
-fn query_from_params(
-    rt: &Runtime,
-    params: &[(String, String)],
-    extra: &[&str],
-) -> ApiResult<(Query, HashMap<String, String>)> {
-    let now = rt.inner.clock.now_ms();
-    let mut q = Query {
-        limit: 50,
-        ..Default::default()
-    };
-    let mut rest = HashMap::new();
-    for (k, v) in params {
-        match k.as_str() {
-            "workflow" => {
-                check_workflow(rt, v)?;
-                q.workflow = Some(v.clone());
-            }
-            "status" => q.statuses.extend(parse_statuses(v)?),
-            "created_after" => {
-                q.created_after = Some(
-                    parse_time(v, now)
-                        .map_err(|e| ApiError::bad_request(format!("created_after: {e}")))?,
-                )
-            }
-            "created_before" => {
-                q.created_before = Some(
-                    parse_time(v, now)
-                        .map_err(|e| ApiError::bad_request(format!("created_before: {e}")))?,
-                )
-            }
-            "updated_after" => {
-                q.updated_after = Some(
-                    parse_time(v, now)
-                        .map_err(|e| ApiError::bad_request(format!("updated_after: {e}")))?,
-                )
-            }
-            "id_prefix" => q.id_prefix = Some(v.clone()).filter(|p| !p.is_empty()),
-            "parent" => q.parent = Some(v.clone()),
-            "limit" => {
-                q.limit = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=500).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!("limit must be 1 to 500, got `{v}`"))
-                    })?
-            }
-            "cursor" => q.after = Some(parse_cursor(v)?),
-            k if k.starts_with("attr.") && k.len() > 5 => {
-                q.attributes.push((k[5..].to_string(), attr_value(v)))
-            }
-            k if extra.contains(&k) => {
-                rest.insert(k.to_string(), v.clone());
-            }
-            k => {
-                let mut known: Vec<&str> = SEARCH_PARAMS.to_vec();
-                known.extend_from_slice(extra);
-                return Err(ApiError::bad_request(format!(
-                    "unknown query parameter `{k}`; known: {}",
-                    list(&known)
-                )));
-            }
-        }
-    }
-    Ok((q, rest))
-}
-
-/// A search filter given as a JSON object (bulk operations).
-fn query_from_json(rt: &Runtime, filter: Option<&Value>) -> ApiResult<Query> {
-    let Some(filter) = filter else {
-        return Err(ApiError::bad_request(
-            "missing `filter`: a bulk operation needs a filter object, e.g. \
-             {\"filter\": {\"workflow\": \"checkout\", \"status\": [\"failed\"]}}",
-        ));
-    };
-    let Value::Object(f) = filter else {
-        return Err(ApiError::bad_request(format!(
-            "`filter` must be an object, got {}",
-            kind_of(filter)
-        )));
-    };
-    if f.is_empty() {
-        return Err(ApiError::bad_request(
-            "`filter` is empty, which would act on every instance; name at least one \
-             condition (e.g. {\"status\": [\"failed\"]})",
-        ));
-    }
-    only_fields(
-        f,
-        &[
-            "workflow",
-            "status",
-            "created_after",
-            "created_before",
-            "updated_after",
-            "id_prefix",
-            "attr",
-            "parent",
-        ],
-    )?;
-    let mut params = Vec::new();
-    for (k, v) in f {
-        match (k.as_str(), v) {
-            ("status", Value::Array(items)) => {
-                for s in items {
-                    let s = s.as_str().ok_or_else(|| {
-                        ApiError::bad_request("`filter.status` must be a list of strings")
-                    })?;
-                    params.push(("status".to_string(), s.to_string()));
-                }
-            }
-            ("attr", Value::Object(attrs)) => {
-                for (ak, av) in attrs {
-                    if ak.is_empty() {
-                        return Err(ApiError::bad_request(
-                            "`filter.attr` has an empty key; keys are attribute names",
-                        ));
-                    }
-                    params.push((format!("attr.{ak}"), av.to_string()));
-                }
-            }
-            ("attr", other) => {
-                return Err(ApiError::bad_request(format!(
-                    "`filter.attr` must be an object of key → value, got {}",
-                    kind_of(other)
-                )));
-            }
-            (k, Value::String(s)) => params.push((k.to_string(), s.clone())),
-            (k, Value::Number(n)) if k.starts_with("created") => {
-                params.push((k.to_string(), n.to_string()))
-            }
-            (k, other) => {
-                return Err(ApiError::bad_request(format!(
-                    "`filter.{k}` must be a string, got {}",
-                    kind_of(other)
-                )));
-            }
-        }
-    }
-    let (q, _) = query_from_params(rt, &params, &[])?;
-    Ok(q)
 }
 
 fn text(body: String, content_type: &'static str) -> Response {
@@ -648,7 +467,7 @@ async fn definitions(State(state): State<AppState>) -> ApiResult {
     Ok(ok(json!({ "definitions": defs })))
 }
 
-async fn definition(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult {
+async fn definition(State(state): State<AppState>, Segment(name): Segment) -> ApiResult {
     let def = state.rt.definition(&name)?;
     let counts = counts_by_workflow(&state.rt).await?;
     let mut v = definition_json(def, counts.get(def.name).unwrap_or(&Map::new()));
@@ -662,27 +481,6 @@ async fn definition(State(state): State<AppState>, Path(name): Path<String>) -> 
     Ok(ok(v))
 }
 
-fn graph_format(params: &[(String, String)], allowed_extra: &[&str]) -> ApiResult<String> {
-    let mut format = "svg".to_string();
-    for (k, v) in params {
-        match k.as_str() {
-            "format" => format = v.clone(),
-            k if allowed_extra.contains(&k) => {}
-            k => {
-                return Err(ApiError::bad_request(format!(
-                    "unknown query parameter `{k}`; known: `format`"
-                )));
-            }
-        }
-    }
-    if !["svg", "mermaid", "dot"].contains(&format.as_str()) {
-        return Err(ApiError::bad_request(format!(
-            "unknown graph format `{format}`; use svg, mermaid or dot"
-        )));
-    }
-    Ok(format)
-}
-
 fn render(drawing: crate::graph::Drawing<'_>, format: &str) -> Response {
     match format {
         "mermaid" => text(drawing.mermaid(), "text/plain; charset=utf-8"),
@@ -693,13 +491,12 @@ fn render(drawing: crate::graph::Drawing<'_>, format: &str) -> Response {
 
 async fn definition_graph(
     State(state): State<AppState>,
-    Path(name): Path<String>,
-    q: Result<axum::extract::Query<Vec<(String, String)>>, QueryRejection>,
+    Segment(name): Segment,
+    Pairs(params): Pairs,
 ) -> ApiResult {
-    let params = params(q)?;
-    let format = graph_format(&params, &[])?;
+    let format = graph_format(&params)?;
     let def = state.rt.definition(&name)?;
-    Ok(render(def.drawing(), &format))
+    Ok(render(def.drawing(), format))
 }
 
 async fn start(
@@ -739,11 +536,7 @@ async fn start(
     ))
 }
 
-async fn search(
-    State(state): State<AppState>,
-    q: Result<axum::extract::Query<Vec<(String, String)>>, QueryRejection>,
-) -> ApiResult {
-    let params = params(q)?;
+async fn search(State(state): State<AppState>, Pairs(params): Pairs) -> ApiResult {
     let (mut query, _) = query_from_params(&state.rt, &params, &[])?;
     let limit = query.limit;
     query.limit = limit + 1;
@@ -765,23 +558,22 @@ async fn search(
     Ok(ok(json!({"instances": instances, "next_cursor": next})))
 }
 
-async fn instance(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
+async fn instance(State(state): State<AppState>, Segment(id): Segment) -> ApiResult {
     let d = state.rt.details(&id).await?;
     Ok(ok(views::instance(&d.record, Some(&d.attributes), true)))
 }
 
-async fn journal(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
+async fn journal(State(state): State<AppState>, Segment(id): Segment) -> ApiResult {
     let d = state.rt.details(&id).await?;
     Ok(ok(views::journal(&d, state.rt.inner.clock.now_ms())))
 }
 
 async fn instance_graph(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    q: Result<axum::extract::Query<Vec<(String, String)>>, QueryRejection>,
+    Segment(id): Segment,
+    Pairs(params): Pairs,
 ) -> ApiResult {
-    let params = params(q)?;
-    let format = graph_format(&params, &[])?;
+    let format = graph_format(&params)?;
     let d = state.rt.details(&id).await?;
     let def = state.rt.definition(&d.record.workflow)?;
     let trace = Trace::of(def.shape, d.record.status, &d.journal);
@@ -789,13 +581,13 @@ async fn instance_graph(
     let drawing = crate::graph::Drawing::new(def.shape)
         .title(&title)
         .run(&trace);
-    Ok(render(drawing, &format))
+    Ok(render(drawing, format))
 }
 
 async fn signal(
     State(state): State<AppState>,
     c: Option<axum::Extension<Caller>>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let body = body_object(body)?;
@@ -833,7 +625,7 @@ fn reason_of(body: Result<Bytes, BytesRejection>) -> ApiResult<String> {
 async fn cancel(
     State(state): State<AppState>,
     c: Option<axum::Extension<Caller>>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let reason = reason_of(body)?;
@@ -848,7 +640,7 @@ async fn cancel(
 async fn terminate(
     State(state): State<AppState>,
     c: Option<axum::Extension<Caller>>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let reason = reason_of(body)?;
@@ -860,7 +652,7 @@ async fn terminate(
 async fn retry(
     State(state): State<AppState>,
     c: Option<axum::Extension<Caller>>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let body = body_object(body)?;
@@ -876,7 +668,7 @@ async fn retry(
 async fn restart(
     State(state): State<AppState>,
     c: Option<axum::Extension<Caller>>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let body = body_object(body)?;
@@ -891,7 +683,7 @@ async fn restart(
 async fn fork(
     State(state): State<AppState>,
     c: Option<axum::Extension<Caller>>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let body = body_object(body)?;
@@ -934,24 +726,7 @@ async fn bulk_retry(
     Ok(ok(serde_json::to_value(out).unwrap_or(Value::Null)))
 }
 
-fn duration_param(name: &str, raw: &str) -> ApiResult<i64> {
-    let d = humantime::parse_duration(raw).map_err(|e| {
-        ApiError::bad_request(format!(
-            "{name}: `{raw}` is not a duration ({e}); use e.g. 15m, 24h or 7d"
-        ))
-    })?;
-    let ms = d.as_millis().min(i64::MAX as u128) as i64;
-    if ms <= 0 {
-        return Err(ApiError::bad_request(format!("{name} must be positive")));
-    }
-    Ok(ms)
-}
-
-async fn stats(
-    State(state): State<AppState>,
-    q: Result<axum::extract::Query<Vec<(String, String)>>, QueryRejection>,
-) -> ApiResult {
-    let params = params(q)?;
+async fn stats(State(state): State<AppState>, Pairs(params): Pairs) -> ApiResult {
     let mut window = 24 * 3_600_000;
     let mut bucket = None;
     let mut workflow = None;
@@ -1000,11 +775,7 @@ async fn stats(
     })))
 }
 
-async fn attribute_stats(
-    State(state): State<AppState>,
-    q: Result<axum::extract::Query<Vec<(String, String)>>, QueryRejection>,
-) -> ApiResult {
-    let params = params(q)?;
+async fn attribute_stats(State(state): State<AppState>, Pairs(params): Pairs) -> ApiResult {
     let (query, rest) = query_from_params(&state.rt, &params, &["key"])?;
     let key = rest.get("key").filter(|k| !k.is_empty()).ok_or_else(|| {
         ApiError::bad_request(
@@ -1024,11 +795,7 @@ async fn attribute_stats(
     })))
 }
 
-async fn audit(
-    State(state): State<AppState>,
-    q: Result<axum::extract::Query<Vec<(String, String)>>, QueryRejection>,
-) -> ApiResult {
-    let params = params(q)?;
+async fn audit(State(state): State<AppState>, Pairs(params): Pairs) -> ApiResult {
     let mut limit = 100;
     for (k, v) in &params {
         match k.as_str() {

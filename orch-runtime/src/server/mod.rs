@@ -5,6 +5,8 @@
 
 mod api;
 mod auth;
+mod limits;
+mod params;
 mod views;
 
 use crate::error::Error;
@@ -13,9 +15,15 @@ use axum::Router;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::task::AbortHandle;
 
 pub use auth::Role;
+pub use limits::{
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, MAX_HEADER_BYTES, MAX_HEADERS,
+    MAX_URI_BYTES,
+};
+pub use params::{MAX_ATTR_FILTERS, MAX_PAGE};
 
 /// Largest request body the API reads.
 pub const MAX_BODY: usize = 2 * 1024 * 1024;
@@ -26,6 +34,7 @@ pub struct HttpConfig {
     addr: String,
     tokens: Vec<auth::Token>,
     read_env: bool,
+    conn: limits::ConnLimits,
 }
 
 impl HttpConfig {
@@ -36,6 +45,10 @@ impl HttpConfig {
             addr: addr.into(),
             tokens: Vec::new(),
             read_env: true,
+            conn: limits::ConnLimits {
+                header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+                max_connections: DEFAULT_MAX_CONNECTIONS,
+            },
         }
     }
 
@@ -50,6 +63,24 @@ impl HttpConfig {
     pub fn read_token(mut self, name: impl Into<String>, secret: impl Into<String>) -> Self {
         self.tokens
             .push(auth::Token::new(name.into(), secret.into(), Role::Read));
+        self
+    }
+
+    /// How long a client may take to send a request's line and headers, from the start of
+    /// the connection (or, on a kept-alive connection, from the previous response); a
+    /// connection that has not by then is closed. Default [`DEFAULT_HEADER_READ_TIMEOUT`]
+    /// (10 s). Bodies are not subject to it.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.conn.header_read_timeout = timeout;
+        self
+    }
+
+    /// At most this many connections are open at once (default [`DEFAULT_MAX_CONNECTIONS`],
+    /// 1024; 0 counts as 1). Further clients wait in the listen backlog until a connection
+    /// closes. Keep it below the process's open-file limit (`ulimit -n`), less the files the
+    /// runtime itself holds.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.conn.max_connections = max;
         self
     }
 
@@ -103,11 +134,7 @@ pub(crate) async fn start(rt: Runtime, config: HttpConfig) -> Result<Bound, Erro
     }
     let state = api::AppState::new(rt, auth::Auth::new(tokens));
     let app = router(state);
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the HTTP server stopped");
-        }
-    });
+    let task = tokio::spawn(limits::serve(listener, app, config.conn));
     tracing::info!(%addr, "orch HTTP server listening");
     Ok(Bound {
         addr,
@@ -124,6 +151,7 @@ fn router(state: api::AppState) -> Router {
         .route("/ui/app.css", axum::routing::get(ui_css))
         .route("/ui/{*rest}", axum::routing::get(ui_index))
         .fallback(api::not_found)
+        .layer(axum::middleware::from_fn(limits::request_head))
 }
 
 const INDEX_HTML: &str = include_str!("ui/index.html");

@@ -19,64 +19,6 @@ fn opt_time(ms: Option<Millis>) -> Value {
     ms.map_or(Value::Null, time)
 }
 
-/// Parses a time parameter: RFC 3339, or an age like `24h` meaning that long before `now`.
-pub(crate) fn parse_time(raw: &str, now: Millis) -> Result<Millis, String> {
-    if let Ok(ms) = raw.parse::<i64>() {
-        return Ok(ms);
-    }
-    if let Some(ms) = rfc3339(raw) {
-        return ms.ok_or_else(|| format!("`{raw}` is before 1970"));
-    }
-    if let Ok(age) = humantime::parse_duration(raw) {
-        return Ok(now.saturating_sub(age.as_millis().min(i64::MAX as u128) as Millis));
-    }
-    Err(format!(
-        "`{raw}` is not a time: use RFC 3339 (2026-11-26T08:00:00Z), an age such as 15m, 24h \
-         or 7d, or milliseconds since the epoch"
-    ))
-}
-
-/// RFC 3339 (also with a `+02:00` offset, a space or lower-case `t`/`z`): `Some(None)` for a
-/// time before 1970, `None` for text that is not such a time. humantime reads the UTC form;
-/// the offset is applied here.
-fn rfc3339(raw: &str) -> Option<Option<Millis>> {
-    let mut upper = raw.trim().to_ascii_uppercase();
-    if upper.len() == 10 && upper.as_bytes().get(4) == Some(&b'-') {
-        upper.push_str("T00:00:00Z"); // a date alone: its start, UTC
-    }
-    let (base, offset_ms) = match upper.len().checked_sub(6).map(|i| upper.split_at(i)) {
-        Some((base, off)) if base.contains('T') || base.contains(' ') => {
-            let b = off.as_bytes();
-            let sign = match b[0] {
-                b'+' => 1,
-                b'-' => -1,
-                _ => 0,
-            };
-            let hm = (sign != 0 && b[3] == b':')
-                .then(|| {
-                    Some((
-                        off.get(1..3)?.parse::<i64>().ok()?,
-                        off.get(4..6)?.parse::<i64>().ok()?,
-                    ))
-                })
-                .flatten();
-            match hm {
-                Some((h, m)) if h < 24 && m < 60 => {
-                    (format!("{base}Z"), sign * (h * 3_600_000 + m * 60_000))
-                }
-                _ => (upper.clone(), 0),
-            }
-        }
-        _ => (upper.clone(), 0),
-    };
-    let t = humantime::parse_rfc3339_weak(&base).ok()?;
-    Some(
-        t.duration_since(UNIX_EPOCH)
-            .ok()
-            .map(|d| d.as_millis() as Millis - offset_ms),
-    )
-}
-
 /// Parses JSON text stored by the runtime; text that is not JSON is returned as a string.
 pub(crate) fn json_text(raw: &str) -> Value {
     serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()))
@@ -94,7 +36,27 @@ fn attrs_json(attrs: Option<&BTreeMap<String, String>>) -> Value {
     Value::Object(map)
 }
 
-/// An instance; `full` adds input and output.
+/// Longest `error` in a search summary, in bytes; the instance's own GET has all of it.
+pub(crate) const SUMMARY_ERROR_BYTES: usize = 512;
+
+/// Largest `custom_status` in a search summary, in bytes of JSON; a larger one is `null` there
+/// (with `custom_status_truncated: true`) and whole on the instance's own GET.
+pub(crate) const SUMMARY_CUSTOM_STATUS_BYTES: usize = 1024;
+
+/// `text` cut to at most `max` bytes at a character boundary, with `…` when cut.
+fn truncated(text: &str, max: usize) -> (String, bool) {
+    if text.len() <= max {
+        return (text.to_string(), false);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (format!("{}…", &text[..end]), true)
+}
+
+/// An instance; `full` adds input and output, and a summary (not `full`) carries a shortened
+/// `error` and a small `custom_status` only, so a page of results stays small.
 pub(crate) fn instance(
     rec: &InstanceRecord,
     attrs: Option<&BTreeMap<String, String>>,
@@ -118,9 +80,31 @@ pub(crate) fn instance(
         "cancel_requested_at": opt_time(rec.cancel_requested),
         "retries": rec.retries,
     });
-    if full && let Value::Object(map) = &mut v {
-        map.insert("input".into(), json_text(&rec.input));
-        map.insert("output".into(), opt_json(&rec.output));
+    if let Value::Object(map) = &mut v {
+        if full {
+            map.insert("input".into(), json_text(&rec.input));
+            map.insert("output".into(), opt_json(&rec.output));
+            map.insert("error_truncated".into(), Value::Bool(false));
+            map.insert("custom_status_truncated".into(), Value::Bool(false));
+        } else {
+            let (error, error_cut) = match rec.error.as_deref() {
+                Some(e) => {
+                    let (e, cut) = truncated(e, SUMMARY_ERROR_BYTES);
+                    (Value::String(e), cut)
+                }
+                None => (Value::Null, false),
+            };
+            map.insert("error".into(), error);
+            map.insert("error_truncated".into(), Value::Bool(error_cut));
+            let status_cut = rec
+                .custom_status
+                .as_ref()
+                .is_some_and(|s| s.len() > SUMMARY_CUSTOM_STATUS_BYTES);
+            if status_cut {
+                map.insert("custom_status".into(), Value::Null);
+            }
+            map.insert("custom_status_truncated".into(), Value::Bool(status_cut));
+        }
     }
     v
 }
