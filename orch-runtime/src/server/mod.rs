@@ -6,6 +6,7 @@
 mod api;
 mod auth;
 mod headers;
+mod health;
 mod origin;
 mod views;
 
