@@ -331,6 +331,7 @@ const SEARCH_PARAMS: &[&str] = &[
     "updated_after",
     "id_prefix",
     "attr.<key>",
+    "attr[<key>]",
     "parent",
     "limit",
     "cursor",
@@ -435,6 +436,10 @@ fn query_from_params(
             k if k.starts_with("attr.") && k.len() > 5 => {
                 q.attributes.push((k[5..].to_string(), attr_value(v)))
             }
+            // The same filter as OpenAPI's deepObject style writes it: attr[key]=value.
+            k if k.starts_with("attr[") && k.ends_with(']') && k.len() > 6 => q
+                .attributes
+                .push((k[5..k.len() - 1].to_string(), attr_value(v))),
             k if extra.contains(&k) => {
                 rest.insert(k.to_string(), v.clone());
             }
@@ -512,7 +517,8 @@ fn query_from_json(rt: &Runtime, filter: Option<&Value>) -> ApiResult<Query> {
                 )));
             }
             (k, Value::String(s)) => params.push((k.to_string(), s.clone())),
-            (k, Value::Number(n)) if k.starts_with("created") => {
+            // Times may be milliseconds since the epoch, as in the query parameters.
+            (k @ ("created_after" | "created_before" | "updated_after"), Value::Number(n)) => {
                 params.push((k.to_string(), n.to_string()))
             }
             (k, other) => {
