@@ -62,6 +62,7 @@ pub(crate) fn routes(state: AppState) -> Router {
     Router::new()
         .merge(api)
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -379,6 +380,10 @@ async fn healthz(State(state): State<AppState>) -> Response {
             json!({"status": "unavailable", "error": e.to_string()}),
         ),
     }
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    super::health::readyz(&state.rt).await
 }
 
 async fn metrics(State(state): State<AppState>) -> ApiResult {

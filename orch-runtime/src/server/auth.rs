@@ -18,6 +18,8 @@ pub(crate) struct Token {
     name: String,
     secret: Vec<u8>,
     role: Role,
+    /// Where the token was configured, for error messages (never the secret).
+    source: String,
 }
 
 impl std::fmt::Debug for Token {
@@ -26,16 +28,22 @@ impl std::fmt::Debug for Token {
         f.debug_struct("Token")
             .field("name", &self.name)
             .field("role", &self.role)
+            .field("source", &self.source)
             .finish()
     }
 }
 
 impl Token {
     pub(crate) fn new(name: String, secret: String, role: Role) -> Token {
+        let source = match role {
+            Role::Admin => format!("HttpConfig::admin_token(\"{}\", ..)", name.escape_debug()),
+            Role::Read => format!("HttpConfig::read_token(\"{}\", ..)", name.escape_debug()),
+        };
         Token {
             name,
             secret: secret.into_bytes(),
             role,
+            source,
         }
     }
 }
@@ -52,42 +60,93 @@ fn padded(bytes: &[u8]) -> [u8; MAX_SECRET] {
     out
 }
 
-/// Refuses empty names and secrets shorter than 8 or longer than 256 bytes.
+/// Refuses empty names, names with spaces or control characters, and secrets that are not
+/// 8 to 256 visible ASCII characters (a secret with a space could never be sent intact).
 pub(crate) fn check_token(t: &Token) -> Result<(), String> {
+    let at = &t.source;
     if t.name.is_empty() {
-        return Err(
-            "a token has an empty name; name every token (it is recorded as the actor)".into(),
-        );
+        return Err(format!(
+            "{at}: the token has an empty name; name every token (it is recorded as the actor)"
+        ));
+    }
+    if t.name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{at}: the token name `{}` contains a space or control character; use a plain \
+             name such as `ops`",
+            t.name.escape_debug()
+        ));
     }
     if t.secret.len() < MIN_SECRET || t.secret.len() > MAX_SECRET {
         return Err(format!(
-            "the secret of token `{}` is {} bytes; use {MIN_SECRET} to {MAX_SECRET} bytes (a long \
-             random string)",
+            "{at}: the secret of token `{}` is {} bytes; use {MIN_SECRET} to {MAX_SECRET} bytes \
+             (a long random string)",
             t.name,
             t.secret.len()
+        ));
+    }
+    if !t.secret.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{at}: the secret of token `{}` contains a space, a control or a non-ASCII \
+             character; a bearer token must be visible ASCII (e.g. hex or base64url)",
+            t.name
         ));
     }
     Ok(())
 }
 
-/// Parses `name:secret,name2:secret2` from the environment variable `var`.
+/// Refuses one secret configured twice (in both lists, or in the builder and the environment):
+/// the caller would silently get one of the two roles.
+pub(crate) fn check_distinct(tokens: &[Token]) -> Result<(), String> {
+    for (i, a) in tokens.iter().enumerate() {
+        if let Some(b) = tokens[i + 1..].iter().find(|b| b.secret == a.secret) {
+            return Err(format!(
+                "{} and {} have the same secret (as `{}`, {:?} and `{}`, {:?}); give every \
+                 token its own secret",
+                a.source, b.source, a.name, a.role, b.name, b.role
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parses `name:secret,name2:secret2` from the environment variable `var` (unset or empty:
+/// no tokens).
 pub(crate) fn env_tokens(var: &str, role: Role) -> Result<Vec<Token>, String> {
-    let Ok(raw) = std::env::var(var) else {
+    match std::env::var(var) {
+        Ok(raw) => parse_tokens(var, &raw, role),
+        Err(std::env::VarError::NotPresent) => Ok(Vec::new()),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!(
+            "{var} is not valid UTF-8; it must be a comma-separated list of name:secret pairs"
+        )),
+    }
+}
+
+/// Parses the text of `var`: `name:secret` entries separated by commas, each checked by
+/// [`check_token`]. Errors name the variable and the entry's position, never the secret.
+pub(crate) fn parse_tokens(var: &str, raw: &str, role: Role) -> Result<Vec<Token>, String> {
+    if raw.trim().is_empty() {
         return Ok(Vec::new());
-    };
+    }
     raw.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|pair| match pair.split_once(':') {
-            Some((name, secret)) if !name.is_empty() => {
-                let t = Token::new(name.to_string(), secret.to_string(), role);
-                check_token(&t).map_err(|e| format!("{var}: {e}"))?;
-                Ok(t)
-            }
-            _ => Err(format!(
-                "{var} must be a comma-separated list of name:secret pairs, got an entry \
-                 without a name or a `:`"
-            )),
+        .enumerate()
+        .map(|(i, entry)| {
+            let at = format!("{var} entry {}", i + 1);
+            let entry = entry.trim();
+            let Some((name, secret)) = entry.split_once(':') else {
+                return Err(format!(
+                    "{at} {}; {var} must be a comma-separated list of name:secret pairs \
+                     (e.g. ops:4f9c...,ci:81ab...)",
+                    if entry.is_empty() {
+                        "is empty".to_string()
+                    } else {
+                        "has no `:` between the name and the secret".to_string()
+                    }
+                ));
+            };
+            let mut t = Token::new(name.to_string(), secret.to_string(), role);
+            t.source = at;
+            check_token(&t)?;
+            Ok(t)
         })
         .collect()
 }
@@ -133,11 +192,7 @@ impl Auth {
         let presented = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+            .and_then(bearer_credentials)
             .ok_or(Refused::Missing)?;
         // Compare against every token, over a fixed width with the lengths compared apart,
         // so the time taken depends neither on which token matched nor on their lengths.
@@ -161,6 +216,16 @@ impl Auth {
             })
             .ok_or(Refused::Unknown)
     }
+}
+
+/// The credentials of an `Authorization: Bearer <token>` value; the scheme is matched
+/// case-insensitively (RFC 9110, section 11.1).
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim())
+        .filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]

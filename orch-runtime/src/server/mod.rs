@@ -5,7 +5,10 @@
 
 mod api;
 mod auth;
+mod headers;
+mod health;
 mod limits;
+mod origin;
 mod params;
 mod views;
 
@@ -35,6 +38,8 @@ pub struct HttpConfig {
     tokens: Vec<auth::Token>,
     read_env: bool,
     conn: limits::ConnLimits,
+    hosts: Vec<String>,
+    origins: Vec<String>,
 }
 
 impl HttpConfig {
@@ -49,7 +54,30 @@ impl HttpConfig {
                 header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
                 max_connections: DEFAULT_MAX_CONNECTIONS,
             },
+            hosts: Vec::new(),
+            origins: Vec::new(),
         }
+    }
+
+    /// Also answer to the host name `host` (`orch.internal` or `orch.internal:8080`; `*` for
+    /// any). On a loopback bind the server answers only to `localhost`, `127.0.0.1` and
+    /// `[::1]` with its port, so a page that rebinds its own DNS name to 127.0.0.1 cannot talk
+    /// to it; name the host here when a proxy or container forwards another name. Off
+    /// loopback any host is accepted until one is listed. Also read, comma-separated, from
+    /// `ORCH_ALLOWED_HOSTS`.
+    pub fn allowed_host(mut self, host: impl Into<String>) -> Self {
+        self.hosts.push(host.into());
+        self
+    }
+
+    /// Also accept changes (POST) from pages of `origin` (`https://ops.example.com`). By
+    /// default a browser may change things only from the server's own UI: a mutating request
+    /// whose `Origin` differs from the server's own is refused (403 `cross_origin`). Name the
+    /// public origin here when a proxy serves the UI under another name than the `Host` it
+    /// forwards. Also read, comma-separated, from `ORCH_ALLOWED_ORIGINS`.
+    pub fn allowed_origin(mut self, origin: impl Into<String>) -> Self {
+        self.origins.push(origin.into());
+        self
     }
 
     /// Accept `Authorization: Bearer <secret>` for every call, recorded as `name`.
@@ -84,7 +112,8 @@ impl HttpConfig {
         self
     }
 
-    /// Ignore `ORCH_ADMIN_TOKENS` / `ORCH_READ_TOKENS` (use only the tokens given here).
+    /// Ignore `ORCH_ADMIN_TOKENS` / `ORCH_READ_TOKENS` / `ORCH_ALLOWED_HOSTS` /
+    /// `ORCH_ALLOWED_ORIGINS` (use only what is given here).
     pub fn without_env_tokens(mut self) -> Self {
         self.read_env = false;
         self
@@ -106,13 +135,18 @@ impl Bound {
 /// Binds and serves; returns once the socket is listening.
 pub(crate) async fn start(rt: Runtime, config: HttpConfig) -> Result<Bound, Error> {
     let mut tokens = config.tokens.clone();
-    if config.read_env {
-        tokens.extend(auth::env_tokens("ORCH_ADMIN_TOKENS", Role::Admin).map_err(Error::Config)?);
-        tokens.extend(auth::env_tokens("ORCH_READ_TOKENS", Role::Read).map_err(Error::Config)?);
-    }
+    let mut hosts = config.hosts.clone();
+    let mut origins = config.origins.clone();
     for t in &tokens {
         auth::check_token(t).map_err(Error::Config)?;
     }
+    if config.read_env {
+        tokens.extend(auth::env_tokens("ORCH_ADMIN_TOKENS", Role::Admin).map_err(Error::Config)?);
+        tokens.extend(auth::env_tokens("ORCH_READ_TOKENS", Role::Read).map_err(Error::Config)?);
+        hosts.extend(env_list("ORCH_ALLOWED_HOSTS")?);
+        origins.extend(env_list("ORCH_ALLOWED_ORIGINS")?);
+    }
+    auth::check_distinct(&tokens).map_err(Error::Config)?;
     let listener = tokio::net::TcpListener::bind(&config.addr)
         .await
         .map_err(|e| {
@@ -133,13 +167,32 @@ pub(crate) async fn start(rt: Runtime, config: HttpConfig) -> Result<Bound, Erro
         )));
     }
     let state = api::AppState::new(rt, auth::Auth::new(tokens));
-    let app = router(state);
+    let guard = origin::Guard::new(addr, &hosts, &origins);
+    let app = router(state)
+        .layer(axum::middleware::from_fn_with_state(guard, origin::guard))
+        .layer(axum::middleware::from_fn(headers::security_headers));
     let task = tokio::spawn(limits::serve(listener, app, config.conn));
     tracing::info!(%addr, "orch HTTP server listening");
     Ok(Bound {
         addr,
         task: task.abort_handle(),
     })
+}
+
+/// A comma-separated list from the environment (unset: empty).
+fn env_list(var: &str) -> Result<Vec<String>, Error> {
+    match std::env::var(var) {
+        Ok(raw) => Ok(raw
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()),
+        Err(std::env::VarError::NotPresent) => Ok(Vec::new()),
+        Err(std::env::VarError::NotUnicode(_)) => Err(Error::Config(format!(
+            "{var} is not valid UTF-8; it must be a comma-separated list"
+        ))),
+    }
 }
 
 fn router(state: api::AppState) -> Router {

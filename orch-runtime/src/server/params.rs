@@ -179,6 +179,7 @@ const SEARCH_PARAMS: &[&str] = &[
     "updated_after",
     "id_prefix",
     "attr.<key>",
+    "attr[<key>]",
     "parent",
     "limit",
     "cursor",
@@ -207,6 +208,15 @@ pub(crate) fn attr_value(raw: &str) -> String {
         Ok(v) => v.to_string(),
         Err(_) => Value::String(raw.to_string()).to_string(),
     }
+}
+
+/// The attribute key of a search parameter: `attr.<key>`, or `attr[<key>]` as OpenAPI's
+/// `deepObject` style writes it.
+fn attr_key(param: &str) -> Option<&str> {
+    if let Some(key) = param.strip_prefix("attr.") {
+        return Some(key);
+    }
+    param.strip_prefix("attr[")?.strip_suffix(']')
 }
 
 /// One `attr.<key>=<value>` filter, checked against the attribute caps.
@@ -316,14 +326,14 @@ pub(crate) fn query_from_params(
             "parent" => q.parent = Some(id_param("parent", v)?),
             "limit" => q.limit = parse_limit(v)?,
             "cursor" => q.after = Some(parse_cursor(v)?),
-            k if k.starts_with("attr.") => {
+            k if attr_key(k).is_some() => {
                 if q.attributes.len() == MAX_ATTR_FILTERS {
                     return Err(ApiError::bad_request(format!(
                         "more than {MAX_ATTR_FILTERS} attribute filters; narrow the search with \
                          fewer `attr.<key>` conditions"
                     )));
                 }
-                let (key, value) = attr_filter(&k["attr.".len()..], v)?;
+                let (key, value) = attr_filter(attr_key(k).unwrap_or_default(), v)?;
                 q.attributes.push((key, value));
             }
             k if extra.contains(&k) => {

@@ -927,6 +927,12 @@ pub trait Store: Send + Sync + 'static {
     /// Waits until everything submitted so far is durable, then stops accepting writes.
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
+    /// Proves the store can still write: a small write that leaves nothing behind, queued
+    /// behind earlier writes (used by `/readyz`). The default does nothing.
+    fn probe_write(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// Like [`create`](Self::create), applying `extra` (e.g. an audit entry, attributes of
     /// the new instance) in the same transaction when the instance is new.
     fn create_with(

@@ -177,6 +177,10 @@ pub struct SqliteOptions {
     pub synchronous: Synchronous,
     /// The most commands the writer puts in one transaction (at least 1 is used).
     pub max_batch: usize,
+    /// The most bytes the database file may grow to (`PRAGMA max_page_count`; `None`: no cap
+    /// beyond the disk). Past it, writes fail with "database or disk is full", as on a full
+    /// disk, and `/readyz` reports it. A cap below the current size keeps the current size.
+    pub max_bytes: Option<u64>,
 }
 
 impl Default for SqliteOptions {
@@ -184,6 +188,7 @@ impl Default for SqliteOptions {
         SqliteOptions {
             synchronous: Synchronous::Full,
             max_batch: 1024,
+            max_bytes: None,
         }
     }
 }
@@ -206,6 +211,8 @@ enum Command {
         reply: oneshot::Sender<Result<i64, StoreError>>,
     },
     Close(oneshot::Sender<Result<(), StoreError>>),
+    /// Write and delete a page-sized row: fails when the database cannot grow.
+    Probe(oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// What a command produced inside the transaction, sent once the transaction is over.
@@ -275,6 +282,14 @@ impl SqliteStore {
         }
         configure(&conn, options.synchronous).map_err(|e| backend(&ctx("pragmas"), e))?;
         migrate(&mut conn, current, &shown)?;
+        if let Some(max) = options.max_bytes {
+            let page: u64 = conn
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .map_err(|e| backend(&ctx("page_size"), e))?;
+            let pages = (max / page.max(1)).max(1);
+            conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+                .map_err(|e| backend(&ctx("max_page_count"), e))?;
+        }
         conn.set_prepared_statement_cache_capacity(64);
 
         // A small fixed pool of reader threads, each with its own connection (WAL lets them
@@ -585,7 +600,8 @@ fn run_batch(conn: &Connection, batch: Vec<Command>, commits: &AtomicU64) {
             let outcome = execute(conn, only);
             if outcome.is_ok() {
                 run("COMMIT", "committing a write transaction")?;
-            } else {
+            } else if !conn.is_autocommit() {
+                // (SQLite rolls back on its own after some errors, e.g. a full disk.)
                 run("ROLLBACK", "rolling back a failed write")?;
             }
             outcomes.push(outcome);
@@ -596,6 +612,12 @@ fn run_batch(conn: &Connection, batch: Vec<Command>, commits: &AtomicU64) {
             let outcome = execute(conn, cmd);
             if outcome.is_ok() {
                 run("RELEASE orch_cmd", "releasing a savepoint")?;
+            } else if conn.is_autocommit() {
+                // SQLite rolled the whole transaction back (e.g. the disk is full): every
+                // command of the batch fails with this command's error.
+                return Err(outcome.error().unwrap_or_else(|| {
+                    StoreError::Backend("a write failed and SQLite rolled back the batch".into())
+                }));
             } else {
                 run("ROLLBACK TO orch_cmd", "rolling back a failed write")?;
                 run("RELEASE orch_cmd", "releasing a savepoint")?;
@@ -638,9 +660,17 @@ impl Outcome {
         }
     }
 
+    fn error(&self) -> Option<StoreError> {
+        match self {
+            Outcome::Unit(r) => r.as_ref().err().cloned(),
+            Outcome::Created(r) => r.as_ref().err().cloned(),
+            Outcome::Signal(r) => r.as_ref().err().cloned(),
+        }
+    }
+
     fn failed(cmd: &Command, err: StoreError) -> Outcome {
         match cmd {
-            Command::Submit(..) | Command::Close(_) => Outcome::Unit(Err(err)),
+            Command::Submit(..) | Command::Close(_) | Command::Probe(_) => Outcome::Unit(Err(err)),
             Command::Create(..) => Outcome::Created(Err(err)),
             Command::AddSignal { .. } => Outcome::Signal(Err(err)),
         }
@@ -650,7 +680,7 @@ impl Outcome {
 /// Sends `outcome` to whoever is waiting for `cmd` (who may have stopped waiting).
 fn reply(cmd: Command, outcome: Outcome) {
     match (cmd, outcome) {
-        (Command::Submit(_, tx) | Command::Close(tx), Outcome::Unit(r)) => {
+        (Command::Submit(_, tx) | Command::Close(tx) | Command::Probe(tx), Outcome::Unit(r)) => {
             let _ = tx.send(r);
         }
         (Command::Create(_, _, tx), Outcome::Created(r)) => {
@@ -689,8 +719,29 @@ fn execute(conn: &Connection, cmd: &Command) -> Outcome {
             }),
         ),
         Command::Close(_) => Outcome::Unit(Ok(())),
+        Command::Probe(_) => Outcome::Unit(probe(conn)),
     }
 }
+
+/// Writes a row of [`PROBE_BYTES`] into `orch_meta` and deletes it again (the transaction
+/// leaves nothing behind): it fails as a real write would when the disk or the database's
+/// size cap is full.
+fn probe(conn: &Connection) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO orch_meta (key, value) VALUES ('orch.write_probe', zeroblob(?1)) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .and_then(|mut s| s.execute([PROBE_BYTES]))
+    .and_then(|_| {
+        conn.prepare_cached("DELETE FROM orch_meta WHERE key = 'orch.write_probe'")
+            .and_then(|mut s| s.execute([]))
+    })
+    .map(|_| ())
+    .map_err(|e| backend("the write probe", e))
+}
+
+/// The size of the write probe's row: a few pages, so the probe must allocate.
+const PROBE_BYTES: i64 = 16 * 1024;
 
 /// The status of `id`, or `None` when it does not exist.
 /// `what` names the operation in an error (formatted only then: this runs on every write).
@@ -1754,6 +1805,17 @@ impl Store for SqliteStore {
         Some(self.metrics.clone())
     }
 
+    fn probe_write(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.send(Command::Probe(tx));
+        Box::pin(async move {
+            if !sent {
+                return Err(StoreError::Closed);
+            }
+            rx.await.unwrap_or(Err(StoreError::Closed))
+        })
+    }
+
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         let (tx, rx) = oneshot::channel();
         let was_closed = self.closed.swap(true, Ordering::SeqCst);
@@ -2160,6 +2222,7 @@ mod tests {
                 SqliteOptions {
                     synchronous: Synchronous::Normal,
                     max_batch: 1,
+                    max_bytes: None,
                 },
             )
             .expect("open");

@@ -662,6 +662,16 @@
       `${close}${sel.split(',').map((x) => `${scope} ${x.trim()}`).join(',')}{`);
   }
 
+  const adopted = new Map();
+  /** Adds `css` to the document as a constructed stylesheet (allowed by `style-src 'self'`). */
+  function adoptCss(css) {
+    if (adopted.has(css)) return;
+    const sheet = new CSSStyleSheet();
+    sheet.replaceSync(css);
+    adopted.set(css, sheet);
+    document.adoptedStyleSheets = [...document.adoptedStyleSheets, sheet];
+  }
+
   /** Fetches an SVG drawing as text and puts it inline, so its nodes are part of the page. */
   async function loadSvg(path, box) {
     const text = await api(path, { text: true });
@@ -679,7 +689,12 @@
         }
       }
     }
-    for (const st of svg.querySelectorAll('style')) st.textContent = scopeCss(st.textContent, '.o-graph');
+    // The page's Content-Security-Policy allows no inline <style>: the drawing's own
+    // stylesheet is adopted as a constructed sheet instead (once per distinct text).
+    for (const st of svg.querySelectorAll('style')) {
+      adoptCss(scopeCss(st.textContent, '.o-graph'));
+      st.remove();
+    }
     const w = parseFloat(svg.getAttribute('width'));
     const node = document.importNode(svg, true);
     node.setAttribute('class', 'o-graph-svg');
