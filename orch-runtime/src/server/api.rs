@@ -146,6 +146,8 @@ impl From<Error> for ApiError {
             Error::ShutDown | Error::Store(StoreError::Closed) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
+            // No SQL or internals in this message: it says the store is out of room.
+            Error::Store(StoreError::Full(_)) => (StatusCode::INSUFFICIENT_STORAGE, "store_full"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {

@@ -852,6 +852,13 @@ pub enum StoreError {
     /// The store was closed.
     #[error("the store is closed (the runtime was shut down)")]
     Closed,
+    /// The store has no room for the write (the disk, or the database's configured size, is
+    /// full). Nothing of the refused write was stored; earlier checkpoints are intact.
+    #[error(
+        "the store is full and took nothing of this write ({0}); free disk space or raise the \
+         database's size limit, then try again"
+    )]
+    Full(String),
     /// The backend failed.
     #[error("storage error: {0}")]
     Backend(String),

@@ -238,7 +238,11 @@ pub struct SqliteStore {
     lock: Mutex<Option<StoreLock>>,
 }
 
-fn backend(context: &str, err: impl std::fmt::Display) -> StoreError {
+fn backend(context: &str, err: impl std::fmt::Display + 'static) -> StoreError {
+    let sqlite = (&err as &dyn std::any::Any).downcast_ref::<rusqlite::Error>();
+    if sqlite.and_then(rusqlite::Error::sqlite_error_code) == Some(ErrorCode::DiskFull) {
+        return StoreError::Full(format!("{context}: {err}"));
+    }
     StoreError::Backend(format!("{context}: {err}"))
 }
 
