@@ -7,6 +7,7 @@
 
 mod args;
 mod checks;
+mod names;
 mod shape;
 mod step;
 mod version;
@@ -30,8 +31,24 @@ use proc_macro::TokenStream;
 /// `orch::uuid()`), timers (`tokio::time::sleep`, `thread::sleep` → `orch::sleep()`), spawned
 /// tasks (`tokio::spawn`, `thread::spawn` → `join!`/`try_join!` or `orch::background`),
 /// `select!`, and iterating a `HashMap`/`HashSet` declared in the body or taken as input (→
-/// `BTreeMap`/`BTreeSet`, or sort first). Paths are matched by their last two segments, so
-/// imports do not hide them; closures and async blocks are checked, nested items are not.
+/// `BTreeMap`/`BTreeSet`, or sort first). Paths are matched by their last two segments
+/// (`time::sleep`, `SystemTime::now`, `Uuid::new_v4`), whatever the leading modules are;
+/// closures and async blocks are checked, nested items are not.
+///
+/// The macro sees only the function, not the `use` items around it, so a *bare* call of a
+/// hazard name (`sleep(..)`, `sleep_until`, `spawn`, `spawn_blocking`, `spawn_local`, `now`,
+/// `random`, `rng`, `thread_rng`, `new_v4`, `now_v1`, `now_v7`, `idempotency_key`) is refused
+/// as unidentifiable: after `use tokio::time::sleep;` it is a plain timer, after
+/// `use orch_runtime::orch::sleep;` a durable one. Write the path so the macro can tell —
+/// `orch::sleep(..)` (or `orch_runtime::orch::sleep`, `orch_runtime::durable::sleep`) for the
+/// durable call, `tokio::time::sleep(..)` for the plain one (refused) — or put the `use`
+/// inside the function body, where the macro follows it (renames and `orch::*` globs
+/// included). A function of your own with such a name is called by a path
+/// (`self::now()`, `helpers::now()`); a local variable of that name is not a call. The
+/// process drawing (`SHAPE`) reads calls the same way, so a bare `sleep(..)` is never drawn
+/// as a step. A renamed module imported outside the function (`use tokio::time as t;
+/// t::sleep(..)`) is not seen.
+///
 /// A statement the author knows to be deterministic opts out with `#[orch(deterministic)]`,
 /// which the macro removes:
 ///

@@ -176,7 +176,7 @@ fn generate(wf: &Workflow) -> TokenStream {
     );
     let fn_token = &func.sig.fn_token;
     let box_body = quote_spanned!(ident.span()=> ::std::boxed::Box::pin(#body_ident(#(#names),*)));
-    let shape = shape::generate(&func.block, krate);
+    let shape = shape::generate(func, krate);
     let shape_doc = format!("The static shape of `{name}`'s body, drawn by `orch_runtime::graph`.");
     quote! {
         #(#attrs)*
