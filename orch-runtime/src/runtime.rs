@@ -179,8 +179,11 @@ impl Runtime {
         self.start_inner(workflow, None, input).await
     }
 
-    /// Starts workflow `W` under `id`; if that instance exists already it is returned as is
-    /// (idempotent start) and nothing runs twice.
+    /// Starts workflow `W` under `id`. If that instance exists already with the same input
+    /// it is returned as is (idempotent start: nothing runs twice, and
+    /// [`Run::created`] is `false`); with a different input the start is refused with
+    /// [`Error::AlreadyStarted`] (and with [`Error::IdConflict`] when the id belongs to another
+    /// workflow). Concurrent starts of one id agree: exactly one creates it.
     pub async fn start_with_id<W: Workflow>(
         &self,
         workflow: W,
@@ -201,11 +204,13 @@ impl Runtime {
             workflow: W::NAME.to_string(),
             detail: e.to_string(),
         })?;
-        let (id, _) = self
+        let (id, created) = self
             .inner
             .start(def, id, json, None, |_| Vec::new())
             .await?;
-        Ok(self.handle_unchecked(id))
+        let mut run = self.handle_unchecked(id);
+        run.created = created;
+        Ok(run)
     }
 
     /// Starts the workflow named `workflow` with a JSON input (validated against its input
@@ -220,7 +225,8 @@ impl Runtime {
     }
 
     /// Like [`start_json`](Self::start_json), also saying whether this call created the
-    /// instance (`false`: an instance with that id existed and is returned as it is). When
+    /// instance (`false`: an instance with that id and the same input existed and is returned
+    /// as it is; a different input is [`Error::AlreadyStarted`]). When
     /// `actor` is given, a `start` audit entry naming it is written in the same transaction
     /// as the new instance.
     pub async fn start_json_as(
@@ -267,6 +273,7 @@ impl Runtime {
         Run {
             id,
             rt: self.clone(),
+            created: false,
             _w: PhantomData,
         }
     }
@@ -422,6 +429,7 @@ impl Runtime {
 pub struct Run<W> {
     id: String,
     rt: Runtime,
+    created: bool,
     _w: PhantomData<fn() -> W>,
 }
 
@@ -430,6 +438,7 @@ impl<W> Clone for Run<W> {
         Run {
             id: self.id.clone(),
             rt: self.rt.clone(),
+            created: self.created,
             _w: PhantomData,
         }
     }
@@ -439,6 +448,13 @@ impl<W: Workflow> Run<W> {
     /// The instance id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Whether the start that returned this handle created the instance: `false` when
+    /// [`Runtime::start_with_id`] found it existing (with the same input), and for handles
+    /// from [`Runtime::handle`].
+    pub fn created(&self) -> bool {
+        self.created
     }
 
     /// The current status.

@@ -107,13 +107,13 @@ impl From<Error> for ApiError {
             Error::UnknownWorkflow { .. } | Error::NotFound(_) => {
                 (StatusCode::NOT_FOUND, "not_found")
             }
-            Error::Store(StoreError::NotFound(_)) => (StatusCode::NOT_FOUND, "not_found"),
             Error::InvalidInput { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
             Error::InvalidId { .. } | Error::InvalidArgument(_) => {
                 (StatusCode::BAD_REQUEST, "bad_request")
             }
             Error::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Error::IdConflict { .. }
+            | Error::AlreadyStarted { .. }
             | Error::Conflict { .. }
             | Error::Store(StoreError::Finished { .. } | StoreError::Conflict { .. }) => {
                 (StatusCode::CONFLICT, "conflict")
