@@ -64,8 +64,11 @@ fn from_json<T: DeserializeOwned>(ctx: &WorkflowCtx, e: &JournalEntry) -> Option
         Err(err) => {
             ctx.halt(Halt::Incompatible(format!(
                 "at seq {} the recorded {} `{}` does not deserialize into the type the code now \
-                 expects ({err}); recorded under version {}, current version {}",
-                e.seq, e.kind, e.name, ctx.recorded_version, ctx.version
+                 expects ({err}); {}",
+                e.seq,
+                e.kind,
+                e.name,
+                ctx.mismatch_advice()
             )));
             None
         }
