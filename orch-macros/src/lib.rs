@@ -9,6 +9,7 @@ mod args;
 mod checks;
 mod names;
 mod shape;
+mod signals;
 mod step;
 mod version;
 mod workflow;
@@ -48,6 +49,14 @@ use proc_macro::TokenStream;
 /// process drawing (`SHAPE`) reads calls the same way, so a bare `sleep(..)` is never drawn
 /// as a step. A renamed module imported outside the function (`use tokio::time as t;
 /// t::sleep(..)`) is not seen.
+///
+/// The signals the body waits for by a literal name (`orch::signal::<T>("approve")`,
+/// `orch::signal_with_timeout::<T>(..)`, or `let x: T = orch::signal("approve").await`) are
+/// recorded with their payload types in the definition (the generated type's `SIGNALS`, the API's
+/// definition view): sending a payload that does not deserialize into a name's only type is
+/// refused (`Error::InvalidSignal`, HTTP 422). A name waited for with several types, or
+/// whose type the macro cannot see, is not checked at send time; a payload that fits no wait
+/// is journaled on the instance when received.
 ///
 /// A statement the author knows to be deterministic opts out with `#[orch(deterministic)]`,
 /// which the macro removes:

@@ -81,6 +81,25 @@ pub enum Error {
         /// The stored input (JSON, shortened).
         existing: String,
     },
+    /// A signal payload that does not deserialize into the type the workflow waits for
+    /// under that name; nothing was stored.
+    #[error(
+        "signal `{name}` for instance `{id}` is refused: workflow `{workflow}` waits for it \
+         with a payload of type `{type_name}`, and this payload does not fit ({detail}); \
+         nothing was stored — send a payload of that type"
+    )]
+    InvalidSignal {
+        /// The instance.
+        id: String,
+        /// Its workflow.
+        workflow: String,
+        /// The signal's name.
+        name: String,
+        /// The payload type the workflow waits for.
+        type_name: String,
+        /// What serde said, naming the field.
+        detail: String,
+    },
     /// No instance with that id.
     #[error("no instance with id `{0}`")]
     NotFound(String),

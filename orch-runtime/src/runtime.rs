@@ -312,6 +312,15 @@ impl Runtime {
 
     /// Sends signal `name` with `payload` to an instance. It is stored first, so it survives
     /// restarts, and kept until the workflow waits for it.
+    ///
+    /// When the workflow's body waits for `name` with one payload type (`orch::signal::<T>`
+    /// with a literal name, see `#[workflow]`), a payload that does not deserialize into it is
+    /// refused with [`Error::InvalidSignal`] naming the field, and nothing is stored. Where the
+    /// name is waited for with several types, or one the macro cannot tell, the payload is
+    /// stored, and one that does not fit is discarded when the workflow receives it and
+    /// journaled on the instance as a failed attempt of that wait (with the reason). A name
+    /// the body does not wait for by a literal name (computed at run time, or not waited for
+    /// at all) is stored and kept pending.
     pub async fn signal<T: Serialize>(
         &self,
         id: &str,
@@ -340,6 +349,7 @@ impl Runtime {
         }
         let json = payload.to_string();
         crate::limits::check_payload("signal payload", &json)?;
+        self.check_signal(id, name, payload).await?;
         let at = self.inner.clock.now_ms();
         let audit = actor
             .map(|actor| {
@@ -363,6 +373,32 @@ impl Runtime {
             },
         );
         Ok(signal_id)
+    }
+
+    /// Refuses a payload that does not fit the one type the instance's workflow waits for
+    /// under `name` (see [`WorkflowDef::signal_check`](crate::workflow::WorkflowDef::signal_check)).
+    async fn check_signal(
+        &self,
+        id: &str,
+        name: &str,
+        payload: &serde_json::Value,
+    ) -> Result<(), Error> {
+        let rec = self.record(id).await?;
+        // An instance of a workflow this binary lacks is refused by the store's own checks
+        // (or kept until compatible code runs it); there is no type to check against here.
+        let Ok(def) = self.inner.registry.get(&rec.workflow) else {
+            return Ok(());
+        };
+        if let crate::workflow::SignalCheck::Typed(t) = def.signal_check(name) {
+            (t.check)(payload).map_err(|detail| Error::InvalidSignal {
+                id: id.to_string(),
+                workflow: def.name.to_string(),
+                name: name.to_string(),
+                type_name: (t.type_name)().to_string(),
+                detail,
+            })?;
+        }
+        Ok(())
     }
 
     /// Waits until the instance has finished and returns its final record.
