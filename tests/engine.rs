@@ -348,8 +348,12 @@ async fn starting_an_existing_id_returns_the_existing_instance() {
     let rt = runtime().await;
     let a = rt.start_with_id(Once, "order-1", 10).await.expect("start");
     assert_eq!(a.result().await.expect("result"), Ok(11));
-    let b = rt.start_with_id(Once, "order-1", 99).await.expect("again");
+    assert!(a.created());
+    // The same input again: the same instance (a different input is refused, see
+    // tests/idempotent_start.rs).
+    let b = rt.start_with_id(Once, "order-1", 10).await.expect("again");
     assert_eq!(b.id(), "order-1");
+    assert!(!b.created());
     assert_eq!(b.result().await.expect("result"), Ok(11));
     assert_eq!(ONCE_CALLS.load(Ordering::SeqCst), 1);
     let err = rt

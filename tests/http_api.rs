@@ -670,11 +670,12 @@ async fn start_is_idempotent_and_refuses_bad_input_clearly() {
     );
     api.wait_status("p-1", "completed").await;
 
-    // Again with the same id (even another input): the same instance, 200.
+    // Again with the same id and input: the same instance, 200 (another input is a 409, see
+    // tests/idempotent_start.rs).
     let (status, body) = api
         .post(
             "/api/v1/instances",
-            json!({"workflow": "pack", "input": parcel("other", 1, 1), "id": "p-1"}),
+            json!({"workflow": "pack", "input": parcel("cup", 200, 3), "id": "p-1"}),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");

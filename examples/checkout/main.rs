@@ -14,7 +14,11 @@
 //! cargo run --release --example checkout                        # 36 orders on ./orch.db
 //! cargo run --release --example checkout -- --step-delay-ms 300 # slow: try Ctrl-C, rerun
 //! cargo run --release --example checkout -- --orders 100 --json --db /tmp/x.db
+//! RUST_LOG=orch_runtime=debug cargo run --example checkout      # the runtime's own logs
 //! ```
+//!
+//! The runtime's and the HTTP server's logs go to stderr, filtered by `RUST_LOG` (default:
+//! warnings and errors only).
 //!
 //! Every request a service receives is appended to the service log (`--service-log`,
 //! default `<db>.services.log`), one JSON object a line:
@@ -84,8 +88,28 @@ const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Where no `RUST_LOG` is set: warnings and errors only (the server's refused requests, a
+/// store that fails), so the example's own output stays readable.
+const DEFAULT_LOG: &str = "warn";
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    // The runtime and its HTTP server report through `tracing`: on stderr, so `--json` output
+    // on stdout stays clean. `RUST_LOG=orch_runtime=debug` and the like override the default.
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.is_empty() => tracing_subscriber::EnvFilter::try_new(&spec)
+            .unwrap_or_else(|e| {
+                eprintln!(
+                    "checkout: RUST_LOG={spec:?} is not a log filter ({e}); using {DEFAULT_LOG:?}"
+                );
+                tracing_subscriber::EnvFilter::new(DEFAULT_LOG)
+            }),
+        _ => tracing_subscriber::EnvFilter::new(DEFAULT_LOG),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     match run(args).await {
         Ok(code) => code,

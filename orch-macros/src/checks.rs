@@ -9,6 +9,7 @@
 //! marker is removed before the body is emitted.
 
 use crate::args::Errors;
+use crate::names::{self, Meaning, Scope};
 use proc_macro2::{Delimiter, Group, TokenStream, TokenTree};
 use quote::ToTokens;
 use syn::parse::Parser;
@@ -30,6 +31,7 @@ pub fn workflow(func: &ItemFn) -> Result<(), syn::Error> {
         errors: &mut errors,
         mode: Mode::Workflow,
         hashed: Vec::new(),
+        scope: Scope::of(func),
     };
     for arg in &func.sig.inputs {
         if let FnArg::Typed(pt) = arg
@@ -50,6 +52,7 @@ pub fn step(func: &ItemFn) -> Result<(), syn::Error> {
         errors: &mut errors,
         mode: Mode::Step,
         hashed: Vec::new(),
+        scope: Scope::of(func),
     }
     .visit_block(&func.block);
     errors.finish()
@@ -96,14 +99,20 @@ struct Scan<'e> {
     mode: Mode,
     /// Locals (and parameters) known to hold a `HashMap`/`HashSet`.
     hashed: Vec<Ident>,
+    /// The body's own imports and local names, to tell what a called name refers to.
+    scope: Scope,
 }
 
 impl Scan<'_> {
-    /// Reports `path` when it names a call the mode forbids; `whole` is what the error covers.
-    fn check_path(&mut self, path: &Path, whole: &dyn ToTokens) -> bool {
-        let msg = match self.mode {
-            Mode::Workflow => replay_hazard(path),
-            Mode::Step => step_misuse(path),
+    /// Reports `path` when it names a call the mode forbids; `whole` is what the error covers,
+    /// `call` whether the path is called (a bare name that is not called is a variable).
+    fn check_path(&mut self, path: &Path, whole: &dyn ToTokens, call: bool) -> bool {
+        let msg = match (self.mode, self.scope.meaning(path, call)) {
+            (Mode::Workflow, Meaning::Known(segs)) => replay_hazard(&segs),
+            (Mode::Workflow, Meaning::Unknown(name)) => Some(names::unknown_message(&name)),
+            (Mode::Step, Meaning::Known(segs)) => step_misuse(&segs),
+            // In a step a plain timer or clock is fine, and a durable one panics at run time.
+            (Mode::Step, Meaning::Unknown(_)) => None,
         };
         match msg {
             Some(msg) => {
@@ -258,7 +267,7 @@ impl<'ast> Visit<'ast> for Scan<'_> {
             ));
         }
         if let Expr::Path(p) = &*call.func
-            && self.check_path(&p.path, call)
+            && self.check_path(&p.path, call, true)
         {
             for arg in &call.args {
                 self.visit_expr(arg);
@@ -269,7 +278,7 @@ impl<'ast> Visit<'ast> for Scan<'_> {
     }
 
     fn visit_expr_path(&mut self, p: &'ast ExprPath) {
-        self.check_path(&p.path, p);
+        self.check_path(&p.path, p, false);
     }
 
     fn visit_expr_method_call(&mut self, call: &'ast ExprMethodCall) {
@@ -387,12 +396,11 @@ fn awaits(block: &syn::ExprAsync) -> usize {
     count.0
 }
 
-/// Why `path` breaks replay in a workflow body, with its durable replacement.
-fn replay_hazard(path: &Path) -> Option<String> {
+/// Why the path `segs` breaks replay in a workflow body, with its durable replacement.
+fn replay_hazard(segs: &[String]) -> Option<String> {
     const NOW: &str = "use `orch::now().await`, which records the time in the journal";
     const RANDOM: &str = "use `orch::random().await`, which records the value in the journal";
     const SLEEP: &str = "use `orch::sleep(duration).await`, a durable timer";
-    let segs = segments(path);
     let tail = &segs[segs.len().saturating_sub(2)..];
     let name = segs.join("::");
     let (what, fix) = match tail {
@@ -433,7 +441,7 @@ fn replay_hazard(path: &Path) -> Option<String> {
                  {SLEEP}{OPT_OUT_HINT}"
             ));
         }
-        [a, b] if a == "orch" && b == "idempotency_key" => {
+        [a, b] if names::DURABLE_MODULES.contains(&a.as_str()) && b == "idempotency_key" => {
             return Some(format!(
                 "`{name}` is a step's key: in a workflow body it is a fresh random value on \
                  every replay; call it inside the step, or use `orch::uuid().await` for a \
@@ -450,16 +458,11 @@ fn replay_hazard(path: &Path) -> Option<String> {
 const OPT_OUT_HINT: &str =
     " (or mark the statement `#[orch(deterministic)]` if it cannot change the workflow's path)";
 
-/// Why `path` is a durable primitive that cannot work in a step, with the plain equivalent.
-fn step_misuse(path: &Path) -> Option<String> {
-    let segs = segments(path);
-    let [.., module, name] = segs.as_slice() else {
-        return None;
-    };
-    if module != "orch" && module != "durable" {
-        return None;
-    }
-    let instead = match name.as_str() {
+/// Why the path `segs` is a durable primitive that cannot work in a step, with the plain
+/// equivalent.
+fn step_misuse(segs: &[String]) -> Option<String> {
+    let name = names::durable(segs)?;
+    let instead = match name {
         "sleep" => "inside a step use `tokio::time::sleep`",
         "sleep_until" => "inside a step use `tokio::time::sleep_until`",
         "now" => "inside a step use `std::time::SystemTime::now()`",
@@ -651,7 +654,7 @@ mod tests {
                 let t = orch::now().await;
                 orch::sleep(secs(1)).await;
                 let r = orch::random().await;
-                let mine = random();
+                let mine = self::random();
                 let s = my::sleep();
                 let m: BTreeMap<u32, u32> = BTreeMap::new();
                 for (k, v) in &m {}
@@ -661,6 +664,41 @@ mod tests {
             }
         });
         assert!(errors.is_empty(), "{errors:#?}");
+    }
+
+    #[test]
+    fn bare_hazard_names_are_refused_unless_a_use_in_the_body_says_what_they_are() {
+        let errors = workflow_errors(parse_quote! {
+            async fn wf(now: u64) {
+                sleep(d).await;
+                spawn(async {});
+                let r = random();
+                let id = new_v4();
+                let t = thread_rng();
+                let n = now;
+                let here = now();
+            }
+        });
+        assert_eq!(errors.len(), 5, "{errors:#?}");
+        assert_eq!(names(&errors, "cannot be identified"), 5);
+        assert_eq!(names(&errors, "`orch::sleep(..)`"), 1);
+        assert_eq!(names(&errors, "`tokio::time::sleep(..)`"), 1);
+        let errors = workflow_errors(parse_quote! {
+            async fn wf() {
+                use orch_runtime::orch::{sleep, now};
+                use tokio::spawn as go;
+                use tokio::time;
+                sleep(d).await;
+                let t = now().await;
+                go(async {});
+                time::sleep(d).await;
+                #[orch(deterministic)]
+                random();
+            }
+        });
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert_eq!(names(&errors, "`tokio::spawn` starts a task"), 1);
+        assert_eq!(names(&errors, "`tokio::time::sleep` is a plain timer"), 1);
     }
 
     #[test]

@@ -7,7 +7,9 @@
 
 mod args;
 mod checks;
+mod names;
 mod shape;
+mod signals;
 mod step;
 mod version;
 mod workflow;
@@ -30,8 +32,32 @@ use proc_macro::TokenStream;
 /// `orch::uuid()`), timers (`tokio::time::sleep`, `thread::sleep` → `orch::sleep()`), spawned
 /// tasks (`tokio::spawn`, `thread::spawn` → `join!`/`try_join!` or `orch::background`),
 /// `select!`, and iterating a `HashMap`/`HashSet` declared in the body or taken as input (→
-/// `BTreeMap`/`BTreeSet`, or sort first). Paths are matched by their last two segments, so
-/// imports do not hide them; closures and async blocks are checked, nested items are not.
+/// `BTreeMap`/`BTreeSet`, or sort first). Paths are matched by their last two segments
+/// (`time::sleep`, `SystemTime::now`, `Uuid::new_v4`), whatever the leading modules are;
+/// closures and async blocks are checked, nested items are not.
+///
+/// The macro sees only the function, not the `use` items around it, so a *bare* call of a
+/// hazard name (`sleep(..)`, `sleep_until`, `spawn`, `spawn_blocking`, `spawn_local`, `now`,
+/// `random`, `rng`, `thread_rng`, `new_v4`, `now_v1`, `now_v7`, `idempotency_key`) is refused
+/// as unidentifiable: after `use tokio::time::sleep;` it is a plain timer, after
+/// `use orch_runtime::orch::sleep;` a durable one. Write the path so the macro can tell —
+/// `orch::sleep(..)` (or `orch_runtime::orch::sleep`, `orch_runtime::durable::sleep`) for the
+/// durable call, `tokio::time::sleep(..)` for the plain one (refused) — or put the `use`
+/// inside the function body, where the macro follows it (renames and `orch::*` globs
+/// included). A function of your own with such a name is called by a path
+/// (`self::now()`, `helpers::now()`); a local variable of that name is not a call. The
+/// process drawing (`SHAPE`) reads calls the same way, so a bare `sleep(..)` is never drawn
+/// as a step. A renamed module imported outside the function (`use tokio::time as t;
+/// t::sleep(..)`) is not seen.
+///
+/// The signals the body waits for by a literal name (`orch::signal::<T>("approve")`,
+/// `orch::signal_with_timeout::<T>(..)`, or `let x: T = orch::signal("approve").await`) are
+/// recorded with their payload types in the definition (the generated type's `SIGNALS`, the API's
+/// definition view): sending a payload that does not deserialize into a name's only type is
+/// refused (`Error::InvalidSignal`, HTTP 422). A name waited for with several types, or
+/// whose type the macro cannot see, is not checked at send time; a payload that fits no wait
+/// is journaled on the instance when received.
+///
 /// A statement the author knows to be deterministic opts out with `#[orch(deterministic)]`,
 /// which the macro removes:
 ///

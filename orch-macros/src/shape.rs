@@ -4,12 +4,13 @@
 //! emitted as a `static` tree of `::orch_runtime::__private::Node`. Never fails: what it does
 //! not understand it leaves out.
 
+use crate::names::{self, Meaning, Scope};
 use proc_macro2::{Delimiter, Spacing, TokenStream, TokenTree};
 use quote::{ToTokens, quote};
 use syn::punctuated::Punctuated;
 use syn::visit::{self, Visit};
 use syn::visit_mut::{self, VisitMut};
-use syn::{Block, Expr, ExprCall, ExprPath, Local, Macro, Pat, Token};
+use syn::{Block, Expr, ExprCall, ExprPath, ItemFn, Local, Macro, Pat, Token};
 
 /// The macro's copy of `orch_runtime::graph::Node`.
 #[derive(Clone, Debug, PartialEq)]
@@ -64,10 +65,10 @@ impl std::fmt::Debug for Ty {
 /// Longest label kept, in characters.
 const LABEL_MAX: usize = 60;
 
-/// The shape of `body`, as an expression of type `::orch_runtime::__private::Node` that is
-/// valid in a `static`.
-pub fn generate(body: &Block, krate: &TokenStream) -> TokenStream {
-    let mut nodes = extract(body);
+/// The shape of `func`'s body, as an expression of type `::orch_runtime::__private::Node`
+/// that is valid in a `static`.
+pub fn generate(func: &ItemFn, krate: &TokenStream) -> TokenStream {
+    let mut nodes = extract_with(&func.block, Scope::of(func));
     // A `return` at the very end is the ordinary end.
     if nodes.last() == Some(&Node::Return) {
         nodes.pop();
@@ -76,8 +77,16 @@ pub fn generate(body: &Block, krate: &TokenStream) -> TokenStream {
     quote!(#krate::__private::Node::Seq(&[#(#items),*]))
 }
 
+#[cfg(test)]
 pub fn extract(body: &Block) -> Vec<Node> {
-    let mut s = Shape::default();
+    extract_with(body, Scope::of_block(body))
+}
+
+fn extract_with(body: &Block, scope: Scope) -> Vec<Node> {
+    let mut s = Shape {
+        out: Vec::new(),
+        scope,
+    };
     s.block(body);
     s.out
 }
@@ -140,9 +149,10 @@ fn significant(nodes: &[Node]) -> bool {
     nodes.iter().any(|n| !matches!(n, Node::Status { .. }))
 }
 
-#[derive(Default)]
 struct Shape {
     out: Vec<Node>,
+    /// The body's own imports: what a bare name refers to, as the replay checks read it.
+    scope: Scope,
 }
 
 impl Shape {
@@ -163,7 +173,7 @@ impl Shape {
     /// argument): a plain call there is a durable call even without `.await`.
     fn future(&mut self, e: &Expr) {
         match strip(e) {
-            Expr::Call(call) if durable_name(call).is_some() => self.call(call, false),
+            Expr::Call(call) if self.durable_name(call).is_some() => self.call(call, false),
             Expr::Async(a) => self.block(&a.block),
             other => self.visit_expr(other),
         }
@@ -174,8 +184,24 @@ impl Shape {
         for arg in &call.args {
             self.visit_expr(arg);
         }
-        if let Some(name) = durable_name(call) {
+        if let Some(name) = self.durable_name(call) {
             self.out.push(Node::Call { name, may_fail });
+        }
+    }
+
+    /// The name of a durable call: the last segment of a plain path that is not a primitive,
+    /// a library function or a name the macro cannot identify (see [`names`]).
+    fn durable_name(&self, call: &ExprCall) -> Option<String> {
+        let Expr::Path(ExprPath { path, qself, .. }) = strip(&call.func) else {
+            return None;
+        };
+        if qself.is_some() {
+            return None;
+        }
+        match self.scope.meaning(path, true) {
+            Meaning::Known(segs) => durable_name(&segs),
+            // A bare `sleep(..)` may be tokio's: never drawn as a step.
+            Meaning::Unknown(_) => None,
         }
     }
 
@@ -184,20 +210,14 @@ impl Shape {
         let Expr::Path(p) = &*call.func else {
             return false;
         };
-        let segs: Vec<String> = p
-            .path
-            .segments
-            .iter()
-            .map(|s| s.ident.to_string())
-            .collect();
-        let [.., module, name] = segs.as_slice() else {
+        let Meaning::Known(segs) = self.scope.meaning(&p.path, true) else {
             return false;
         };
-        if module != "orch" && module != "durable" {
+        let Some(name) = names::durable(&segs) else {
             return false;
-        }
+        };
         let arg = |i: usize| call.args.iter().nth(i);
-        match name.as_str() {
+        match name {
             "sleep" | "sleep_until" => {
                 call.args.iter().for_each(|a| self.visit_expr(a));
                 let what = arg(0).map(|a| label(a, false)).unwrap_or_default();
@@ -357,7 +377,7 @@ impl<'ast> Visit<'ast> for Shape {
     fn visit_expr(&mut self, e: &'ast Expr) {
         match e {
             Expr::Await(a) => match strip(&a.base) {
-                Expr::Call(call) if durable_name(call).is_some() => self.call(call, false),
+                Expr::Call(call) if self.durable_name(call).is_some() => self.call(call, false),
                 _ => visit::visit_expr(self, e),
             },
             Expr::Try(t) => {
@@ -366,7 +386,7 @@ impl<'ast> Visit<'ast> for Shape {
                 if let Some(call) = awaited_call(&t.expr)
                     && self.out.len() > before
                 {
-                    let name = durable_name(call);
+                    let name = self.durable_name(call);
                     match self.out.last_mut() {
                         Some(Node::Call { name: n, may_fail }) if name.as_ref() == Some(n) => {
                             *may_fail = true
@@ -492,18 +512,12 @@ const NOT_DURABLE: &[&str] = &[
     "async_std",
     "orch",
     "durable",
+    "orch_runtime",
 ];
 
-/// The name of a durable call: the last segment of a plain path that is not a primitive or
-/// a library function.
-fn durable_name(call: &ExprCall) -> Option<String> {
-    let Expr::Path(ExprPath { path, qself, .. }) = strip(&call.func) else {
-        return None;
-    };
-    if qself.is_some() {
-        return None;
-    }
-    let segs: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
+/// The name of a durable call at the path `segs`: its last segment, unless the path is a
+/// primitive, a library function or a constructor.
+fn durable_name(segs: &[String]) -> Option<String> {
     if segs.len() > 1
         && segs[..segs.len() - 1]
             .iter()
@@ -773,6 +787,27 @@ mod tests {
                Ok::<_, ()>(x); plain(1); }",
         );
         assert_eq!(s, []);
+    }
+
+    #[test]
+    fn a_bare_hazard_name_is_never_a_step_and_a_use_in_the_body_is_followed() {
+        // Imported outside the function: the macro cannot tell orch's sleep from tokio's.
+        let s = shape("{ sleep(d).await; spawn(f); let t = now().await; charge().await; }");
+        assert_eq!(s, [call("charge", false)]);
+        let s = shape(
+            "{ use orch_runtime::orch::{sleep, signal as wait}; use tokio::time::sleep_until;                sleep(d).await; let go: bool = wait(\"go\").await; sleep_until(t).await;                orch_runtime::durable::sleep(d).await; }",
+        );
+        assert_eq!(
+            s,
+            [
+                Node::Sleep { label: "d".into() },
+                Node::Signal {
+                    name: "go".into(),
+                    timeout: false
+                },
+                Node::Sleep { label: "d".into() },
+            ]
+        );
     }
 
     #[test]

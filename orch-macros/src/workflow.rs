@@ -1,7 +1,7 @@
 //! `#[workflow]`: parse → validate → generate.
 
 use crate::args::{self, Args, Errors, Param};
-use crate::{checks, shape, version};
+use crate::{checks, shape, signals, version};
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
@@ -176,7 +176,10 @@ fn generate(wf: &Workflow) -> TokenStream {
     );
     let fn_token = &func.sig.fn_token;
     let box_body = quote_spanned!(ident.span()=> ::std::boxed::Box::pin(#body_ident(#(#names),*)));
-    let shape = shape::generate(&func.block, krate);
+    let shape = shape::generate(func, krate);
+    let signal_defs = signals::tokens(&signals::collect(func), krate);
+    let signals_doc =
+        format!("The signals `{name}`'s body waits for (literal names), with their payload types.");
     let shape_doc = format!("The static shape of `{name}`'s body, drawn by `orch_runtime::graph`.");
     quote! {
         #(#attrs)*
@@ -215,12 +218,15 @@ fn generate(wf: &Workflow) -> TokenStream {
             impl #marker {
                 #[doc = #shape_doc]
                 pub const SHAPE: &'static #krate::__private::Node = &#shape;
+                #[doc = #signals_doc]
+                pub const SIGNALS: &'static [#krate::__private::SignalDef] = #signal_defs;
             }
 
             #krate::__private::inventory::submit! {
                 #krate::__private::WorkflowDef::of::<#marker>()
                     .with_shape(#marker::SHAPE)
                     .with_args(&[#(#arg_docs),*])
+                    .with_signals(#marker::SIGNALS)
             }
         };
     }

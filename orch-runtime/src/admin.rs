@@ -177,7 +177,7 @@ impl Runtime {
                     id: id.to_string(),
                     reason: format!("it has already finished ({status})"),
                 },
-                e => Error::Store(e),
+                e => Error::from(e),
             })?;
         self.inner.cancel(id, at);
         for child in self.live_children(id).await? {

@@ -351,14 +351,10 @@ impl WorkflowCtx {
             Some(e) if e.kind == kind && e.name == name => Begin::Replay(e),
             Some(e) => {
                 let msg = format!(
-                    "at seq {seq} the journal recorded {} but the code now calls {} \
-                     (instance started under version {}, current code is version {}); \
-                     deploy the version that started it to let it finish, or branch with \
-                     orch::patched for old instances",
+                    "at seq {seq} the journal recorded {} but the code now calls {}; {}",
                     describe(e.kind, &e.name),
                     describe(kind, name),
-                    self.recorded_version,
-                    self.version,
+                    self.mismatch_advice(),
                 );
                 st.halt = Some(Halt::Incompatible(msg));
                 Begin::Halted
@@ -404,12 +400,39 @@ impl WorkflowCtx {
                 .map(|e| format!(" (seq {}: {})", e.seq, describe(e.kind, &e.name)))
                 .unwrap_or_default();
             return Err(format!(
-                "the code finished after seq {} but the journal records {} operations{first} \
-                 (instance started under version {}, current code is version {})",
-                st.next_seq, st.max_recorded, self.recorded_version, self.version
+                "the code finished after seq {} but the journal records {} operations{first}; {}",
+                st.next_seq,
+                st.max_recorded,
+                self.mismatch_advice()
             ));
         }
         Ok(())
+    }
+
+    /// What a journal that does not match the code means, and what to do: with another
+    /// version, the code changed under the instance; with the same version, the code took
+    /// another path for the same journal, so it is not deterministic.
+    pub(crate) fn mismatch_advice(&self) -> String {
+        if self.recorded_version == self.version {
+            format!(
+                "the workflow body is version {}, the one that recorded the journal, so the code \
+                 took a different path for the same journal: either something the body calls \
+                 changed (a helper function, a step's name or output type; the version hashes \
+                 the body alone) or the body is not deterministic (it read the clock, a random \
+                 value, a HashMap's order, an environment variable or a global outside a step \
+                 or orch's recorded calls). Make that code deterministic — use \
+                 orch::now/random/uuid, or read the value in a step — and branch with \
+                 orch::patched for intended changes",
+                self.version
+            )
+        } else {
+            format!(
+                "instance started under version {}, current code is version {}: deploy the \
+                 version that started it to let it finish, or branch with orch::patched for \
+                 old instances",
+                self.recorded_version, self.version
+            )
+        }
     }
 
     /// Appends `entry` (and `extra` writes) to the journal; the commit resolves when durable.

@@ -64,8 +64,11 @@ fn from_json<T: DeserializeOwned>(ctx: &WorkflowCtx, e: &JournalEntry) -> Option
         Err(err) => {
             ctx.halt(Halt::Incompatible(format!(
                 "at seq {} the recorded {} `{}` does not deserialize into the type the code now \
-                 expects ({err}); recorded under version {}, current version {}",
-                e.seq, e.kind, e.name, ctx.recorded_version, ctx.version
+                 expects ({err}); {}",
+                e.seq,
+                e.kind,
+                e.name,
+                ctx.mismatch_advice()
             )));
             None
         }
@@ -450,13 +453,17 @@ fn receive<T: DeserializeOwned + Send + 'static>(
             let left = (at - ctx.now_ms()).max(0) as u64;
             Box::pin(tokio::time::sleep(Duration::from_millis(left)))
         });
+        // Payloads refused at this wait so far (journaled as its failed attempts).
+        let mut refused = ctx.failed_attempts(seq);
         std::future::poll_fn(|cx| {
             while let Some(sig) = ctx.take_signal(&name) {
                 let value: serde_json::Value = match serde_json::from_str(&sig.payload) {
                     Ok(v) => v,
                     Err(_) => serde_json::Value::Null,
                 };
-                match serde_json::from_value::<T>(value.clone()) {
+                match crate::workflow::check_value::<T>(&value).and_then(|()| {
+                    serde_json::from_value::<T>(value.clone()).map_err(|e| e.to_string())
+                }) {
                     Ok(v) => {
                         let json = serde_json::to_string(&Received::Payload(value))
                             .unwrap_or_else(|_| "\"timed_out\"".into());
@@ -466,22 +473,41 @@ fn receive<T: DeserializeOwned + Send + 'static>(
                             seq,
                         };
                         let now = ctx.now_ms();
-                        ctx.record_later(
-                            entry(seq, EntryKind::Signal, &name, json, now),
-                            vec![consume],
-                        );
+                        let mut received = entry(seq, EntryKind::Signal, &name, json, now);
+                        // The refused payloads count as attempts before this one, so the
+                        // journal shows them under the entry without marking it failed.
+                        received.attempts = refused + 1;
+                        ctx.record_later(received, vec![consume]);
                         return Poll::Ready(Some(v));
                     }
                     Err(err) => {
-                        tracing::warn!(
-                            instance = %ctx.id, signal = %name, error = %err,
-                            "signal payload does not fit the type the workflow waits for; discarded"
+                        refused += 1;
+                        let error = format!(
+                            "signal `{name}` (id {}) was discarded: its payload {} does not fit \
+                             the type the workflow waits for, `{}` ({err}); the workflow still \
+                             waits for a signal `{name}` with a payload of that type",
+                            sig.id,
+                            shorten(&sig.payload, 200),
+                            std::any::type_name::<T>(),
                         );
-                        ctx.write_later(vec![WriteOp::ConsumeSignal {
-                            instance: ctx.id.clone(),
-                            signal: sig.id,
-                            seq: 0,
-                        }]);
+                        tracing::warn!(instance = %ctx.id, signal = %name, "{error}");
+                        ctx.write_later(vec![
+                            WriteOp::ConsumeSignal {
+                                instance: ctx.id.clone(),
+                                signal: sig.id,
+                                seq: 0,
+                            },
+                            WriteOp::Attempt {
+                                instance: ctx.id.clone(),
+                                record: crate::store::AttemptRecord {
+                                    seq,
+                                    attempt: refused,
+                                    error,
+                                    started_at: sig.received_at,
+                                    finished_at: ctx.now_ms(),
+                                },
+                            },
+                        ]);
                     }
                 }
             }
@@ -704,4 +730,12 @@ pub fn call_workflow<W: Workflow>(input: W::Input) -> Durable<W::Output> {
             .await;
         }
     })
+}
+
+/// `s` cut to `max` characters, with `…` when cut.
+fn shorten(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_string(),
+    }
 }

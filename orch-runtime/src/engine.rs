@@ -284,12 +284,22 @@ impl Inner {
                 self.schedule_with(&id, Load::Fresh(Some(Box::new(record_copy))));
                 true
             }
+            // `create` read the existing record in the transaction that found the id taken,
+            // and an input never changes: of concurrent starts with different inputs exactly
+            // one creates, the others are refused here.
             crate::store::Created::Existing(existing) => {
                 if existing.workflow != def.name || existing.parent != parent {
                     return Err(Error::IdConflict {
                         id,
                         existing: existing.workflow,
                         requested: def.name.to_string(),
+                    });
+                }
+                if parent.is_none() && !same_json(&existing.input, &record_copy.input) {
+                    return Err(Error::AlreadyStarted {
+                        id,
+                        workflow: existing.workflow,
+                        existing: shorten(&existing.input, 200),
                     });
                 }
                 false
@@ -878,5 +888,38 @@ pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "a non-string panic payload".to_string()
+    }
+}
+
+/// Whether two JSON texts hold the same value: key order and spacing aside, numbers compared
+/// by value (`1` and `1.0` are equal).
+fn same_json(a: &str, b: &str) -> bool {
+    fn eq(x: &serde_json::Value, y: &serde_json::Value) -> bool {
+        use serde_json::Value as V;
+        match (x, y) {
+            (V::Number(p), V::Number(q)) => p == q || p.as_f64() == q.as_f64(),
+            (V::Array(p), V::Array(q)) => {
+                p.len() == q.len() && p.iter().zip(q).all(|(p, q)| eq(p, q))
+            }
+            (V::Object(p), V::Object(q)) => {
+                p.len() == q.len() && p.iter().all(|(k, v)| q.get(k).is_some_and(|w| eq(v, w)))
+            }
+            _ => x == y,
+        }
+    }
+    match (
+        serde_json::from_str::<serde_json::Value>(a),
+        serde_json::from_str::<serde_json::Value>(b),
+    ) {
+        (Ok(x), Ok(y)) => eq(&x, &y),
+        _ => a == b,
+    }
+}
+
+/// `s` cut to `max` characters, with `…` when cut.
+fn shorten(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_string(),
     }
 }

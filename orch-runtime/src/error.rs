@@ -65,6 +65,41 @@ pub enum Error {
         /// The workflow asked for.
         requested: String,
     },
+    /// An instance with that id was started already with a different input (Temporal's
+    /// "workflow execution already started"). Starting again with the same input is not an
+    /// error: it returns the existing instance.
+    #[error(
+        "instance `{id}` of workflow `{workflow}` was already started with a different input \
+         (stored: {existing}); a start under an existing id must repeat its input exactly — \
+         choose another id for a new instance, or retry/restart the existing one"
+    )]
+    AlreadyStarted {
+        /// The id.
+        id: String,
+        /// Its workflow.
+        workflow: String,
+        /// The stored input (JSON, shortened).
+        existing: String,
+    },
+    /// A signal payload that does not deserialize into the type the workflow waits for
+    /// under that name; nothing was stored.
+    #[error(
+        "signal `{name}` for instance `{id}` is refused: workflow `{workflow}` waits for it \
+         with a payload of type `{type_name}`, and this payload does not fit ({detail}); \
+         nothing was stored — send a payload of that type"
+    )]
+    InvalidSignal {
+        /// The instance.
+        id: String,
+        /// Its workflow.
+        workflow: String,
+        /// The signal's name.
+        name: String,
+        /// The payload type the workflow waits for.
+        type_name: String,
+        /// What serde said, naming the field.
+        detail: String,
+    },
     /// No instance with that id.
     #[error("no instance with id `{0}`")]
     NotFound(String),
@@ -134,7 +169,18 @@ pub enum Error {
         /// Why, and what to do instead.
         reason: String,
     },
-    /// A storage failure.
+    /// A storage failure. (A store's "no such instance" is [`Error::NotFound`], like every
+    /// other lookup's.)
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for Error {
+    /// One "no such instance" everywhere: the store's becomes [`Error::NotFound`].
+    fn from(e: StoreError) -> Error {
+        match e {
+            StoreError::NotFound(id) => Error::NotFound(id),
+            e => Error::Store(e),
+        }
+    }
 }

@@ -94,7 +94,7 @@ pub mod __private {
     pub use crate::step::{
         ErrorPolicy, StepCall, StepOptions, begin as begin_step, run as run_step,
     };
-    pub use crate::workflow::{Workflow, WorkflowDef};
+    pub use crate::workflow::{SignalDef, Workflow, WorkflowDef};
     pub use futures_util::future::BoxFuture;
     pub use inventory;
     pub use serde;

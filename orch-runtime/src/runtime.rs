@@ -195,8 +195,11 @@ impl Runtime {
         self.start_inner(workflow, None, input).await
     }
 
-    /// Starts workflow `W` under `id`; if that instance exists already it is returned as is
-    /// (idempotent start) and nothing runs twice.
+    /// Starts workflow `W` under `id`. If that instance exists already with the same input
+    /// it is returned as is (idempotent start: nothing runs twice, and
+    /// [`Run::created`] is `false`); with a different input the start is refused with
+    /// [`Error::AlreadyStarted`] (and with [`Error::IdConflict`] when the id belongs to another
+    /// workflow). Concurrent starts of one id agree: exactly one creates it.
     pub async fn start_with_id<W: Workflow>(
         &self,
         workflow: W,
@@ -217,11 +220,13 @@ impl Runtime {
             workflow: W::NAME.to_string(),
             detail: e.to_string(),
         })?;
-        let (id, _) = self
+        let (id, created) = self
             .inner
             .start(def, id, json, None, |_| Vec::new())
             .await?;
-        Ok(self.handle_unchecked(id))
+        let mut run = self.handle_unchecked(id);
+        run.created = created;
+        Ok(run)
     }
 
     /// Starts the workflow named `workflow` with a JSON input (validated against its input
@@ -236,7 +241,8 @@ impl Runtime {
     }
 
     /// Like [`start_json`](Self::start_json), also saying whether this call created the
-    /// instance (`false`: an instance with that id existed and is returned as it is). When
+    /// instance (`false`: an instance with that id and the same input existed and is returned
+    /// as it is; a different input is [`Error::AlreadyStarted`]). When
     /// `actor` is given, a `start` audit entry naming it is written in the same transaction
     /// as the new instance.
     pub async fn start_json_as(
@@ -283,6 +289,7 @@ impl Runtime {
         Run {
             id,
             rt: self.clone(),
+            created: false,
             _w: PhantomData,
         }
     }
@@ -321,6 +328,15 @@ impl Runtime {
 
     /// Sends signal `name` with `payload` to an instance. It is stored first, so it survives
     /// restarts, and kept until the workflow waits for it.
+    ///
+    /// When the workflow's body waits for `name` with one payload type (`orch::signal::<T>`
+    /// with a literal name, see `#[workflow]`), a payload that does not deserialize into it is
+    /// refused with [`Error::InvalidSignal`] naming the field, and nothing is stored. Where the
+    /// name is waited for with several types, or one the macro cannot tell, the payload is
+    /// stored, and one that does not fit is discarded when the workflow receives it and
+    /// journaled on the instance as a failed attempt of that wait (with the reason). A name
+    /// the body does not wait for by a literal name (computed at run time, or not waited for
+    /// at all) is stored and kept pending.
     pub async fn signal<T: Serialize>(
         &self,
         id: &str,
@@ -350,6 +366,7 @@ impl Runtime {
         crate::limits::check_text("signal name", name, crate::limits::MAX_SIGNAL_NAME_BYTES)?;
         let json = payload.to_string();
         crate::limits::check_payload("signal payload", &json)?;
+        self.check_signal(id, name, payload).await?;
         let at = self.inner.clock.now_ms();
         let audit = actor
             .map(|actor| {
@@ -373,6 +390,32 @@ impl Runtime {
             },
         );
         Ok(signal_id)
+    }
+
+    /// Refuses a payload that does not fit the one type the instance's workflow waits for
+    /// under `name` (see [`WorkflowDef::signal_check`](crate::workflow::WorkflowDef::signal_check)).
+    async fn check_signal(
+        &self,
+        id: &str,
+        name: &str,
+        payload: &serde_json::Value,
+    ) -> Result<(), Error> {
+        let rec = self.record(id).await?;
+        // An instance of a workflow this binary lacks is refused by the store's own checks
+        // (or kept until compatible code runs it); there is no type to check against here.
+        let Ok(def) = self.inner.registry.get(&rec.workflow) else {
+            return Ok(());
+        };
+        if let crate::workflow::SignalCheck::Typed(t) = def.signal_check(name) {
+            (t.check)(payload).map_err(|detail| Error::InvalidSignal {
+                id: id.to_string(),
+                workflow: def.name.to_string(),
+                name: name.to_string(),
+                type_name: (t.type_name)().to_string(),
+                detail,
+            })?;
+        }
+        Ok(())
     }
 
     /// Waits until the instance has finished and returns its final record.
@@ -440,6 +483,7 @@ impl Runtime {
 pub struct Run<W> {
     id: String,
     rt: Runtime,
+    created: bool,
     _w: PhantomData<fn() -> W>,
 }
 
@@ -448,6 +492,7 @@ impl<W> Clone for Run<W> {
         Run {
             id: self.id.clone(),
             rt: self.rt.clone(),
+            created: self.created,
             _w: PhantomData,
         }
     }
@@ -457,6 +502,13 @@ impl<W: Workflow> Run<W> {
     /// The instance id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Whether the start that returned this handle created the instance: `false` when
+    /// [`Runtime::start_with_id`] found it existing (with the same input), and for handles
+    /// from [`Runtime::handle`].
+    pub fn created(&self) -> bool {
+        self.created
     }
 
     /// The current status.

@@ -132,8 +132,10 @@ async fn replay<R: DeserializeOwned>(ctx: &WorkflowCtx, entry: &JournalEntry) ->
         Err(detail) => {
             let msg = format!(
                 "at seq {} the recorded output of step `{}` does not deserialize into the step's \
-                 current output type ({detail}); recorded under version {}, current version {}",
-                entry.seq, entry.name, ctx.recorded_version, ctx.version
+                 current output type ({detail}); {}",
+                entry.seq,
+                entry.name,
+                ctx.mismatch_advice()
             );
             stop(ctx, Halt::Incompatible(msg)).await
         }

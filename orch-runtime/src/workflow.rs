@@ -49,6 +49,80 @@ pub struct WorkflowDef {
     /// The shapes of the input and output types, traced through their serde impls (see
     /// [`type_schema`]).
     pub schemas: fn() -> (serde_json::Value, serde_json::Value),
+    /// The signals the body waits for by a literal name (`orch::signal::<T>("name")`), found
+    /// by `#[workflow]`; see [`WorkflowDef::signal_check`].
+    pub signals: &'static [SignalDef],
+}
+
+/// A signal a workflow waits for, as `#[workflow]` found it in the body.
+#[derive(Clone, Copy)]
+pub struct SignalDef {
+    /// The signal's name.
+    pub name: &'static str,
+    /// The payload type, when the macro could tell it (a turbofish or a `let` annotation).
+    pub payload: Option<SignalType>,
+}
+
+/// The payload type of a [`SignalDef`].
+#[derive(Clone, Copy)]
+pub struct SignalType {
+    /// The Rust type's full name.
+    pub type_name: fn() -> &'static str,
+    /// Checks that a JSON payload deserializes into the type; the error names the field.
+    pub check: fn(&serde_json::Value) -> Result<(), String>,
+    /// The type's shape, traced through its serde impl (see [`type_schema`]).
+    pub schema: fn() -> serde_json::Value,
+}
+
+impl SignalDef {
+    /// A wait whose payload type is `T`.
+    pub const fn typed<T: DeserializeOwned>(name: &'static str) -> SignalDef {
+        SignalDef {
+            name,
+            payload: Some(SignalType {
+                type_name: std::any::type_name::<T>,
+                check: check_value::<T>,
+                schema: type_schema::<T>,
+            }),
+        }
+    }
+
+    /// A wait whose payload type the macro could not tell.
+    pub const fn untyped(name: &'static str) -> SignalDef {
+        SignalDef {
+            name,
+            payload: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for SignalDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignalDef")
+            .field("name", &self.name)
+            .field("type", &self.payload.map(|p| (p.type_name)()))
+            .finish()
+    }
+}
+
+/// What sending a signal named so to a workflow can check.
+#[derive(Clone, Copy, Debug)]
+pub enum SignalCheck {
+    /// Every wait for the name takes this type: a payload that does not fit is refused.
+    Typed(SignalType),
+    /// The name is waited for with several types, or with one the macro could not tell: the
+    /// payload is accepted, and one that does not fit is journaled on the instance when the
+    /// workflow receives it.
+    Unchecked,
+    /// The body waits for no signal of that name by a literal name (it may compute names at
+    /// run time): the signal is stored and kept until something waits for it.
+    Undeclared,
+}
+
+impl std::fmt::Debug for SignalType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str((self.type_name)())
+    }
 }
 
 impl WorkflowDef {
@@ -64,6 +138,32 @@ impl WorkflowDef {
             output_type: std::any::type_name::<W::Output>,
             schemas: schemas::<W>,
             args: &[],
+            signals: &[],
+        }
+    }
+
+    /// The same definition with the signals its body waits for (the macro's output uses this).
+    pub const fn with_signals(mut self, signals: &'static [SignalDef]) -> WorkflowDef {
+        self.signals = signals;
+        self
+    }
+
+    /// What a signal named `name` sent to an instance of this workflow can be checked against.
+    pub fn signal_check(&self, name: &str) -> SignalCheck {
+        let mut waits = self.signals.iter().filter(|s| s.name == name);
+        let Some(first) = waits.next() else {
+            return SignalCheck::Undeclared;
+        };
+        match first.payload {
+            Some(t)
+                if waits.all(|w| {
+                    w.payload
+                        .is_some_and(|p| (p.type_name)() == (t.type_name)())
+                }) =>
+            {
+                SignalCheck::Typed(t)
+            }
+            _ => SignalCheck::Unchecked,
         }
     }
 
@@ -119,6 +219,22 @@ pub fn type_schema<T: DeserializeOwned>() -> serde_json::Value {
             "types": serde_json::to_value(&types).unwrap_or_default(),
         }),
         Err(e) => serde_json::json!({ "error": e.to_string() }),
+    }
+}
+
+/// Checks that `value` deserializes into `T`, naming the path of the offending field.
+pub fn check_value<T: DeserializeOwned>(value: &serde_json::Value) -> Result<(), String> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                Err(inner.to_string())
+            } else {
+                Err(format!("at `{path}`: {inner}"))
+            }
+        }
     }
 }
 

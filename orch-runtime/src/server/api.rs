@@ -132,13 +132,15 @@ impl From<Error> for ApiError {
             Error::UnknownWorkflow { .. } | Error::NotFound(_) => {
                 (StatusCode::NOT_FOUND, "not_found")
             }
-            Error::Store(StoreError::NotFound(_)) => (StatusCode::NOT_FOUND, "not_found"),
-            Error::InvalidInput { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
+            Error::InvalidInput { .. } | Error::InvalidSignal { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input")
+            }
             Error::InvalidId { .. } | Error::InvalidArgument(_) => {
                 (StatusCode::BAD_REQUEST, "bad_request")
             }
             Error::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Error::IdConflict { .. }
+            | Error::AlreadyStarted { .. }
             | Error::Conflict { .. }
             | Error::Store(StoreError::Finished { .. } | StoreError::Conflict { .. }) => {
                 (StatusCode::CONFLICT, "conflict")
@@ -441,6 +443,10 @@ fn definition_json(def: &crate::workflow::WorkflowDef, counts: &Map<String, Valu
         "input_type_path": (def.input_type)(),
         "output_type_path": (def.output_type)(),
         "args": def.args.iter().map(|(name, ty)| json!({"name": name, "type": ty})).collect::<Vec<_>>(),
+        "signals": def.signals.iter().map(|s| json!({
+            "name": s.name,
+            "type": s.payload.map(|p| short_type((p.type_name)())),
+        })).collect::<Vec<_>>(),
         "steps": steps,
         "counts": counts,
     })
@@ -483,6 +489,22 @@ async fn definition(State(state): State<AppState>, Segment(name): Segment) -> Ap
         m.insert("input_schema".into(), input);
         m.insert("output_schema".into(), output);
         m.insert("shape".into(), crate::graph::shape_json(def.shape));
+        // Each signal with its payload type's full path and traced shape.
+        m.insert(
+            "signals".into(),
+            def.signals
+                .iter()
+                .map(|s| {
+                    json!({
+                        "name": s.name,
+                        "type": s.payload.map(|p| short_type((p.type_name)())),
+                        "type_path": s.payload.map(|p| (p.type_name)()),
+                        "schema": s.payload.map(|p| (p.schema)()),
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into(),
+        );
         m.insert("mermaid".into(), json!(def.drawing().mermaid()));
     }
     Ok(ok(v))
