@@ -14,7 +14,10 @@
 
 use orch_runtime::prelude::*;
 use orch_runtime::store::sqlite::{SqliteOptions, SqliteStore, Synchronous};
-use orch_runtime::store::{EntryKind, InstanceRecord, JournalEntry, Store, WriteOp};
+use orch_runtime::store::{
+    Backend as StoreBackend, Created, EntryKind, InstanceRecord, JournalEntry, LeaseTerms, NodeId,
+    Store, WriteOp,
+};
 use orch_runtime::{ListFilter, Status};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -305,7 +308,7 @@ impl Harness {
                     .expect("opening the SQLite store");
                 let store = Arc::new(store);
                 let rt = Runtime::builder()
-                    .store(store.clone() as Arc<dyn Store>)
+                    .store(store.clone() as Arc<dyn StoreBackend>)
                     .build()
                     .await
                     .expect("building a SQLite runtime");
@@ -394,6 +397,16 @@ async fn store_breakdown(store: &SqliteStore, runs: usize) -> Value {
     let mut submit = Vec::with_capacity(runs);
     let mut get = Vec::with_capacity(runs);
     let mut load = Vec::with_capacity(runs);
+    // As the engine writes: instances owned by a node, checkpoints fenced by its lease.
+    let terms = LeaseTerms {
+        node: NodeId::new("bench").expect("node id"),
+        now: 0,
+        ttl: i64::MAX / 4,
+    };
+    store
+        .renew(terms.clone(), Vec::new())
+        .await
+        .expect("register the node");
     for i in 0..runs {
         let id = format!("breakdown-{i:08}");
         let rec = InstanceRecord {
@@ -404,8 +417,14 @@ async fn store_breakdown(store: &SqliteStore, runs: usize) -> Value {
             ..Default::default()
         };
         let t = Instant::now();
-        store.create(rec).await.expect("create");
+        let created = store
+            .create(rec, Some(terms.clone()), Vec::new())
+            .await
+            .expect("create");
         create.push(t.elapsed());
+        let Created::New(Some(lease)) = created else {
+            panic!("breakdown instance `{id}` existed already")
+        };
         for seq in 1..=2 {
             let entry = JournalEntry {
                 seq,
@@ -418,10 +437,13 @@ async fn store_breakdown(store: &SqliteStore, runs: usize) -> Value {
             };
             let t = Instant::now();
             store
-                .submit(vec![WriteOp::Append {
-                    instance: id.clone(),
-                    entry,
-                }])
+                .submit(
+                    Some(lease.fence()),
+                    vec![WriteOp::Append {
+                        instance: id.clone(),
+                        entry,
+                    }],
+                )
                 .await
                 .expect("submit");
             submit.push(t.elapsed());

@@ -1337,6 +1337,15 @@ async fn signals_are_delivered_and_refused_once_finished() {
     assert_eq!(deadline.len(), 1, "{journal}");
     assert_eq!(deadline[0]["state"], json!("waiting"));
 
+    // The signal woke the instance, which replays and waits again: let it settle (suspended
+    // on its deadline once more) before comparing.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(api.instance(&id).await["status"] == json!("suspended")
+        && api.instance(&id).await["wake_at"] == inst["wake_at"])
+    {
+        assert!(Instant::now() < deadline, "appr-1 never settled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let before = api.snapshot().await;
     for (body, needle) in [
         (json!({}), "`name`"),

@@ -6,8 +6,9 @@ use orch_runtime::EntryKind;
 use orch_runtime::prelude::*;
 use orch_runtime::store::memory::MemoryStore;
 use orch_runtime::store::{
-    Commit, Created, InstanceRecord, JournalEntry, ListFilter, LoadedInstance, Millis, Store,
-    StoreError, WriteOp,
+    Aggregate, AttributeMap, AuditRecord, Claimed, Commit, Created, Details, Fence, InstanceRecord,
+    JournalEntry, Lease, LeaseTerms, ListFilter, LoadedInstance, Millis, NodeId, NodeRecord, Query,
+    Stats, StatsQuery, StatusCount, Store, StoreAdmin, StoreError, StoreMetrics, Wakeups, WriteOp,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -31,7 +32,7 @@ struct Faulty {
 }
 
 impl Store for Faulty {
-    fn submit(&self, ops: Vec<WriteOp>) -> Commit {
+    fn submit(&self, fence: Option<Fence>, ops: Vec<WriteOp>) -> Commit {
         let suspends = ops.iter().any(|op| {
             matches!(
                 op,
@@ -49,15 +50,20 @@ impl Store for Faulty {
             });
             return commit;
         }
-        self.inner.submit(ops)
+        self.inner.submit(fence, ops)
     }
-    fn create(&self, record: InstanceRecord) -> BoxFuture<'_, Result<Created, StoreError>> {
+    fn create(
+        &self,
+        record: InstanceRecord,
+        owner: Option<LeaseTerms>,
+        extra: Vec<WriteOp>,
+    ) -> BoxFuture<'_, Result<Created, StoreError>> {
         if record.parent.is_some() && self.faults.fail_child_create.swap(false, Ordering::SeqCst) {
             return Box::pin(async {
                 Err(StoreError::Backend("database is locked (injected)".into()))
             });
         }
-        self.inner.create(record)
+        self.inner.create(record, owner, extra)
     }
     fn add_signal(
         &self,
@@ -65,9 +71,10 @@ impl Store for Faulty {
         name: &str,
         payload: String,
         at: Millis,
+        extra: Vec<WriteOp>,
     ) -> BoxFuture<'_, Result<i64, StoreError>> {
         let slow = self.faults.slow_signal == Some(name);
-        let stored = self.inner.add_signal(instance, name, payload, at);
+        let stored = self.inner.add_signal(instance, name, payload, at, extra);
         Box::pin(async move {
             let r = stored.await;
             if slow {
@@ -86,11 +93,65 @@ impl Store for Faulty {
     fn list(&self, f: ListFilter) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>> {
         self.inner.list(f)
     }
-    fn unfinished(&self) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>> {
-        self.inner.unfinished()
+    fn claim_due(&self, t: LeaseTerms, limit: usize) -> BoxFuture<'_, Result<Claimed, StoreError>> {
+        self.inner.claim_due(t, limit)
+    }
+    fn claim(&self, t: LeaseTerms, id: &str) -> BoxFuture<'_, Result<Option<Lease>, StoreError>> {
+        self.inner.claim(t, id)
+    }
+    fn renew(
+        &self,
+        t: LeaseTerms,
+        held: Vec<(String, u64)>,
+    ) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        self.inner.renew(t, held)
+    }
+    fn release(
+        &self,
+        node: &NodeId,
+        ids: Option<Vec<String>>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.inner.release(node, ids)
+    }
+    fn wakeups(&self) -> Wakeups {
+        self.inner.wakeups()
+    }
+    fn probe_write(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.inner.probe_write()
     }
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         self.inner.close()
+    }
+    fn metrics(&self) -> Option<Arc<StoreMetrics>> {
+        None
+    }
+}
+
+/// The operators' side is passed through unchanged.
+impl StoreAdmin for Faulty {
+    fn search(&self, q: Query) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>> {
+        self.inner.search(q)
+    }
+    fn details(&self, id: &str) -> BoxFuture<'_, Result<Option<Details>, StoreError>> {
+        self.inner.details(id)
+    }
+    fn attributes(&self, ids: Vec<String>) -> BoxFuture<'_, Result<AttributeMap, StoreError>> {
+        self.inner.attributes(ids)
+    }
+    fn counts(&self) -> BoxFuture<'_, Result<Vec<StatusCount>, StoreError>> {
+        self.inner.counts()
+    }
+    fn stats(&self, q: StatsQuery) -> BoxFuture<'_, Result<Stats, StoreError>> {
+        self.inner.stats(q)
+    }
+    fn aggregate(&self, key: String, q: Query) -> BoxFuture<'_, Result<Aggregate, StoreError>> {
+        self.inner.aggregate(key, q)
+    }
+    fn audit(&self, limit: usize) -> BoxFuture<'_, Result<Vec<AuditRecord>, StoreError>> {
+        self.inner.audit(limit)
+    }
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeRecord>, StoreError>> {
+        self.inner.nodes()
     }
 }
 
@@ -228,19 +289,26 @@ async fn renamed_background() -> u32 {
 async fn an_incompatible_background_step_stops_the_instance_instead_of_hanging() {
     let store = Arc::new(MemoryStore::new());
     store
-        .create(record("old", "renamed_background", Status::Running))
+        .create(
+            record("old", "renamed_background", Status::Running),
+            None,
+            Vec::new(),
+        )
         .await
         .expect("create");
     store
-        .submit(vec![WriteOp::Append {
-            instance: "old".into(),
-            entry: entry(
-                1,
-                EntryKind::Step,
-                "bg_old_name",
-                r#"{"value":{"Ok":null}}"#,
-            ),
-        }])
+        .submit(
+            None,
+            vec![WriteOp::Append {
+                instance: "old".into(),
+                entry: entry(
+                    1,
+                    EntryKind::Step,
+                    "bg_old_name",
+                    r#"{"value":{"Ok":null}}"#,
+                ),
+            }],
+        )
         .await
         .expect("journal");
     let rt = Runtime::builder()
@@ -347,17 +415,20 @@ async fn a_signal_stored_before_a_crash_is_taken_at_restart_not_at_the_timeout()
         .as_millis() as i64
         + 3_600_000;
     rec.wake_at = Some(far);
-    store.create(rec).await.expect("create");
+    store.create(rec, None, Vec::new()).await.expect("create");
     store
-        .submit(vec![WriteOp::Append {
-            instance: "a".into(),
-            entry: entry(1, EntryKind::Deadline, "ok", &far.to_string()),
-        }])
+        .submit(
+            None,
+            vec![WriteOp::Append {
+                instance: "a".into(),
+                entry: entry(1, EntryKind::Deadline, "ok", &far.to_string()),
+            }],
+        )
         .await
         .expect("journal");
     // The signal committed, then the process died before the instance took it.
     store
-        .add_signal("a", "ok", "7".into(), 0)
+        .add_signal("a", "ok", "7".into(), 0, Vec::new())
         .await
         .expect("signal");
     let rt = Runtime::builder()
@@ -430,7 +501,11 @@ async fn patched_before_an_in_flight_join_takes_the_old_branch() {
     // Old code: join!(signal "go" (seq 1, still waiting), sleep (seq 2, recorded)).
     let store = Arc::new(MemoryStore::new());
     store
-        .create(record("old", "patch_gap", Status::Suspended))
+        .create(
+            record("old", "patch_gap", Status::Suspended),
+            None,
+            Vec::new(),
+        )
         .await
         .expect("create");
     let far = std::time::SystemTime::now()
@@ -439,10 +514,13 @@ async fn patched_before_an_in_flight_join_takes_the_old_branch() {
         .as_millis() as i64
         + 3_600_000;
     store
-        .submit(vec![WriteOp::Append {
-            instance: "old".into(),
-            entry: entry(2, EntryKind::Sleep, "", &far.to_string()),
-        }])
+        .submit(
+            None,
+            vec![WriteOp::Append {
+                instance: "old".into(),
+                entry: entry(2, EntryKind::Sleep, "", &far.to_string()),
+            }],
+        )
         .await
         .expect("journal");
     let rt = Runtime::builder()

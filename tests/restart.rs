@@ -252,10 +252,13 @@ async fn a_recorded_cancellation_survives_kill_9_and_is_delivered_after_restart(
             .expect("clock")
             .as_millis() as i64;
         store
-            .submit(vec![orch_runtime::store::WriteOp::RequestCancel {
-                instance: "hold-1".into(),
-                at,
-            }])
+            .submit(
+                None,
+                vec![orch_runtime::store::WriteOp::RequestCancel {
+                    instance: "hold-1".into(),
+                    at,
+                }],
+            )
             .await
             .expect("request cancel");
         store.close().await.expect("close");

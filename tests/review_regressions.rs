@@ -214,24 +214,25 @@ async fn retry_of_an_unknown_workflow_leaves_the_instance_running_forever() {
     let store = Arc::new(MemoryStore::new());
     let now = 1_700_000_000_000;
     store
-        .create(InstanceRecord::new(
-            "ghost",
-            "no_such_workflow",
-            "v0",
-            "null",
-            now,
-        ))
+        .create(
+            InstanceRecord::new("ghost", "no_such_workflow", "v0", "null", now),
+            None,
+            Vec::new(),
+        )
         .await
         .unwrap();
     store
-        .submit(vec![WriteOp::Finish {
-            instance: "ghost".into(),
-            status: Status::Failed,
-            output: None,
-            error: Some("boom".into()),
-            failed_step: None,
-            at: now,
-        }])
+        .submit(
+            None,
+            vec![WriteOp::Finish {
+                instance: "ghost".into(),
+                status: Status::Failed,
+                output: None,
+                error: Some("boom".into()),
+                failed_step: None,
+                at: now,
+            }],
+        )
         .await
         .unwrap();
     let rt = Runtime::builder()

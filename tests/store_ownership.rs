@@ -1,51 +1,59 @@
-//! One SQLite file, one owner: while a runtime holds a database, a second runtime on the same
-//! file (in another process or in the same one) is refused at once with an error naming the
-//! file and the holder, and changes nothing. A holder killed with SIGKILL does not block the
-//! next start, and a runtime that was shut down lets the file go.
+//! One SQLite file, several processes: each runtime is a node that drives only the instances it
+//! owns (by lease). Two processes on one file both make progress and no step runs twice; one
+//! killed with SIGKILL mid-batch is taken over by the other after the lease time-to-live, with
+//! no checkpointed step run again; one stopped with SIGSTOP past its lease has its late writes
+//! refused (fencing) when it continues, and nothing it wrote after losing the lease is visible.
 //!
 //! The processes are this same test binary, re-executed with `ORCH_WORKER` set (see `worker`).
 
-use orch_runtime::Error;
+use orch_runtime::ListFilter;
 use orch_runtime::prelude::*;
-use orch_runtime::store::StoreError;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-const INSTANCES: usize = 4;
+/// The lease time-to-live of the worker processes: short, so a takeover is quick.
+const LEASE_TTL: Duration = Duration::from_millis(1000);
 
-/// Appends `line` to the file at `path`: each step records that it ran.
+/// Appends `line` to the file at `path`: each step records that it ran, and where.
 fn log_call(path: &str, line: &str) {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
         .expect("open call log");
-    writeln!(f, "{line}").expect("write call log");
+    // One write per line: lines of concurrent writers never interleave.
+    f.write_all(format!("{line}\n").as_bytes())
+        .expect("write call log");
+}
+
+fn node_name() -> String {
+    std::env::var("ORCH_NODE").unwrap_or_else(|_| "test".into())
 }
 
 #[step]
 async fn first(log: String, id: String) -> Result<(), StepError> {
-    log_call(&log, &format!("first {id}"));
+    log_call(&log, &format!("first {id} {}", node_name()));
     Ok(())
 }
 
-/// Records that it started, then holds until the file `go` exists: while every instance sits
-/// here the database does not change.
+/// Records that it started, then holds until the file `go` exists; returns the node it ran
+/// on, so the journal tells which node checkpointed it.
 #[step]
-async fn held(log: String, go: String, id: String) -> Result<(), StepError> {
-    log_call(&log, &format!("held {id}"));
+async fn held(log: String, go: String, id: String) -> Result<String, StepError> {
+    log_call(&log, &format!("held {id} {}", node_name()));
     while !Path::new(&go).exists() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Ok(())
+    log_call(&log, &format!("released {id} {}", node_name()));
+    Ok(node_name())
 }
 
 #[step]
 async fn last(log: String, id: String) -> Result<String, StepError> {
-    log_call(&log, &format!("last {id}"));
-    Ok(format!("{id} done"))
+    log_call(&log, &format!("last {id} {}", node_name()));
+    Ok(format!("{id} done by {}", node_name()))
 }
 
 #[workflow]
@@ -55,50 +63,40 @@ async fn paced(log: String, go: String, id: String) -> Result<String, StepError>
     last(log, id).await
 }
 
-fn ids() -> Vec<String> {
-    (0..INSTANCES).map(|i| format!("paced-{i}")).collect()
-}
-
-/// The worker side: runs only when re-executed by a test with `ORCH_WORKER` set.
+/// The worker side: runs only when re-executed by a test with `ORCH_WORKER=node`.
 ///
-/// - `owner`: builds a runtime on `ORCH_DB`, starts the `paced` instances and waits for all
-///   of them, then shuts down and exits 0.
-/// - `intruder`: builds a runtime on `ORCH_DB`; if that fails, writes the error to `ORCH_OUT`
-///   and exits 2. If it succeeds it runs (resuming whatever it found) until killed.
+/// Builds a runtime named `ORCH_NODE` on `ORCH_DB` (lease [`LEASE_TTL`]), starts the `paced`
+/// instances `ORCH_START` names (comma-separated), then waits until `ORCH_TOTAL` instances
+/// exist and all have finished — whoever drove them — shuts down and exits 0.
 #[test]
 fn worker() {
-    let Ok(role) = std::env::var("ORCH_WORKER") else {
+    if std::env::var("ORCH_WORKER").is_err() {
         return;
-    };
-    let db = std::env::var("ORCH_DB").expect("ORCH_DB");
+    }
+    let env = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k}"));
+    let (db, log, go) = (env("ORCH_DB"), env("ORCH_CALL_LOG"), env("ORCH_GO"));
+    let total: usize = env("ORCH_TOTAL").parse().expect("ORCH_TOTAL");
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     rt.block_on(async move {
-        let built = Runtime::builder().sqlite(&db).build().await;
-        match role.as_str() {
-            "owner" => {
-                let orch = built.expect("runtime");
-                let log = std::env::var("ORCH_CALL_LOG").expect("ORCH_CALL_LOG");
-                let go = std::env::var("ORCH_GO").expect("ORCH_GO");
-                let mut runs = Vec::new();
-                for id in ids() {
-                    let input = (log.clone(), go.clone(), id.clone());
-                    runs.push(orch.start_with_id(Paced, id, input).await.expect("start"));
-                }
-                for run in runs {
-                    run.result().await.expect("result").expect("completed");
-                }
-                orch.shutdown().await.expect("shutdown");
-            }
-            "intruder" => match built {
-                Err(e) => {
-                    let out = std::env::var("ORCH_OUT").expect("ORCH_OUT");
-                    std::fs::write(out, e.to_string()).expect("write the error");
-                    std::process::exit(2);
-                }
-                Ok(_orch) => tokio::time::sleep(Duration::from_secs(600)).await,
-            },
-            other => panic!("unknown role {other}"),
+        let orch = Runtime::builder()
+            .sqlite(&db)
+            .node_id(node_name())
+            .lease_ttl(LEASE_TTL)
+            .build()
+            .await
+            .expect("runtime");
+        for id in env("ORCH_START").split(',').filter(|s| !s.is_empty()) {
+            let input = (log.clone(), go.clone(), id.to_string());
+            orch.start_with_id(Paced, id, input).await.expect("start");
         }
+        loop {
+            let all = orch.list(ListFilter::default()).await.expect("list");
+            if all.len() == total && all.iter().all(|r| r.status.is_final()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        orch.shutdown().await.expect("shutdown");
     });
 }
 
@@ -107,6 +105,10 @@ struct Worker(Child);
 
 impl Drop for Worker {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -117,7 +119,6 @@ struct Paths {
     db: PathBuf,
     log: PathBuf,
     go: PathBuf,
-    out: PathBuf,
 }
 
 fn setup() -> Paths {
@@ -128,23 +129,43 @@ fn setup() -> Paths {
         db: p.join("orch.db"),
         log: p.join("calls.log"),
         go: p.join("go"),
-        out: p.join("intruder.txt"),
     }
 }
 
-fn spawn_worker(role: &str, p: &Paths) -> Worker {
+fn ids(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+fn spawn_node(p: &Paths, node: &str, start: &[String], total: usize) -> Worker {
     let child = Command::new(std::env::current_exe().expect("test binary"))
         .args(["worker", "--exact", "--nocapture", "--test-threads=1"])
-        .env("ORCH_WORKER", role)
+        .env("ORCH_WORKER", "node")
+        .env("ORCH_NODE", node)
         .env("ORCH_DB", &p.db)
         .env("ORCH_CALL_LOG", &p.log)
         .env("ORCH_GO", &p.go)
-        .env("ORCH_OUT", &p.out)
+        .env("ORCH_START", start.join(","))
+        .env("ORCH_TOTAL", total.to_string())
+        .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(
+            std::fs::File::create(p.log.with_extension(format!("{node}.err")))
+                .expect("stderr file"),
+        )
         .spawn()
         .expect("spawn worker");
     Worker(child)
+}
+
+/// What the workers wrote to stderr.
+fn worker_output(p: &Paths) -> String {
+    ["node-a", "node-b"]
+        .iter()
+        .map(|n| {
+            let text = std::fs::read_to_string(p.log.with_extension(format!("{n}.err")));
+            format!("--- {n}:\n{}", text.unwrap_or_default())
+        })
+        .collect()
 }
 
 fn calls(log: &Path) -> Vec<String> {
@@ -155,236 +176,195 @@ fn calls(log: &Path) -> Vec<String> {
         .collect()
 }
 
-fn count(calls: &[String], line: &str) -> usize {
-    calls.iter().filter(|c| *c == line).count()
+/// How many log lines start with `prefix ` (e.g. `first paced-1`).
+fn count(calls: &[String], prefix: &str) -> usize {
+    let prefix = format!("{prefix} ");
+    calls.iter().filter(|c| c.starts_with(&prefix)).count()
 }
 
-/// Waits until every instance is inside `held` (its first step checkpointed, nothing more
-/// to write until `go` appears).
-fn wait_all_held(p: &Paths, worker: &mut Worker) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+/// Waits (generous deadline) until `ready` holds for the call log.
+fn wait_log(p: &Paths, what: &str, ready: impl Fn(&[String]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let calls = calls(&p.log);
-        if ids()
-            .iter()
-            .all(|id| count(&calls, &format!("held {id}")) == 1)
-        {
+        if ready(&calls) {
             return;
         }
         assert!(
-            worker.0.try_wait().expect("poll worker").is_none(),
-            "the owner exited early"
+            Instant::now() < deadline,
+            "never {what}: {calls:#?}\nworker output: {}",
+            worker_output(p)
         );
-        assert!(Instant::now() < deadline, "never all held: {calls:?}");
         std::thread::sleep(Duration::from_millis(10));
     }
 }
 
-/// Waits for the process to exit, failing (and killing it) after a generous deadline.
+/// Waits for the process to exit, failing after a generous deadline.
 fn wait_exit(worker: &mut Worker, what: &str) -> ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         if let Some(status) = worker.0.try_wait().expect("poll worker") {
             return status;
         }
-        assert!(Instant::now() < deadline, "{what} did not exit");
+        if Instant::now() >= deadline {
+            eprintln!("{what} did not exit in time: killed");
+            let _ = worker.0.kill();
+            return worker.0.wait().expect("reap");
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
 }
 
-/// Every instance and journal row, read with a read-only connection beside the owner.
-fn snapshot(db: &Path) -> Vec<String> {
+/// Every instance's status and output, and every journal row, read with a read-only
+/// connection.
+/// Instances as (id, status, output); journal rows as (instance, seq, outcome).
+type Snapshot = (Vec<(String, String, String)>, Vec<(String, i64, String)>);
+
+fn snapshot(db: &Path) -> Snapshot {
     let conn =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .expect("read-only connection");
-    let mut rows = Vec::new();
     let mut stmt = conn
-        .prepare(
-            "SELECT id, status, coalesce(output, ''), updated_at, coalesce(wake_at, 0) \
-             FROM instances ORDER BY id",
-        )
+        .prepare("SELECT id, status, coalesce(output, '') FROM instances ORDER BY id")
         .expect("prepare");
-    let found = stmt
-        .query_map([], |r| {
-            Ok(format!(
-                "instance {} {} {} {} {}",
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, i64>(4)?
-            ))
-        })
-        .expect("query");
-    rows.extend(found.map(|r| r.expect("row")));
-    let mut stmt = conn
-        .prepare("SELECT instance, seq, kind, name, outcome FROM journal ORDER BY instance, seq")
-        .expect("prepare");
-    let found = stmt
-        .query_map([], |r| {
-            Ok(format!(
-                "journal {} {} {} {} {}",
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?
-            ))
-        })
-        .expect("query");
-    rows.extend(found.map(|r| r.expect("row")));
-    rows
-}
-
-fn dir_listing(dir: &Path) -> Vec<(String, u64)> {
-    let mut names: Vec<(String, u64)> = std::fs::read_dir(dir)
-        .expect("read dir")
-        .map(|e| {
-            let e = e.expect("entry");
-            let len = e.metadata().expect("metadata").len();
-            (e.file_name().to_string_lossy().into_owned(), len)
-        })
-        .filter(|(name, _)| !name.ends_with("-wal") && !name.ends_with("-shm"))
+    let instances = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("query")
+        .map(|r| r.expect("row"))
         .collect();
-    names.sort();
-    names
+    let mut stmt = conn
+        .prepare("SELECT instance, seq, outcome FROM journal ORDER BY instance, seq")
+        .expect("prepare");
+    let journal = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect();
+    (instances, journal)
 }
 
-fn host() -> String {
-    gethostname::gethostname().to_string_lossy().into_owned()
+fn kill_signal(worker: &Worker, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &worker.0.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {signal} failed");
 }
 
 #[test]
-fn a_second_process_on_a_held_file_is_refused_at_once_and_changes_nothing() {
+fn two_processes_on_one_file_both_make_progress_and_no_step_runs_twice() {
     let p = setup();
-    let mut owner = spawn_worker("owner", &p);
-    wait_all_held(&p, &mut owner);
-    let before = snapshot(&p.db);
-    assert_eq!(
-        before
-            .iter()
-            .filter(|r| r.starts_with("journal ") && r.contains(" first "))
-            .count(),
-        INSTANCES,
-        "{before:#?}"
-    );
-    let files_before = dir_listing(p._dir.path());
-
-    // A second process on the same file fails right away and says who holds it.
-    let mut intruder = spawn_worker("intruder", &p);
-    let status = wait_exit(&mut intruder, "the second process");
-    assert_eq!(status.code(), Some(2), "the second process must fail");
-    let msg = std::fs::read_to_string(&p.out).expect("the second process's error");
-    assert!(msg.contains(&p.db.display().to_string()), "{msg}");
-    assert!(msg.contains(&format!("pid {}", owner.0.id())), "{msg}");
-    assert!(msg.contains(&format!("host `{}`", host())), "{msg}");
-    assert!(msg.contains("since 20"), "{msg}");
-    assert!(msg.contains("stop that process"), "{msg}");
-
-    // It changed nothing: same rows, same files.
-    assert_eq!(snapshot(&p.db), before);
-    assert_eq!(
-        dir_listing(p._dir.path())
-            .into_iter()
-            .filter(|(name, _)| name != "intruder.txt")
-            .collect::<Vec<_>>(),
-        files_before
-    );
-
-    // The owner goes on and completes every instance; no step ran twice.
     std::fs::write(&p.go, "").expect("go");
-    let status = wait_exit(&mut owner, "the owner");
-    assert!(status.success(), "the owner failed: {status:?}");
+    let (a_ids, b_ids) = (ids("a", 6), ids("b", 6));
+    let mut a = spawn_node(&p, "node-a", &a_ids, 12);
+    let mut b = spawn_node(&p, "node-b", &b_ids, 12);
+    for (w, name) in [(&mut a, "node a"), (&mut b, "node b")] {
+        let status = wait_exit(w, name);
+        assert!(
+            status.success(),
+            "{name} failed ({status:?}): {:#?}\n{}\n{:#?}",
+            calls(&p.log),
+            worker_output(&p),
+            snapshot(&p.db).0
+        );
+    }
     let calls = calls(&p.log);
-    for id in ids() {
+    for id in a_ids.iter().chain(&b_ids) {
         for step in ["first", "held", "last"] {
-            assert_eq!(count(&calls, &format!("{step} {id}")), 1, "{calls:?}");
+            assert_eq!(count(&calls, &format!("{step} {id}")), 1, "{calls:#?}");
         }
     }
+    for node in ["node-a", "node-b"] {
+        assert!(
+            calls.iter().any(|c| c.ends_with(&format!(" {node}"))),
+            "{node} made no progress: {calls:#?}"
+        );
+    }
+    let (instances, _) = snapshot(&p.db);
+    assert_eq!(instances.len(), 12);
     assert!(
-        snapshot(&p.db)
-            .iter()
-            .filter(|r| r.starts_with("instance "))
-            .all(|r| r.contains(" completed ")),
-        "{:#?}",
-        snapshot(&p.db)
+        instances.iter().all(|(_, st, _)| st == "completed"),
+        "{instances:#?}"
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_holder_killed_with_sigkill_does_not_block_the_next_start() {
+#[test]
+fn a_node_killed_mid_batch_is_taken_over_after_its_lease_with_no_checkpointed_step_rerun() {
     let p = setup();
-    let mut owner = spawn_worker("owner", &p);
-    wait_all_held(&p, &mut owner);
-    owner.0.kill().expect("kill -9");
-    owner.0.wait().expect("reap");
-    drop(owner);
-
+    let a_ids = ids("k", 4);
+    let mut a = spawn_node(&p, "node-a", &a_ids, 4);
+    let mut b = spawn_node(&p, "node-b", &[], 4);
+    // Every instance sits in `held` on node a: `first` is checkpointed, `held` in flight.
+    wait_log(&p, "all held on node a", |c| {
+        a_ids
+            .iter()
+            .all(|id| c.contains(&format!("held {id} node-a")))
+    });
+    let killed = Instant::now();
+    a.0.kill().expect("kill -9");
+    a.0.wait().expect("reap");
     std::fs::write(&p.go, "").expect("go");
-    let rt = Runtime::builder()
-        .sqlite(&p.db)
-        .build()
-        .await
-        .expect("a crashed holder must not block the next start");
-    for id in ids() {
-        let run = rt.handle(Paced, &id).await.expect("handle");
-        let out = run.result().await.expect("result").expect("completed");
-        assert_eq!(out, format!("{id} done"));
-    }
+    assert!(wait_exit(&mut b, "node b").success(), "node b failed");
+    let took = killed.elapsed();
     let calls = calls(&p.log);
-    for id in ids() {
-        // Checkpointed before the kill: not run again. `held` was in flight: it may run again.
-        assert_eq!(count(&calls, &format!("first {id}")), 1, "{calls:?}");
-        assert_eq!(count(&calls, &format!("last {id}")), 1, "{calls:?}");
+    for id in &a_ids {
+        assert_eq!(count(&calls, &format!("first {id}")), 1, "{calls:#?}");
+        assert!(calls.contains(&format!("last {id} node-b")), "{calls:#?}");
+        assert_eq!(count(&calls, &format!("last {id}")), 1, "{calls:#?}");
     }
-    rt.shutdown().await.expect("shutdown");
+    let (instances, _) = snapshot(&p.db);
+    assert!(
+        instances.iter().all(|(_, st, _)| st == "completed"),
+        "{instances:#?}"
+    );
+    eprintln!("takeover and completion after kill -9: {took:?} (lease {LEASE_TTL:?})");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_runtime_in_the_same_process_is_refused_until_the_first_shuts_down() {
+#[test]
+fn a_node_paused_past_its_lease_has_its_late_writes_refused_and_drops_the_instances() {
     let p = setup();
-    let rt = Runtime::builder()
-        .sqlite(&p.db)
-        .build()
-        .await
-        .expect("runtime");
-    let err = Runtime::builder()
-        .sqlite(&p.db)
-        .build()
-        .await
-        .err()
-        .expect("a second runtime on the same file is refused");
-    let msg = err.to_string();
-    match &err {
-        Error::Store(StoreError::Locked { path, holder, .. }) => {
-            assert_eq!(path, &p.db.display().to_string());
-            let holder = holder.as_ref().expect("the holder is known");
-            assert_eq!(holder.pid, std::process::id());
-            assert_eq!(holder.host, host());
-        }
-        other => panic!("expected StoreError::Locked, got {other:?}"),
-    }
-    assert!(msg.contains("this process"), "{msg}");
-    assert!(msg.contains("shutdown"), "{msg}");
-
-    // The first runtime still works.
-    let log = p.log.display().to_string();
-    let go = p.go.display().to_string();
+    let a_ids = ids("s", 3);
+    let mut a = spawn_node(&p, "node-a", &a_ids, 3);
+    wait_log(&p, "all held on node a", |c| {
+        a_ids
+            .iter()
+            .all(|id| c.contains(&format!("held {id} node-a")))
+    });
+    kill_signal(&a, "-STOP");
+    // Node b takes the instances over once a's lease has ended: it runs `held` again
+    // (in flight on a, so never checkpointed) and holds there too.
+    let mut b = spawn_node(&p, "node-b", &[], 3);
+    wait_log(&p, "all held on node b", |c| {
+        a_ids
+            .iter()
+            .all(|id| c.contains(&format!("held {id} node-b")))
+    });
+    // Both may now finish `held`; a resumes too, late.
     std::fs::write(&p.go, "").expect("go");
-    let run = rt
-        .start_with_id(Paced, "same-1", (log, go, "same-1".into()))
-        .await
-        .expect("start");
-    run.result().await.expect("result").expect("completed");
-
-    // After shutdown the file is free again, in this process too.
-    rt.shutdown().await.expect("shutdown");
-    let again = Runtime::builder()
-        .sqlite(&p.db)
-        .build()
-        .await
-        .expect("rebuild after shutdown");
-    let rec = again.instance("same-1").await.expect("read").expect("rec");
-    assert_eq!(rec.status, Status::Completed);
-    again.shutdown().await.expect("shutdown");
+    kill_signal(&a, "-CONT");
+    assert!(wait_exit(&mut b, "node b").success(), "node b failed");
+    assert!(wait_exit(&mut a, "node a").success(), "node a failed");
+    let calls = calls(&p.log);
+    let (instances, journal) = snapshot(&p.db);
+    for id in &a_ids {
+        // Node a never got past `held`: its checkpoint was refused and it dropped the instance.
+        assert!(!calls.contains(&format!("last {id} node-a")), "{calls:#?}");
+        assert_eq!(count(&calls, &format!("first {id}")), 1, "{calls:#?}");
+        assert_eq!(count(&calls, &format!("last {id}")), 1, "{calls:#?}");
+        let held: Vec<_> = journal
+            .iter()
+            .filter(|(i, seq, _)| i == id && *seq == 2)
+            .collect();
+        assert_eq!(
+            held.iter()
+                .map(|(_, _, out)| out.as_str())
+                .collect::<Vec<_>>(),
+            [r#"{"value":{"Ok":"node-b"}}"#],
+            "the checkpoint of `held` is node b's: {journal:#?}"
+        );
+    }
+    for (id, status, output) in &instances {
+        assert_eq!(status, "completed", "{id}");
+        assert!(output.contains("done by node-b"), "{id}: {output}");
+    }
 }

@@ -112,6 +112,12 @@ impl Runtime {
         Ok(self.inner.store.aggregate(key.to_string(), query).await?)
     }
 
+    /// The nodes that share this runtime's store (this one included), with how many
+    /// instances each owns.
+    pub async fn nodes(&self) -> Result<Vec<crate::store::NodeRecord>, Error> {
+        Ok(self.inner.store.nodes().await?)
+    }
+
     /// The newest `limit` audit records.
     pub async fn audit_log(&self, limit: usize) -> Result<Vec<AuditRecord>, Error> {
         Ok(self.inner.store.audit(limit).await?)
@@ -161,15 +167,19 @@ impl Runtime {
         }
         let at = self.inner.clock.now_ms();
         let audit = self.audit_record(actor, "cancel", id, serde_json::json!({ "reason": reason }));
+        // The store's wake-up tells the node that drives it (or makes one claim it).
         self.inner
             .store
-            .submit(vec![
-                WriteOp::RequestCancel {
-                    instance: id.to_string(),
-                    at,
-                },
-                WriteOp::Audit(audit),
-            ])
+            .submit(
+                None,
+                vec![
+                    WriteOp::RequestCancel {
+                        instance: id.to_string(),
+                        at,
+                    },
+                    WriteOp::Audit(audit),
+                ],
+            )
             .await
             .map_err(|e| match e {
                 crate::store::StoreError::Finished { status, .. } => Error::Conflict {
@@ -179,7 +189,6 @@ impl Runtime {
                 },
                 e => Error::from(e),
             })?;
-        self.inner.cancel(id, at);
         for child in self.live_children(id).await? {
             // A child that finished meanwhile needs nothing.
             let _ = Box::pin(self.cancel(&child.id, actor, reason)).await;
@@ -266,18 +275,22 @@ impl Runtime {
             id,
             serde_json::json!({ "from_seq": from, "previous_status": rec.status }),
         );
+        // Unowned and running again: this node claims it (and any other may, once due).
         self.inner
             .store
-            .submit(vec![
-                WriteOp::Retry {
-                    instance: id.to_string(),
-                    from_seq: from,
-                    at,
-                },
-                WriteOp::Audit(audit),
-            ])
+            .submit(
+                None,
+                vec![
+                    WriteOp::Retry {
+                        instance: id.to_string(),
+                        from_seq: from,
+                        at,
+                    },
+                    WriteOp::Audit(audit),
+                ],
+            )
             .await?;
-        self.inner.schedule(id, false);
+        self.inner.resume(id);
         Ok(from)
     }
 
@@ -368,9 +381,9 @@ impl Runtime {
         let mut ops = vec![fork];
         ops.extend(attributes);
         ops.push(WriteOp::Audit(audit));
-        self.inner.store.submit(ops).await?;
+        self.inner.store.submit(None, ops).await?;
         self.inner.metrics.started(def.name);
-        self.inner.schedule(&new_id, false);
+        self.inner.resume(&new_id);
         Ok(new_id)
     }
 

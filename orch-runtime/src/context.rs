@@ -5,7 +5,8 @@
 
 use crate::engine::Inner;
 use crate::store::{
-    Commit, EntryKind, JournalEntry, LoadedInstance, Millis, SignalRecord, StoreError, WriteOp,
+    Commit, EntryKind, Fence, JournalEntry, LoadedInstance, Millis, SignalRecord, StoreError,
+    WriteOp,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -149,6 +150,8 @@ pub(crate) struct WorkflowCtx {
     state: Mutex<State>,
     /// Turns true when cancellation is requested (wakes retry back-offs and short timers).
     cancel_tx: tokio::sync::watch::Sender<bool>,
+    /// The lease this load writes under: every write of the instance is fenced by it.
+    fence: Fence,
 }
 
 /// Counts an operation that is executing right now (a step, a short timer, background work):
@@ -191,6 +194,7 @@ impl WorkflowCtx {
         workflow: &'static str,
         version: &'static str,
         loaded: LoadedInstance,
+        fence: Fence,
     ) -> Arc<WorkflowCtx> {
         let mut st = State::default();
         for a in &loaded.attempts {
@@ -214,6 +218,7 @@ impl WorkflowCtx {
             engine,
             state: Mutex::new(st),
             cancel_tx,
+            fence,
         })
     }
 
@@ -445,7 +450,12 @@ impl WorkflowCtx {
         ops.extend(extra);
         let _st = self.lock();
         // Submitting under the lock keeps this instance's writes in seq-decision order.
-        self.engine.store.submit(ops)
+        self.submit(ops)
+    }
+
+    /// Submits writes of this instance, fenced by this load's lease.
+    pub(crate) fn submit(&self, ops: Vec<WriteOp>) -> Commit {
+        self.engine.store.submit(Some(self.fence.clone()), ops)
     }
 
     /// Appends without waiting. Later awaited commits imply this one (writes apply in order);
@@ -457,7 +467,7 @@ impl WorkflowCtx {
 
     /// Queues a write that is not a journal entry, without waiting.
     pub(crate) fn write_later(&self, ops: Vec<WriteOp>) {
-        let commit = self.engine.store.submit(ops);
+        let commit = self.submit(ops);
         self.lock().unawaited.push(commit);
     }
 
@@ -469,7 +479,7 @@ impl WorkflowCtx {
 
     /// Queues a write that the next step's side effect must not overtake.
     fn record_value_write(&self, ops: Vec<WriteOp>) {
-        let commit = self.engine.store.submit(ops);
+        let commit = self.submit(ops);
         self.lock().values.push(commit);
     }
 

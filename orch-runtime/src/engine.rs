@@ -1,14 +1,25 @@
-//! The engine: instance lifecycle, driving, suspension, timers, recovery.
+//! The engine: instance lifecycle, ownership, driving, suspension, timers, recovery.
+//!
+//! The engine is one *node*: it drives only instances it owns (see
+//! [`store::lease`](crate::store::lease)). It owns an instance it created, or one it claimed
+//! because it was due; every write it makes while driving it is fenced by the lease's epoch,
+//! and a write refused because the lease was lost ends the drive at once, writing nothing more.
+//! A heartbeat renews all its leases in one write; a lease another node took is dropped.
 //!
 //! An instance is *loaded* while a task drives its workflow future. When the future waits only
-//! on durable things (a long timer, a signal, a child) the task writes `suspended`, drops the
-//! future and exits: a suspended instance costs a row, not memory. A timer, a signal or a
-//! child's completion loads it again, and the journal replays it to where it stopped.
+//! on durable things (a long timer, a signal, a child) the task writes `suspended` — which also
+//! releases the instance — drops the future and exits: a suspended instance costs a row, not
+//! memory. When it falls due (its timer, a signal, a child's end, a cancellation) a node claims
+//! it, loads it, and the journal replays it to where it stopped. Starting the engine claims
+//! what is due, so its cost grows with the work that is due, not with what waits.
 
 use crate::context::{self, Halt, Scope, WorkflowCtx};
 use crate::error::Error;
 use crate::limits;
-use crate::store::{InstanceRecord, LoadedInstance, Millis, SignalRecord, Status, Store, WriteOp};
+use crate::store::{
+    Backend, Fence, InstanceRecord, LeaseTerms, LoadedInstance, Millis, NodeId, Status, StoreError,
+    Wakeup, Wakeups, WriteOp,
+};
 use crate::workflow::{ErasedOutput, Registry, WorkflowDef};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -115,6 +126,8 @@ impl Outcome {
 struct Slot {
     /// Tells this load apart from earlier and later loads of the same instance.
     load_gen: u64,
+    /// The lease epoch this load writes under.
+    epoch: u64,
     ctx: Option<Arc<WorkflowCtx>>,
     /// Something happened while the context was not yet published: reload from the store.
     woken: bool,
@@ -123,7 +136,12 @@ struct Slot {
 
 /// Shared engine state.
 pub(crate) struct Inner {
-    pub(crate) store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Backend>,
+    /// This runtime's identity as an owner of instances.
+    pub(crate) node: NodeId,
+    /// How long this node's leases last without a heartbeat; `None`: they never end (the test
+    /// runtime, whose clock is virtual).
+    lease_ttl: Option<Duration>,
     pub(crate) registry: Registry,
     pub(crate) clock: Clock,
     pub(crate) test: Option<TestHooks>,
@@ -134,7 +152,11 @@ pub(crate) struct Inner {
     next_gen: std::sync::atomic::AtomicU64,
     watchers: Mutex<HashMap<String, Vec<oneshot::Sender<Outcome>>>>,
     timers: mpsc::UnboundedSender<TimerMsg>,
-    timer_task: Mutex<Option<AbortHandle>>,
+    /// The scheduler and heartbeat tasks.
+    tasks: Mutex<Vec<AbortHandle>>,
+    /// A claim round is running; `claim_again`: another was asked for meanwhile.
+    claiming: AtomicBool,
+    claim_again: AtomicBool,
     closing: AtomicBool,
     handle: tokio::runtime::Handle,
     pub(crate) metrics: crate::metrics::Metrics,
@@ -164,16 +186,43 @@ enum Next {
     RetryLater,
 }
 
+/// What to do after a write of a drive failed: a lost lease ends the drive (the new owner
+/// continues), anything else is retried later from the store.
+fn after_store_error(id: &str, e: &StoreError, what: &str) -> Next {
+    if let StoreError::LeaseLost { .. } = e {
+        tracing::warn!(instance = id, error = %e, "lease lost; no longer driving the instance");
+        return Next::Done;
+    }
+    tracing::error!(instance = id, error = %e, "{what}; retrying");
+    Next::RetryLater
+}
+
 /// How long to wait before loading an instance again after a storage error.
 const RETRY_AFTER_STORE_ERROR: Duration = Duration::from_secs(1);
+
+/// The default lease time-to-live (`RuntimeBuilder::lease_ttl`).
+pub(crate) const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// At most this many instances are claimed in one store call.
+const CLAIM_BATCH: usize = 256;
+
+/// How often a node looks for due instances nobody announced (leases of dead nodes that
+/// ended, timers of instances other processes suspended), at most.
+const CLAIM_POLL: Duration = Duration::from_secs(1);
+
+/// A lease time-to-live that never ends.
+const FOREVER: Millis = Millis::MAX / 4;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Inner {
+    #[allow(clippy::too_many_arguments)] // Built once, by `RuntimeBuilder::build`.
     pub(crate) fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn Backend>,
+        node: NodeId,
+        lease_ttl: Option<Duration>,
         registry: Registry,
         max_running: usize,
         keep_loaded: Duration,
@@ -182,8 +231,11 @@ impl Inner {
     ) -> Arc<Inner> {
         let (tx, rx) = mpsc::unbounded_channel();
         let store_metrics = store.metrics();
+        let wakeups = store.wakeups();
         let inner = Arc::new(Inner {
             store,
+            node,
+            lease_ttl,
             registry,
             clock,
             test,
@@ -193,18 +245,59 @@ impl Inner {
             next_gen: std::sync::atomic::AtomicU64::new(1),
             watchers: Mutex::new(HashMap::new()),
             timers: tx,
-            timer_task: Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
+            claiming: AtomicBool::new(false),
+            claim_again: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             handle: tokio::runtime::Handle::current(),
             metrics: crate::metrics::Metrics::new(store_metrics),
             #[cfg(feature = "http")]
             http: std::sync::OnceLock::new(),
         });
-        let task = inner
-            .handle
-            .spawn(run_timers(Arc::downgrade(&inner), clock, rx));
-        *lock(&inner.timer_task) = Some(task.abort_handle());
+        let scheduler =
+            inner
+                .handle
+                .spawn(run_scheduler(Arc::downgrade(&inner), clock, rx, wakeups));
+        let mut tasks = vec![scheduler.abort_handle()];
+        if let Some(ttl) = lease_ttl {
+            let beat = inner.handle.spawn(heartbeat(Arc::downgrade(&inner), ttl));
+            tasks.push(beat.abort_handle());
+        }
+        *lock(&inner.tasks) = tasks;
         inner
+    }
+
+    /// The terms of this node's leases, now.
+    pub(crate) fn terms(&self) -> LeaseTerms {
+        LeaseTerms {
+            node: self.node.clone(),
+            now: self.clock.now_ms(),
+            ttl: self
+                .lease_ttl
+                .map_or(FOREVER, |d| d.as_millis().min(FOREVER as u128) as Millis),
+        }
+    }
+
+    /// The instances this node holds, with their epochs.
+    fn held(&self) -> Vec<(String, u64)> {
+        lock(&self.loaded)
+            .iter()
+            .map(|(id, slot)| (id.clone(), slot.epoch))
+            .collect()
+    }
+
+    /// Renews this node's leases; drops the instances it lost.
+    async fn renew(self: &Arc<Self>) -> Result<(), StoreError> {
+        let lost = self.store.renew(self.terms(), self.held()).await?;
+        for id in lost {
+            tracing::warn!(
+                instance = %id,
+                node = %self.node,
+                "lease lost (another node claimed the instance); no longer driving it"
+            );
+            self.abort_loaded(&id);
+        }
+        Ok(())
     }
 
     /// The mock registered for the step with this type id (test runtime only).
@@ -234,17 +327,65 @@ impl Inner {
         self.closing.load(Ordering::SeqCst)
     }
 
-    /// Resumes every unfinished instance found in the store.
+    /// Registers this node (its first heartbeat) and claims what is due: instances another
+    /// node left running (it stopped, or crashed and its lease ended) and suspended ones whose
+    /// time has come. Instances that wait are left in the store. Returns how many it claimed.
     pub(crate) async fn recover(self: &Arc<Self>) -> Result<usize, Error> {
-        let unfinished = self.store.unfinished().await?;
-        let n = unfinished.len();
-        for rec in unfinished {
-            match (rec.status, rec.wake_at) {
-                (Status::Suspended, Some(at)) => self.add_timer(at, rec.id),
-                _ => self.schedule(&rec.id, false),
+        // Instances an earlier run under this node id still holds (it crashed) are this
+        // node's to take again at once, without waiting for that run's lease to end.
+        self.store.release(&self.node, None).await?;
+        self.renew().await?;
+        Ok(self.claim_round().await?)
+    }
+
+    /// Claims due instances in bounded batches and drives them; remembers when the next
+    /// suspended one falls due.
+    async fn claim_round(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let mut total = 0;
+        loop {
+            if self.is_closing() {
+                return Ok(total);
+            }
+            let claimed = self.store.claim_due(self.terms(), CLAIM_BATCH).await?;
+            if let Some(at) = claimed.next_wake {
+                let _ = self.timers.send(TimerMsg::Round(at));
+            }
+            let n = claimed.leases.len();
+            total += n;
+            for lease in claimed.leases {
+                self.schedule_with(&lease.instance, Load::Store, lease.epoch);
+            }
+            // Full batches may leave more; stop once the running limit is reached (the next
+            // poll claims the rest).
+            if n < CLAIM_BATCH || self.permits.available_permits() == 0 {
+                return Ok(total);
             }
         }
-        Ok(n)
+    }
+
+    /// Runs a claim round in the background (one at a time; one asked for meanwhile runs
+    /// after it).
+    pub(crate) fn claim_soon(self: &Arc<Self>) {
+        if self.is_closing() {
+            return;
+        }
+        self.claim_again.store(true, Ordering::SeqCst);
+        if self.claiming.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let inner = self.clone();
+        self.handle.spawn(async move {
+            while inner.claim_again.swap(false, Ordering::SeqCst) {
+                if let Err(e) = inner.claim_round().await {
+                    tracing::error!(error = %e, "cannot claim due instances; trying again later");
+                }
+            }
+            inner.claiming.store(false, Ordering::SeqCst);
+            // Asked for between the last check and the flag: run again.
+            if inner.claim_again.load(Ordering::SeqCst) {
+                inner.claim_soon();
+            }
+        });
     }
 
     /// Creates (or finds) an instance and starts driving it; returns its id and whether this
@@ -277,11 +418,17 @@ impl Inner {
             ..InstanceRecord::new(id.clone(), def.name, def.version, input, now)
         };
         let record_copy = record.clone();
-        // Written with the instance, in one transaction (an audit entry, attributes).
-        let created = match self.store.create_with(record, extra(&id)).await? {
-            crate::store::Created::New => {
+        // Written with the instance, in one transaction (an audit entry, attributes), owned by
+        // this node.
+        let created = match self
+            .store
+            .create(record, Some(self.terms()), extra(&id))
+            .await?
+        {
+            crate::store::Created::New(lease) => {
                 self.metrics.started(def.name);
-                self.schedule_with(&id, Load::Fresh(Some(Box::new(record_copy))));
+                let epoch = lease.map_or(0, |l| l.epoch);
+                self.schedule_with(&id, Load::Fresh(Some(Box::new(record_copy))), epoch);
                 true
             }
             // `create` read the existing record in the transaction that found the id taken,
@@ -308,19 +455,32 @@ impl Inner {
         Ok((id, created))
     }
 
-    /// Makes sure the instance is being driven: loads it, or nudges the loaded copy.
-    pub(crate) fn schedule(self: &Arc<Self>, id: &str, fresh: bool) {
-        self.schedule_with(
-            id,
-            if fresh {
-                Load::Fresh(None)
-            } else {
-                Load::Store
-            },
-        );
+    /// Makes sure the instance is being driven if this node may: nudges the loaded copy, or
+    /// claims the instance and loads it (nothing happens when another live node owns it or it
+    /// has finished).
+    pub(crate) fn resume(self: &Arc<Self>, id: &str) {
+        if self.is_closing() {
+            return;
+        }
+        if self.nudge_loaded(id, |_| ()) {
+            return;
+        }
+        let inner = self.clone();
+        let id = id.to_string();
+        self.handle.spawn(async move {
+            match inner.store.claim(inner.terms(), &id).await {
+                Ok(Some(lease)) => inner.schedule_with(&id, Load::Store, lease.epoch),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(instance = %id, error = %e, "cannot claim; retrying");
+                    let at = inner.clock.now_ms() + RETRY_AFTER_STORE_ERROR.as_millis() as Millis;
+                    inner.add_timer(at, id);
+                }
+            }
+        });
     }
 
-    fn schedule_with(self: &Arc<Self>, id: &str, load: Load) {
+    fn schedule_with(self: &Arc<Self>, id: &str, load: Load, epoch: u64) {
         if self.is_closing() {
             return;
         }
@@ -336,11 +496,12 @@ impl Inner {
         let load_gen = self.next_gen.fetch_add(1, Ordering::Relaxed);
         let task = self
             .handle
-            .spawn(drive(self.clone(), id.to_string(), load, load_gen));
+            .spawn(drive(self.clone(), id.to_string(), load, load_gen, epoch));
         loaded.insert(
             id.to_string(),
             Slot {
                 load_gen,
+                epoch,
                 ctx: None,
                 woken: false,
                 task: Some(task.abort_handle()),
@@ -348,31 +509,73 @@ impl Inner {
         );
     }
 
-    /// Hands a stored signal to the loaded instance, or loads it.
-    pub(crate) fn deliver(self: &Arc<Self>, id: &str, signal: SignalRecord) {
-        self.nudge(id, |ctx| ctx.deliver_signal(signal));
+    /// Tells the instance `id`, if loaded here, that something arrived (`tell` runs on its
+    /// context if published; otherwise the loading driver reloads). False when not loaded.
+    fn nudge_loaded(&self, id: &str, tell: impl FnOnce(&WorkflowCtx)) -> bool {
+        let mut loaded = lock(&self.loaded);
+        let Some(slot) = loaded.get_mut(id) else {
+            return false;
+        };
+        slot.woken = true;
+        if let Some(ctx) = &slot.ctx {
+            tell(ctx);
+        }
+        true
     }
 
-    /// Tells the loaded instance `id` that something arrived (`tell` runs on its context if
-    /// published; otherwise the loading driver reloads), or loads it from the store.
+    /// Like [`nudge_loaded`](Self::nudge_loaded); an instance not loaded here is claimed and
+    /// loaded if this node may (see [`resume`](Self::resume)).
     fn nudge(self: &Arc<Self>, id: &str, tell: impl FnOnce(&WorkflowCtx)) {
-        {
-            let mut loaded = lock(&self.loaded);
-            if let Some(slot) = loaded.get_mut(id) {
-                slot.woken = true;
-                if let Some(ctx) = &slot.ctx {
-                    tell(ctx);
+        if !self.nudge_loaded(id, tell) {
+            self.resume(id);
+        }
+    }
+
+    /// Acts on a wake-up from the store.
+    fn on_wakeup(self: &Arc<Self>, w: Wakeup) {
+        match w {
+            Wakeup::Due { instance } => {
+                if !self.is_loaded(&instance) {
+                    self.resume(&instance);
                 }
-                return;
+            }
+            Wakeup::Signal { instance, signal } => {
+                self.nudge(&instance, |ctx| ctx.deliver_signal(signal))
+            }
+            Wakeup::Cancel { instance, at } => self.nudge(&instance, |ctx| ctx.request_cancel(at)),
+            Wakeup::ChildFinished { parent, child } => {
+                self.nudge(&parent, |ctx| ctx.child_finished(&child))
+            }
+            Wakeup::Finished { instance, .. } => {
+                if lock(&self.watchers).contains_key(&instance) {
+                    self.recheck_watchers(vec![instance]);
+                }
+            }
+            Wakeup::Changed => {
+                self.claim_soon();
+                let watched: Vec<String> = lock(&self.watchers).keys().cloned().collect();
+                if !watched.is_empty() {
+                    self.recheck_watchers(watched);
+                }
             }
         }
-        self.schedule(id, false);
     }
 
-    /// Tells the instance its cancellation was requested (recorded in the store already):
-    /// the loaded copy wakes its waiting call; an unloaded one is loaded and replayed.
-    pub(crate) fn cancel(self: &Arc<Self>, id: &str, at: Millis) {
-        self.nudge(id, |ctx| ctx.request_cancel(at));
+    /// Reads the records of watched instances and announces those that have finished (ended
+    /// by another node, or by an operator elsewhere).
+    fn recheck_watchers(self: &Arc<Self>, ids: Vec<String>) {
+        let inner = self.clone();
+        self.handle.spawn(async move {
+            for id in ids {
+                match inner.store.get(&id).await {
+                    Ok(Some(rec)) if rec.status.is_final() => {
+                        inner.notify_watchers(&id, Outcome::of(&rec));
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(instance = %id, error = %e, "cannot read instance"),
+                }
+            }
+        });
     }
 
     /// Stops the instance hard: its task and background work are aborted, then the end is
@@ -401,7 +604,8 @@ impl Inner {
                 at: now,
             });
         }
-        self.store.submit(ops).await?;
+        // Unfenced: the end bumps the epoch, so a node still driving it is fenced out.
+        self.store.submit(None, ops).await?;
         // A load that started meanwhile (a timer, a signal) finds the instance final once it
         // reads it; stop one that read it before the end was written.
         self.abort_loaded(&rec.id);
@@ -423,7 +627,8 @@ impl Inner {
         Ok(())
     }
 
-    /// Stops driving `id` here: its task and background work are aborted.
+    /// Stops driving `id` here, writing nothing more: its task and background work are
+    /// aborted.
     fn abort_loaded(&self, id: &str) {
         let slot = lock(&self.loaded).remove(id);
         if let Some(slot) = slot {
@@ -444,7 +649,7 @@ impl Inner {
         let _ = self.timers.send(TimerMsg::Tick);
     }
 
-    fn add_timer(&self, at: Millis, id: String) {
+    pub(crate) fn add_timer(&self, at: Millis, id: String) {
         // The receiver lives as long as the engine; a failed send means shutdown.
         let _ = self.timers.send(TimerMsg::At(at, id));
     }
@@ -475,13 +680,17 @@ impl Inner {
     }
 
     fn notify_finished(self: &Arc<Self>, id: &str, outcome: Outcome, parent: Option<&str>) {
+        self.notify_watchers(id, outcome);
+        if let Some(parent) = parent {
+            self.child_finished(parent, id);
+        }
+    }
+
+    fn notify_watchers(&self, id: &str, outcome: Outcome) {
         if let Some(txs) = lock(&self.watchers).remove(id) {
             for tx in txs {
                 let _ = tx.send(outcome.clone());
             }
-        }
-        if let Some(parent) = parent {
-            self.child_finished(parent, id);
         }
     }
 
@@ -514,6 +723,9 @@ impl Inner {
         if let Some(server) = self.http.get() {
             server.stop();
         }
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
         let slots: Vec<Slot> = lock(&self.loaded).drain().map(|(_, s)| s).collect();
         for slot in slots {
             if let Some(task) = slot.task {
@@ -525,30 +737,53 @@ impl Inner {
                 }
             }
         }
-        if let Some(t) = lock(&self.timer_task).take() {
-            t.abort();
-        }
         lock(&self.watchers).clear();
+        // After the writes already queued: others may claim this node's instances at once.
+        if let Err(e) = self.store.release(&self.node, None).await {
+            tracing::warn!(node = %self.node, error = %e, "cannot release the node's instances; \
+                other nodes take them over when its lease ends");
+        }
         self.store.close().await?;
         Ok(())
     }
 }
 
-/// Messages to the timer task.
+/// Messages to the scheduler task.
 enum TimerMsg {
-    /// Load the instance at this time.
+    /// Claim and load the instance at this time (one this node suspended, or retries).
     At(Millis, String),
+    /// Run a claim round at this time (the next timer of any suspended instance).
+    Round(Millis),
     /// Fire whatever is due now.
     Tick,
 }
 
-async fn run_timers(inner: Weak<Inner>, clock: Clock, mut rx: mpsc::UnboundedReceiver<TimerMsg>) {
+/// Fires timers, acts on the store's wake-ups and polls for due instances nobody announced.
+async fn run_scheduler(
+    inner: Weak<Inner>,
+    clock: Clock,
+    mut rx: mpsc::UnboundedReceiver<TimerMsg>,
+    mut wakeups: Wakeups,
+) {
     let mut heap: BinaryHeap<Reverse<(Millis, String)>> = BinaryHeap::new();
     // The latest wake-up asked for each instance: older heap entries are stale and skipped,
     // so an instance suspended again (or woken early) is not loaded for nothing.
     let mut latest: HashMap<String, Millis> = HashMap::new();
+    // The earliest claim round asked for.
+    let mut round: Option<Millis> = None;
+    let poll = inner
+        .upgrade()
+        .and_then(|i| i.lease_ttl)
+        .map(|ttl| (ttl / 4).clamp(Duration::from_millis(100), CLAIM_POLL));
+    let mut next_poll = poll.map(|p| tokio::time::Instant::now() + p);
+    let mut wakeups_open = true;
     loop {
-        let next = heap.peek().map(|Reverse((at, _))| *at);
+        let next = heap
+            .peek()
+            .map(|Reverse((at, _))| *at)
+            .into_iter()
+            .chain(round)
+            .min();
         let now = clock.now_ms();
         let wait = next.map(|at| Duration::from_millis(at.saturating_sub(now).max(0) as u64));
         tokio::select! {
@@ -558,8 +793,16 @@ async fn run_timers(inner: Weak<Inner>, clock: Clock, mut rx: mpsc::UnboundedRec
                         heap.push(Reverse((at, id)));
                     }
                 }
+                Some(TimerMsg::Round(at)) => round = Some(round.map_or(at, |r| r.min(at))),
                 Some(TimerMsg::Tick) => {}
                 None => return,
+            },
+            w = wakeups.recv(), if wakeups_open => match w {
+                Some(w) => {
+                    let Some(inner) = inner.upgrade() else { return };
+                    inner.on_wakeup(w);
+                }
+                None => wakeups_open = false,
             },
             _ = async {
                 match wait {
@@ -567,8 +810,23 @@ async fn run_timers(inner: Weak<Inner>, clock: Clock, mut rx: mpsc::UnboundedRec
                     None => std::future::pending().await,
                 }
             } => {}
+            _ = async {
+                match next_poll {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                next_poll = poll.map(|p| tokio::time::Instant::now() + p);
+                let Some(inner) = inner.upgrade() else { return };
+                inner.claim_soon();
+            }
         }
         let now = clock.now_ms();
+        if round.is_some_and(|at| at <= now) {
+            round = None;
+            let Some(inner) = inner.upgrade() else { return };
+            inner.claim_soon();
+        }
         if heap.peek().is_some_and(|Reverse((at, _))| *at <= now) {
             let Some(inner) = inner.upgrade() else { return };
             while heap.peek().is_some_and(|Reverse((at, _))| *at <= now) {
@@ -576,20 +834,40 @@ async fn run_timers(inner: Weak<Inner>, clock: Clock, mut rx: mpsc::UnboundedRec
                     && latest.get(&id) == Some(&at)
                 {
                     latest.remove(&id);
-                    inner.schedule(&id, false);
+                    inner.resume(&id);
                 }
             }
         }
     }
 }
 
-async fn drive(inner: Arc<Inner>, id: String, load: Load, load_gen: u64) {
+/// Renews this node's leases every third of their time-to-live.
+async fn heartbeat(inner: Weak<Inner>, ttl: Duration) {
+    let every = (ttl / 3).max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.is_closing() {
+            return;
+        }
+        if let Err(e) = inner.renew().await {
+            tracing::error!(node = %inner.node, error = %e, "cannot renew this node's leases");
+        }
+    }
+}
+
+async fn drive(inner: Arc<Inner>, id: String, load: Load, load_gen: u64, epoch: u64) {
     let Ok(_permit) = inner.permits.clone().acquire_owned().await else {
         return;
     };
     let mut load = load;
+    let fence = Fence {
+        instance: id.clone(),
+        node: inner.node.clone(),
+        epoch,
+    };
     loop {
-        match drive_once(&inner, &id, load, load_gen).await {
+        match drive_once(&inner, &id, load, load_gen, &fence).await {
             Next::Done => return,
             Next::Reload => load = Load::Store,
             Next::RetryLater => {
@@ -613,20 +891,17 @@ impl Drop for BackgroundGuard {
     }
 }
 
-async fn drive_once(inner: &Arc<Inner>, id: &str, load: Load, load_gen: u64) -> Next {
+async fn drive_once(
+    inner: &Arc<Inner>,
+    id: &str,
+    load: Load,
+    load_gen: u64,
+    fence: &Fence,
+) -> Next {
+    // (A claim marked a stored instance running already.)
     let known = match load {
         Load::Fresh(known) => known,
-        Load::Store => {
-            // Ordered after any `suspended` written by the previous load of this instance.
-            let commit = inner.store.submit(vec![WriteOp::SetStatus {
-                instance: id.to_string(),
-                status: Status::Running,
-                wake_at: None,
-                at: inner.clock.now_ms(),
-            }]);
-            drop(commit);
-            None
-        }
+        Load::Store => None,
     };
     let loaded = match known {
         Some(record) => Ok(Some(LoadedInstance {
@@ -664,7 +939,7 @@ async fn drive_once(inner: &Arc<Inner>, id: &str, load: Load, load_gen: u64) -> 
         }
     };
     let input = loaded.record.input.clone();
-    let ctx = WorkflowCtx::new(inner.clone(), def.name, def.version, loaded);
+    let ctx = WorkflowCtx::new(inner.clone(), def.name, def.version, loaded, fence.clone());
     let _background = BackgroundGuard(ctx.clone());
     {
         let mut slots = lock(&inner.loaded);
@@ -751,8 +1026,8 @@ async fn drive_once(inner: &Arc<Inner>, id: &str, load: Load, load_gen: u64) -> 
             Event::Idle(wake_at) => {
                 for commit in ctx.take_unawaited() {
                     if let Err(e) = commit.await {
-                        tracing::error!(instance = id, error = %e, "checkpoint failed; retrying");
-                        return Next::RetryLater;
+                        inner.unload(id, load_gen);
+                        return after_store_error(id, &e, "checkpoint failed");
                     }
                 }
                 let commit = {
@@ -765,7 +1040,8 @@ async fn drive_once(inner: &Arc<Inner>, id: &str, load: Load, load_gen: u64) -> 
                         Some(slot) if slot.load_gen != load_gen => return Next::Done,
                         None => return Next::Done,
                         _ => {
-                            let commit = inner.store.submit(vec![WriteOp::SetStatus {
+                            // Releases the instance: whoever it is due for claims it then.
+                            let commit = ctx.submit(vec![WriteOp::SetStatus {
                                 instance: id.to_string(),
                                 status: Status::Suspended,
                                 wake_at,
@@ -779,8 +1055,7 @@ async fn drive_once(inner: &Arc<Inner>, id: &str, load: Load, load_gen: u64) -> 
                 let Some(commit) = commit else { continue };
                 drop(fut);
                 if let Err(e) = commit.await {
-                    tracing::error!(instance = id, error = %e, "cannot suspend; retrying");
-                    return Next::RetryLater;
+                    return after_store_error(id, &e, "cannot suspend");
                 }
                 if let Some(at) = wake_at {
                     inner.add_timer(at, id.to_string());
@@ -806,8 +1081,8 @@ async fn halt(
         Halt::Failed(msg) => (Status::Failed, msg),
         Halt::Cancelled(msg) => (Status::Cancelled, msg),
         Halt::Store(e) => {
-            tracing::error!(instance = %ctx.id, error = %e, "checkpoint failed; retrying");
-            return Next::RetryLater;
+            inner.unload(&ctx.id, load_gen);
+            return after_store_error(&ctx.id, &e, "checkpoint failed");
         }
         Halt::Frontier(seq) => {
             // Replay-only mode: the journal is exhausted; report without writing anything.
@@ -835,8 +1110,8 @@ async fn finish(
     }
     for commit in ctx.take_unawaited() {
         if let Err(e) = commit.await {
-            tracing::error!(instance = %ctx.id, error = %e, "checkpoint failed; retrying");
-            return Next::RetryLater;
+            inner.unload(&ctx.id, load_gen);
+            return after_store_error(&ctx.id, &e, "checkpoint failed");
         }
     }
     let mut outcome = outcome;
@@ -865,18 +1140,18 @@ async fn finish(
             at: now,
         });
     }
-    let commit = inner.store.submit(ops);
+    let commit = ctx.submit(ops);
     if let Err(e) = commit.await {
-        tracing::error!(instance = %ctx.id, error = %e, "cannot record the end; retrying");
-        return Next::RetryLater;
+        inner.unload(&ctx.id, load_gen);
+        return after_store_error(&ctx.id, &e, "cannot record the end");
     }
     let woken = inner.unload_woken(&ctx.id, load_gen);
     inner.metrics.finished(ctx.workflow, outcome.status);
     inner.notify_finished(&ctx.id, outcome, parent.as_deref());
     if woken {
         // Asked to look again after the end was written (a retry can make it run again):
-        // a fresh load reads what the store says now.
-        inner.schedule(&ctx.id, false);
+        // a fresh claim reads what the store says now.
+        inner.resume(&ctx.id);
     }
     Next::Done
 }

@@ -4,7 +4,7 @@ use crate::engine::{Clock, Inner, Outcome, TestHooks};
 use crate::error::Error;
 use crate::store::memory::MemoryStore;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
-use crate::store::{InstanceRecord, JournalEntry, ListFilter, Status, Store, WriteOp};
+use crate::store::{Backend, InstanceRecord, JournalEntry, ListFilter, NodeId, Status, WriteOp};
 use crate::workflow::{Registry, Workflow};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -17,12 +17,15 @@ enum StoreChoice {
     Unset,
     Memory,
     Sqlite(PathBuf, SqliteOptions),
-    Custom(Arc<dyn Store>),
+    Custom(Arc<dyn Backend>),
 }
 
 /// Configures a [`Runtime`]. Start with [`Runtime::builder`].
 pub struct RuntimeBuilder {
     store: StoreChoice,
+    node: Option<String>,
+    /// `None`: leases never end (the test runtime).
+    pub(crate) lease_ttl: Option<Duration>,
     max_running: usize,
     keep_loaded: Duration,
     pub(crate) clock: Clock,
@@ -35,21 +38,14 @@ impl RuntimeBuilder {
     /// Stores everything in the SQLite file at `path` (created if missing), with every
     /// checkpoint fsync'd before the workflow continues.
     ///
-    /// **One runtime per file.** The runtime holds the file exclusively from
-    /// [`build`](Self::build) until [`Runtime::shutdown`] or the end of its process, however
-    /// abrupt. (Dropping every handle without `shutdown` lets the file go only once the
-    /// instances it is still driving have stopped: call `shutdown` to rebuild in the same
-    /// process.) While it holds the file, building a second runtime on the same
-    /// file — in another process or in this one — fails at once with
-    /// [`StoreError::Locked`](crate::store::StoreError::Locked), whose message names the file
-    /// and the holder (pid, host name, since when), and changes nothing in the database.
-    /// Stop the other process or point this one at another file; several processes cannot
-    /// share one SQLite store yet.
-    ///
-    /// The hold is an operating-system lock on `<path>-lock`, a small file beside the database
-    /// that names the holder. The system drops the lock when the holder dies, so a process
-    /// killed with `kill -9` does not block the next start; the file itself stays and is
-    /// reused (do not delete it while a runtime runs).
+    /// **Several runtimes may share one file**, in this process or in others on the same
+    /// machine (e.g. the old and the new version during a rolling deploy). Each is a node
+    /// (see [`node_id`](Self::node_id)) that drives only the instances it owns: those it
+    /// started, and due ones it claimed. A runtime that shuts down gives its instances up at
+    /// once; one that dies (`kill -9`) or stalls is taken over by the others after its
+    /// [lease time-to-live](Self::lease_ttl). A runtime that lost an instance while paused
+    /// has its late writes refused and stops driving it, so no checkpoint is ever overwritten.
+    /// Signals, cancellations and [`Run::result`] work from any of them.
     pub fn sqlite(self, path: impl Into<PathBuf>) -> Self {
         self.sqlite_with(path, SqliteOptions::default())
     }
@@ -66,9 +62,34 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Uses a store of your own.
-    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+    /// Uses a store of your own: it implements the engine's
+    /// [`Store`](crate::store::Store) and the operators'
+    /// [`StoreAdmin`](crate::store::StoreAdmin) (check it with the `conformance` feature's
+    /// `orch_runtime::store::conformance::run_all`).
+    pub fn store(mut self, store: Arc<dyn Backend>) -> Self {
         self.store = StoreChoice::Custom(store);
+        self
+    }
+
+    /// Names this runtime as a node of the cluster (default: host name, process id and a
+    /// random suffix). Each runtime sharing a store needs its own id: two live runtimes with
+    /// one id would take each other's instances for their own. A runtime started again under
+    /// the id of one that crashed takes that one's instances over at once (others wait for
+    /// its lease to end).
+    /// An empty id, or one with whitespace or over 128 bytes, is refused by
+    /// [`build`](Self::build).
+    pub fn node_id(mut self, id: impl Into<String>) -> Self {
+        self.node = Some(id.into());
+        self
+    }
+
+    /// How long this runtime's ownership of its instances lasts without a heartbeat (default
+    /// 10 s; it renews every third of it). Another runtime sharing the store takes over the
+    /// instances of one that died after this long; a shorter time takes over sooner but
+    /// costs more heartbeats and risks a stalled runtime losing its instances. At least
+    /// 100 ms.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = Some(ttl.max(Duration::from_millis(100)));
         self
     }
 
@@ -102,11 +123,17 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Opens the store, finds every `#[workflow]` in the binary and resumes every unfinished
-    /// instance. Must be called inside a tokio runtime.
+    /// Opens the store, finds every `#[workflow]` in the binary, registers this runtime as a
+    /// node and claims the instances that are due (left running by a runtime that stopped,
+    /// or whose timer, signal, child or cancellation came meanwhile); instances that still
+    /// wait stay in the store until they are due. Must be called inside a tokio runtime.
     pub async fn build(self) -> Result<Runtime, Error> {
         let registry = Registry::collect()?;
-        let store: Arc<dyn Store> = match self.store {
+        let node = match self.node {
+            None => NodeId::generate(),
+            Some(id) => NodeId::new(id).map_err(Error::InvalidArgument)?,
+        };
+        let store: Arc<dyn Backend> = match self.store {
             StoreChoice::Unset => {
                 return Err(Error::Store(crate::store::StoreError::Backend(
                     "no store chosen: call .sqlite(path) or .in_memory() on Runtime::builder()"
@@ -130,15 +157,23 @@ impl RuntimeBuilder {
         };
         let inner = Inner::new(
             store,
+            node,
+            self.lease_ttl,
             registry,
             self.max_running,
             self.keep_loaded,
             self.clock,
             self.test,
         );
-        let resumed = inner.recover().await?;
+        let resumed = match inner.recover().await {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = inner.shutdown().await;
+                return Err(e);
+            }
+        };
         if resumed > 0 {
-            tracing::info!(resumed, "resuming unfinished instances");
+            tracing::info!(resumed, node = %inner.node, "resuming due instances");
         }
         let rt = Runtime { inner };
         #[cfg(feature = "http")]
@@ -168,6 +203,8 @@ impl Runtime {
     pub fn builder() -> RuntimeBuilder {
         RuntimeBuilder {
             store: StoreChoice::Unset,
+            node: None,
+            lease_ttl: Some(crate::engine::DEFAULT_LEASE_TTL),
             max_running: 10_000,
             keep_loaded: Duration::from_secs(1),
             clock: Clock::System,
@@ -375,20 +412,13 @@ impl Runtime {
             })
             .into_iter()
             .collect();
+        // The store's wake-up hands it to the node that drives the instance (or makes one
+        // claim it).
         let signal_id = self
             .inner
             .store
-            .add_signal_with(id, name, json.clone(), at, audit)
+            .add_signal(id, name, json, at, audit)
             .await?;
-        self.inner.deliver(
-            id,
-            crate::store::SignalRecord {
-                id: signal_id,
-                name: name.to_string(),
-                payload: json,
-                received_at: at,
-            },
-        );
         Ok(signal_id)
     }
 
@@ -466,14 +496,19 @@ impl Runtime {
         })
     }
 
+    /// This runtime's node id (see [`RuntimeBuilder::node_id`]).
+    pub fn node_id(&self) -> &str {
+        self.inner.node.as_str()
+    }
+
     /// Names of the workflows compiled into this binary.
     pub fn workflows(&self) -> Vec<&'static str> {
         self.inner.registry.names()
     }
 
-    /// Stops driving instances (they resume on the next start) and closes the store once
-    /// every queued checkpoint is written. A SQLite file is then free for a new runtime, in
-    /// this process or another.
+    /// Stops driving instances and gives them up, so another runtime sharing the store (or the
+    /// next start) takes them over at once, then closes the store once every queued
+    /// checkpoint is written.
     pub async fn shutdown(&self) -> Result<(), Error> {
         self.inner.shutdown().await
     }

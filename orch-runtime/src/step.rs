@@ -253,7 +253,7 @@ where
             break (result, Some(record));
         }
         // Durable before the next attempt, so a crash cannot reset the attempt count.
-        let commit = ctx.engine.store.submit(vec![WriteOp::Attempt {
+        let commit = ctx.submit(vec![WriteOp::Attempt {
             instance: ctx.id.clone(),
             record,
         }]);

@@ -203,6 +203,8 @@ impl TestRuntimeBuilder {
             base: tokio::time::Instant::now(),
         };
         builder.test = Some(hooks);
+        // Virtual time: leases never end, and nothing polls.
+        builder.lease_ttl = None;
         let rt = builder.build().await?;
         Ok(TestRuntime { rt, store })
     }
@@ -693,7 +695,7 @@ async fn store_as_crashed<'a>(
         )
     };
     let id = rec.id.clone();
-    store.create(rec).await?;
+    store.create(rec, None, Vec::new()).await?;
     let mut ops: Vec<WriteOp> = journal
         .map(|e| WriteOp::Append {
             instance: id.clone(),
@@ -704,7 +706,7 @@ async fn store_as_crashed<'a>(
         instance: id.clone(),
         record: a.clone(),
     }));
-    store.submit(ops).await?;
+    store.submit(None, ops).await?;
     Ok(store)
 }
 
@@ -789,7 +791,7 @@ pub async fn replay(export_json: &str) -> Result<ReplayReport, Error> {
         })
         .collect();
     if !ended.is_empty() {
-        store.submit(ended).await?;
+        store.submit(None, ended).await?;
     }
     let t = TestRuntime::builder()
         .with_store(store)

@@ -1,9 +1,10 @@
 //! An in-memory [`Store`]: nothing survives the process. For tests and benchmarks.
 
 use super::{
-    Aggregate, AttemptRecord, AuditRecord, BucketCount, Commit, Created, Details, InstanceRecord,
-    JournalEntry, ListFilter, LoadedInstance, Millis, Query, SignalRecord, Stats, StatsQuery,
-    Status, StatusCount, StepCount, Store, StoreError, Superseded, WriteOp,
+    Aggregate, AttemptRecord, AuditRecord, BucketCount, Claimed, Commit, Created, Details, Fence,
+    InstanceRecord, JournalEntry, Lease, LeaseTerms, ListFilter, LoadedInstance, Millis, NodeId,
+    NodeRecord, Query, SignalRecord, Stats, StatsQuery, Status, StatusCount, StepCount, Store,
+    StoreAdmin, StoreError, Superseded, Wakeup, WakeupHub, Wakeups, WriteOp,
 };
 use futures_util::future::BoxFuture;
 use std::collections::BTreeMap;
@@ -20,6 +21,10 @@ struct Instance {
     ended_timers: std::collections::BTreeSet<u32>,
     superseded: Vec<Superseded>,
     superseded_attempts: Vec<(u32, AttemptRecord)>,
+    /// The node that owns it, if any.
+    owner: Option<NodeId>,
+    /// Bumped on every change of owner.
+    epoch: u64,
 }
 
 impl Instance {
@@ -53,7 +58,35 @@ struct State {
     appended: Vec<(String, u32)>,
     next_signal: i64,
     audit: Vec<AuditRecord>,
+    /// Nodes by id: (first heartbeat, last heartbeat, lease end).
+    nodes: BTreeMap<NodeId, (Millis, Millis, Millis)>,
     closed: bool,
+}
+
+impl State {
+    /// Whether `node`'s lease has ended at `now` (a node never heard of has none).
+    fn expired(&self, node: &NodeId, now: Millis) -> bool {
+        self.nodes.get(node).is_none_or(|n| n.2 <= now)
+    }
+
+    /// The lease `terms.node` gets (or holds) on `id`, when it may: `bump` claims it.
+    fn claimable(&self, inst: &Instance, terms: &LeaseTerms) -> bool {
+        !inst.record.status.is_final()
+            && inst
+                .owner
+                .as_ref()
+                .is_none_or(|o| *o != terms.node && self.expired(o, terms.now))
+    }
+
+    fn lease_of(&self, inst: &Instance) -> Option<Lease> {
+        let node = inst.owner.clone()?;
+        Some(Lease {
+            instance: inst.record.id.clone(),
+            expires_at: self.nodes.get(&node).map_or(0, |n| n.2),
+            node,
+            epoch: inst.epoch,
+        })
+    }
 }
 
 /// Keeps everything in process memory. Writes are durable as soon as they are submitted.
@@ -61,6 +94,7 @@ struct State {
 pub struct MemoryStore {
     state: Mutex<State>,
     writes: std::sync::atomic::AtomicU64,
+    hub: WakeupHub,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -101,10 +135,32 @@ impl MemoryStore {
     }
 }
 
-fn wake(rec: &mut InstanceRecord, at: Millis) {
-    if rec.status == Status::Suspended {
+/// Makes an unfinished instance due at `at` (see [`WriteOp::Wake`]).
+fn wake(rec: &mut InstanceRecord, at: Millis, woken: &mut Vec<Wakeup>) {
+    if !rec.status.is_final() {
         rec.wake_at = Some(rec.wake_at.map_or(at, |w| w.min(at)));
+        woken.push(Wakeup::Due {
+            instance: rec.id.clone(),
+        });
     }
+}
+
+/// Refuses a fenced batch whose fence no longer holds.
+fn check_fence(state: &State, fence: &Fence) -> Result<(), StoreError> {
+    let (owner, epoch) = state
+        .instances
+        .get(&fence.instance)
+        .map_or((None, 0), |i| (i.owner.as_ref(), i.epoch));
+    if owner == Some(&fence.node) && epoch == fence.epoch {
+        return Ok(());
+    }
+    Err(StoreError::LeaseLost {
+        instance: fence.instance.clone(),
+        node: fence.node.to_string(),
+        epoch: fence.epoch,
+        current_owner: owner.map(NodeId::to_string),
+        current_epoch: epoch,
+    })
 }
 
 /// Refuses a batch that cannot apply whole, so a refused submission changes nothing: an op on
@@ -178,8 +234,8 @@ fn check(state: &State, ops: &[WriteOp]) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Applies one op of a batch that passed [`check`].
-fn apply(state: &mut State, op: WriteOp) {
+/// Applies one op of a batch that passed [`check`]; what it wakes goes to `woken`.
+fn apply(state: &mut State, op: WriteOp, woken: &mut Vec<Wakeup>) {
     let op = match op {
         WriteOp::Fork {
             record,
@@ -191,6 +247,9 @@ fn apply(state: &mut State, op: WriteOp) {
             for e in &journal {
                 state.appended.push((id.clone(), e.seq));
             }
+            woken.push(Wakeup::Due {
+                instance: id.clone(),
+            });
             state.instances.insert(
                 id,
                 Instance {
@@ -225,7 +284,7 @@ fn apply(state: &mut State, op: WriteOp) {
                 s.1 = Some(seq);
             }
         }
-        WriteOp::Wake { at, .. } => wake(&mut inst.record, at),
+        WriteOp::Wake { at, .. } => wake(&mut inst.record, at, woken),
         WriteOp::CustomStatus { value, at, .. } => {
             inst.record.custom_status = Some(value);
             inst.record.updated_at = at;
@@ -237,8 +296,21 @@ fn apply(state: &mut State, op: WriteOp) {
             ..
         } => {
             if !inst.record.status.is_final() {
+                if status == Status::Suspended {
+                    // A wake that arrived while it ran is kept; suspended means unowned.
+                    let wake_at = match (inst.record.wake_at, wake_at) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    inst.record.wake_at = wake_at;
+                    inst.owner = None;
+                    if wake_at.is_some_and(|w| w <= at) {
+                        woken.push(Wakeup::Due { instance: id });
+                    }
+                } else {
+                    inst.record.wake_at = wake_at;
+                }
                 inst.record.status = status;
-                inst.record.wake_at = wake_at;
                 inst.record.updated_at = at;
             }
         }
@@ -258,6 +330,18 @@ fn apply(state: &mut State, op: WriteOp) {
                 inst.record.updated_at = at;
                 inst.record.failed_seq = failed_step.as_ref().map(|f| f.1);
                 inst.record.failed_step = failed_step.map(|f| f.0);
+                inst.owner = None;
+                inst.epoch += 1;
+                woken.push(Wakeup::Finished {
+                    instance: id.clone(),
+                    status,
+                });
+                if let Some(parent) = &inst.record.parent {
+                    woken.push(Wakeup::ChildFinished {
+                        parent: parent.clone(),
+                        child: id,
+                    });
+                }
             }
         }
         WriteOp::Attribute { key, value, .. } => {
@@ -271,7 +355,8 @@ fn apply(state: &mut State, op: WriteOp) {
                 inst.record.cancel_requested = Some(at);
                 inst.record.updated_at = at;
             }
-            wake(&mut inst.record, at);
+            wake(&mut inst.record, at, woken);
+            woken.push(Wakeup::Cancel { instance: id, at });
         }
         WriteOp::CancelDelivered { seq, .. } => inst.record.cancel_seq = Some(seq),
         WriteOp::Retry { from_seq, at, .. } => {
@@ -306,6 +391,9 @@ fn apply(state: &mut State, op: WriteOp) {
                     *consumed = None;
                 }
             }
+            inst.owner = None;
+            inst.epoch += 1;
+            woken.push(Wakeup::Due { instance: id });
             let r = &mut inst.record;
             r.retries = retry;
             r.status = Status::Running;
@@ -322,32 +410,47 @@ fn apply(state: &mut State, op: WriteOp) {
     }
 }
 
+impl MemoryStore {
+    /// Applies a checked batch and sends what it woke.
+    fn apply_all(&self, state: &mut State, ops: Vec<WriteOp>) {
+        let mut woken = Vec::new();
+        for op in ops {
+            apply(state, op, &mut woken);
+        }
+        for w in woken {
+            self.hub.send(w);
+        }
+    }
+}
+
 impl Store for MemoryStore {
-    fn submit(&self, ops: Vec<WriteOp>) -> Commit {
+    fn submit(&self, fence: Option<Fence>, ops: Vec<WriteOp>) -> Commit {
         self.writes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut state = self.lock();
         if state.closed {
             return Commit::ready(Err(StoreError::Closed));
         }
+        if let Some(fence) = &fence
+            && let Err(e) = check_fence(&state, fence)
+        {
+            return Commit::ready(Err(e));
+        }
         if let Err(e) = check(&state, &ops) {
             return Commit::ready(Err(e));
         }
-        for op in ops {
-            apply(&mut state, op);
-        }
+        self.apply_all(&mut state, ops);
         Commit::ready(Ok(()))
     }
 
-    fn create(&self, record: InstanceRecord) -> BoxFuture<'_, Result<Created, StoreError>> {
-        self.create_with(record, Vec::new())
-    }
-
-    fn create_with(
+    fn create(
         &self,
         record: InstanceRecord,
+        owner: Option<LeaseTerms>,
         extra: Vec<WriteOp>,
     ) -> BoxFuture<'_, Result<Created, StoreError>> {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut state = self.lock();
         let result = if state.closed {
             Err(StoreError::Closed)
@@ -355,20 +458,30 @@ impl Store for MemoryStore {
             Ok(Created::Existing(Box::new(existing.record.clone())))
         } else {
             let id = record.id.clone();
+            let owned = owner.is_some();
             state.instances.insert(
                 id.clone(),
                 Instance {
                     record,
+                    owner: owner.as_ref().map(|t| t.node.clone()),
+                    epoch: u64::from(owned),
                     ..Default::default()
                 },
             );
             // All or nothing: a refused extra write takes the new instance back out.
             match check(&state, &extra) {
                 Ok(()) => {
-                    for op in extra {
-                        apply(&mut state, op);
+                    self.apply_all(&mut state, extra);
+                    let lease = owner.map(|t| Lease {
+                        instance: id.clone(),
+                        expires_at: state.nodes.get(&t.node).map_or(0, |n| n.2),
+                        node: t.node,
+                        epoch: 1,
+                    });
+                    if lease.is_none() {
+                        self.hub.send(Wakeup::Due { instance: id });
                     }
-                    Ok(Created::New)
+                    Ok(Created::New(lease))
                 }
                 Err(e) => {
                     state.instances.remove(&id);
@@ -385,20 +498,13 @@ impl Store for MemoryStore {
         name: &str,
         payload: String,
         at: Millis,
-    ) -> BoxFuture<'_, Result<i64, StoreError>> {
-        self.add_signal_with(instance, name, payload, at, Vec::new())
-    }
-
-    fn add_signal_with(
-        &self,
-        instance: &str,
-        name: &str,
-        payload: String,
-        at: Millis,
         extra: Vec<WriteOp>,
     ) -> BoxFuture<'_, Result<i64, StoreError>> {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut state = self.lock();
         let result = match state.instances.get(instance) {
+            _ if state.closed => Err(StoreError::Closed),
             None => Err(StoreError::NotFound(instance.to_string())),
             Some(inst) if inst.record.status.is_final() => Err(StoreError::Finished {
                 id: instance.to_string(),
@@ -409,24 +515,172 @@ impl Store for MemoryStore {
         let result = result.map(|()| {
             state.next_signal += 1;
             let id = state.next_signal;
+            let signal = SignalRecord {
+                id,
+                name: name.to_string(),
+                payload,
+                received_at: at,
+            };
+            let mut woken = Vec::new();
             if let Some(inst) = state.instances.get_mut(instance) {
-                wake(&mut inst.record, at);
-                inst.signals.push((
-                    SignalRecord {
-                        id,
-                        name: name.to_string(),
-                        payload,
-                        received_at: at,
-                    },
-                    None,
-                ));
+                wake(&mut inst.record, at, &mut woken);
+                inst.signals.push((signal.clone(), None));
             }
-            for op in extra {
-                apply(&mut state, op);
+            self.apply_all(&mut state, extra);
+            for w in woken {
+                self.hub.send(w);
             }
+            self.hub.send(Wakeup::Signal {
+                instance: instance.to_string(),
+                signal,
+            });
             id
         });
         Box::pin(async move { result })
+    }
+
+    fn claim_due(
+        &self,
+        terms: LeaseTerms,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Claimed, StoreError>> {
+        let mut state = self.lock();
+        if state.closed {
+            return Box::pin(async { Err(StoreError::Closed) });
+        }
+        let now = terms.now;
+        let due = |i: &Instance| due(i, now);
+        // Running ones first: they were being driven (or were just created) before waiting
+        // ones woke.
+        let mut ids: Vec<(bool, String)> = state
+            .instances
+            .values()
+            .filter(|i| due(i) && state.claimable(i, &terms))
+            .map(|i| (i.record.status != Status::Running, i.record.id.clone()))
+            .collect();
+        ids.sort();
+        ids.truncate(limit);
+        let next_wake = state
+            .instances
+            .values()
+            .filter(|i| i.record.status == Status::Suspended && i.owner.is_none())
+            .filter_map(|i| i.record.wake_at)
+            .filter(|w| *w > now)
+            .min();
+        let mut leases = Vec::with_capacity(ids.len());
+        for (_, id) in ids {
+            if let Some(lease) = take(&mut state, &terms, &id) {
+                leases.push(lease);
+            }
+        }
+        if !leases.is_empty() {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Box::pin(async move { Ok(Claimed { leases, next_wake }) })
+    }
+
+    fn claim(
+        &self,
+        terms: LeaseTerms,
+        instance: &str,
+    ) -> BoxFuture<'_, Result<Option<Lease>, StoreError>> {
+        let mut state = self.lock();
+        let result = if state.closed {
+            Err(StoreError::Closed)
+        } else {
+            match state.instances.get(instance) {
+                Some(i) if !i.record.status.is_final() && i.owner.as_ref() == Some(&terms.node) => {
+                    Ok(state.lease_of(i))
+                }
+                Some(i) if state.claimable(i, &terms) && due(i, terms.now) => {
+                    self.writes
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Ok(take(&mut state, &terms, instance))
+                }
+                _ => Ok(None),
+            }
+        };
+        Box::pin(async move { result })
+    }
+
+    fn renew(
+        &self,
+        terms: LeaseTerms,
+        held: Vec<(String, u64)>,
+    ) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        let mut state = self.lock();
+        if state.closed {
+            return Box::pin(async { Err(StoreError::Closed) });
+        }
+        let expires = terms.expires_at();
+        let node = state
+            .nodes
+            .entry(terms.node.clone())
+            .or_insert((terms.now, terms.now, expires));
+        node.1 = terms.now;
+        node.2 = expires;
+        let lost = held
+            .into_iter()
+            .filter(|(id, epoch)| {
+                state
+                    .instances
+                    .get(id)
+                    .is_none_or(|i| i.owner.as_ref() != Some(&terms.node) || i.epoch != *epoch)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        Box::pin(async move { Ok(lost) })
+    }
+
+    fn release(
+        &self,
+        node: &NodeId,
+        instances: Option<Vec<String>>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let mut state = self.lock();
+        let ids: Vec<String> = match instances {
+            Some(ids) => ids,
+            None => {
+                if let Some(n) = state.nodes.get_mut(node) {
+                    n.2 = n.2.min(n.1);
+                }
+                state
+                    .instances
+                    .values()
+                    .filter(|i| i.owner.as_ref() == Some(node))
+                    .map(|i| i.record.id.clone())
+                    .collect()
+            }
+        };
+        for id in ids {
+            if let Some(inst) = state.instances.get_mut(&id)
+                && inst.owner.as_ref() == Some(node)
+            {
+                inst.owner = None;
+                self.hub.send(Wakeup::Due { instance: id });
+            }
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn wakeups(&self) -> Wakeups {
+        self.hub.subscribe()
+    }
+
+    fn probe_write(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        let closed = self.lock().closed;
+        Box::pin(async move {
+            if closed {
+                Err(StoreError::Closed)
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    fn metrics(&self) -> Option<std::sync::Arc<super::StoreMetrics>> {
+        None
     }
 
     fn load(&self, id: &str) -> BoxFuture<'_, Result<Option<LoadedInstance>, StoreError>> {
@@ -457,17 +711,13 @@ impl Store for MemoryStore {
         Box::pin(async move { Ok(result) })
     }
 
-    fn unfinished(&self) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>> {
-        let result: Vec<_> = self
-            .lock()
-            .instances
-            .values()
-            .filter(|i| !i.record.status.is_final())
-            .map(|i| i.record.clone())
-            .collect();
-        Box::pin(async move { Ok(result) })
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.lock().closed = true;
+        Box::pin(async { Ok(()) })
     }
+}
 
+impl StoreAdmin for MemoryStore {
     fn search(&self, query: Query) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>> {
         let state = self.lock();
         let mut found: Vec<InstanceRecord> = state
@@ -615,10 +865,50 @@ impl Store for MemoryStore {
         Box::pin(async move { Ok(result) })
     }
 
-    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.lock().closed = true;
-        Box::pin(async { Ok(()) })
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeRecord>, StoreError>> {
+        let state = self.lock();
+        let result = state
+            .nodes
+            .iter()
+            .map(|(id, (started, beat, expires))| NodeRecord {
+                id: id.to_string(),
+                started_at: *started,
+                heartbeat_at: *beat,
+                lease_expires: *expires,
+                owned: state
+                    .instances
+                    .values()
+                    .filter(|i| i.owner.as_ref() == Some(id))
+                    .count() as u64,
+            })
+            .collect();
+        Box::pin(async move { Ok(result) })
     }
+}
+
+/// Whether `i` is due at `now`: running, or suspended with its wake time reached.
+fn due(i: &Instance, now: Millis) -> bool {
+    match i.record.status {
+        Status::Running => true,
+        Status::Suspended => i.record.wake_at.is_some_and(|w| w <= now),
+        _ => false,
+    }
+}
+
+/// Gives `id` to `terms.node` at a bumped epoch, running with no wake time.
+fn take(state: &mut State, terms: &LeaseTerms, id: &str) -> Option<Lease> {
+    let expires_at = state.nodes.get(&terms.node).map_or(0, |n| n.2);
+    let inst = state.instances.get_mut(id)?;
+    inst.owner = Some(terms.node.clone());
+    inst.epoch += 1;
+    inst.record.status = Status::Running;
+    inst.record.wake_at = None;
+    Some(Lease {
+        instance: id.to_string(),
+        node: terms.node.clone(),
+        epoch: inst.epoch,
+        expires_at,
+    })
 }
 
 #[cfg(test)]
@@ -632,7 +922,10 @@ mod tests {
             id: "a".into(),
             ..Default::default()
         };
-        assert!(matches!(store.create(rec).await, Ok(Created::New)));
+        assert!(matches!(
+            store.create(rec, None, Vec::new()).await,
+            Ok(Created::New(None))
+        ));
         let entry = JournalEntry {
             seq: 1,
             kind: super::super::EntryKind::Step,
@@ -646,11 +939,14 @@ mod tests {
             instance: "a".into(),
             entry: e.clone(),
         };
-        store.submit(vec![op(&entry)]).await.expect("first append");
+        store
+            .submit(None, vec![op(&entry)])
+            .await
+            .expect("first append");
         let mut other = entry.clone();
         other.outcome = "2".into();
         let err = store
-            .submit(vec![op(&other)])
+            .submit(None, vec![op(&other)])
             .await
             .expect_err("second append");
         assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
@@ -665,7 +961,10 @@ mod tests {
             id: "a".into(),
             ..Default::default()
         };
-        assert!(matches!(store.create(rec).await, Ok(Created::New)));
+        assert!(matches!(
+            store.create(rec, None, Vec::new()).await,
+            Ok(Created::New(None))
+        ));
         let entry = JournalEntry {
             seq: 1,
             kind: super::super::EntryKind::Signal,
@@ -686,7 +985,7 @@ mod tests {
                 seq: 1,
             },
         ];
-        let err = store.submit(ops).await.expect_err("unknown signal");
+        let err = store.submit(None, ops).await.expect_err("unknown signal");
         assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
         let loaded = store.load("a").await.expect("load").expect("exists");
         assert!(loaded.journal.is_empty(), "{:?}", loaded.journal);

@@ -1,14 +1,19 @@
-//! Persistence: the [`Store`] trait and its backends.
+//! Persistence: the engine's contract with storage ([`Store`]), the operators' one
+//! ([`StoreAdmin`]), and the backends.
 //!
-//! The engine talks to storage only through [`Store`]. Writes are *submitted* in program order
-//! and acknowledged when durable; a backend is free (and expected) to commit the writes of many
-//! instances in one transaction (group commit). Reads return whole records.
+//! The engine talks to storage only through [`Store`]: it creates instances, submits their
+//! writes, claims and renews ownership of them ([`lease`]), and listens for wake-ups. Search,
+//! statistics, the audit log and the cluster view are behind [`StoreAdmin`], used by the
+//! runtime's operator methods and the server. A backend implements both (a runtime takes a
+//! [`Backend`]); neither trait has a method that may answer "unsupported" at run time.
 //!
 //! Backends: [`memory::MemoryStore`] for tests and benchmarks, [`sqlite::SqliteStore`] (the
-//! embedded default). A multi-node backend adds leases by fencing every [`WriteOp`] with the
-//! instance's lease epoch inside its own `submit`; the engine needs no change for that.
+//! embedded default; several processes may share one file). `conformance` (feature
+//! `conformance`) checks a backend against this contract.
 
-pub mod lock;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod lease;
 pub mod memory;
 pub mod sqlite;
 
@@ -21,7 +26,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::sync::oneshot;
 
-pub use lock::LockHolder;
+pub use lease::{
+    Claimed, Fence, Lease, LeaseTerms, NodeId, NodeRecord, Wakeup, WakeupHub, Wakeups,
+};
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
@@ -390,7 +397,8 @@ pub enum WriteOp {
         /// When.
         at: Millis,
     },
-    /// Move between running and suspended.
+    /// Move between running and suspended. Suspending releases the instance (it has no owner
+    /// while suspended) and keeps an earlier wake time a [`WriteOp::Wake`] set meanwhile.
     SetStatus {
         /// Instance id.
         instance: String,
@@ -401,8 +409,10 @@ pub enum WriteOp {
         /// When.
         at: Millis,
     },
-    /// Makes a suspended instance due at `at` (a signal or a child's result arrived for it),
-    /// so a restart resumes it then; does nothing to other statuses.
+    /// Makes the instance due at `at` (a signal or a child's result arrived for it): a
+    /// suspended instance at once, a running one when it next suspends (the node driving it
+    /// may not have seen what arrived). Earlier wake times stay; finished instances and
+    /// missing ones are left alone.
     Wake {
         /// Instance id.
         instance: String,
@@ -526,8 +536,8 @@ impl WriteOp {
 /// The result of [`Store::create`].
 #[derive(Clone, Debug)]
 pub enum Created {
-    /// A new instance was stored.
-    New,
+    /// A new instance was stored; with the creating node's lease when an owner was asked for.
+    New(Option<Lease>),
     /// An instance with that id already existed; it is returned unchanged.
     Existing(Box<InstanceRecord>),
 }
@@ -575,7 +585,7 @@ impl ListFilter {
     }
 }
 
-/// Where a page of [`Store::search`] ended: the next page starts after it.
+/// Where a page of [`StoreAdmin::search`] ended: the next page starts after it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cursor {
     /// The last instance's creation time.
@@ -686,7 +696,7 @@ pub struct Details {
     pub superseded_attempts: Vec<(u32, AttemptRecord)>,
 }
 
-/// What [`Store::stats`] counts.
+/// What [`StoreAdmin::stats`] counts.
 #[derive(Clone, Debug)]
 pub struct StatsQuery {
     /// Instances created at or after this.
@@ -779,11 +789,6 @@ impl Default for StoreMetrics {
     }
 }
 
-fn unsupported<T: Send + 'static>(what: &str) -> BoxFuture<'static, Result<T, StoreError>> {
-    let msg = format!("this store does not support {what}");
-    Box::pin(async move { Err(StoreError::Backend(msg)) })
-}
-
 /// A storage failure.
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum StoreError {
@@ -819,16 +824,27 @@ pub enum StoreError {
         /// Highest version this build knows.
         supported: i64,
     },
-    /// The database file is held by another runtime (in another process or in this one):
-    /// one SQLite file serves one runtime at a time. Nothing was changed.
-    #[error("{}", lock::locked_message(.path, .lock_file, .holder.as_ref()))]
-    Locked {
-        /// The database file.
-        path: String,
-        /// The lock file beside it, which names the holder.
-        lock_file: String,
-        /// Who holds it, as the holder wrote it; `None` when the lock file names nobody.
-        holder: Option<LockHolder>,
+    /// A fenced write was refused: the node no longer owns the instance at the epoch it
+    /// wrote under (its lease ended and another node claimed the instance, or an operator
+    /// terminated or retried it). Nothing of the submission was applied; the node must stop
+    /// driving the instance.
+    #[error(
+        "node `{node}` no longer owns instance `{instance}` (it wrote under epoch {epoch}; the \
+         store has {}, epoch {current_epoch}): the write was refused and nothing of it was \
+         stored; this node stops driving the instance and whoever owns it now continues",
+        .current_owner.as_deref().map_or("no owner".to_string(), |o| format!("owner `{o}`"))
+    )]
+    LeaseLost {
+        /// The instance.
+        instance: String,
+        /// The node that wrote.
+        node: String,
+        /// The epoch it wrote under.
+        epoch: u64,
+        /// The owner now, if any.
+        current_owner: Option<String>,
+        /// The epoch now.
+        current_epoch: u64,
     },
     /// A write conflicted with what is stored (e.g. a journal seq written twice).
     #[error("conflicting write for instance `{instance}`: {detail}")]
@@ -897,19 +913,81 @@ impl Future for Commit {
     }
 }
 
-/// Storage for instances, journals and signals.
+/// What the engine needs from storage: instances, their journals and signals, ownership of
+/// instances by nodes, and wake-ups.
 ///
-/// Writes are applied in the order they are submitted (across all instances), so a commit that
-/// is acknowledged implies that every earlier submission is durable too.
+/// # Writes and their order
+///
+/// [`submit`](Self::submit) queues a group of [`WriteOp`]s that applies atomically (all or
+/// nothing) and returns a [`Commit`] that resolves once it is durable. Order is guaranteed
+/// **per instance**, not globally: two submissions touching the same instance, made one after
+/// the other from one store handle, apply in that order, so an acknowledged commit implies that
+/// every earlier submission for that instance is durable too (or failed). Submissions for
+/// different instances may apply in any order, and a backend may commit many of them in one
+/// transaction (group commit).
+///
+/// # Ownership
+///
+/// Each unfinished instance is owned by at most one node (see [`lease`]). Its record carries
+/// `(owner, epoch)`; a node's leases all end at the node's expiry, set by
+/// [`renew`](Self::renew) (the heartbeat) to `now + ttl`. The store moves ownership only in
+/// these ways:
+///
+/// - [`create`](Self::create) with terms: the creating node owns the new instance (epoch 1).
+/// - [`claim_due`](Self::claim_due) / [`claim`](Self::claim): an unowned instance, or one whose
+///   owner's lease has ended, becomes the claimer's; the epoch is bumped and the instance is
+///   marked running with no wake time (the claimer loads it next).
+/// - A fenced [`WriteOp::SetStatus`] to `Suspended` releases the instance (a suspended
+///   instance is owned by nobody; it is claimed again when due).
+/// - [`WriteOp::Finish`] and [`WriteOp::Retry`] clear the owner and bump the epoch, fenced or
+///   not: an operator's termination or retry fences out a node still driving the instance.
+/// - [`release`](Self::release) gives instances up (graceful shutdown).
+///
+/// An instance is **due** when it is unfinished, not owned by a live node other than the
+/// claimer, and either running (a node was driving it, or it was just created, retried or
+/// forked) or suspended with a wake time at or before `now` (its timer fired, or a signal, a
+/// cancellation request or a child's end woke it).
+///
+/// # Fencing
+///
+/// A submission with a [`Fence`] is applied only if, inside the same transaction, the fenced
+/// instance's owner is `fence.node` and its epoch is `fence.epoch`; otherwise the whole
+/// submission is refused with [`StoreError::LeaseLost`] and nothing of it is applied. Ops in a
+/// fenced submission that touch *other* instances must be control writes ([`WriteOp::Wake`],
+/// [`WriteOp::Audit`]). Submissions without a fence are control writes any node may make:
+/// cancel requests, terminations ([`WriteOp::Finish`] of a live instance), retries, forks,
+/// wakes, attributes and audit entries of operator actions.
+///
+/// # Wake-ups
+///
+/// Every committed write that may let a node act sends a [`Wakeup`] to every subscriber of
+/// [`wakeups`](Self::wakeups) in this process, after the commit: a signal stored
+/// ([`Wakeup::Signal`]), a cancellation requested, an instance finished (and its parent's
+/// [`Wakeup::ChildFinished`]), an instance that became due (created or retried unowned,
+/// released, woken). Changes made by other processes sharing the store are announced too —
+/// precisely, or as [`Wakeup::Changed`] when the backend only knows that something changed
+/// (SQLite polls for that while anyone is subscribed; PostgreSQL can use `LISTEN/NOTIFY`).
+/// A wake-up is a hint: the truth is what the store answers next.
 pub trait Store: Send + Sync + 'static {
-    /// Queues `ops` to be applied atomically, after every earlier submission.
-    fn submit(&self, ops: Vec<WriteOp>) -> Commit;
+    /// Queues `ops` to be applied atomically; see the trait's documentation for the order,
+    /// and for the fence, which refuses the whole submission with [`StoreError::LeaseLost`]
+    /// when `fence` no longer holds.
+    fn submit(&self, fence: Option<Fence>, ops: Vec<WriteOp>) -> Commit;
 
-    /// Stores a new instance, or returns the existing one with the same id unchanged.
-    fn create(&self, record: InstanceRecord) -> BoxFuture<'_, Result<Created, StoreError>>;
+    /// Stores a new instance, or returns the existing one with the same id unchanged
+    /// ([`Created::Existing`]). When new, `extra` (e.g. an audit entry, attributes of the new
+    /// instance) is applied in the same transaction, and with `owner` the instance is owned by
+    /// `owner.node` at epoch 1 ([`Created::New`] carries the lease); without, it is unowned and
+    /// due at once.
+    fn create(
+        &self,
+        record: InstanceRecord,
+        owner: Option<LeaseTerms>,
+        extra: Vec<WriteOp>,
+    ) -> BoxFuture<'_, Result<Created, StoreError>>;
 
-    /// Stores a signal for a live instance and returns its id; a suspended instance is made
-    /// due now (see [`WriteOp::Wake`]) in the same transaction.
+    /// Stores a signal for a live instance and returns its id; the instance is woken (see
+    /// [`WriteOp::Wake`]) and `extra` (e.g. an audit entry) applied in the same transaction.
     /// Fails with [`StoreError::NotFound`] or [`StoreError::Finished`] and stores nothing.
     fn add_signal(
         &self,
@@ -917,9 +995,11 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
         payload: String,
         at: Millis,
+        extra: Vec<WriteOp>,
     ) -> BoxFuture<'_, Result<i64, StoreError>>;
 
-    /// Loads an instance with its journal, failed attempts and unconsumed signals.
+    /// Loads an instance with its journal, failed attempts and unconsumed signals, from one
+    /// consistent snapshot.
     fn load(&self, id: &str) -> BoxFuture<'_, Result<Option<LoadedInstance>, StoreError>>;
 
     /// Reads one instance record.
@@ -928,96 +1008,92 @@ pub trait Store: Send + Sync + 'static {
     /// Lists instances ordered by id.
     fn list(&self, filter: ListFilter) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>>;
 
-    /// Every instance that is neither completed, failed nor incompatible.
-    fn unfinished(&self) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>>;
+    /// Claims up to `limit` due instances for `terms.node` (see the trait's documentation),
+    /// running ones first; each gets a bumped epoch and `terms`' expiry. Also answers when the
+    /// next suspended instance's timer falls due.
+    fn claim_due(
+        &self,
+        terms: LeaseTerms,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Claimed, StoreError>>;
+
+    /// Claims one instance the node was told about (a wake-up, its own timer): `Some` with the
+    /// new lease when it is due and unowned or its owner's lease has ended; `Some` with the
+    /// current lease, unchanged, when `terms.node` owns it already; `None` otherwise (finished,
+    /// missing, not due, or owned by a live node).
+    fn claim(
+        &self,
+        terms: LeaseTerms,
+        instance: &str,
+    ) -> BoxFuture<'_, Result<Option<Lease>, StoreError>>;
+
+    /// The heartbeat: records `terms.node` as alive until `terms.expires_at()` (extending every
+    /// lease it holds, in one write) and returns those of `held` (instance, epoch) it no
+    /// longer holds at that epoch. A node renews once before it creates or claims anything: a
+    /// node the store never heard of has no live lease.
+    fn renew(
+        &self,
+        terms: LeaseTerms,
+        held: Vec<(String, u64)>,
+    ) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
+
+    /// Gives up `node`'s ownership of `instances` (`None`: of all its instances, and its lease
+    /// ends now — a graceful shutdown), so other nodes can claim them at once. Instances it does
+    /// not own are left alone.
+    fn release(
+        &self,
+        node: &NodeId,
+        instances: Option<Vec<String>>,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// A new subscription to wake-ups.
+    fn wakeups(&self) -> Wakeups;
+
+    /// Proves the store can still write: a small write that leaves nothing behind, queued
+    /// behind earlier writes (used by `/readyz`).
+    fn probe_write(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Waits until everything submitted so far is durable, then stops accepting writes.
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
-    /// Proves the store can still write: a small write that leaves nothing behind, queued
-    /// behind earlier writes (used by `/readyz`). The default does nothing.
-    fn probe_write(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async { Ok(()) })
-    }
+    /// Commit histograms, when the store keeps them (`None`: it keeps none).
+    fn metrics(&self) -> Option<std::sync::Arc<StoreMetrics>>;
+}
 
-    /// Like [`create`](Self::create), applying `extra` (e.g. an audit entry, attributes of
-    /// the new instance) in the same transaction when the instance is new.
-    fn create_with(
-        &self,
-        record: InstanceRecord,
-        extra: Vec<WriteOp>,
-    ) -> BoxFuture<'_, Result<Created, StoreError>> {
-        Box::pin(async move {
-            let created = self.create(record).await?;
-            if matches!(created, Created::New) && !extra.is_empty() {
-                self.submit(extra).await?;
-            }
-            Ok(created)
-        })
-    }
-
-    /// Like [`add_signal`](Self::add_signal), applying `extra` (e.g. an audit entry) in the
-    /// same transaction.
-    fn add_signal_with(
-        &self,
-        instance: &str,
-        name: &str,
-        payload: String,
-        at: Millis,
-        extra: Vec<WriteOp>,
-    ) -> BoxFuture<'_, Result<i64, StoreError>> {
-        let add = self.add_signal(instance, name, payload, at);
-        Box::pin(async move {
-            let id = add.await?;
-            if !extra.is_empty() {
-                self.submit(extra).await?;
-            }
-            Ok(id)
-        })
-    }
-
+/// What operators and the server need from storage beyond the engine's [`Store`]: search,
+/// details, analytics, the audit log and the cluster's nodes. (The bookkeeping of operator
+/// actions — retry, fork, terminate — is written through [`Store::submit`] as unfenced
+/// [`WriteOp::Retry`], [`WriteOp::Fork`] and [`WriteOp::Finish`].)
+pub trait StoreAdmin: Send + Sync + 'static {
     /// Instances matching `query`, newest first.
-    fn search(&self, _query: Query) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>> {
-        unsupported("search")
-    }
+    fn search(&self, query: Query) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>>;
 
     /// Everything about one instance, superseded entries included.
-    fn details(&self, _id: &str) -> BoxFuture<'_, Result<Option<Details>, StoreError>> {
-        unsupported("instance details")
-    }
+    fn details(&self, id: &str) -> BoxFuture<'_, Result<Option<Details>, StoreError>>;
 
     /// The attributes of each of `ids` (key → JSON text); ids without any are left out.
-    fn attributes(&self, _ids: Vec<String>) -> BoxFuture<'_, Result<AttributeMap, StoreError>> {
-        unsupported("attributes")
-    }
+    fn attributes(&self, ids: Vec<String>) -> BoxFuture<'_, Result<AttributeMap, StoreError>>;
 
     /// Counts by workflow and status (all instances).
-    fn counts(&self) -> BoxFuture<'_, Result<Vec<StatusCount>, StoreError>> {
-        unsupported("counts")
-    }
+    fn counts(&self) -> BoxFuture<'_, Result<Vec<StatusCount>, StoreError>>;
 
     /// Counts of instances created in a window.
-    fn stats(&self, _query: StatsQuery) -> BoxFuture<'_, Result<Stats, StoreError>> {
-        unsupported("stats")
-    }
+    fn stats(&self, query: StatsQuery) -> BoxFuture<'_, Result<Stats, StoreError>>;
 
     /// Aggregates attribute `key` over the instances matching `query` (cursor and limit
     /// ignored).
-    fn aggregate(
-        &self,
-        _key: String,
-        _query: Query,
-    ) -> BoxFuture<'_, Result<Aggregate, StoreError>> {
-        unsupported("attribute aggregates")
-    }
+    fn aggregate(&self, key: String, query: Query) -> BoxFuture<'_, Result<Aggregate, StoreError>>;
 
     /// The newest `limit` audit records, newest first.
-    fn audit(&self, _limit: usize) -> BoxFuture<'_, Result<Vec<AuditRecord>, StoreError>> {
-        unsupported("the audit log")
-    }
+    fn audit(&self, limit: usize) -> BoxFuture<'_, Result<Vec<AuditRecord>, StoreError>>;
 
-    /// Commit histograms, when the store keeps them.
-    fn metrics(&self) -> Option<std::sync::Arc<StoreMetrics>> {
-        None
-    }
+    /// Every node that ever renewed a lease, by id, with how many unfinished instances each
+    /// owns now.
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeRecord>, StoreError>>;
 }
+
+/// A complete backend: the engine's [`Store`] and the operators' [`StoreAdmin`]. Implemented
+/// for every type that implements both.
+pub trait Backend: Store + StoreAdmin {}
+
+impl<T: Store + StoreAdmin> Backend for T {}

@@ -9,17 +9,22 @@
 //!
 //! Reads go through a second connection; WAL lets them run beside the writer.
 //!
-//! One runtime owns the file: opening takes an exclusive lock on `<database>-lock` first (see
-//! [`lock`](super::lock)) and refuses a file another runtime holds ([`StoreError::Locked`]).
+//! Several runtimes — in several processes, e.g. during a rolling deploy on one machine — may
+//! share one file: each is a node that owns the instances it drives by lease (see
+//! [`lease`](super::lease)), SQLite's write lock serialises their transactions (`BEGIN
+//! IMMEDIATE` with a busy timeout), and every fenced write checks the instance's owner and
+//! epoch in its own transaction. Wake-ups from this process's writes are sent after their
+//! commit; while anyone listens, the writer also polls `PRAGMA data_version` (every
+//! [`CHANGE_POLL`]) and announces other processes' commits as [`Wakeup::Changed`].
 //!
 //! Opening refuses files that are not orch databases ([`StoreError::Foreign`]) and databases
 //! written by a newer orch ([`StoreError::TooNew`]) without changing them.
 
-use super::lock::StoreLock;
 use super::{
-    Aggregate, AttemptRecord, AuditRecord, BucketCount, Commit, Created, Details, EntryKind,
-    InstanceRecord, JournalEntry, ListFilter, LoadedInstance, Millis, Query, SignalRecord, Stats,
-    StatsQuery, Status, StatusCount, StepCount, Store, StoreError, StoreMetrics, Superseded,
+    Aggregate, AttemptRecord, AuditRecord, BucketCount, Claimed, Commit, Created, Details,
+    EntryKind, Fence, InstanceRecord, JournalEntry, Lease, LeaseTerms, ListFilter, LoadedInstance,
+    Millis, NodeId, NodeRecord, Query, SignalRecord, Stats, StatsQuery, Status, StatusCount,
+    StepCount, Store, StoreAdmin, StoreError, StoreMetrics, Superseded, Wakeup, WakeupHub, Wakeups,
     WriteOp,
 };
 use futures_util::future::BoxFuture;
@@ -32,6 +37,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::oneshot;
+
+mod ownership;
 
 /// Schema migrations, applied in order, each in its own transaction. Migration `i` brings the
 /// database to schema version `i + 1`. Never edit a released entry; append a new one.
@@ -137,6 +144,16 @@ const MIGRATIONS: &[&str] = &[
         target TEXT NOT NULL,
         detail TEXT NOT NULL
     );",
+    // Version 3: ownership of instances by nodes (leases, fencing).
+    "ALTER TABLE instances ADD COLUMN owner TEXT;
+    ALTER TABLE instances ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX instances_due ON instances (status, wake_at);
+    CREATE TABLE nodes (
+        id            TEXT PRIMARY KEY,
+        started_at    INTEGER NOT NULL,
+        heartbeat_at  INTEGER NOT NULL,
+        lease_expires INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this build creates and understands.
@@ -195,10 +212,15 @@ impl Default for SqliteOptions {
 
 /// A command for the writer thread.
 enum Command {
-    Submit(Vec<WriteOp>, oneshot::Sender<Result<(), StoreError>>),
-    /// Create an instance, then apply the writes when it is new.
+    Submit(
+        Option<Fence>,
+        Vec<WriteOp>,
+        oneshot::Sender<Result<(), StoreError>>,
+    ),
+    /// Create an instance (owned when terms are given), then apply the writes when it is new.
     Create(
         Box<InstanceRecord>,
+        Option<LeaseTerms>,
         Vec<WriteOp>,
         oneshot::Sender<Result<Created, StoreError>>,
     ),
@@ -210,6 +232,26 @@ enum Command {
         extra: Vec<WriteOp>,
         reply: oneshot::Sender<Result<i64, StoreError>>,
     },
+    ClaimDue(
+        LeaseTerms,
+        usize,
+        oneshot::Sender<Result<Claimed, StoreError>>,
+    ),
+    Claim(
+        LeaseTerms,
+        String,
+        oneshot::Sender<Result<Option<Lease>, StoreError>>,
+    ),
+    Renew(
+        LeaseTerms,
+        Vec<(String, u64)>,
+        oneshot::Sender<Result<Vec<String>, StoreError>>,
+    ),
+    Release(
+        NodeId,
+        Option<Vec<String>>,
+        oneshot::Sender<Result<(), StoreError>>,
+    ),
     Close(oneshot::Sender<Result<(), StoreError>>),
     /// Write and delete a page-sized row: fails when the database cannot grow.
     Probe(oneshot::Sender<Result<(), StoreError>>),
@@ -220,6 +262,9 @@ enum Outcome {
     Unit(Result<(), StoreError>),
     Created(Result<Created, StoreError>),
     Signal(Result<i64, StoreError>),
+    Claimed(Result<Claimed, StoreError>),
+    Lease(Result<Option<Lease>, StoreError>),
+    Lost(Result<Vec<String>, StoreError>),
 }
 
 /// A [`Store`] in one SQLite file (WAL mode), with a group-committing writer thread.
@@ -234,9 +279,12 @@ pub struct SqliteStore {
     commits: Arc<AtomicU64>,
     metrics: Arc<StoreMetrics>,
     closed: AtomicBool,
-    /// The exclusive hold on the file; released by [`Store::close`] or on drop.
-    lock: Mutex<Option<StoreLock>>,
+    hub: WakeupHub,
 }
+
+/// How often the writer looks for commits of other processes while anyone listens for
+/// wake-ups (`PRAGMA data_version`: no disk I/O).
+pub const CHANGE_POLL: Duration = Duration::from_millis(200);
 
 fn backend(context: &str, err: impl std::fmt::Display + 'static) -> StoreError {
     let sqlite = (&err as &dyn std::any::Any).downcast_ref::<rusqlite::Error>();
@@ -257,30 +305,27 @@ impl SqliteStore {
     /// [`StoreError::Foreign`] when the file is not an orch database and with
     /// [`StoreError::TooNew`] when a newer orch wrote it; in both cases nothing is changed.
     ///
-    /// The store holds the file exclusively until it is closed ([`Store::close`]) or dropped:
-    /// before reading the database it locks `<path>-lock` (created beside it when missing) and
-    /// writes its pid, host name and start time there. While another store holds the file —
-    /// in another process or in this one — opening fails at once with
-    /// [`StoreError::Locked`], naming the holder, and changes nothing. The operating system
-    /// drops the lock when a process dies, so a crashed holder does not block the next open.
+    /// Other stores — in this process or others — may have the same file open: ownership of
+    /// each instance is decided by leases in the file (see [`Store`]).
     pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref().to_path_buf();
         let shown = path.display().to_string();
         let ctx = |what: &str| format!("opening `{shown}`: {what}");
-
-        // Before anything is read or written: a file held by another runtime is left alone.
-        let lock = StoreLock::acquire(&path)?;
 
         let mut conn = Connection::open(&path).map_err(|e| backend(&ctx("open"), e))?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(|e| backend(&ctx("busy_timeout"), e))?;
 
         // Read-only inspection first: nothing is written before we know the file is ours.
-        let current = inspect(&conn, &shown)?;
+        // One read transaction, so a process creating the schema at this moment is seen
+        // before or after, never halfway.
+        conn.execute_batch("BEGIN")
+            .map_err(|e| backend(&ctx("reading the schema"), e))?;
+        let inspected = inspect(&conn, &shown);
+        let _ = conn.execute_batch("COMMIT");
+        let current = inspected?;
 
-        let mode: String = conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-            .map_err(|e| backend(&ctx("journal_mode=WAL"), e))?;
+        let mode = wal_mode(&conn).map_err(|e| backend(&ctx("journal_mode=WAL"), e))?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(path = %shown, mode = %mode, "SQLite refused WAL mode; using {mode}");
         }
@@ -321,6 +366,7 @@ impl SqliteStore {
 
         let commits = Arc::new(AtomicU64::new(0));
         let metrics = Arc::new(StoreMetrics::default());
+        let hub = WakeupHub::default();
         let (tx, rx) = mpsc::channel();
         let max_batch = options.max_batch.max(1);
         let writer = std::thread::Builder::new()
@@ -328,7 +374,17 @@ impl SqliteStore {
             .spawn({
                 let commits = commits.clone();
                 let metrics = metrics.clone();
-                move || writer_loop(conn, rx, max_batch, &commits, &metrics)
+                let hub = hub.clone();
+                move || {
+                    let writer = Writer {
+                        conn,
+                        max_batch,
+                        commits: &commits,
+                        metrics: &metrics,
+                        hub,
+                    };
+                    writer.run(rx)
+                }
             })
             .map_err(|e| backend(&ctx("spawning the writer thread"), e))?;
 
@@ -341,7 +397,7 @@ impl SqliteStore {
             commits,
             metrics,
             closed: AtomicBool::new(false),
-            lock: Mutex::new(Some(lock)),
+            hub,
         })
     }
 
@@ -420,6 +476,24 @@ impl Drop for SqliteStore {
         drop(self.tx.take());
         if self.writer.take().is_some_and(|w| w.join().is_err()) {
             tracing::error!(path = %self.path.display(), "the SQLite writer thread panicked");
+        }
+    }
+}
+
+/// Switches the file to WAL mode. Another process opening the same new file at the same
+/// moment can hold it busy, and SQLite does not wait for that change by itself: retry for a
+/// while (as `busy_timeout` would).
+fn wal_mode(conn: &Connection) -> rusqlite::Result<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)) {
+            Err(e)
+                if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5 + u64::from(fastrand::u8(..20))));
+            }
+            other => return other,
         }
     }
 }
@@ -550,48 +624,86 @@ fn migrate(conn: &mut Connection, current: i64, path: &str) -> Result<(), StoreE
 // ---------------------------------------------------------------------------------------------
 // The writer.
 
-fn writer_loop(
+/// The writer thread's state.
+struct Writer<'a> {
     conn: Connection,
-    rx: mpsc::Receiver<Command>,
     max_batch: usize,
-    commits: &AtomicU64,
-    metrics: &StoreMetrics,
-) {
-    // After a Close every command is refused, but the connection stays open until the store
-    // is dropped: closing it last lets SQLite fold the WAL into the database file.
-    let mut closed = false;
-    while let Ok(first) = rx.recv() {
-        if closed {
-            let outcome = Outcome::failed(&first, StoreError::Closed);
-            reply(first, outcome);
-            continue;
-        }
-        let mut closing = matches!(first, Command::Close(_));
-        let mut batch = vec![first];
-        while !closing && batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(cmd) => {
-                    closing = matches!(cmd, Command::Close(_));
-                    batch.push(cmd);
+    commits: &'a AtomicU64,
+    metrics: &'a StoreMetrics,
+    hub: WakeupHub,
+}
+
+impl Writer<'_> {
+    fn run(self, rx: mpsc::Receiver<Command>) {
+        // After a Close every command is refused, but the connection stays open until the
+        // store is dropped: closing it last lets SQLite fold the WAL into the database file.
+        let mut closed = false;
+        // Other processes' commits change `data_version` as this connection sees it; our own
+        // do not.
+        let mut seen_version = self.data_version();
+        let mut last_poll = std::time::Instant::now();
+        loop {
+            let first = if self.hub.watched() && !closed {
+                match rx.recv_timeout(CHANGE_POLL) {
+                    Ok(cmd) => Some(cmd),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 }
-                Err(_) => break,
+            } else {
+                match rx.recv() {
+                    Ok(cmd) => Some(cmd),
+                    Err(_) => return,
+                }
+            };
+            if !closed && last_poll.elapsed() >= CHANGE_POLL {
+                last_poll = std::time::Instant::now();
+                let now = self.data_version();
+                if now != seen_version {
+                    seen_version = now;
+                    self.hub.send(Wakeup::Changed);
+                }
             }
+            let Some(first) = first else { continue };
+            if closed {
+                let outcome = Outcome::failed(&first, StoreError::Closed);
+                reply(first, outcome);
+                continue;
+            }
+            let mut closing = matches!(first, Command::Close(_));
+            let mut batch = vec![first];
+            while !closing && batch.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(cmd) => {
+                        closing = matches!(cmd, Command::Close(_));
+                        batch.push(cmd);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let started = std::time::Instant::now();
+            let size = batch.len();
+            run_batch(&self.conn, batch, self.commits, &self.hub);
+            self.metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+            self.metrics.batch_size.observe(size as f64);
+            closed |= closing;
         }
-        let started = std::time::Instant::now();
-        let size = batch.len();
-        run_batch(&conn, batch, commits);
-        metrics
-            .commit_seconds
-            .observe(started.elapsed().as_secs_f64());
-        metrics.batch_size.observe(size as f64);
-        closed |= closing;
+    }
+
+    fn data_version(&self) -> i64 {
+        self.conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .unwrap_or(0)
     }
 }
 
-/// Runs `batch` in one transaction and replies to every command after it ended.
-fn run_batch(conn: &Connection, batch: Vec<Command>, commits: &AtomicU64) {
+/// Runs `batch` in one transaction, replies to every command after it ended and sends the
+/// wake-ups of the commands that took effect.
+fn run_batch(conn: &Connection, batch: Vec<Command>, commits: &AtomicU64, hub: &WakeupHub) {
     let size = batch.len();
     let mut outcomes = Vec::with_capacity(size);
+    let mut woken = Vec::new();
     let result = (|| -> Result<(), StoreError> {
         let run = |sql: &str, what: &str| {
             conn.prepare_cached(sql)
@@ -601,19 +713,23 @@ fn run_batch(conn: &Connection, batch: Vec<Command>, commits: &AtomicU64) {
         run("BEGIN IMMEDIATE", "beginning a write transaction")?;
         if let [only] = batch.as_slice() {
             // One command: the transaction is its unit; a failure rolls it back alone.
-            let outcome = execute(conn, only);
+            let outcome = execute(conn, only, &mut woken);
             if outcome.is_ok() {
                 run("COMMIT", "committing a write transaction")?;
-            } else if !conn.is_autocommit() {
-                // (SQLite rolls back on its own after some errors, e.g. a full disk.)
-                run("ROLLBACK", "rolling back a failed write")?;
+            } else {
+                woken.clear();
+                if !conn.is_autocommit() {
+                    // (SQLite rolls back on its own after some errors, e.g. a full disk.)
+                    run("ROLLBACK", "rolling back a failed write")?;
+                }
             }
             outcomes.push(outcome);
             return Ok(());
         }
         for cmd in &batch {
             run("SAVEPOINT orch_cmd", "opening a savepoint")?;
-            let outcome = execute(conn, cmd);
+            let mark = woken.len();
+            let outcome = execute(conn, cmd, &mut woken);
             if outcome.is_ok() {
                 run("RELEASE orch_cmd", "releasing a savepoint")?;
             } else if conn.is_autocommit() {
@@ -623,6 +739,7 @@ fn run_batch(conn: &Connection, batch: Vec<Command>, commits: &AtomicU64) {
                     StoreError::Backend("a write failed and SQLite rolled back the batch".into())
                 }));
             } else {
+                woken.truncate(mark);
                 run("ROLLBACK TO orch_cmd", "rolling back a failed write")?;
                 run("RELEASE orch_cmd", "releasing a savepoint")?;
             }
@@ -646,12 +763,16 @@ fn run_batch(conn: &Connection, batch: Vec<Command>, commits: &AtomicU64) {
             if let Err(e) = rollback {
                 tracing::error!(error = %e, "rolling back a failed batch");
             }
+            woken.clear();
             outcomes.clear();
             outcomes.extend(batch.iter().map(|cmd| Outcome::failed(cmd, err.clone())));
         }
     }
     for (cmd, outcome) in batch.into_iter().zip(outcomes) {
         reply(cmd, outcome);
+    }
+    for w in woken {
+        hub.send(w);
     }
 }
 
@@ -661,6 +782,9 @@ impl Outcome {
             Outcome::Unit(r) => r.is_ok(),
             Outcome::Created(r) => r.is_ok(),
             Outcome::Signal(r) => r.is_ok(),
+            Outcome::Claimed(r) => r.is_ok(),
+            Outcome::Lease(r) => r.is_ok(),
+            Outcome::Lost(r) => r.is_ok(),
         }
     }
 
@@ -669,14 +793,22 @@ impl Outcome {
             Outcome::Unit(r) => r.as_ref().err().cloned(),
             Outcome::Created(r) => r.as_ref().err().cloned(),
             Outcome::Signal(r) => r.as_ref().err().cloned(),
+            Outcome::Claimed(r) => r.as_ref().err().cloned(),
+            Outcome::Lease(r) => r.as_ref().err().cloned(),
+            Outcome::Lost(r) => r.as_ref().err().cloned(),
         }
     }
 
     fn failed(cmd: &Command, err: StoreError) -> Outcome {
         match cmd {
-            Command::Submit(..) | Command::Close(_) | Command::Probe(_) => Outcome::Unit(Err(err)),
+            Command::Submit(..) | Command::Close(_) | Command::Probe(_) | Command::Release(..) => {
+                Outcome::Unit(Err(err))
+            }
             Command::Create(..) => Outcome::Created(Err(err)),
             Command::AddSignal { .. } => Outcome::Signal(Err(err)),
+            Command::ClaimDue(..) => Outcome::Claimed(Err(err)),
+            Command::Claim(..) => Outcome::Lease(Err(err)),
+            Command::Renew(..) => Outcome::Lost(Err(err)),
         }
     }
 }
@@ -684,10 +816,25 @@ impl Outcome {
 /// Sends `outcome` to whoever is waiting for `cmd` (who may have stopped waiting).
 fn reply(cmd: Command, outcome: Outcome) {
     match (cmd, outcome) {
-        (Command::Submit(_, tx) | Command::Close(tx) | Command::Probe(tx), Outcome::Unit(r)) => {
+        (
+            Command::Submit(_, _, tx)
+            | Command::Close(tx)
+            | Command::Probe(tx)
+            | Command::Release(_, _, tx),
+            Outcome::Unit(r),
+        ) => {
             let _ = tx.send(r);
         }
-        (Command::Create(_, _, tx), Outcome::Created(r)) => {
+        (Command::Create(_, _, _, tx), Outcome::Created(r)) => {
+            let _ = tx.send(r);
+        }
+        (Command::ClaimDue(_, _, tx), Outcome::Claimed(r)) => {
+            let _ = tx.send(r);
+        }
+        (Command::Claim(_, _, tx), Outcome::Lease(r)) => {
+            let _ = tx.send(r);
+        }
+        (Command::Renew(_, _, tx), Outcome::Lost(r)) => {
             let _ = tx.send(r);
         }
         (Command::AddSignal { reply, .. }, Outcome::Signal(r)) => {
@@ -699,16 +846,28 @@ fn reply(cmd: Command, outcome: Outcome) {
     }
 }
 
-/// Runs one command inside the current savepoint.
-fn execute(conn: &Connection, cmd: &Command) -> Outcome {
+/// Runs one command inside the current savepoint; what it wakes goes to `woken`.
+fn execute(conn: &Connection, cmd: &Command, woken: &mut Vec<Wakeup>) -> Outcome {
     match cmd {
-        Command::Submit(ops, _) => Outcome::Unit(ops.iter().try_for_each(|op| apply(conn, op))),
-        Command::Create(record, extra, _) => Outcome::Created(create(conn, record).and_then(|c| {
-            if matches!(c, Created::New) {
-                extra.iter().try_for_each(|op| apply(conn, op))?;
+        Command::Submit(fence, ops, _) => Outcome::Unit((|| {
+            if let Some(fence) = fence {
+                check_fence(conn, fence)?;
             }
-            Ok(c)
-        })),
+            ops.iter().try_for_each(|op| apply(conn, op, woken))
+        })()),
+        Command::Create(record, owner, extra, _) => {
+            Outcome::Created(create(conn, record, owner.as_ref()).and_then(|c| {
+                if matches!(c, Created::New(_)) {
+                    extra.iter().try_for_each(|op| apply(conn, op, woken))?;
+                }
+                if matches!(c, Created::New(None)) {
+                    woken.push(Wakeup::Due {
+                        instance: record.id.clone(),
+                    });
+                }
+                Ok(c)
+            }))
+        }
         Command::AddSignal {
             instance,
             name,
@@ -717,11 +876,19 @@ fn execute(conn: &Connection, cmd: &Command) -> Outcome {
             extra,
             ..
         } => Outcome::Signal(
-            add_signal(conn, instance, name, payload, *at).and_then(|id| {
-                extra.iter().try_for_each(|op| apply(conn, op))?;
+            add_signal(conn, instance, name, payload, *at, woken).and_then(|id| {
+                extra.iter().try_for_each(|op| apply(conn, op, woken))?;
                 Ok(id)
             }),
         ),
+        Command::ClaimDue(terms, limit, _) => {
+            Outcome::Claimed(ownership::claim_due(conn, terms, *limit))
+        }
+        Command::Claim(terms, id, _) => Outcome::Lease(ownership::claim(conn, terms, id)),
+        Command::Renew(terms, held, _) => Outcome::Lost(ownership::renew(conn, terms, held)),
+        Command::Release(node, ids, _) => {
+            Outcome::Unit(ownership::release(conn, node, ids.as_deref(), woken))
+        }
         Command::Close(_) => Outcome::Unit(Ok(())),
         Command::Probe(_) => Outcome::Unit(probe(conn)),
     }
@@ -771,14 +938,37 @@ macro_rules! final_in {
         "('completed', 'failed', 'cancelled', 'terminated', 'incompatible')"
     };
 }
-const FINAL_IN: &str = final_in!();
 
-fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
+/// Refuses the submission unless `fence` still holds (one primary-key read, inside the
+/// transaction that applies the submission).
+fn check_fence(conn: &Connection, fence: &Fence) -> Result<(), StoreError> {
+    let found: Option<(Option<String>, i64)> = conn
+        .prepare_cached("SELECT owner, epoch FROM instances WHERE id = ?1")
+        .and_then(|mut s| {
+            s.query_row([&fence.instance], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(|e| backend(&format!("checking the lease on `{}`", fence.instance), e))?;
+    let (owner, epoch) = found.unwrap_or((None, 0));
+    let epoch = u64::try_from(epoch).unwrap_or(0);
+    if owner.as_deref() == Some(fence.node.as_str()) && epoch == fence.epoch {
+        return Ok(());
+    }
+    Err(StoreError::LeaseLost {
+        instance: fence.instance.clone(),
+        node: fence.node.to_string(),
+        epoch: fence.epoch,
+        current_owner: owner,
+        current_epoch: epoch,
+    })
+}
+
+fn apply(conn: &Connection, op: &WriteOp, woken: &mut Vec<Wakeup>) -> Result<(), StoreError> {
     let id = op.instance();
     let ctx = |what: &str| format!("{what} for instance `{id}`");
     match op {
         // A missing instance has nothing to wake.
-        WriteOp::Wake { at, .. } => return wake(conn, id, *at, "waking"),
+        WriteOp::Wake { at, .. } => return wake(conn, id, *at, "waking", woken),
         WriteOp::Audit(a) => {
             conn.prepare_cached(
                 "INSERT INTO audit (at, actor, action, target, detail) \
@@ -793,7 +983,13 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
             journal,
             attempts,
             ended_timers,
-        } => return fork(conn, record, journal, attempts, ended_timers),
+        } => {
+            fork(conn, record, journal, attempts, ended_timers)?;
+            woken.push(Wakeup::Due {
+                instance: record.id.clone(),
+            });
+            return Ok(());
+        }
         _ => {}
     }
     let Some(current) = status_of(conn, id, "checking the instance")? else {
@@ -869,14 +1065,37 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
             at,
             ..
         } => {
-            // A literal (no formatting) on this hot path.
-            conn.prepare_cached(concat!(
-                "UPDATE instances SET status = ?2, wake_at = ?3, updated_at = ?4 ",
-                "WHERE id = ?1 AND status NOT IN ",
-                final_in!()
-            ))
-            .and_then(|mut s| s.execute(params![id, status.as_str(), wake_at, at]))
-            .map_err(|e| backend(&ctx("setting the status"), e))?;
+            if *status == Status::Suspended {
+                // Released; a wake that arrived while it ran is kept (MIN ignores NULL only
+                // through the COALESCEs).
+                let merged: Option<Option<Millis>> = conn
+                    .prepare_cached(concat!(
+                        "UPDATE instances SET status = 'suspended', owner = NULL, ",
+                        "wake_at = MIN(COALESCE(wake_at, ?2), COALESCE(?2, wake_at)), ",
+                        "updated_at = ?3 WHERE id = ?1 AND status NOT IN ",
+                        final_in!(),
+                        " RETURNING wake_at"
+                    ))
+                    .and_then(|mut s| {
+                        s.query_row(params![id, wake_at, at], |r| r.get(0))
+                            .optional()
+                    })
+                    .map_err(|e| backend(&ctx("suspending"), e))?;
+                if merged.flatten().is_some_and(|w| w <= *at) {
+                    woken.push(Wakeup::Due {
+                        instance: id.to_string(),
+                    });
+                }
+            } else {
+                // A literal (no formatting) on this hot path.
+                conn.prepare_cached(concat!(
+                    "UPDATE instances SET status = ?2, wake_at = ?3, updated_at = ?4 ",
+                    "WHERE id = ?1 AND status NOT IN ",
+                    final_in!()
+                ))
+                .and_then(|mut s| s.execute(params![id, status.as_str(), wake_at, at]))
+                .map_err(|e| backend(&ctx("setting the status"), e))?;
+            }
         }
         WriteOp::Finish {
             status,
@@ -886,24 +1105,43 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
             at,
             ..
         } => {
-            conn.prepare_cached(concat!(
-                "UPDATE instances SET status = ?2, output = ?3, error = ?4, wake_at = NULL, ",
-                "updated_at = ?5, failed_step = ?6, failed_seq = ?7 ",
-                "WHERE id = ?1 AND status NOT IN ",
-                final_in!()
-            ))
-            .and_then(|mut s| {
-                s.execute(params![
-                    id,
-                    status.as_str(),
-                    output,
-                    error,
-                    at,
-                    failed_step.as_ref().map(|f| &f.0),
-                    failed_step.as_ref().map(|f| f.1)
-                ])
-            })
-            .map_err(|e| backend(&ctx("finishing"), e))?;
+            // Ends ownership too: a node still driving it (a termination) is fenced out.
+            let finished: Option<Option<String>> = conn
+                .prepare_cached(concat!(
+                    "UPDATE instances SET status = ?2, output = ?3, error = ?4, wake_at = NULL, ",
+                    "updated_at = ?5, failed_step = ?6, failed_seq = ?7, owner = NULL, ",
+                    "epoch = epoch + 1 WHERE id = ?1 AND status NOT IN ",
+                    final_in!(),
+                    " RETURNING parent"
+                ))
+                .and_then(|mut s| {
+                    s.query_row(
+                        params![
+                            id,
+                            status.as_str(),
+                            output,
+                            error,
+                            at,
+                            failed_step.as_ref().map(|f| &f.0),
+                            failed_step.as_ref().map(|f| f.1)
+                        ],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                })
+                .map_err(|e| backend(&ctx("finishing"), e))?;
+            if let Some(parent) = finished {
+                woken.push(Wakeup::Finished {
+                    instance: id.to_string(),
+                    status: *status,
+                });
+                if let Some(parent) = parent {
+                    woken.push(Wakeup::ChildFinished {
+                        parent,
+                        child: id.to_string(),
+                    });
+                }
+            }
         }
         WriteOp::Attribute { key, value, .. } => {
             conn.prepare_cached(
@@ -934,7 +1172,11 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
             .and_then(|mut s| s.execute(params![id, at]))
             .map_err(|e| backend(&ctx("requesting cancellation"), e))?;
             // Due now, so a restart delivers the cancellation without waiting for a timer.
-            wake(conn, id, *at, "requesting cancellation")?;
+            wake(conn, id, *at, "requesting cancellation", woken)?;
+            woken.push(Wakeup::Cancel {
+                instance: id.to_string(),
+                at: *at,
+            });
         }
         WriteOp::CancelDelivered { seq, .. } => {
             conn.prepare_cached("UPDATE instances SET cancel_seq = ?2 WHERE id = ?1")
@@ -952,6 +1194,9 @@ fn apply(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
                 });
             }
             retry(conn, id, *from_seq, *at).map_err(|e| backend(&ctx("retrying"), e))?;
+            woken.push(Wakeup::Due {
+                instance: id.to_string(),
+            });
         }
         WriteOp::Fork { .. } | WriteOp::Audit(_) => {}
     }
@@ -1026,7 +1271,7 @@ fn retry(conn: &Connection, id: &str, from_seq: u32, at: Millis) -> rusqlite::Re
     conn.prepare_cached(
         "UPDATE instances SET retries = ?2, status = 'running', output = NULL, error = NULL, \
          failed_step = NULL, failed_seq = NULL, cancel_requested = NULL, cancel_seq = NULL, \
-         wake_at = NULL, updated_at = ?3 WHERE id = ?1",
+         wake_at = NULL, updated_at = ?3, owner = NULL, epoch = epoch + 1 WHERE id = ?1",
     )?
     .execute(params![id, retry, at])?;
     Ok(())
@@ -1040,7 +1285,7 @@ fn fork(
     attempts: &[AttemptRecord],
     ended_timers: &[u32],
 ) -> Result<(), StoreError> {
-    if let Created::Existing(_) = create(conn, record)? {
+    if let Created::Existing(_) = create(conn, record, None)? {
         return Err(StoreError::Conflict {
             instance: record.id.clone(),
             detail: "an instance with this id exists already".into(),
@@ -1048,7 +1293,7 @@ fn fork(
     }
     let id = &record.id;
     for entry in journal {
-        apply(
+        apply_quiet(
             conn,
             &WriteOp::Append {
                 instance: id.clone(),
@@ -1057,7 +1302,7 @@ fn fork(
         )?;
     }
     for a in attempts {
-        apply(
+        apply_quiet(
             conn,
             &WriteOp::Attempt {
                 instance: id.clone(),
@@ -1066,7 +1311,7 @@ fn fork(
         )?;
     }
     for &seq in ended_timers {
-        apply(
+        apply_quiet(
             conn,
             &WriteOp::EndTimer {
                 instance: id.clone(),
@@ -1077,13 +1322,23 @@ fn fork(
     Ok(())
 }
 
-fn create(conn: &Connection, rec: &InstanceRecord) -> Result<Created, StoreError> {
+/// [`apply`] for ops that wake nothing (the parts of a fork).
+fn apply_quiet(conn: &Connection, op: &WriteOp) -> Result<(), StoreError> {
+    apply(conn, op, &mut Vec::new())
+}
+
+fn create(
+    conn: &Connection,
+    rec: &InstanceRecord,
+    owner: Option<&LeaseTerms>,
+) -> Result<Created, StoreError> {
     let ctx = format!("creating instance `{}`", rec.id);
+    let node = owner.map(|t| t.node.as_str());
     let inserted = conn
         .prepare_cached(&format!(
-            "INSERT INTO instances ({INSTANCE_COLUMNS}) \
+            "INSERT INTO instances ({INSTANCE_COLUMNS}, owner, epoch) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-             ?17) ON CONFLICT (id) DO NOTHING"
+             ?17, ?18, ?19) ON CONFLICT (id) DO NOTHING"
         ))
         .and_then(|mut s| {
             s.execute(params![
@@ -1103,12 +1358,23 @@ fn create(conn: &Connection, rec: &InstanceRecord) -> Result<Created, StoreError
                 rec.failed_seq,
                 rec.cancel_requested,
                 rec.cancel_seq,
-                rec.retries
+                rec.retries,
+                node,
+                i64::from(owner.is_some())
             ])
         })
         .map_err(|e| backend(&ctx, e))?;
     if inserted == 1 {
-        return Ok(Created::New);
+        let lease = match owner {
+            Some(t) => Some(Lease {
+                instance: rec.id.clone(),
+                node: t.node.clone(),
+                epoch: 1,
+                expires_at: ownership::node_expiry(conn, &t.node)?,
+            }),
+            None => None,
+        };
+        return Ok(Created::New(lease));
     }
     match get_record(conn, &rec.id)? {
         Some(existing) => Ok(Created::Existing(Box::new(existing))),
@@ -1124,6 +1390,7 @@ fn add_signal(
     name: &str,
     payload: &str,
     at: Millis,
+    woken: &mut Vec<Wakeup>,
 ) -> Result<i64, StoreError> {
     let what = format!("delivering signal `{name}`");
     match status_of(conn, instance, &what)? {
@@ -1142,18 +1409,40 @@ fn add_signal(
     .and_then(|mut s| s.execute(params![instance, name, payload, at]))
     .map_err(|e| backend(&format!("{what} for instance `{instance}`"), e))?;
     let id = conn.last_insert_rowid();
-    wake(conn, instance, at, &what)?;
+    wake(conn, instance, at, &what, woken)?;
+    woken.push(Wakeup::Signal {
+        instance: instance.to_string(),
+        signal: SignalRecord {
+            id,
+            name: name.to_string(),
+            payload: payload.to_string(),
+            received_at: at,
+        },
+    });
     Ok(id)
 }
 
-/// Makes a suspended instance due at `at` (earlier timers stay).
-fn wake(conn: &Connection, instance: &str, at: Millis, what: &str) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "UPDATE instances SET wake_at = MIN(COALESCE(wake_at, ?2), ?2) \
-         WHERE id = ?1 AND status = 'suspended'",
-    )
-    .and_then(|mut s| s.execute(params![instance, at]))
-    .map_err(|e| backend(&format!("{what} for instance `{instance}`"), e))?;
+/// Makes an unfinished instance due at `at` (earlier wake times stay; see [`WriteOp::Wake`]).
+fn wake(
+    conn: &Connection,
+    instance: &str,
+    at: Millis,
+    what: &str,
+    woken: &mut Vec<Wakeup>,
+) -> Result<(), StoreError> {
+    let changed = conn
+        .prepare_cached(concat!(
+            "UPDATE instances SET wake_at = MIN(COALESCE(wake_at, ?2), ?2) ",
+            "WHERE id = ?1 AND status NOT IN ",
+            final_in!()
+        ))
+        .and_then(|mut s| s.execute(params![instance, at]))
+        .map_err(|e| backend(&format!("{what} for instance `{instance}`"), e))?;
+    if changed > 0 {
+        woken.push(Wakeup::Due {
+            instance: instance.to_string(),
+        });
+    }
     Ok(())
 }
 
@@ -1330,13 +1619,6 @@ fn list_records(conn: &Connection, filter: &ListFilter) -> Result<Vec<InstanceRe
         ));
     }
     query_records(conn, &sql, params, "listing instances")
-}
-
-fn unfinished_records(conn: &Connection) -> Result<Vec<InstanceRecord>, StoreError> {
-    let sql = format!(
-        "SELECT {INSTANCE_COLUMNS} FROM instances WHERE status NOT IN {FINAL_IN} ORDER BY id"
-    );
-    query_records(conn, &sql, Vec::new(), "listing unfinished instances")
 }
 
 /// The WHERE clause (without cursor) and parameters of a search.
@@ -1691,33 +1973,40 @@ fn audit_records(conn: &Connection, limit: usize) -> Result<Vec<AuditRecord>, St
 
 // ---------------------------------------------------------------------------------------------
 
-impl Store for SqliteStore {
-    fn submit(&self, ops: Vec<WriteOp>) -> Commit {
-        let (tx, commit) = Commit::channel();
-        if self.send(Command::Submit(ops, tx)) {
-            commit
-        } else {
-            Commit::ready(Err(StoreError::Closed))
-        }
-    }
-
-    fn create(&self, record: InstanceRecord) -> BoxFuture<'_, Result<Created, StoreError>> {
-        self.create_with(record, Vec::new())
-    }
-
-    fn create_with(
+impl SqliteStore {
+    /// Sends a command built around a reply channel and waits for the reply.
+    fn ask<T: Send + 'static>(
         &self,
-        record: InstanceRecord,
-        extra: Vec<WriteOp>,
-    ) -> BoxFuture<'_, Result<Created, StoreError>> {
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+    ) -> BoxFuture<'_, Result<T, StoreError>> {
         let (tx, rx) = oneshot::channel();
-        let sent = self.send(Command::Create(Box::new(record), extra, tx));
+        let sent = self.send(make(tx));
         Box::pin(async move {
             if !sent {
                 return Err(StoreError::Closed);
             }
             rx.await.unwrap_or(Err(StoreError::Closed))
         })
+    }
+}
+
+impl Store for SqliteStore {
+    fn submit(&self, fence: Option<Fence>, ops: Vec<WriteOp>) -> Commit {
+        let (tx, commit) = Commit::channel();
+        if self.send(Command::Submit(fence, ops, tx)) {
+            commit
+        } else {
+            Commit::ready(Err(StoreError::Closed))
+        }
+    }
+
+    fn create(
+        &self,
+        record: InstanceRecord,
+        owner: Option<LeaseTerms>,
+        extra: Vec<WriteOp>,
+    ) -> BoxFuture<'_, Result<Created, StoreError>> {
+        self.ask(|tx| Command::Create(Box::new(record), owner, extra, tx))
     }
 
     fn add_signal(
@@ -1726,32 +2015,16 @@ impl Store for SqliteStore {
         name: &str,
         payload: String,
         at: Millis,
-    ) -> BoxFuture<'_, Result<i64, StoreError>> {
-        self.add_signal_with(instance, name, payload, at, Vec::new())
-    }
-
-    fn add_signal_with(
-        &self,
-        instance: &str,
-        name: &str,
-        payload: String,
-        at: Millis,
         extra: Vec<WriteOp>,
     ) -> BoxFuture<'_, Result<i64, StoreError>> {
-        let (reply, rx) = oneshot::channel();
-        let sent = self.send(Command::AddSignal {
-            instance: instance.to_string(),
-            name: name.to_string(),
+        let (instance, name) = (instance.to_string(), name.to_string());
+        self.ask(|reply| Command::AddSignal {
+            instance,
+            name,
             payload,
             at,
             extra,
             reply,
-        });
-        Box::pin(async move {
-            if !sent {
-                return Err(StoreError::Closed);
-            }
-            rx.await.unwrap_or(Err(StoreError::Closed))
         })
     }
 
@@ -1769,10 +2042,78 @@ impl Store for SqliteStore {
         self.read(move |conn| list_records(conn, &filter))
     }
 
-    fn unfinished(&self) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>> {
-        self.read(|conn| unfinished_records(conn))
+    fn claim_due(
+        &self,
+        terms: LeaseTerms,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Claimed, StoreError>> {
+        self.ask(|tx| Command::ClaimDue(terms, limit, tx))
     }
 
+    fn claim(
+        &self,
+        terms: LeaseTerms,
+        instance: &str,
+    ) -> BoxFuture<'_, Result<Option<Lease>, StoreError>> {
+        let instance = instance.to_string();
+        self.ask(|tx| Command::Claim(terms, instance, tx))
+    }
+
+    fn renew(
+        &self,
+        terms: LeaseTerms,
+        held: Vec<(String, u64)>,
+    ) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        self.ask(|tx| Command::Renew(terms, held, tx))
+    }
+
+    fn release(
+        &self,
+        node: &NodeId,
+        instances: Option<Vec<String>>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let node = node.clone();
+        self.ask(|tx| Command::Release(node, instances, tx))
+    }
+
+    fn wakeups(&self) -> Wakeups {
+        self.hub.subscribe()
+    }
+
+    fn metrics(&self) -> Option<Arc<StoreMetrics>> {
+        Some(self.metrics.clone())
+    }
+
+    fn probe_write(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.ask(Command::Probe)
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (tx, rx) = oneshot::channel();
+        let was_closed = self.closed.swap(true, Ordering::SeqCst);
+        let sent = self.send(Command::Close(tx));
+        Box::pin(async move {
+            if !sent {
+                // Closing twice is fine; a writer that died on its own is not.
+                return if was_closed {
+                    Ok(())
+                } else {
+                    Err(StoreError::Closed)
+                };
+            }
+            match rx.await {
+                // Closing twice is fine.
+                Ok(Err(StoreError::Closed)) if was_closed => Ok(()),
+                Ok(result) => result,
+                // Dropped unanswered: an earlier close got there first.
+                Err(_) if was_closed => Ok(()),
+                Err(_) => Err(StoreError::Closed),
+            }
+        })
+    }
+}
+
+impl StoreAdmin for SqliteStore {
     fn search(&self, query: Query) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>> {
         self.read(move |conn| search_records(conn, &query))
     }
@@ -1805,47 +2146,8 @@ impl Store for SqliteStore {
         self.read(move |conn| audit_records(conn, limit))
     }
 
-    fn metrics(&self) -> Option<Arc<StoreMetrics>> {
-        Some(self.metrics.clone())
-    }
-
-    fn probe_write(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        let (tx, rx) = oneshot::channel();
-        let sent = self.send(Command::Probe(tx));
-        Box::pin(async move {
-            if !sent {
-                return Err(StoreError::Closed);
-            }
-            rx.await.unwrap_or(Err(StoreError::Closed))
-        })
-    }
-
-    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        let (tx, rx) = oneshot::channel();
-        let was_closed = self.closed.swap(true, Ordering::SeqCst);
-        let sent = self.send(Command::Close(tx));
-        Box::pin(async move {
-            let result = if !sent {
-                // Closing twice is fine; a writer that died on its own is not.
-                if was_closed {
-                    Ok(())
-                } else {
-                    Err(StoreError::Closed)
-                }
-            } else {
-                match rx.await {
-                    // Closing twice is fine.
-                    Ok(Err(StoreError::Closed)) if was_closed => Ok(()),
-                    Ok(result) => result,
-                    // Dropped unanswered: an earlier close got there first.
-                    Err(_) if was_closed => Ok(()),
-                    Err(_) => Err(StoreError::Closed),
-                }
-            };
-            // Nothing is written after a close: the file is free for another runtime.
-            drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()).take());
-            result
-        })
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeRecord>, StoreError>> {
+        self.read(ownership::nodes)
     }
 }
 
@@ -1906,7 +2208,12 @@ mod tests {
             assert_eq!(l.record, r);
             all.push((l.record, l.journal, l.attempts, l.signals));
         }
-        (all, store.unfinished().await.expect("unfinished"))
+        (all, unfinished(store).await)
+    }
+
+    async fn unfinished(store: &SqliteStore) -> Vec<InstanceRecord> {
+        let all = store.list(ListFilter::default()).await.expect("list");
+        all.into_iter().filter(|r| !r.status.is_final()).collect()
     }
 
     #[tokio::test]
@@ -1919,22 +2226,29 @@ mod tests {
         child.parent = Some("a".into());
         child.workflow = "other".into();
         for r in [rec("a"), child.clone(), rec("c")] {
-            assert!(matches!(store.create(r).await, Ok(Created::New)));
+            assert!(matches!(
+                store.create(r, None, Vec::new()).await,
+                Ok(Created::New(None))
+            ));
         }
         // Creating again returns the stored record unchanged.
         let mut again = rec("a");
         again.input = "\"different\"".into();
-        match store.create(again).await.expect("create again") {
+        match store
+            .create(again, None, Vec::new())
+            .await
+            .expect("create again")
+        {
             Created::Existing(r) => assert_eq!(*r, rec("a")),
-            Created::New => panic!("duplicate create stored a new instance"),
+            Created::New(_) => panic!("duplicate create stored a new instance"),
         }
 
         let s1 = store
-            .add_signal("a", "go", "1".into(), 50)
+            .add_signal("a", "go", "1".into(), 50, Vec::new())
             .await
             .expect("signal");
         let s2 = store
-            .add_signal("a", "go", "2".into(), 51)
+            .add_signal("a", "go", "2".into(), 51, Vec::new())
             .await
             .expect("signal");
         assert!(s2 > s1);
@@ -1946,70 +2260,77 @@ mod tests {
             finished_at: 2,
         };
         store
-            .submit(vec![
-                WriteOp::Attempt {
-                    instance: "a".into(),
-                    record: attempt(1, 2),
-                },
-                WriteOp::Attempt {
-                    instance: "a".into(),
-                    record: attempt(1, 1),
-                },
-                append("a", 2),
-                append("a", 1),
-                WriteOp::ConsumeSignal {
-                    instance: "a".into(),
-                    signal: s1,
-                    seq: 2,
-                },
-                WriteOp::CustomStatus {
-                    instance: "a".into(),
-                    value: "\"half\"".into(),
-                    at: 60,
-                },
-                WriteOp::SetStatus {
-                    instance: "a".into(),
-                    status: Status::Suspended,
-                    wake_at: Some(999),
-                    at: 61,
-                },
-            ])
+            .submit(
+                None,
+                vec![
+                    WriteOp::Attempt {
+                        instance: "a".into(),
+                        record: attempt(1, 2),
+                    },
+                    WriteOp::Attempt {
+                        instance: "a".into(),
+                        record: attempt(1, 1),
+                    },
+                    append("a", 2),
+                    append("a", 1),
+                    WriteOp::ConsumeSignal {
+                        instance: "a".into(),
+                        signal: s1,
+                        seq: 2,
+                    },
+                    WriteOp::CustomStatus {
+                        instance: "a".into(),
+                        value: "\"half\"".into(),
+                        at: 60,
+                    },
+                    WriteOp::SetStatus {
+                        instance: "a".into(),
+                        status: Status::Suspended,
+                        wake_at: Some(999),
+                        at: 61,
+                    },
+                ],
+            )
             .await
             .expect("submit a");
         store
-            .submit(vec![
-                append("c", 1),
-                WriteOp::Finish {
-                    instance: "c".into(),
-                    status: Status::Completed,
-                    output: Some("42".into()),
-                    error: None,
-                    failed_step: None,
-                    at: 70,
-                },
-                // Ignored: c is final.
-                WriteOp::SetStatus {
-                    instance: "c".into(),
-                    status: Status::Running,
-                    wake_at: Some(5),
-                    at: 71,
-                },
-                WriteOp::Finish {
-                    instance: "c".into(),
-                    status: Status::Failed,
-                    output: None,
-                    error: Some("late".into()),
-                    failed_step: None,
-                    at: 72,
-                },
-            ])
+            .submit(
+                None,
+                vec![
+                    append("c", 1),
+                    WriteOp::Finish {
+                        instance: "c".into(),
+                        status: Status::Completed,
+                        output: Some("42".into()),
+                        error: None,
+                        failed_step: None,
+                        at: 70,
+                    },
+                    // Ignored: c is final.
+                    WriteOp::SetStatus {
+                        instance: "c".into(),
+                        status: Status::Running,
+                        wake_at: Some(5),
+                        at: 71,
+                    },
+                    WriteOp::Finish {
+                        instance: "c".into(),
+                        status: Status::Failed,
+                        output: None,
+                        error: Some("late".into()),
+                        failed_step: None,
+                        at: 72,
+                    },
+                ],
+            )
             .await
             .expect("submit c");
 
         let a = store.load("a").await.expect("load").expect("a exists");
         let mut want_a = rec("a");
         want_a.status = Status::Suspended;
-        want_a.wake_at = Some(999);
+        // The signals that arrived while it ran (at 50) keep it due then, not at its timer.
+        want_a.wake_at = Some(50);
         want_a.custom_status = Some("\"half\"".into());
         want_a.updated_at = 61;
         assert_eq!(a.record, want_a);
@@ -2065,10 +2386,7 @@ mod tests {
             ids(list(ListFilter::default().limit(2)).await.expect("l")),
             ["a", "b-child"]
         );
-        assert_eq!(
-            ids(store.unfinished().await.expect("unfinished")),
-            ["a", "b-child"]
-        );
+        assert_eq!(ids(unfinished(&store).await), ["a", "b-child"]);
 
         let before = snapshot(&store).await;
         drop(store);
@@ -2076,7 +2394,7 @@ mod tests {
         assert_eq!(snapshot(&store).await, before);
         // Signal ids keep increasing across reopen.
         let s3 = store
-            .add_signal("a", "go", "3".into(), 52)
+            .add_signal("a", "go", "3".into(), 52, Vec::new())
             .await
             .expect("signal");
         assert!(s3 > s2);
@@ -2087,17 +2405,23 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(&dir.path().join("orch.db"));
         for id in ["a", "b", "c"] {
-            store.create(rec(id)).await.expect("create");
+            store
+                .create(rec(id), None, Vec::new())
+                .await
+                .expect("create");
         }
-        store.submit(vec![append("b", 1)]).await.expect("first");
+        store
+            .submit(None, vec![append("b", 1)])
+            .await
+            .expect("first");
 
         // Queue everything before awaiting anything so it lands in few transactions.
         let commits = vec![
-            store.submit(vec![append("a", 1)]),
-            store.submit(vec![append("b", 2), append("b", 1)]), // conflict: all-or-nothing
-            store.submit(vec![append("c", 1)]),
-            store.submit(vec![append("missing", 1)]),
-            store.submit(vec![append("a", 2)]),
+            store.submit(None, vec![append("a", 1)]),
+            store.submit(None, vec![append("b", 2), append("b", 1)]), // conflict: all-or-nothing
+            store.submit(None, vec![append("c", 1)]),
+            store.submit(None, vec![append("missing", 1)]),
+            store.submit(None, vec![append("a", 2)]),
         ];
         let mut results = Vec::new();
         for c in commits {
@@ -2130,10 +2454,13 @@ mod tests {
     async fn group_commit_batches_queued_submissions() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(&dir.path().join("orch.db"));
-        store.create(rec("a")).await.expect("create");
+        store
+            .create(rec("a"), None, Vec::new())
+            .await
+            .expect("create");
         let before = store.commits();
         let pending: Vec<_> = (1..=1000)
-            .map(|seq| store.submit(vec![append("a", seq)]))
+            .map(|seq| store.submit(None, vec![append("a", seq)]))
             .collect();
         for c in pending {
             c.await.expect("commit");
@@ -2252,7 +2579,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(&dir.path().join("orch.db"));
         let err = store
-            .add_signal("ghost", "go", "1".into(), 1)
+            .add_signal("ghost", "go", "1".into(), 1, Vec::new())
             .await
             .expect_err("missing");
         assert!(
@@ -2260,20 +2587,26 @@ mod tests {
             "{err}"
         );
 
-        store.create(rec("a")).await.expect("create");
         store
-            .submit(vec![WriteOp::Finish {
-                instance: "a".into(),
-                status: Status::Failed,
-                output: None,
-                error: Some("no".into()),
-                failed_step: None,
-                at: 5,
-            }])
+            .create(rec("a"), None, Vec::new())
+            .await
+            .expect("create");
+        store
+            .submit(
+                None,
+                vec![WriteOp::Finish {
+                    instance: "a".into(),
+                    status: Status::Failed,
+                    output: None,
+                    error: Some("no".into()),
+                    failed_step: None,
+                    at: 5,
+                }],
+            )
             .await
             .expect("finish");
         let err = store
-            .add_signal("a", "go", "1".into(), 6)
+            .add_signal("a", "go", "1".into(), 6, Vec::new())
             .await
             .expect_err("finished");
         assert!(
@@ -2289,26 +2622,29 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("orch.db");
         let store = open(&path);
-        store.create(rec("a")).await.expect("create");
+        store
+            .create(rec("a"), None, Vec::new())
+            .await
+            .expect("create");
         // Not awaited before close: close must still make them durable.
         let queued: Vec<_> = (1..=10)
-            .map(|s| store.submit(vec![append("a", s)]))
+            .map(|s| store.submit(None, vec![append("a", s)]))
             .collect();
         store.close().await.expect("close");
         for c in queued {
             c.await.expect("queued before close");
         }
         let err = store
-            .submit(vec![append("a", 11)])
+            .submit(None, vec![append("a", 11)])
             .await
             .expect_err("closed");
         assert!(matches!(err, StoreError::Closed), "{err}");
         assert!(matches!(
-            store.create(rec("b")).await,
+            store.create(rec("b"), None, Vec::new()).await,
             Err(StoreError::Closed)
         ));
         assert!(matches!(
-            store.add_signal("a", "x", "1".into(), 1).await,
+            store.add_signal("a", "x", "1".into(), 1, Vec::new()).await,
             Err(StoreError::Closed)
         ));
         store.close().await.expect("closing twice is fine");
@@ -2340,9 +2676,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("orch.db");
         let store = open(&path);
-        store.create(rec("a")).await.expect("create");
+        store
+            .create(rec("a"), None, Vec::new())
+            .await
+            .expect("create");
         for s in 1..=5 {
-            drop(store.submit(vec![append("a", s)]));
+            drop(store.submit(None, vec![append("a", s)]));
         }
         drop(store);
         let store = open(&path);
@@ -2363,8 +2702,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("orch.db");
         let store = open(&path);
-        store.create(rec("a")).await.expect("create");
-        store.submit(vec![append("a", 1)]).await.expect("append");
+        store
+            .create(rec("a"), None, Vec::new())
+            .await
+            .expect("create");
+        store
+            .submit(None, vec![append("a", 1)])
+            .await
+            .expect("append");
         drop(store);
         {
             let c = Connection::open(&path).expect("open");
@@ -2381,7 +2726,12 @@ mod tests {
             "{err}"
         );
         assert!(store.list(ListFilter::default()).await.is_err());
-        assert!(store.add_signal("a", "x", "1".into(), 1).await.is_err());
+        assert!(
+            store
+                .add_signal("a", "x", "1".into(), 1, Vec::new())
+                .await
+                .is_err()
+        );
         drop(store);
         {
             let c = Connection::open(&path).expect("open");
