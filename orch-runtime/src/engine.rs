@@ -547,7 +547,9 @@ impl Inner {
                 self.nudge(&parent, |ctx| ctx.child_finished(&child))
             }
             Wakeup::Finished { instance, .. } => {
-                if lock(&self.watchers).contains_key(&instance) {
+                // An instance driven here announces its own end, with its outcome; only ends
+                // written elsewhere (another node, an operator) need a read.
+                if !self.is_loaded(&instance) && lock(&self.watchers).contains_key(&instance) {
                     self.recheck_watchers(vec![instance]);
                 }
             }

@@ -850,10 +850,24 @@ fn reply(cmd: Command, outcome: Outcome) {
 fn execute(conn: &Connection, cmd: &Command, woken: &mut Vec<Wakeup>) -> Outcome {
     match cmd {
         Command::Submit(fence, ops, _) => Outcome::Unit((|| {
-            if let Some(fence) = fence {
-                check_fence(conn, fence)?;
-            }
-            ops.iter().try_for_each(|op| apply(conn, op, woken))
+            // The fence check reads the fenced instance's status too: its ops need no read of
+            // their own (until one of them changes the status).
+            let mut known = match fence {
+                Some(fence) => Some((fence.instance.as_str(), check_fence(conn, fence)?)),
+                None => None,
+            };
+            ops.iter().try_for_each(|op| {
+                let status = known
+                    .filter(|(id, _)| *id == op.instance())
+                    .map(|(_, st)| st);
+                if matches!(
+                    op,
+                    WriteOp::SetStatus { .. } | WriteOp::Finish { .. } | WriteOp::Retry { .. }
+                ) {
+                    known = None;
+                }
+                apply_known(conn, op, woken, status)
+            })
         })()),
         Command::Create(record, owner, extra, _) => {
             Outcome::Created(create(conn, record, owner.as_ref()).and_then(|c| {
@@ -940,19 +954,19 @@ macro_rules! final_in {
 }
 
 /// Refuses the submission unless `fence` still holds (one primary-key read, inside the
-/// transaction that applies the submission).
-fn check_fence(conn: &Connection, fence: &Fence) -> Result<(), StoreError> {
-    let found: Option<(Option<String>, i64)> = conn
-        .prepare_cached("SELECT owner, epoch FROM instances WHERE id = ?1")
+/// transaction that applies the submission); answers the instance's status.
+fn check_fence(conn: &Connection, fence: &Fence) -> Result<Status, StoreError> {
+    let found: Option<(Option<String>, i64, String)> = conn
+        .prepare_cached("SELECT owner, epoch, status FROM instances WHERE id = ?1")
         .and_then(|mut s| {
-            s.query_row([&fence.instance], |r| Ok((r.get(0)?, r.get(1)?)))
+            s.query_row([&fence.instance], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()
         })
         .map_err(|e| backend(&format!("checking the lease on `{}`", fence.instance), e))?;
-    let (owner, epoch) = found.unwrap_or((None, 0));
+    let (owner, epoch, status) = found.unwrap_or((None, 0, String::new()));
     let epoch = u64::try_from(epoch).unwrap_or(0);
     if owner.as_deref() == Some(fence.node.as_str()) && epoch == fence.epoch {
-        return Ok(());
+        return parse_status(&fence.instance, &status);
     }
     Err(StoreError::LeaseLost {
         instance: fence.instance.clone(),
@@ -964,6 +978,16 @@ fn check_fence(conn: &Connection, fence: &Fence) -> Result<(), StoreError> {
 }
 
 fn apply(conn: &Connection, op: &WriteOp, woken: &mut Vec<Wakeup>) -> Result<(), StoreError> {
+    apply_known(conn, op, woken, None)
+}
+
+/// [`apply`], with the instance's status when the caller read it already in this transaction.
+fn apply_known(
+    conn: &Connection,
+    op: &WriteOp,
+    woken: &mut Vec<Wakeup>,
+    status: Option<Status>,
+) -> Result<(), StoreError> {
     let id = op.instance();
     let ctx = |what: &str| format!("{what} for instance `{id}`");
     match op {
@@ -992,7 +1016,11 @@ fn apply(conn: &Connection, op: &WriteOp, woken: &mut Vec<Wakeup>) -> Result<(),
         }
         _ => {}
     }
-    let Some(current) = status_of(conn, id, "checking the instance")? else {
+    let current = match status {
+        Some(st) => Some(st),
+        None => status_of(conn, id, "checking the instance")?,
+    };
+    let Some(current) = current else {
         return Err(StoreError::NotFound(id.to_string()));
     };
     match op {
