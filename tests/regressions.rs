@@ -646,7 +646,11 @@ async fn fanning_out_to_children_costs_linear_reads() {
         .await
         .expect("runtime");
     let run = rt.start(FanOut, n).await.expect("start");
-    assert_eq!(run.result().await.expect("result"), n * (n - 1) / 2);
+    let out = tokio::time::timeout(PATIENCE, run.result()).await;
+    let out = out.unwrap_or_else(|_| {
+        panic!("the fan-out to {n} children did not finish within {PATIENCE:?} (a lost wake-up)")
+    });
+    assert_eq!(out.expect("result"), n * (n - 1) / 2);
     let gets = store.faults.gets.load(Ordering::Relaxed);
     assert!(gets < 10 * n, "{gets} reads for {n} children");
 }
