@@ -8,12 +8,18 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-async fn runtime() -> Runtime {
-    Runtime::builder()
-        .in_memory()
-        .build()
-        .await
-        .expect("in-memory runtime")
+#[path = "support/backends.rs"]
+mod backends;
+
+/// The store this suite runs on; tests/engine_postgres.rs runs it on PostgreSQL (its own
+/// `backend()` is the one `crate::backend` names there).
+#[allow(dead_code)]
+fn backend() -> &'static str {
+    "memory"
+}
+
+async fn runtime() -> backends::TestRuntime {
+    backends::suite_runtime(crate::backend()).await
 }
 
 // ---------- retries ----------

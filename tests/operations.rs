@@ -8,12 +8,18 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-async fn runtime(dir: &tempfile::TempDir) -> Runtime {
-    Runtime::builder()
-        .sqlite(dir.path().join("ops.db"))
-        .build()
-        .await
-        .expect("runtime")
+#[path = "support/backends.rs"]
+mod backends;
+
+/// The store this suite runs on; tests/operations_postgres.rs runs it on PostgreSQL (its own
+/// `backend()` is the one `crate::backend` names there).
+#[allow(dead_code)]
+fn backend() -> &'static str {
+    "sqlite"
+}
+
+async fn runtime(dir: &tempfile::TempDir) -> backends::TestRuntime {
+    backends::suite_runtime_in(crate::backend(), Some(dir.path())).await
 }
 
 /// Polls until the instance reaches `status` (bounded).

@@ -113,7 +113,7 @@ impl Drop for PgSchema {
 pub struct TestRuntime {
     pub rt: Runtime,
     _dir: Option<tempfile::TempDir>,
-    _schema: Option<PgSchema>,
+    _schema: Option<std::sync::Arc<PgSchema>>,
 }
 
 impl Deref for TestRuntime {
@@ -136,15 +136,25 @@ impl Backend {
     /// A runtime on this backend, or `None` when PostgreSQL is not configured (after the
     /// notice of [`database_url`]).
     pub async fn runtime(self) -> Option<TestRuntime> {
+        self.runtime_in(None).await
+    }
+
+    /// Like [`runtime`](Self::runtime); with `place`, runtimes built for the same place share
+    /// their store (`place/ops.db`, or one schema dropped when the last of them is dropped), so
+    /// a test can restart on it.
+    pub async fn runtime_in(self, place: Option<&std::path::Path>) -> Option<TestRuntime> {
         let builder = Runtime::builder();
         let (builder, dir, schema) = match self {
             Backend::Memory => (builder.in_memory(), None, None),
-            Backend::Sqlite => {
-                let dir = tempfile::tempdir().expect("tempdir");
-                (builder.sqlite(dir.path().join("orch.db")), Some(dir), None)
-            }
+            Backend::Sqlite => match place {
+                Some(place) => (builder.sqlite(place.join("ops.db")), None, None),
+                None => {
+                    let dir = tempfile::tempdir().expect("tempdir");
+                    (builder.sqlite(dir.path().join("orch.db")), Some(dir), None)
+                }
+            },
             Backend::Postgres => {
-                let schema = PgSchema::new()?;
+                let schema = shared_schema(place)?;
                 (
                     builder.postgres_with(schema.url.clone(), schema.options()),
                     None,
@@ -161,5 +171,46 @@ impl Backend {
             _dir: dir,
             _schema: schema,
         })
+    }
+}
+
+/// The runtime for a suite that runs on the backend named `name` (`memory`, `sqlite`,
+/// `postgres`). PostgreSQL without `ORCH_TEST_DATABASE_URL` runs on memory instead, after the
+/// loud notice (a failure with `ORCH_REQUIRE_POSTGRES=1`).
+pub async fn suite_runtime(name: &str) -> TestRuntime {
+    suite_runtime_in(name, None).await
+}
+
+/// One schema per place, alive while a runtime built for that place is.
+fn shared_schema(place: Option<&std::path::Path>) -> Option<std::sync::Arc<PgSchema>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, Weak};
+    static SCHEMAS: Mutex<Option<HashMap<std::path::PathBuf, Weak<PgSchema>>>> = Mutex::new(None);
+    let Some(place) = place else {
+        return PgSchema::new().map(Arc::new);
+    };
+    let mut map = SCHEMAS.lock().unwrap_or_else(|e| e.into_inner());
+    let map = map.get_or_insert_with(HashMap::new);
+    if let Some(s) = map.get(place).and_then(Weak::upgrade) {
+        return Some(s);
+    }
+    let schema = Arc::new(PgSchema::new()?);
+    map.insert(place.to_path_buf(), Arc::downgrade(&schema));
+    Some(schema)
+}
+
+/// Like [`suite_runtime`], sharing the store of `place` (see [`Backend::runtime_in`]).
+pub async fn suite_runtime_in(name: &str, place: Option<&std::path::Path>) -> TestRuntime {
+    let backend = match name {
+        "sqlite" => Backend::Sqlite,
+        "postgres" => Backend::Postgres,
+        _ => Backend::Memory,
+    };
+    match backend.runtime_in(place).await {
+        Some(rt) => rt,
+        None => {
+            eprintln!("*** NOTICE: this PostgreSQL suite test runs on the in-memory store. ***");
+            Backend::Memory.runtime().await.expect("memory runtime")
+        }
     }
 }
