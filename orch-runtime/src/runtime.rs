@@ -138,6 +138,7 @@ impl RuntimeBuilder {
     /// instance. Must be called inside a tokio runtime.
     pub async fn build(self) -> Result<Runtime, Error> {
         let registry = Registry::collect()?;
+        #[cfg_attr(not(feature = "postgres"), allow(unused_mut))]
         let mut choice = self.store;
         if matches!(choice, StoreChoice::Unset)
             && let Some(url) = std::env::var_os("ORCH_DATABASE_URL")

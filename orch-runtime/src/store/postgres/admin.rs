@@ -10,7 +10,6 @@ use crate::store::{
     Aggregate, AttributeMap, AuditRecord, BucketCount, Details, InstanceRecord, Query, Stats,
     StatsQuery, StatusCount, StepCount, StoreError, Superseded,
 };
-use std::collections::BTreeMap;
 use tokio_postgres::types::ToSql;
 
 /// SQL with numbered parameters, built a clause at a time.
@@ -127,7 +126,7 @@ async fn attributes_in(tx: Tx<'_>, ids: &[String]) -> Result<AttributeMap, Store
     for r in &rows {
         let instance: String = get(r, 0, ctx)?;
         out.entry(instance)
-            .or_insert_with(BTreeMap::new)
+            .or_default()
             .insert(get(r, 1, ctx)?, get(r, 2, ctx)?);
     }
     Ok(out)

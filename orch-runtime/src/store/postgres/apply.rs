@@ -86,6 +86,14 @@ macro_rules! final_in {
 }
 pub(crate) use final_in;
 
+/// Every status orch knows: a statement that checks its instance's status writes nothing when
+/// the stored status is unknown (a damaged row), so the error it then reports changed nothing.
+macro_rules! known {
+    () => {
+        "('running', 'suspended', 'completed', 'failed', 'cancelled', 'terminated', 'incompatible')"
+    };
+}
+
 /// The instance's status before the change, and the rows the change touched.
 macro_rules! guarded {
     ($change:expr) => {
@@ -97,53 +105,66 @@ macro_rules! guarded {
     };
 }
 
-const APPEND: &str = guarded!(
+const APPEND: &str = guarded!(concat!(
     "INSERT INTO journal (instance, seq, kind, name, outcome, attempts, started_at, \
      finished_at) SELECT $1::text, $2::bigint, $3::text, $4::text, $5::text, $6::bigint, \
-     $7::bigint, $8::bigint FROM i ON CONFLICT (instance, seq) DO NOTHING"
-);
-const ATTEMPT: &str = guarded!(
+     $7::bigint, $8::bigint FROM i WHERE i.status IN ",
+    known!(),
+    " ON CONFLICT (instance, seq) DO NOTHING"
+));
+const ATTEMPT: &str = guarded!(concat!(
     "INSERT INTO attempts (instance, seq, attempt, error, started_at, finished_at) \
      SELECT $1::text, $2::bigint, $3::bigint, $4::text, $5::bigint, $6::bigint FROM i \
-     ON CONFLICT (instance, seq, attempt) DO NOTHING"
-);
-const CONSUME: &str = guarded!(
+     WHERE i.status IN ",
+    known!(),
+    " ON CONFLICT (instance, seq, attempt) DO NOTHING"
+));
+const CONSUME: &str = guarded!(concat!(
     "UPDATE signals SET consumed_seq = $3::bigint \
-     WHERE id = $2::bigint AND instance = $1::text AND consumed_seq IS NULL"
-);
-const CUSTOM_STATUS: &str = guarded!(
-    "UPDATE instances SET custom_status = $2::text, updated_at = $3::bigint WHERE id = $1::text"
-);
+     WHERE id = $2::bigint AND instance = $1::text AND consumed_seq IS NULL \
+     AND EXISTS (SELECT 1 FROM i WHERE i.status IN ",
+    known!(),
+    ")"
+));
+const CUSTOM_STATUS: &str = guarded!(concat!(
+    "UPDATE instances SET custom_status = $2::text, updated_at = $3::bigint WHERE id = $1::text \
+     AND status IN ",
+    known!()
+));
 const SET_STATUS: &str = guarded!(concat!(
     "UPDATE instances SET status = $2::text, wake_at = $3::bigint, updated_at = $4::bigint ",
-    "WHERE id = $1::text AND status NOT IN ",
-    final_in!()
+    "WHERE id = $1::text AND status IN ('running', 'suspended')"
 ));
 const FINISH: &str = guarded!(concat!(
     "UPDATE instances SET status = $2::text, output = $3::text, error = $4::text, ",
     "wake_at = NULL, updated_at = $5::bigint, failed_step = $6::text, failed_seq = $7::bigint ",
-    "WHERE id = $1::text AND status NOT IN ",
-    final_in!()
+    "WHERE id = $1::text AND status IN ('running', 'suspended')"
 ));
-const ATTRIBUTE: &str = guarded!(
+const ATTRIBUTE: &str = guarded!(concat!(
     "INSERT INTO attributes (instance, key, value, num, valid) \
      SELECT $1::text, $2::text, $3::text, $4::float8, $5::bool FROM i \
+     WHERE i.status IN ",
+    known!(),
+    " \
      ON CONFLICT (instance, key) DO UPDATE SET value = excluded.value, num = excluded.num, \
      valid = excluded.valid"
-);
-const END_TIMER: &str = guarded!(
+));
+const END_TIMER: &str = guarded!(concat!(
     "INSERT INTO ended_timers (instance, seq) SELECT $1::text, $2::bigint FROM i \
-     ON CONFLICT DO NOTHING"
-);
+     WHERE i.status IN ",
+    known!(),
+    " ON CONFLICT DO NOTHING"
+));
 const REQUEST_CANCEL: &str = guarded!(concat!(
     "UPDATE instances SET cancel_requested = COALESCE(cancel_requested, $2::bigint), ",
     "updated_at = $2::bigint, wake_at = CASE WHEN status = 'suspended' ",
     "THEN LEAST(COALESCE(wake_at, $2::bigint), $2::bigint) ELSE wake_at END ",
-    "WHERE id = $1::text AND status NOT IN ",
-    final_in!()
+    "WHERE id = $1::text AND status IN ('running', 'suspended')"
 ));
-const CANCEL_DELIVERED: &str =
-    guarded!("UPDATE instances SET cancel_seq = $2::bigint WHERE id = $1::text");
+const CANCEL_DELIVERED: &str = guarded!(concat!(
+    "UPDATE instances SET cancel_seq = $2::bigint WHERE id = $1::text AND status IN ",
+    known!()
+));
 const WAKE: &str = "UPDATE instances SET wake_at = LEAST(COALESCE(wake_at, $2::bigint), \
      $2::bigint) WHERE id = $1::text AND status = 'suspended'";
 const AUDIT: &str =
@@ -155,9 +176,8 @@ const CREATE: &str = "INSERT INTO instances (id, workflow, version, input, statu
 const ADD_SIGNAL: &str = concat!(
     "WITH i AS (SELECT status FROM instances WHERE id = $1::text), ",
     "s AS (INSERT INTO signals (instance, name, payload, received_at) ",
-    "SELECT $1::text, $2::text, $3::text, $4::bigint FROM i WHERE i.status NOT IN ",
-    final_in!(),
-    " RETURNING id), ",
+    "SELECT $1::text, $2::text, $3::text, $4::bigint FROM i ",
+    "WHERE i.status IN ('running', 'suspended') RETURNING id), ",
     "w AS (UPDATE instances SET wake_at = LEAST(COALESCE(wake_at, $4::bigint), $4::bigint) ",
     "WHERE id = $1::text AND status = 'suspended' AND EXISTS (SELECT 1 FROM s) RETURNING 1) ",
     "SELECT (SELECT status FROM i), (SELECT id FROM s), (SELECT count(*) FROM w)"

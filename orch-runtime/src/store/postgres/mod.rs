@@ -234,7 +234,7 @@ impl PostgresStore {
             config.application_name("orch");
         }
         // Every connection works in the schema; pg_catalog stays implicitly first.
-        config.options(&format!("-c search_path={}", options.schema));
+        config.options(format!("-c search_path={}", options.schema));
         let scrubbed = |e: StoreError| match e {
             StoreError::Backend(m) => StoreError::Backend(scrub(&m, password.as_deref())),
             StoreError::Full(m) => StoreError::Full(scrub(&m, password.as_deref())),

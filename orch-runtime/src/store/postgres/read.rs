@@ -32,10 +32,13 @@ where
 {
     let client = connection(shared, what).await?;
     let tx = Tx::new(&client);
-    tx.batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await
-        .map_err(|e| pg_error(what, &e))?;
-    let result = f(tx).await;
+    // BEGIN is pipelined with the reads (sent first on the connection, answered in order).
+    let (begun, result) = futures_util::future::join(
+        tx.batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+        f(tx),
+    )
+    .await;
+    let result = begun.map_err(|e| pg_error(what, &e)).and(result);
     let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
     if let Err(e) = tx.batch(end).await {
         // A connection that cannot end its transaction must not go back to the pool.

@@ -3,10 +3,15 @@
 //! One task owns the write connection. It takes the first queued command, drains whatever
 //! else is queued (up to `max_batch`), and applies the batch in one transaction:
 //!
+//! 0. A batch of one command that is one statement (a lone journal append, status change,
+//!    creation, signal…) runs as that statement alone, in autocommit: one round trip, as cheap
+//!    as PostgreSQL's own one-row commit. Such statements check before they write, so a refused
+//!    one changes nothing.
 //! 1. **Pipelined**: commands are grouped into lanes by the instance they touch; lanes run
 //!    concurrently (tokio-postgres pipelines their statements on the one connection), each lane
 //!    in submission order, so one instance's writes keep their order. A command touching
 //!    several instances (or the audit log beside an instance) runs alone between lanes.
+//!    `BEGIN` is sent ahead of the statements without waiting for its answer.
 //! 2. If every command succeeded, `COMMIT`, then every command is acknowledged.
 //! 3. If one failed, the transaction is rolled back and the batch runs again, one command
 //!    at a time, each in its own savepoint: the failing command is rolled back alone and the
@@ -210,6 +215,21 @@ fn lane_key(cmd: &Command) -> Option<&str> {
     rest.iter().all(|op| key(op) == first).then_some(first)
 }
 
+/// Whether `cmd` is one statement (see `apply`): a lone write of one row, or a creation
+/// without extra writes.
+fn single_statement(cmd: &Command) -> bool {
+    match cmd {
+        Command::Submit(ops, _) => match ops.as_slice() {
+            [op] => !matches!(op, WriteOp::Retry { .. } | WriteOp::Fork { .. }),
+            _ => false,
+        },
+        Command::Create(_, extra, _) => extra.is_empty(),
+        Command::AddSignal { extra, .. } => extra.is_empty(),
+        Command::Close(_) => true,
+        Command::Probe(_) => false,
+    }
+}
+
 async fn control(tx: Tx<'_>, sql: &str, shared: &Shared) -> Result<(), StoreError> {
     tx.batch(sql)
         .await
@@ -225,10 +245,27 @@ async fn run_batch(tx: Tx<'_>, batch: &[Command], shared: &Shared) -> Vec<Outcom
             .map(|cmd| Outcome::failed(cmd, err.clone()))
             .collect()
     };
-    if let Err(e) = control(tx, "BEGIN", shared).await {
+    if let [only] = batch
+        && single_statement(only)
+    {
+        // One statement is a transaction of its own (autocommit): one round trip, like a bare
+        // INSERT. It changes nothing when it fails (every such statement checks before it
+        // writes), so the outcome is the same as in a transaction.
+        let outcome = execute(tx, only).await;
+        if outcome.is_ok() {
+            shared.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        return vec![outcome];
+    }
+    // BEGIN is pipelined with the batch's statements: sent first on the same connection, so
+    // they run inside it, without waiting a round trip for its answer. (BEGIN fails only on a
+    // broken connection, where the statements fail too.)
+    let (begun, outcomes) =
+        futures_util::future::join(control(tx, "BEGIN", shared), pipelined(tx, batch)).await;
+    if let Err(e) = begun {
+        let _ = tx.batch("ROLLBACK").await;
         return fail_all(e);
     }
-    let outcomes = pipelined(tx, batch).await;
     if outcomes.iter().all(Outcome::is_ok) {
         return match control(tx, "COMMIT", shared).await {
             Ok(()) => {
