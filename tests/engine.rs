@@ -11,12 +11,18 @@ use std::time::Duration;
 mod wait;
 use wait::wait_until;
 
-async fn runtime() -> Runtime {
-    Runtime::builder()
-        .in_memory()
-        .build()
-        .await
-        .expect("in-memory runtime")
+#[path = "support/backends.rs"]
+mod backends;
+
+/// The store this suite runs on; tests/engine_postgres.rs runs it on PostgreSQL (its own
+/// `backend()` is the one `crate::backend` names there).
+#[allow(dead_code)]
+fn backend() -> &'static str {
+    "memory"
+}
+
+async fn runtime() -> backends::TestRuntime {
+    backends::suite_runtime(crate::backend()).await
 }
 
 // ---------- retries ----------

@@ -11,12 +11,18 @@ use std::time::Duration;
 mod wait;
 use wait::wait_until;
 
-async fn runtime(dir: &tempfile::TempDir) -> Runtime {
-    Runtime::builder()
-        .sqlite(dir.path().join("ops.db"))
-        .build()
-        .await
-        .expect("runtime")
+#[path = "support/backends.rs"]
+mod backends;
+
+/// The store this suite runs on; tests/operations_postgres.rs runs it on PostgreSQL (its own
+/// `backend()` is the one `crate::backend` names there).
+#[allow(dead_code)]
+fn backend() -> &'static str {
+    "sqlite"
+}
+
+async fn runtime(dir: &tempfile::TempDir) -> backends::TestRuntime {
+    backends::suite_runtime_in(crate::backend(), Some(dir.path())).await
 }
 
 /// Polls until the instance reaches `status` (bounded).

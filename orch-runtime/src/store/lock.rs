@@ -175,6 +175,32 @@ pub(crate) fn locked_message(path: &str, lock_file: &str, holder: Option<&LockHo
     }
 }
 
+/// The message of [`StoreError::SchemaLocked`].
+pub(crate) fn schema_locked_message(store: &str, holder: Option<&LockHolder>) -> String {
+    let rule = "One PostgreSQL schema serves one runtime at a time (until ownership leases \
+                let several nodes share it)";
+    match holder {
+        Some(h) if h.is_this_process() => format!(
+            "`{store}` is already open in this process (pid {} on host `{}`, since {}): another \
+             Runtime or PostgresStore has it. {rule}: use the runtime that has it, or call \
+             `shutdown()` on it before building a new one (nothing was changed)",
+            h.pid, h.host, h.since
+        ),
+        Some(h) => format!(
+            "`{store}` is in use by another orch process: pid {} on host `{}`, since {}. \
+             {rule}: stop that process first, or give this one another schema \
+             (PostgresOptions::schema) (nothing was changed)",
+            h.pid, h.host, h.since
+        ),
+        None => format!(
+            "`{store}` is in use by another orch process (which one is unknown: it has not \
+             recorded itself in the schema's store_holder table yet). {rule}: stop that \
+             process first, or give this one another schema (PostgresOptions::schema) \
+             (nothing was changed)"
+        ),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -10,6 +10,8 @@
 
 pub mod lock;
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod sqlite;
 
 use futures_util::future::BoxFuture;
@@ -828,6 +830,15 @@ pub enum StoreError {
         /// The lock file beside it, which names the holder.
         lock_file: String,
         /// Who holds it, as the holder wrote it; `None` when the lock file names nobody.
+        holder: Option<LockHolder>,
+    },
+    /// The PostgreSQL schema is held by another runtime: one schema serves one runtime at a
+    /// time until ownership leases land. Nothing was changed.
+    #[error("{}", lock::schema_locked_message(.store, .holder.as_ref()))]
+    SchemaLocked {
+        /// The store (`postgres://user@host:port/db (schema name)`; never the password).
+        store: String,
+        /// Who holds it, as the holder recorded it; `None` when it recorded nobody yet.
         holder: Option<LockHolder>,
     },
     /// A write conflicted with what is stored (e.g. a journal seq written twice).
