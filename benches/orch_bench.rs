@@ -1,10 +1,12 @@
 //! Benchmark harness for orch: latency, throughput and memory on SQLite (`synchronous=FULL`)
-//! and on the in-memory store, beside a raw rusqlite "fsync floor".
+//! and on the in-memory store, beside a raw rusqlite "fsync floor"; with `--postgres URL` also
+//! on the PostgreSQL store, beside PostgreSQL's own 1-row commit measured in the same run.
 //!
 //! ```text
 //! cargo bench --bench orch_bench                       # everything
 //! cargo bench --bench orch_bench -- --quick            # smoke mode (fewer runs, 10k sleepers)
 //! cargo bench --bench orch_bench -- latency memory     # only some sections
+//! cargo bench --bench orch_bench -- --postgres postgres://postgres@127.0.0.1:5432/test latency throughput
 //! cargo bench --bench orch_bench -- --help
 //! ```
 //!
@@ -13,6 +15,7 @@
 //! taken in a clean process. Children print `@@ROW <json>` lines; the parent prints the tables.
 
 use orch_runtime::prelude::*;
+use orch_runtime::store::postgres::{PostgresOptions, PostgresStore};
 use orch_runtime::store::sqlite::{SqliteOptions, SqliteStore, Synchronous};
 use orch_runtime::store::{
     Backend as StoreBackend, Created, EntryKind, InstanceRecord, JournalEntry, LeaseTerms, NodeId,
@@ -63,18 +66,22 @@ struct Opts {
     sleepers: Option<usize>,
     concurrent: Option<usize>,
     dir: Option<PathBuf>,
+    /// PostgreSQL to measure too (`--postgres URL`, or `ORCH_BENCH_DATABASE_URL`).
+    postgres: Option<String>,
 }
 
 const SECTIONS: [&str; 3] = ["latency", "throughput", "memory"];
 
 const HELP: &str = "orch_bench [--quick] [--runs N] [--concurrent N] [--sleepers N] [--dir PATH] \
-[latency] [throughput] [memory]
+[--postgres URL] [latency] [throughput] [memory]
 
   --quick         smoke mode: 50 runs per latency row, 1 throughput round, 10,000 sleepers
   --runs N        measured runs per latency row (default 300)
   --concurrent N  concurrent W(5) per throughput round (default 2000)
   --sleepers N    suspended instances for the memory section (default 100,000)
   --dir PATH      where the temporary databases go (default: the system temp dir)
+  --postgres URL  also measure the PostgreSQL store (in a temporary schema) and PostgreSQL's
+                  own 1-row commit (default: ORCH_BENCH_DATABASE_URL when set)
   sections        any of latency, throughput, memory (default: all)";
 
 impl Opts {
@@ -86,6 +93,7 @@ impl Opts {
             sleepers: None,
             concurrent: None,
             dir: None,
+            postgres: std::env::var("ORCH_BENCH_DATABASE_URL").ok(),
         };
         let mut it = args.iter();
         let num = |v: Option<&String>, flag: &str| -> usize {
@@ -105,6 +113,13 @@ impl Opts {
                         it.next()
                             .map(PathBuf::from)
                             .unwrap_or_else(|| fail("--dir needs a path")),
+                    )
+                }
+                "--postgres" => {
+                    o.postgres = Some(
+                        it.next()
+                            .cloned()
+                            .unwrap_or_else(|| fail("--postgres needs a URL")),
                     )
                 }
                 "-h" | "--help" => {
@@ -139,6 +154,10 @@ impl Opts {
         if let Some(d) = &self.dir {
             v.push("--dir".into());
             v.push(d.display().to_string());
+        }
+        if let Some(url) = &self.postgres {
+            v.push("--postgres".into());
+            v.push(url.clone());
         }
         v
     }
@@ -253,6 +272,7 @@ fn emit(row: Value) {
 enum Backend {
     Sqlite,
     Memory,
+    Postgres,
 }
 
 impl Backend {
@@ -260,6 +280,7 @@ impl Backend {
         match s {
             "sqlite" => Backend::Sqlite,
             "memory" => Backend::Memory,
+            "postgres" => Backend::Postgres,
             _ => fail(&format!("unknown store `{s}`")),
         }
     }
@@ -267,12 +288,14 @@ impl Backend {
         match self {
             Backend::Sqlite => "sqlite",
             Backend::Memory => "memory",
+            Backend::Postgres => "postgres",
         }
     }
     fn label(self) -> &'static str {
         match self {
             Backend::Sqlite => "sqlite FULL",
             Backend::Memory => "in-memory",
+            Backend::Postgres => "postgres",
         }
     }
 }
@@ -280,12 +303,57 @@ impl Backend {
 struct Harness {
     rt: Runtime,
     sqlite: Option<Arc<SqliteStore>>,
+    postgres: Option<Arc<PostgresStore>>,
     db: Option<PathBuf>,
 }
 
+/// A schema of the bench's own, dropped before and after (`orch_bench_<pid>`).
+fn bench_schema() -> String {
+    format!("orch_bench_{}", std::process::id())
+}
+
+async fn pg_client(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| fail(&format!("connecting to PostgreSQL: {e}")));
+    tokio::spawn(conn);
+    client
+}
+
+async fn drop_bench_schema(url: &str) {
+    pg_client(url)
+        .await
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", bench_schema()))
+        .await
+        .expect("dropping the bench schema");
+}
+
 impl Harness {
-    async fn build(backend: Backend, dir: &Path) -> Harness {
+    async fn build(backend: Backend, dir: &Path, o: &Opts) -> Harness {
         match backend {
+            Backend::Postgres => {
+                let url = o
+                    .postgres
+                    .clone()
+                    .unwrap_or_else(|| fail("--postgres needs a URL"));
+                drop_bench_schema(&url).await;
+                let store =
+                    PostgresStore::open(&url, PostgresOptions::default().schema(bench_schema()))
+                        .await
+                        .unwrap_or_else(|e| fail(&format!("opening the PostgreSQL store: {e}")));
+                let store = Arc::new(store);
+                let rt = Runtime::builder()
+                    .store(store.clone() as Arc<dyn orch_runtime::store::Backend>)
+                    .build()
+                    .await
+                    .expect("building a PostgreSQL runtime");
+                Harness {
+                    rt,
+                    sqlite: None,
+                    postgres: Some(store),
+                    db: None,
+                }
+            }
             Backend::Memory => Harness {
                 rt: Runtime::builder()
                     .in_memory()
@@ -293,6 +361,7 @@ impl Harness {
                     .await
                     .expect("building an in-memory runtime"),
                 sqlite: None,
+                postgres: None,
                 db: None,
             },
             Backend::Sqlite => {
@@ -315,6 +384,7 @@ impl Harness {
                 Harness {
                     rt,
                     sqlite: Some(store),
+                    postgres: None,
                     db: Some(path),
                 }
             }
@@ -322,7 +392,18 @@ impl Harness {
     }
 
     fn commits(&self) -> Option<u64> {
-        self.sqlite.as_ref().map(|s| s.commits())
+        self.sqlite
+            .as_ref()
+            .map(|s| s.commits())
+            .or_else(|| self.postgres.as_ref().map(|s| s.commits()))
+    }
+
+    /// Shuts the runtime down; drops the bench's PostgreSQL schema.
+    async fn finish(self, o: &Opts) {
+        self.rt.shutdown().await.expect("shutdown");
+        if let (Some(_), Some(url)) = (&self.postgres, &o.postgres) {
+            drop_bench_schema(url).await;
+        }
     }
 }
 
@@ -388,6 +469,58 @@ fn child_floor(o: &Opts) {
         "growing_p50": pct(&growing, 50.0),
         "peak_rss": peak_rss(),
     }));
+}
+
+/// PostgreSQL's own floor: one-row transactions (autocommit INSERTs, one commit each) over the
+/// same connection kind orch uses, timed one by one.
+fn child_pg_floor(o: &Opts) {
+    let url = o
+        .postgres
+        .clone()
+        .unwrap_or_else(|| fail("--postgres needs a URL"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime");
+    rt.block_on(async {
+        let schema = format!("{}_floor", bench_schema());
+        let client = pg_client(&url).await;
+        client
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; \
+                 CREATE TABLE {schema}.t (instance TEXT NOT NULL, seq BIGINT NOT NULL, \
+                 outcome TEXT NOT NULL, PRIMARY KEY (instance, seq))"
+            ))
+            .await
+            .expect("creating the floor table");
+        let insert = client
+            .prepare(&format!(
+                "INSERT INTO {schema}.t (instance, seq, outcome) VALUES ($1, $2, $3)"
+            ))
+            .await
+            .expect("prepare");
+        let n = o.runs().max(100) * 10;
+        let mut samples = Vec::with_capacity(n);
+        for i in 0..(n + 200) as i64 {
+            let t = Instant::now();
+            client
+                .execute(&insert, &[&"0123456789abcdef", &i, &"{\"value\":1}"])
+                .await
+                .expect("insert");
+            if i >= 200 {
+                samples.push(t.elapsed());
+            }
+        }
+        client
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await
+            .expect("dropping the floor schema");
+        samples.sort();
+        emit(json!({
+            "kind": "pgfloor", "commits": n,
+            "p50": pct(&samples, 50.0), "p99": pct(&samples, 99.0), "mean": mean(&samples),
+        }));
+    });
 }
 
 /// Times the store operations a W(n) is made of, one at a time, through orch's own
@@ -467,7 +600,7 @@ async fn store_breakdown(store: &SqliteStore, runs: usize) -> Value {
 
 async fn child_latency(o: &Opts, backend: Backend) {
     let dir = o.tempdir();
-    let h = Harness::build(backend, dir.path()).await;
+    let h = Harness::build(backend, dir.path(), o).await;
     if backend == Backend::Sqlite {
         // Past the first WAL auto-checkpoint, like the floor's steady state.
         for _ in 0..200 {
@@ -503,7 +636,7 @@ async fn child_latency(o: &Opts, backend: Backend) {
     if let Some(store) = &h.sqlite {
         emit(store_breakdown(store, o.runs()).await);
     }
-    h.rt.shutdown().await.expect("shutdown");
+    h.finish(o).await;
 }
 
 async fn one_round(rt: &Runtime, count: usize) -> Duration {
@@ -524,7 +657,7 @@ async fn one_round(rt: &Runtime, count: usize) -> Duration {
 
 async fn child_throughput(o: &Opts, backend: Backend) {
     let dir = o.tempdir();
-    let h = Harness::build(backend, dir.path()).await;
+    let h = Harness::build(backend, dir.path(), o).await;
     let count = o.concurrent();
     one_round(&h.rt, count.min(500)).await; // warm-up
     let mut walls = Vec::new();
@@ -549,7 +682,7 @@ async fn child_throughput(o: &Opts, backend: Backend) {
         "commits": commits.get(commits.len() / 2),
         "peak_rss": peak_rss(),
     }));
-    h.rt.shutdown().await.expect("shutdown");
+    h.finish(o).await;
 }
 
 /// Waits until no instance is `running` any more (all sleepers have suspended).
@@ -573,7 +706,7 @@ async fn wait_none_running(rt: &Runtime) {
 
 async fn child_memory(o: &Opts, backend: Backend) {
     let dir = o.tempdir();
-    let h = Harness::build(backend, dir.path()).await;
+    let h = Harness::build(backend, dir.path(), o).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let idle = rss();
     let idle_threads = threads();
@@ -656,6 +789,10 @@ fn child(args: &[String]) {
         child_floor(&Opts::parse(rest));
         return;
     }
+    if kind == "pgfloor" {
+        child_pg_floor(&Opts::parse(rest));
+        return;
+    }
     let (store, rest) = rest
         .split_first()
         .unwrap_or_else(|| fail("__child needs a store"));
@@ -725,10 +862,18 @@ fn main() {
     }
     let o = Opts::parse(&args);
     let has = |s: &str| o.sections.iter().any(|x| x == s);
-    let backends = [Backend::Sqlite, Backend::Memory];
+    let mut backends = vec![Backend::Sqlite, Backend::Memory];
+    if o.postgres.is_some() {
+        backends.push(Backend::Postgres);
+    }
+    // Suspended instances are a memory question for orch, not for the store: no PostgreSQL.
+    let memory_backends = [Backend::Sqlite, Backend::Memory];
 
     let floor = (has("latency") || has("throughput")).then(|| spawn_child(&o, "floor", None));
     let floor = floor.and_then(|rows| rows.into_iter().next());
+    let pg_floor = (o.postgres.is_some() && (has("latency") || has("throughput")))
+        .then(|| spawn_child(&o, "pgfloor", None))
+        .and_then(|rows| rows.into_iter().next());
     let latency: Vec<Value> = if has("latency") {
         backends
             .iter()
@@ -746,7 +891,7 @@ fn main() {
         Vec::new()
     };
     let memory: Vec<Value> = if has("memory") {
-        backends
+        memory_backends
             .iter()
             .flat_map(|b| spawn_child(&o, "memory", Some(*b)))
             .collect()
@@ -777,6 +922,19 @@ fn main() {
             f(r, "growing_p50"),
         );
     }
+    let pg_floor_p50 = pg_floor.as_ref().map(|r| f(r, "p50"));
+    if let Some(r) = &pg_floor {
+        println!(
+            "PostgreSQL floor (tokio-postgres, 1-row autocommit INSERTs, synchronous_commit as \
+             the server has it, {} commits): p50 {:.3} ms  p99 {:.3} ms  mean {:.3} ms → {:.0} \
+             commits/s sequential",
+            r["commits"],
+            f(r, "p50"),
+            f(r, "p99"),
+            f(r, "mean"),
+            1e3 / f(r, "mean"),
+        );
+    }
     let mut checks: Vec<(String, bool)> = Vec::new();
 
     if !latency.is_empty() {
@@ -798,7 +956,12 @@ fn main() {
         );
         for r in latency.iter().filter(|r| r["kind"] == "latency") {
             let commits = r["commits_per_wf"].as_f64();
-            let fl = match (commits, floor_p50) {
+            let floor_of = if r["store"] == "postgres" {
+                pg_floor_p50
+            } else {
+                floor_p50
+            };
+            let fl = match (commits, floor_of) {
                 (Some(c), Some(p)) => Some(c * p),
                 _ => None,
             };
@@ -816,6 +979,20 @@ fn main() {
                 fl.map_or("-".into(), |x| format!("{:.2}x", f(r, "p50") / x)),
                 mb(r["peak_rss"].as_u64().unwrap_or(0)),
             );
+            if r["store"] == "postgres"
+                && r["n"] == 5
+                && let Some(x) = fl
+            {
+                let p50 = f(r, "p50");
+                checks.push((
+                    format!(
+                        "W(5) p50 on postgres ≤ 1.3 × (PostgreSQL floor × commits/wf = \
+                         {x:.3} ms): {p50:.3} ms = {:.2}x",
+                        p50 / x
+                    ),
+                    p50 <= 1.3 * x,
+                ));
+            }
             if r["store"] == "sqlite FULL" && r["n"] == 5 {
                 let p50 = f(r, "p50");
                 checks.push((
@@ -888,6 +1065,16 @@ fn main() {
                 commits.map_or("-".into(), |c| format!("{:.1}", conc as f64 / c as f64)),
                 mb(r["peak_rss"].as_u64().unwrap_or(0)),
             );
+            if r["store"] == "postgres" {
+                let s = f(r, "steps_s");
+                checks.push((
+                    format!(
+                        "{conc} concurrent W(5) on postgres (1 node) ≥ 20,000 steps/s: \
+                         {s:.0} steps/s"
+                    ),
+                    s >= 20_000.0,
+                ));
+            }
             if r["store"] == "sqlite FULL" {
                 let s = f(r, "steps_s");
                 checks.push((
@@ -898,7 +1085,7 @@ fn main() {
                 ));
             }
         }
-        println!("  wall = median round; commits = SQLite transactions in that round");
+        println!("  wall = median round; commits = store transactions in that round");
     }
 
     if !memory.is_empty() {

@@ -7,6 +7,22 @@ use orch_runtime::store::sqlite::{SqliteOptions, SqliteStore};
 use orch_runtime::store::{Store, WriteOp};
 use orch_runtime::{EntryKind, InstanceRecord, JournalEntry, Workflow};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+#[path = "support/wait.rs"]
+mod wait;
+use wait::wait_until;
+
+/// Polls until the instance is suspended.
+async fn wait_suspended<W: Workflow>(run: &orch_runtime::Run<W>) {
+    wait_until("the instance to suspend", || async {
+        let status = run.status().await.expect("status");
+        if status == Status::Suspended {
+            Ok(())
+        } else {
+            Err(status)
+        }
+    })
+    .await;
+}
 
 /// Flipped to simulate deploying new code under an in-flight instance.
 static DEPLOYED_V2: AtomicBool = AtomicBool::new(false);
@@ -47,13 +63,7 @@ async fn changing_the_step_sequence_under_an_in_flight_instance_makes_it_incompa
     let db = dir.path().join("orch.db");
     let rt = Runtime::builder().sqlite(&db).build().await.expect("v1");
     let run = rt.start_with_id(Evolving, "e-1", ()).await.expect("start");
-    for _ in 0..500 {
-        if run.status().await.expect("status") == Status::Suspended {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    assert_eq!(run.status().await.expect("status"), Status::Suspended);
+    wait_suspended(&run).await;
     rt.shutdown().await.expect("shutdown v1");
 
     // "Deploy" code that calls a different step at seq 2, then restart on the same file.
@@ -224,9 +234,7 @@ async fn patched_keeps_old_instances_on_the_old_branch_and_new_ones_on_the_new()
     let db = dir.path().join("orch.db");
     let rt = Runtime::builder().sqlite(&db).build().await.expect("v1");
     let old = rt.start_with_id(Patchable, "old", ()).await.expect("start");
-    while old.status().await.expect("status") != Status::Suspended {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    wait_suspended(&old).await;
     rt.shutdown().await.expect("shutdown v1");
 
     PATCH_DEPLOYED.store(true, Ordering::SeqCst);

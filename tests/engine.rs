@@ -7,13 +7,22 @@ use orch_runtime::{EntryKind, ListFilter};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+#[path = "support/wait.rs"]
+mod wait;
+use wait::wait_until;
 
-async fn runtime() -> Runtime {
-    Runtime::builder()
-        .in_memory()
-        .build()
-        .await
-        .expect("in-memory runtime")
+#[path = "support/backends.rs"]
+mod backends;
+
+/// The store this suite runs on; tests/engine_postgres.rs runs it on PostgreSQL (its own
+/// `backend()` is the one `crate::backend` names there).
+#[allow(dead_code)]
+fn backend() -> &'static str {
+    "memory"
+}
+
+async fn runtime() -> backends::TestRuntime {
+    backends::suite_runtime(crate::backend()).await
 }
 
 // ---------- retries ----------
@@ -451,14 +460,15 @@ async fn a_long_sleep_suspends_the_instance() {
 }
 
 async fn wait_for_status(rt: &Runtime, id: &str, status: Status) {
-    for _ in 0..500 {
+    wait_until(&format!("instance {id} to be {status}"), || async {
         let rec = rt.instance(id).await.expect("get").expect("exists");
         if rec.status == status {
-            return;
+            Ok(())
+        } else {
+            Err(rec.status)
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("instance {id} never reached {status}");
+    })
+    .await;
 }
 
 // ---------- bad input ----------

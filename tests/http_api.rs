@@ -11,6 +11,9 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
+#[path = "support/wait.rs"]
+mod wait;
+use wait::wait_until;
 
 // ---------------------------------------------------------------------------------------------
 // Workflows.
@@ -307,20 +310,21 @@ impl Api {
         self.ok(&format!("/api/v1/instances/{id}/journal")).await
     }
 
-    /// Polls the instance until it has `status` (at most 20 s).
+    /// Polls the instance until it has `status`.
     async fn wait_status(&self, id: &str, status: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        self.wait_instance(id, &format!("`{status}`"), |inst| {
+            inst["status"] == json!(status)
+        })
+        .await
+    }
+
+    /// Polls the instance until `reached` holds for it (`what` names that state).
+    async fn wait_instance(&self, id: &str, what: &str, reached: impl Fn(&Value) -> bool) -> Value {
+        wait_until(&format!("instance {id} to be {what}"), || async {
             let inst = self.instance(id).await;
-            if inst["status"] == json!(status) {
-                return inst;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "instance {id} never reached `{status}`: {inst}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            if reached(&inst) { Ok(inst) } else { Err(inst) }
+        })
+        .await
     }
 
     /// Every instance (id → summary) and the audit log: what a refused call must not change.
@@ -1232,6 +1236,9 @@ async fn restart_and_fork_make_new_instances() {
     // An empty body works as well.
     let (status, body) = api.post_raw("/api/v1/instances/orig/restart", "").await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+    // Finished before the snapshot below, which must see nothing moving.
+    api.wait_status(body["id"].as_str().expect("id"), "completed")
+        .await;
 
     // Fork a failed instance from its failing step, after fixing the cause.
     let key = "fork-me";
@@ -1327,6 +1334,15 @@ async fn signals_are_delivered_and_refused_once_finished() {
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["id"], json!("appr-1"));
     let first_signal = body["signal_id"].as_i64().expect("signal_id");
+    // The signal loads the instance (stored with it: due now), which replays, finds no
+    // `approve` and suspends again until its deadline. Wait for that, so that the snapshot
+    // below is of a state nothing is changing any more.
+    let deadline_at = inst["wake_at"].clone();
+    assert!(deadline_at.is_string(), "{inst}");
+    api.wait_instance(&id, "suspended until its deadline again", |i| {
+        i["status"] == json!("suspended") && i["wake_at"] == deadline_at
+    })
+    .await;
     let journal = api.journal(&id).await;
     let pending = journal["pending_signals"].as_array().expect("pending");
     assert_eq!(pending.len(), 1, "{journal}");
@@ -1339,7 +1355,7 @@ async fn signals_are_delivered_and_refused_once_finished() {
 
     // The signal woke the instance, which replays and waits again: let it settle (suspended
     // on its deadline once more) before comparing.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !(api.instance(&id).await["status"] == json!("suspended")
         && api.instance(&id).await["wake_at"] == inst["wake_at"])
     {
@@ -1932,7 +1948,20 @@ async fn metrics_and_health() {
     let sleeping = api.start("sleeper", json!("metrics-s"), Some("m-3")).await;
     api.wait_status(&sleeping, "suspended").await;
 
-    let r = api.get_resp("/metrics").await;
+    // An end is counted just after it is written: wait until both ends are counted.
+    let r = wait_until("both ends counted in /metrics", || async {
+        let r = api.get_resp("/metrics").await;
+        let counted = [
+            r#"orch_instances_finished_total{workflow="pack",status="completed"} 1"#,
+            r#"orch_instances_finished_total{workflow="fragile_flow",status="failed"} 1"#,
+        ];
+        if counted.iter().all(|c| r.text.contains(c)) {
+            Ok(r)
+        } else {
+            Err(r.text)
+        }
+    })
+    .await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.content_type.contains("text"), "{}", r.content_type);
     let m = r.text;

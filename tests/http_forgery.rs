@@ -71,7 +71,7 @@ impl Server {
     }
 
     async fn wait_status(&self, id: &str, want: &str) {
-        let end = Instant::now() + Duration::from_secs(30);
+        let end = Instant::now() + Duration::from_secs(60);
         loop {
             let i = self.get(&format!("/instances/{id}")).await;
             if i["status"] == want {

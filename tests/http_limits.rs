@@ -184,6 +184,19 @@ async fn a_bulk_filter_that_says_nothing_is_refused() {
             assert!(r.text.contains("no condition"), "{}", r.text);
         }
     }
+    // An empty value of another type than the field's is a wrong type, not an absent one.
+    for filter in [
+        json!({"parent": {}, "id_prefix": "keep-"}),
+        json!({"workflow": [], "id_prefix": "keep-"}),
+        json!({"attr": [], "id_prefix": "keep-"}),
+        json!({"status": {}, "id_prefix": "keep-"}),
+    ] {
+        let r = s
+            .post("/api/v1/bulk/cancel", &json!({"filter": filter}))
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{filter}: {}", r.text);
+        assert!(r.text.contains("must be"), "{filter}: {}", r.text);
+    }
     assert_eq!(
         s.snapshot().await,
         before,

@@ -95,7 +95,7 @@ async fn the_document_describes_what_the_server_accepts() {
             .expect("start");
         assert_eq!(res.status(), 201);
     }
-    let end = Instant::now() + Duration::from_secs(30);
+    let end = Instant::now() + Duration::from_secs(60);
     let ids = |page: &Value| -> Vec<String> {
         page["instances"]
             .as_array()

@@ -7,32 +7,33 @@ use orch_runtime::store::{Cursor, Query, StatsQuery};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
+#[path = "support/wait.rs"]
+mod wait;
+use wait::wait_until;
 
-async fn runtime(dir: &tempfile::TempDir) -> Runtime {
-    Runtime::builder()
-        .sqlite(dir.path().join("ops.db"))
-        .build()
-        .await
-        .expect("runtime")
+#[path = "support/backends.rs"]
+mod backends;
+
+/// The store this suite runs on; tests/operations_postgres.rs runs it on PostgreSQL (its own
+/// `backend()` is the one `crate::backend` names there).
+#[allow(dead_code)]
+fn backend() -> &'static str {
+    "sqlite"
+}
+
+async fn runtime(dir: &tempfile::TempDir) -> backends::TestRuntime {
+    backends::suite_runtime_in(crate::backend(), Some(dir.path())).await
 }
 
 /// Polls until the instance reaches `status` (bounded).
 async fn wait_status(rt: &Runtime, id: &str, status: Status) -> orch_runtime::InstanceRecord {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let rec = rt.instance(id).await.expect("read");
-        if let Some(rec) = &rec
-            && rec.status == status
-        {
-            return rec.clone();
+    wait_until(&format!("instance {id} to be {status}"), || async {
+        match rt.instance(id).await.expect("read") {
+            Some(rec) if rec.status == status => Ok(rec),
+            rec => Err(rec.map(|r| (r.status, r.error))),
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "instance {id} is {:?}, expected {status}",
-            rec.map(|r| (r.status, r.error))
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 // ---------- cancellation ----------
@@ -185,11 +186,15 @@ async fn cancel_interrupts_a_retry_back_off() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = runtime(&dir).await;
     let run = rt.start(BackingOff, ()).await.expect("start");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while rt.attempts(run.id()).await.expect("attempts").is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no failed attempt");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("a failed attempt", || async {
+        let attempts = rt.attempts(run.id()).await.expect("attempts");
+        if attempts.is_empty() {
+            Err(attempts)
+        } else {
+            Ok(())
+        }
+    })
+    .await;
     rt.cancel(run.id(), "ops", "").await.expect("cancel");
     wait_status(&rt, run.id(), Status::Cancelled).await;
     assert_eq!(
@@ -226,10 +231,12 @@ async fn cancel_reaches_children_and_the_parent_ends_cancelled() {
 
 // ---------- termination ----------
 
+static SLOW_STARTED: AtomicBool = AtomicBool::new(false);
 static SLOW_FINISHED: AtomicBool = AtomicBool::new(false);
 
 #[step(retry = Retry::none())]
 async fn slow_call() -> Result<(), StepError> {
+    SLOW_STARTED.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(30)).await;
     SLOW_FINISHED.store(true, Ordering::SeqCst);
     Ok(())
@@ -245,7 +252,11 @@ async fn terminate_stops_a_running_step_and_records_who_did_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = runtime(&dir).await;
     let run = rt.start(Slow, ()).await.expect("start");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_until("slow_call to run", || async {
+        let started = SLOW_STARTED.load(Ordering::SeqCst);
+        if started { Ok(()) } else { Err("not yet") }
+    })
+    .await;
     rt.terminate(run.id(), "alice", "stuck payment")
         .await
         .expect("terminate");

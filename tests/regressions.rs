@@ -13,15 +13,24 @@ use orch_runtime::store::{
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
+use tokio::sync::Notify;
+#[path = "support/wait.rs"]
+mod wait;
+use wait::{PATIENCE, wait_until};
 
 #[derive(Default)]
 struct Faults {
-    /// The acknowledgement of signals with this name comes 300 ms late.
+    /// The acknowledgement of the first signal with this name waits for `release`.
     slow_signal: Option<&'static str>,
+    /// Whether that first signal came.
+    slowed: AtomicBool,
     /// The first creation of a child instance fails as if the database were locked.
     fail_child_create: AtomicBool,
-    /// The first `suspended` write fails after 200 ms.
+    /// The first `suspended` write fails, once `release` is notified.
     fail_suspend: AtomicBool,
+    /// Lets a held signal acknowledgement or suspend failure through (a test decides when,
+    /// so the race window is open exactly as long as the test needs, however busy the machine).
+    release: Arc<Notify>,
     /// Reads of single records.
     gets: AtomicU32,
 }
@@ -44,8 +53,9 @@ impl Store for Faulty {
         });
         if suspends && self.faults.fail_suspend.swap(false, Ordering::SeqCst) {
             let (tx, commit) = Commit::channel();
+            let release = self.faults.release.clone();
             tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                release.notified().await;
                 let _ = tx.send(Err(StoreError::Backend("disk I/O error (injected)".into())));
             });
             return commit;
@@ -73,12 +83,14 @@ impl Store for Faulty {
         at: Millis,
         extra: Vec<WriteOp>,
     ) -> BoxFuture<'_, Result<i64, StoreError>> {
-        let slow = self.faults.slow_signal == Some(name);
+        let slow = self.faults.slow_signal == Some(name)
+            && !self.faults.slowed.swap(true, Ordering::SeqCst);
         let stored = self.inner.add_signal(instance, name, payload, at, extra);
+        let release = self.faults.release.clone();
         Box::pin(async move {
             let r = stored.await;
             if slow {
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                release.notified().await;
             }
             r
         })
@@ -163,13 +175,29 @@ fn faulty(faults: Faults) -> Arc<Faulty> {
 }
 
 async fn wait_status(rt: &Runtime, id: &str, st: Status) {
-    for _ in 0..3000 {
-        if rt.instance(id).await.expect("get").expect("exists").status == st {
-            return;
+    wait_until(&format!("{id} to be {st}"), || async {
+        let rec = rt.instance(id).await.expect("get").expect("exists");
+        if rec.status == st {
+            Ok(())
+        } else {
+            Err(rec.status)
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("{id} never reached {st}");
+    })
+    .await;
+}
+
+/// The payloads of signal `name` the instance took, in journal order.
+async fn taken(rt: &Runtime, id: &str, name: &str) -> Vec<serde_json::Value> {
+    rt.journal(id)
+        .await
+        .expect("journal")
+        .iter()
+        .filter(|e| e.kind == EntryKind::Signal && e.name == name)
+        .map(|e| {
+            let v: serde_json::Value = serde_json::from_str(&e.outcome).expect("JSON outcome");
+            v["payload"].clone()
+        })
+        .collect()
 }
 
 fn record(id: &str, workflow: &str, status: Status) -> InstanceRecord {
@@ -210,7 +238,7 @@ async fn a_signal_is_consumed_once_when_a_load_races_its_delivery() {
         ..Default::default()
     });
     let rt = Runtime::builder()
-        .store(store)
+        .store(store.clone())
         .build()
         .await
         .expect("runtime");
@@ -219,19 +247,51 @@ async fn a_signal_is_consumed_once_when_a_load_races_its_delivery() {
         .await
         .expect("start");
     wait_status(&rt, "x", Status::Suspended).await;
-    // `s`=1 is stored at once; its delivery to the engine comes 300 ms later, after an
-    // unrelated signal has loaded the instance (which then already sees `s`=1).
+    // `s`=1 is stored at once; its delivery to the engine is held until an unrelated signal
+    // has loaded the instance and the instance took `s`=1 from the store.
     let rt2 = rt.clone();
     let slow = tokio::spawn(async move { rt2.signal("x", "s", 1u32).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // (The store itself wakes the instance for `s`=1, so it may have taken it already.)
+    wait_until("`s`=1 stored", || async {
+        let pending = store
+            .inner
+            .load("x")
+            .await
+            .expect("load")
+            .expect("x")
+            .signals;
+        let names: Vec<String> = pending.into_iter().map(|s| s.name).collect();
+        if names.iter().any(|n| n == "s") || !taken(&rt, "x", "s").await.is_empty() {
+            Ok(())
+        } else {
+            Err(names)
+        }
+    })
+    .await;
     rt.signal("x", "other", 0u32).await.expect("signal");
+    wait_until("`s`=1 taken", || async {
+        let t = taken(&rt, "x", "s").await;
+        if t.is_empty() { Err(t) } else { Ok(()) }
+    })
+    .await;
+    store.faults.release.notify_one();
     slow.await.expect("join").expect("signal");
-    tokio::time::sleep(Duration::from_millis(100)).await;
     rt.signal("x", "s", 2u32).await.expect("signal");
-    let early = tokio::time::timeout(Duration::from_millis(2500), run.result()).await;
+    // Once `s`=2 is taken, the instance has taken `s` twice: 1 and 2, not 1 again.
+    let t = wait_until("`s`=2 taken", || async {
+        let t = taken(&rt, "x", "s").await;
+        if t.contains(&serde_json::json!(2)) {
+            Ok(t)
+        } else {
+            Err(t)
+        }
+    })
+    .await;
+    assert_eq!(t, [1, 2], "the `s` signals taken");
+    let rec = rt.instance("x").await.expect("get").expect("x");
     assert!(
-        early.is_err(),
-        "finished with two `s` signals sent: {early:?}"
+        !rec.status.is_final(),
+        "finished with two `s` signals sent: {rec:?}"
     );
     rt.signal("x", "s", 3u32).await.expect("signal");
     assert_eq!(run.result().await.expect("result"), [1, 2, 3]);
@@ -261,13 +321,29 @@ async fn a_failed_suspend_write_does_not_start_a_second_driver() {
         ..Default::default()
     });
     let rt = Runtime::builder()
-        .store(store)
+        .store(store.clone())
         .build()
         .await
         .expect("runtime");
     let run = rt.start_with_id(GoThenSlow, "d", ()).await.expect("start");
-    tokio::time::sleep(Duration::from_millis(50)).await; // the first load's suspend write fails at 200 ms
+    // The first load's `suspended` write is submitted and held...
+    wait_until("the first `suspended` write", || async {
+        let pending = store.faults.fail_suspend.load(Ordering::SeqCst);
+        if pending {
+            Err("not submitted")
+        } else {
+            Ok(())
+        }
+    })
+    .await;
     rt.signal("d", "go", 1u32).await.expect("signal"); // a second load starts slow_step
+    wait_until("slow_step started", || async {
+        let n = SLOW_CALLS.load(Ordering::SeqCst);
+        if n > 0 { Ok(()) } else { Err(n) }
+    })
+    .await;
+    // ...and fails only now, while the second load runs slow_step.
+    store.faults.release.notify_one();
     assert_eq!(run.result().await.expect("result"), Ok(1));
     assert_eq!(SLOW_CALLS.load(Ordering::SeqCst), 1, "a step ran twice");
 }
@@ -317,7 +393,7 @@ async fn an_incompatible_background_step_stops_the_instance_instead_of_hanging()
         .await
         .expect("runtime");
     let run = rt.handle(RenamedBackground, "old").await.expect("handle");
-    let err = tokio::time::timeout(Duration::from_secs(5), run.result())
+    let err = tokio::time::timeout(PATIENCE, run.result())
         .await
         .expect("does not hang")
         .expect_err("incompatible");
@@ -358,7 +434,7 @@ async fn a_parent_with_background_work_and_one_permit_lets_its_child_run() {
         .await
         .expect("runtime");
     let run = rt.start(BackgroundThenChild, ()).await.expect("start");
-    let out = tokio::time::timeout(Duration::from_secs(5), run.result()).await;
+    let out = tokio::time::timeout(PATIENCE, run.result()).await;
     assert_eq!(out.expect("no deadlock").expect("result"), 7);
 }
 
@@ -394,7 +470,7 @@ async fn a_transient_store_error_starting_a_child_is_retried() {
         .await
         .expect("runtime");
     let run = rt.start(ParentOfKid, ()).await.expect("start");
-    let out = tokio::time::timeout(Duration::from_secs(5), run.result()).await;
+    let out = tokio::time::timeout(PATIENCE, run.result()).await;
     assert_eq!(out.expect("finishes").expect("result"), 7);
 }
 
@@ -437,7 +513,7 @@ async fn a_signal_stored_before_a_crash_is_taken_at_restart_not_at_the_timeout()
         .await
         .expect("restart");
     let run = rt.handle(Approve, "a").await.expect("handle");
-    let out = tokio::time::timeout(Duration::from_secs(3), run.result()).await;
+    let out = tokio::time::timeout(PATIENCE, run.result()).await;
     assert_eq!(out.expect("not after an hour").expect("result"), Some(7));
 }
 
@@ -467,7 +543,7 @@ async fn durable_calls_inside_a_background_block_fail_with_a_clear_message() {
         .await
         .expect("runtime");
     let run = rt.start(BackgroundBlock, ()).await.expect("start");
-    let err = tokio::time::timeout(Duration::from_secs(5), run.result())
+    let err = tokio::time::timeout(PATIENCE, run.result())
         .await
         .expect("finishes")
         .expect_err("refused");
@@ -502,7 +578,7 @@ async fn patched_before_an_in_flight_join_takes_the_old_branch() {
     let store = Arc::new(MemoryStore::new());
     store
         .create(
-            record("old", "patch_gap", Status::Suspended),
+            record("old", "patch_gap", Status::Running),
             None,
             Vec::new(),
         )
@@ -528,9 +604,17 @@ async fn patched_before_an_in_flight_join_takes_the_old_branch() {
         .build()
         .await
         .expect("runtime");
-    wait_status(&rt, "old", Status::Suspended).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let rec = rt.instance("old").await.expect("get").expect("exists");
+    // Stored running at time 0 (left by a runtime that stopped): the new runtime claims it,
+    // replays it and leaves it suspended (a write after time 0, not `running`).
+    let rec = wait_until("`old` loaded and left again", || async {
+        let rec = rt.instance("old").await.expect("get").expect("exists");
+        if rec.updated_at > 0 && rec.status != Status::Running {
+            Ok(rec)
+        } else {
+            Err(rec)
+        }
+    })
+    .await;
     assert_eq!(rec.status, Status::Suspended, "{:?}", rec.error);
 }
 
@@ -551,7 +635,7 @@ async fn result_after_shutdown_returns_an_error_instead_of_hanging() {
         .expect("runtime");
     let run = rt.start(WaitsForever, ()).await.expect("start");
     rt.shutdown().await.expect("shutdown");
-    let out = tokio::time::timeout(Duration::from_secs(2), run.result()).await;
+    let out = tokio::time::timeout(PATIENCE, run.result()).await;
     assert!(
         matches!(out.expect("returns"), Err(orch_runtime::Error::ShutDown)),
         "expected ShutDown"
@@ -595,8 +679,26 @@ async fn a_huge_sleep_saturates_instead_of_wrapping_around() {
         .await
         .expect("runtime");
     let run = rt.start(SleepsMax, ()).await.expect("start");
-    let out = tokio::time::timeout(Duration::from_millis(500), run.result()).await;
-    assert!(out.is_err(), "sleep(u64::MAX s) finished: {out:?}");
+    let rec = wait_until("the sleeper suspended or finished", || async {
+        let rec = rt.instance(run.id()).await.expect("get").expect("exists");
+        if rec.status == Status::Running {
+            Err(rec)
+        } else {
+            Ok(rec)
+        }
+    })
+    .await;
+    assert_eq!(
+        rec.status,
+        Status::Suspended,
+        "sleep(u64::MAX s) finished: {rec:?}"
+    );
+    let wake = rec.wake_at.expect("a wake-up time");
+    let in_a_century = rec.created_at + 100 * 365 * 86_400_000;
+    assert!(
+        wake > in_a_century,
+        "sleep(u64::MAX s) wakes at {wake}: {rec:?}"
+    );
 }
 
 // ---------- fanning out to children reads each child a bounded number of times ----------
@@ -623,7 +725,11 @@ async fn fanning_out_to_children_costs_linear_reads() {
         .await
         .expect("runtime");
     let run = rt.start(FanOut, n).await.expect("start");
-    assert_eq!(run.result().await.expect("result"), n * (n - 1) / 2);
+    let out = tokio::time::timeout(PATIENCE, run.result()).await;
+    let out = out.unwrap_or_else(|_| {
+        panic!("the fan-out to {n} children did not finish within {PATIENCE:?} (a lost wake-up)")
+    });
+    assert_eq!(out.expect("result"), n * (n - 1) / 2);
     let gets = store.faults.gets.load(Ordering::Relaxed);
     assert!(gets < 10 * n, "{gets} reads for {n} children");
 }

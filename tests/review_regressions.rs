@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+#[path = "support/wait.rs"]
+mod wait;
+use wait::wait_until;
 
 async fn sqlite(dir: &tempfile::TempDir) -> Runtime {
     Runtime::builder()
@@ -22,22 +25,16 @@ async fn sqlite(dir: &tempfile::TempDir) -> Runtime {
         .expect("runtime")
 }
 
-async fn wait_status(rt: &Runtime, id: &str, status: Status, secs: u64) -> InstanceRecord {
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        let rec = rt.instance(id).await.expect("read");
-        if let Some(rec) = &rec
-            && rec.status == status
-        {
-            return rec.clone();
+/// Polls until the instance reaches `status`. (What must not take long is an hour-long timer,
+/// which the shared deadline is far below.)
+async fn wait_status(rt: &Runtime, id: &str, status: Status) -> InstanceRecord {
+    wait_until(&format!("instance {id} to be {status}"), || async {
+        match rt.instance(id).await.expect("read") {
+            Some(rec) if rec.status == status => Ok(rec),
+            rec => Err(rec.map(|r| (r.status, r.wake_at, r.error))),
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "instance {id} is {:?}, expected {status}",
-            rec.map(|r| (r.status, r.wake_at, r.error))
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 // ------------------------------------------------------------------------------------------
@@ -68,16 +65,16 @@ async fn retry_after_cancel_rewaits_a_sleep_that_ended_early() {
     let dir = tempfile::tempdir().unwrap();
     let rt = sqlite(&dir).await;
     let run = rt.start(NapThenCharge, 7).await.unwrap();
-    wait_status(&rt, run.id(), Status::Suspended, 10).await;
+    wait_status(&rt, run.id(), Status::Suspended).await;
     rt.cancel(run.id(), "ops", "test").await.unwrap();
-    let rec = wait_status(&rt, run.id(), Status::Cancelled, 10).await;
+    let rec = wait_status(&rt, run.id(), Status::Cancelled).await;
     assert_eq!(rec.failed_seq, Some(3));
     // Retry from the step that received the cancellation: entries 1 and 2 replay "at once"
     // (DESIGN §2), so the charge runs and the instance completes right away...
     let from = rt.retry(run.id(), None, "ops").await.unwrap();
     assert_eq!(from, 3);
     // ...but the sleep at seq 2, which had ended early, now waits its remaining hour.
-    wait_status(&rt, run.id(), Status::Completed, 5).await;
+    wait_status(&rt, run.id(), Status::Completed).await;
     rt.shutdown().await.unwrap();
 }
 
@@ -86,11 +83,11 @@ async fn fork_after_cancel_rewaits_a_sleep_that_ended_early() {
     let dir = tempfile::tempdir().unwrap();
     let rt = sqlite(&dir).await;
     let run = rt.start(NapThenCharge, 8).await.unwrap();
-    wait_status(&rt, run.id(), Status::Suspended, 10).await;
+    wait_status(&rt, run.id(), Status::Suspended).await;
     rt.cancel(run.id(), "ops", "test").await.unwrap();
-    wait_status(&rt, run.id(), Status::Cancelled, 10).await;
+    wait_status(&rt, run.id(), Status::Cancelled).await;
     let fork = rt.fork(run.id(), 3, "ops").await.unwrap();
-    wait_status(&rt, &fork, Status::Completed, 5).await;
+    wait_status(&rt, &fork, Status::Completed).await;
     rt.shutdown().await.unwrap();
 }
 
@@ -119,7 +116,7 @@ async fn addressed(zip: String) -> u32 {
 
 async fn search_by_address(rt: &Runtime, zip: &str) -> usize {
     let run = rt.start(Addressed, zip.to_string()).await.unwrap();
-    wait_status(rt, run.id(), Status::Completed, 10).await;
+    wait_status(rt, run.id(), Status::Completed).await;
     // What the HTTP API builds from `attr.address={"zip":"…","city":"Lyon"}` (attr_value:
     // parsed and re-serialized by serde_json, i.e. with sorted keys); key order does not
     // matter for JSON values (store::json_equal).
@@ -174,7 +171,7 @@ async fn retry_keeps_attributes_set_by_superseded_entries() {
     let dir = tempfile::tempdir().unwrap();
     let rt = sqlite(&dir).await;
     let run = rt.start(Staged, ()).await.unwrap();
-    wait_status(&rt, run.id(), Status::Failed, 10).await;
+    wait_status(&rt, run.id(), Status::Failed).await;
     assert_eq!(
         rt.details(run.id())
             .await
@@ -185,7 +182,7 @@ async fn retry_keeps_attributes_set_by_superseded_entries() {
         Some("\"doomed\"")
     );
     rt.retry(run.id(), Some(1), "ops").await.unwrap();
-    wait_status(&rt, run.id(), Status::Completed, 10).await;
+    wait_status(&rt, run.id(), Status::Completed).await;
     let d = rt.details(run.id()).await.unwrap();
     assert!(
         d.journal.iter().all(|e| e.kind != EntryKind::Attribute),
@@ -272,7 +269,7 @@ async fn http_search_fails_for_everyone_once_an_instance_sleeps_forever() {
         .await
         .unwrap();
     let run = rt.start(SleepsForever, ()).await.unwrap();
-    wait_status(&rt, run.id(), Status::Suspended, 10).await;
+    wait_status(&rt, run.id(), Status::Suspended).await;
     let base = format!("http://{}", rt.http_addr().unwrap());
     let client = reqwest::Client::new();
     for path in [
@@ -313,7 +310,16 @@ async fn cancel_in_a_join_ends_the_sleep_in_one_run_but_not_on_replay() {
     let mut ids = Vec::new();
     for noise in 0..4u32 {
         let run = rt.start(JoinRace, ()).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // In the join: the step failed once and backs off for an hour; the sleep lasts an hour.
+        wait_until("join_flaky's first failure", || async {
+            let attempts = rt.attempts(run.id()).await.unwrap();
+            if attempts.is_empty() {
+                Err(attempts)
+            } else {
+                Ok(())
+            }
+        })
+        .await;
         // Extra wake-ups move tokio::join!'s rotation, so both poll orders occur.
         for _ in 0..noise {
             rt.signal(run.id(), "noise", 1).await.unwrap();
@@ -322,29 +328,40 @@ async fn cancel_in_a_join_ends_the_sleep_in_one_run_but_not_on_replay() {
         rt.cancel(run.id(), "ops", "test").await.unwrap();
         ids.push(run.id().to_string());
     }
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let mut report = Vec::new();
-    for id in &ids {
-        let rec = rt.instance(id).await.unwrap().unwrap();
-        let seqs: Vec<u32> = rt
-            .journal(id)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.seq)
-            .collect();
-        report.push(format!(
-            "{id}: {} cancel_seq={:?} wake_at={:?} journal={seqs:?}",
-            rec.status, rec.cancel_seq, rec.wake_at
-        ));
-    }
+    // Every instance ends (the one after the join sleeps 2 s); one that ran past the joined
+    // sleep and then waits for it again on replay stays suspended for an hour.
+    let report = wait_until("every instance to end", || async {
+        let mut report = Vec::new();
+        let mut ended = true;
+        for id in &ids {
+            let rec = rt.instance(id).await.unwrap().unwrap();
+            ended &= rec.status.is_final();
+            let seqs: Vec<u32> = rt
+                .journal(id)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect();
+            report.push(format!(
+                "{id}: {} cancel_seq={:?} wake_at={:?} journal={seqs:?}",
+                rec.status, rec.cancel_seq, rec.wake_at
+            ));
+        }
+        if ended {
+            Ok(report)
+        } else {
+            Err(report.join("\n"))
+        }
+    })
+    .await;
     let passed_join_then_stuck = report
         .iter()
         .filter(|r| r.contains("3]") && !r.contains("cancelled"))
         .count();
     assert!(
         report.iter().all(|r| r.contains(": cancelled")),
-        "not all cancelled within 6 s ({passed_join_then_stuck} ran past the joined sleep, \
+        "not all cancelled ({passed_join_then_stuck} ran past the joined sleep, \
          then replay waits for it again):\n{}",
         report.join("\n")
     );

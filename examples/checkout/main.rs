@@ -14,6 +14,7 @@
 //! cargo run --release --example checkout                        # 36 orders on ./orch.db
 //! cargo run --release --example checkout -- --step-delay-ms 300 # slow: try Ctrl-C, rerun
 //! cargo run --release --example checkout -- --orders 100 --json --db /tmp/x.db
+//! cargo run --release --example checkout -- --postgres postgres://postgres@127.0.0.1:5432/test
 //! RUST_LOG=orch_runtime=debug cargo run --example checkout      # the runtime's own logs
 //! ```
 //!
@@ -53,6 +54,10 @@ struct Args {
     /// time: a run started while another has the file is refused).
     #[arg(long, default_value = "orch.db")]
     db: PathBuf,
+    /// Use PostgreSQL at this URL (schema `orch`) in place of the SQLite file `--db` (which
+    /// then only names the default service log).
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
     /// Where the services log every request (default: `<db>.services.log`).
     #[arg(long)]
     service_log: Option<PathBuf>,
@@ -328,9 +333,11 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
 /// the default one is taken).
 async fn open_runtime(args: &Args) -> Result<Runtime, BoxError> {
     let build = |http: Option<&str>| {
-        let mut b = Runtime::builder()
-            .sqlite(&args.db)
-            .max_running(args.concurrency.max(1));
+        let mut b = match &args.postgres {
+            Some(url) => Runtime::builder().postgres(url.clone()),
+            None => Runtime::builder().sqlite(&args.db),
+        }
+        .max_running(args.concurrency.max(1));
         if let Some(addr) = http {
             b = b.http(addr);
         }
@@ -342,6 +349,8 @@ async fn open_runtime(args: &Args) -> Result<Runtime, BoxError> {
             eprintln!("checkout: {e}; using a free port instead");
             Ok(build(Some("127.0.0.1:0")).await?)
         }
+        // (A PostgreSQL error names the server and schema itself, never the password.)
+        Err(e) if args.postgres.is_some() => Err(format!("cannot open the store: {e}").into()),
         Err(e) => Err(format!("cannot open {}: {e}", args.db.display()).into()),
         Ok(rt) => Ok(rt),
     }

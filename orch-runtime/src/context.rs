@@ -548,6 +548,11 @@ impl WorkflowCtx {
 
     /// Registers the operation at `seq` as waiting (for a timer at `wake_at`, a signal or a
     /// child) with the waker to call when something it may be waiting for arrives.
+    ///
+    /// Register first, then look for what arrived: a delivery (signal, child's end,
+    /// cancellation) between a look and a later registration would wake nobody, and inside a
+    /// combinator that polls only woken futures (`join_all`, `FuturesUnordered`) the call
+    /// would wait forever.
     pub(crate) fn wait(self: &Arc<Self>, seq: u32, wake_at: Option<Millis>, waker: &Waker) {
         self.lock().waiters.insert(
             seq,

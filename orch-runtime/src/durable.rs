@@ -234,10 +234,12 @@ async fn wait_until(ctx: Arc<WorkflowCtx>, seq: u32, fire_at: Millis) {
     let _waiting = ctx.waiter_guard(seq);
     let mut alarm = Box::pin(tokio::time::sleep(remaining));
     std::future::poll_fn(|cx| {
+        // Registered before looking, so a cancellation that arrives in between still wakes
+        // this call (see `WorkflowCtx::wait`).
+        ctx.wait(seq, Some(fire_at), cx.waker());
         if alarm.as_mut().poll(cx).is_ready() || ctx.now_ms() >= fire_at || ended_by_cancel() {
             return Poll::Ready(());
         }
-        ctx.wait(seq, Some(fire_at), cx.waker());
         Poll::Pending
     })
     .await
@@ -456,6 +458,9 @@ fn receive<T: DeserializeOwned + Send + 'static>(
         // Payloads refused at this wait so far (journaled as its failed attempts).
         let mut refused = ctx.failed_attempts(seq);
         std::future::poll_fn(|cx| {
+            // Registered before looking, so a signal delivered in between still wakes this
+            // call (see `WorkflowCtx::wait`).
+            ctx.wait(seq, deadline, cx.waker());
             while let Some(sig) = ctx.take_signal(&name) {
                 let value: serde_json::Value = match serde_json::from_str(&sig.payload) {
                     Ok(v) => v,
@@ -537,7 +542,6 @@ fn receive<T: DeserializeOwned + Send + 'static>(
                     return Poll::Ready(None);
                 }
             }
-            ctx.wait(seq, deadline, cx.waker());
             Poll::Pending
         })
         .await
@@ -721,10 +725,12 @@ pub fn call_workflow<W: Workflow>(input: W::Input) -> Durable<W::Output> {
                 return value;
             }
             std::future::poll_fn(|cx| {
+                // Registered before looking, so a child that finishes in between still wakes
+                // this call (see `WorkflowCtx::wait`).
+                ctx.wait(seq, None, cx.waker());
                 if ctx.take_child_done(seq) {
                     return Poll::Ready(());
                 }
-                ctx.wait(seq, None, cx.waker());
                 Poll::Pending
             })
             .await;

@@ -17,6 +17,8 @@ enum StoreChoice {
     Unset,
     Memory,
     Sqlite(PathBuf, SqliteOptions),
+    #[cfg(feature = "postgres")]
+    Postgres(String, crate::store::postgres::PostgresOptions),
     Custom(Arc<dyn Backend>),
 }
 
@@ -53,6 +55,34 @@ impl RuntimeBuilder {
     /// Like [`sqlite`](Self::sqlite) with explicit options, e.g. relaxed durability.
     pub fn sqlite_with(mut self, path: impl Into<PathBuf>, options: SqliteOptions) -> Self {
         self.store = StoreChoice::Sqlite(path.into(), options);
+        self
+    }
+
+    /// Stores everything in PostgreSQL at `url` (`postgres://user:password@host:port/db`),
+    /// in the schema `orch` (created when missing). Needs the cargo feature `postgres`.
+    ///
+    /// Writes of many instances share one transaction (group commit). Any number of runtimes
+    /// (nodes, on any number of machines) may share one schema: each drives the instances it
+    /// owns by lease, claims due ones with `FOR UPDATE SKIP LOCKED`, and hears the others'
+    /// signals, cancellations and ends through `LISTEN/NOTIFY` (see
+    /// [`node_id`](Self::node_id) and [`lease_ttl`](Self::lease_ttl)). Choose the schema with
+    /// [`postgres_with`](Self::postgres_with). Errors never show the URL's password.
+    ///
+    /// Without any store chosen, [`build`](Self::build) uses the `ORCH_DATABASE_URL`
+    /// environment variable when it is set (schema `orch`).
+    #[cfg(feature = "postgres")]
+    pub fn postgres(self, url: impl Into<String>) -> Self {
+        self.postgres_with(url, crate::store::postgres::PostgresOptions::default())
+    }
+
+    /// Like [`postgres`](Self::postgres) with options: the schema, the pool size.
+    #[cfg(feature = "postgres")]
+    pub fn postgres_with(
+        mut self,
+        url: impl Into<String>,
+        options: crate::store::postgres::PostgresOptions,
+    ) -> Self {
+        self.store = StoreChoice::Postgres(url.into(), options);
         self
     }
 
@@ -133,12 +163,40 @@ impl RuntimeBuilder {
             None => NodeId::generate(),
             Some(id) => NodeId::new(id).map_err(Error::InvalidArgument)?,
         };
-        let store: Arc<dyn Backend> = match self.store {
-            StoreChoice::Unset => {
+        #[cfg_attr(not(feature = "postgres"), allow(unused_mut))]
+        let mut choice = self.store;
+        if matches!(choice, StoreChoice::Unset)
+            && let Some(url) = std::env::var_os("ORCH_DATABASE_URL")
+        {
+            #[cfg(feature = "postgres")]
+            {
+                choice = StoreChoice::Postgres(
+                    url.to_string_lossy().into_owned(),
+                    crate::store::postgres::PostgresOptions::default(),
+                );
+            }
+            #[cfg(not(feature = "postgres"))]
+            {
+                let _ = url;
                 return Err(Error::Store(crate::store::StoreError::Backend(
-                    "no store chosen: call .sqlite(path) or .in_memory() on Runtime::builder()"
+                    "ORCH_DATABASE_URL is set but this build of orch has no PostgreSQL store: \
+                     enable the cargo feature `postgres` of orch-runtime, or unset it and call \
+                     .sqlite(path) on Runtime::builder()"
                         .into(),
                 )));
+            }
+        }
+        let store: Arc<dyn Backend> = match choice {
+            StoreChoice::Unset => {
+                return Err(Error::Store(crate::store::StoreError::Backend(
+                    "no store chosen: call .sqlite(path) or .in_memory() on Runtime::builder() \
+                     (or set ORCH_DATABASE_URL with the `postgres` feature)"
+                        .into(),
+                )));
+            }
+            #[cfg(feature = "postgres")]
+            StoreChoice::Postgres(url, options) => {
+                Arc::new(crate::store::postgres::PostgresStore::open(&url, options).await?)
             }
             StoreChoice::Memory => Arc::new(MemoryStore::new()),
             StoreChoice::Custom(s) => s,

@@ -19,6 +19,8 @@ if ! "$work/venv/bin/schemathesis" --version 2>/dev/null | grep -q "$VERSION"; t
 fi
 auth=()
 if [ -n "$token" ]; then auth=(-H "Authorization: Bearer $token"); fi
+# schemathesis keeps its cache in the working directory: keep it under target/.
+cd "$work"
 # The document names the server `/`; the base path is in the paths themselves.
 exec "$work/venv/bin/schemathesis" run "${base%/}/api/v1/openapi.json" --url "${base%/}" \
   "${auth[@]}" --checks all --workers 2 --max-examples "${ORCH_FUZZ_EXAMPLES:-50}" \

@@ -3,15 +3,16 @@
 //! chromium-driver`; `.ci/run` installs them).
 #![allow(dead_code)]
 
-use std::io::Write;
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-/// How long a page may take to show an expected state.
-pub const WAIT: Duration = Duration::from_secs(30);
+/// How long a page may take to show an expected state (generous: a loaded machine is slow,
+/// and a wait returns as soon as the state shows).
+pub const WAIT: Duration = Duration::from_secs(60);
 
 /// chromedriver, or `None` after a loud notice when it is missing (a failure instead with
 /// `ORCH_REQUIRE_BROWSER=1`).
@@ -39,15 +40,8 @@ pub fn chromedriver() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// chromedriver on a free port, killed when dropped.
+/// chromedriver on a port it picks itself (`--port=0`: a port picked here and passed on could be
+/// taken by another test meanwhile), killed when dropped.
 pub struct ChromeDriver {
     child: Child,
     pub url: String,
@@ -55,20 +49,48 @@ pub struct ChromeDriver {
 
 impl ChromeDriver {
     pub fn start(bin: &Path) -> ChromeDriver {
-        let port = free_port();
-        let child = Command::new(bin)
-            .arg(format!("--port={port}"))
+        let mut child = Command::new(bin)
+            .arg("--port=0")
             // Its own process group, so that Chromium goes with it on drop.
             .process_group(0)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("start chromedriver");
-        ChromeDriver {
+        let stdout = child.stdout.take().expect("chromedriver's stdout");
+        let (tx, rx) = mpsc::channel();
+        // Keeps reading to the end, so chromedriver never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut driver = ChromeDriver {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: String::new(),
+        };
+        // "ChromeDriver was started successfully on port 33305."
+        let end = Instant::now() + WAIT;
+        let mut seen = Vec::new();
+        while driver.url.is_empty() {
+            let left = end.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                panic!(
+                    "chromedriver did not say its port within {WAIT:?}; it printed:\n{}",
+                    seen.join("\n")
+                );
+            };
+            if let Some(port) = line
+                .split_once("started successfully on port ")
+                .map(|(_, p)| p.trim_end_matches('.'))
+            {
+                let port: u16 = port.parse().expect("a port number");
+                driver.url = format!("http://127.0.0.1:{port}");
+            }
+            seen.push(line);
         }
+        driver
     }
 }
 
@@ -103,7 +125,7 @@ pub mod webdriver {
         /// Starts headless Chromium through the chromedriver at `driver` (waiting for it).
         pub async fn open(driver: &str) -> Browser {
             let http = reqwest::Client::builder().no_proxy().build().unwrap();
-            let end = Instant::now() + Duration::from_secs(20);
+            let end = Instant::now() + WAIT;
             loop {
                 let ready = match http.get(format!("{driver}/status")).send().await {
                     Ok(r) => r.json::<Value>().await.ok(),

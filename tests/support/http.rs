@@ -137,7 +137,7 @@ impl Server {
 
     /// Polls the instance until `pred` holds for it (at most 30 s).
     pub async fn wait_for(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let r = self.get(&format!("/api/v1/instances/{id}")).await;
             if r.status == StatusCode::OK {

@@ -354,12 +354,15 @@ pub(crate) fn query_from_params(
 }
 
 /// Whether a bulk filter's condition says nothing: absent, null, `""`, `[]` or `{}`.
-fn is_blank(v: &Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::String(s) => s.is_empty(),
-        Value::Array(a) => a.is_empty(),
-        Value::Object(o) => o.is_empty(),
+/// Whether filter field `field` is given as nothing: `null`, or an empty value of the field's
+/// own type (`""`, `[]` for `status`, `{}` for `attr`). An empty value of another type is not
+/// blank: it is a wrong type, refused below.
+fn is_blank(field: &str, v: &Value) -> bool {
+    match (field, v) {
+        (_, Value::Null) => true,
+        (_, Value::String(s)) => s.is_empty(),
+        ("status", Value::Array(a)) => a.is_empty(),
+        ("attr", Value::Object(o)) => o.is_empty(),
         _ => false,
     }
 }
@@ -393,7 +396,7 @@ pub(crate) fn query_from_json(rt: &Runtime, filter: Option<&Value>) -> ApiResult
             "parent",
         ],
     )?;
-    if f.values().all(is_blank) {
+    if f.iter().all(|(k, v)| is_blank(k, v)) {
         return Err(ApiError::bad_request(
             "`filter` has no condition (empty strings, lists and objects count as absent), \
              which would act on every instance; name at least one condition (e.g. \
@@ -401,7 +404,7 @@ pub(crate) fn query_from_json(rt: &Runtime, filter: Option<&Value>) -> ApiResult
         ));
     }
     let mut params = Vec::new();
-    for (k, v) in f.iter().filter(|(_, v)| !is_blank(v)) {
+    for (k, v) in f.iter().filter(|(k, v)| !is_blank(k, v)) {
         match (k.as_str(), v) {
             ("status", Value::Array(items)) => {
                 for s in items {

@@ -11,10 +11,13 @@
 //! embedded default; several processes may share one file). `conformance` (feature
 //! `conformance`) checks a backend against this contract.
 
+pub(crate) mod command;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod lease;
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod sqlite;
 
 use futures_util::future::BoxFuture;

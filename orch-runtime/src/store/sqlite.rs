@@ -40,6 +40,8 @@ use tokio::sync::oneshot;
 
 mod ownership;
 
+use super::command::{Command, Outcome, reply};
+
 /// Schema migrations, applied in order, each in its own transaction. Migration `i` brings the
 /// database to schema version `i + 1`. Never edit a released entry; append a new one.
 const MIGRATIONS: &[&str] = &[
@@ -208,63 +210,6 @@ impl Default for SqliteOptions {
             max_bytes: None,
         }
     }
-}
-
-/// A command for the writer thread.
-enum Command {
-    Submit(
-        Option<Fence>,
-        Vec<WriteOp>,
-        oneshot::Sender<Result<(), StoreError>>,
-    ),
-    /// Create an instance (owned when terms are given), then apply the writes when it is new.
-    Create(
-        Box<InstanceRecord>,
-        Option<LeaseTerms>,
-        Vec<WriteOp>,
-        oneshot::Sender<Result<Created, StoreError>>,
-    ),
-    AddSignal {
-        instance: String,
-        name: String,
-        payload: String,
-        at: Millis,
-        extra: Vec<WriteOp>,
-        reply: oneshot::Sender<Result<i64, StoreError>>,
-    },
-    ClaimDue(
-        LeaseTerms,
-        usize,
-        oneshot::Sender<Result<Claimed, StoreError>>,
-    ),
-    Claim(
-        LeaseTerms,
-        String,
-        oneshot::Sender<Result<Option<Lease>, StoreError>>,
-    ),
-    Renew(
-        LeaseTerms,
-        Vec<(String, u64)>,
-        oneshot::Sender<Result<Vec<String>, StoreError>>,
-    ),
-    Release(
-        NodeId,
-        Option<Vec<String>>,
-        oneshot::Sender<Result<(), StoreError>>,
-    ),
-    Close(oneshot::Sender<Result<(), StoreError>>),
-    /// Write and delete a page-sized row: fails when the database cannot grow.
-    Probe(oneshot::Sender<Result<(), StoreError>>),
-}
-
-/// What a command produced inside the transaction, sent once the transaction is over.
-enum Outcome {
-    Unit(Result<(), StoreError>),
-    Created(Result<Created, StoreError>),
-    Signal(Result<i64, StoreError>),
-    Claimed(Result<Claimed, StoreError>),
-    Lease(Result<Option<Lease>, StoreError>),
-    Lost(Result<Vec<String>, StoreError>),
 }
 
 /// A [`Store`] in one SQLite file (WAL mode), with a group-committing writer thread.
@@ -773,76 +718,6 @@ fn run_batch(conn: &Connection, batch: Vec<Command>, commits: &AtomicU64, hub: &
     }
     for w in woken {
         hub.send(w);
-    }
-}
-
-impl Outcome {
-    fn is_ok(&self) -> bool {
-        match self {
-            Outcome::Unit(r) => r.is_ok(),
-            Outcome::Created(r) => r.is_ok(),
-            Outcome::Signal(r) => r.is_ok(),
-            Outcome::Claimed(r) => r.is_ok(),
-            Outcome::Lease(r) => r.is_ok(),
-            Outcome::Lost(r) => r.is_ok(),
-        }
-    }
-
-    fn error(&self) -> Option<StoreError> {
-        match self {
-            Outcome::Unit(r) => r.as_ref().err().cloned(),
-            Outcome::Created(r) => r.as_ref().err().cloned(),
-            Outcome::Signal(r) => r.as_ref().err().cloned(),
-            Outcome::Claimed(r) => r.as_ref().err().cloned(),
-            Outcome::Lease(r) => r.as_ref().err().cloned(),
-            Outcome::Lost(r) => r.as_ref().err().cloned(),
-        }
-    }
-
-    fn failed(cmd: &Command, err: StoreError) -> Outcome {
-        match cmd {
-            Command::Submit(..) | Command::Close(_) | Command::Probe(_) | Command::Release(..) => {
-                Outcome::Unit(Err(err))
-            }
-            Command::Create(..) => Outcome::Created(Err(err)),
-            Command::AddSignal { .. } => Outcome::Signal(Err(err)),
-            Command::ClaimDue(..) => Outcome::Claimed(Err(err)),
-            Command::Claim(..) => Outcome::Lease(Err(err)),
-            Command::Renew(..) => Outcome::Lost(Err(err)),
-        }
-    }
-}
-
-/// Sends `outcome` to whoever is waiting for `cmd` (who may have stopped waiting).
-fn reply(cmd: Command, outcome: Outcome) {
-    match (cmd, outcome) {
-        (
-            Command::Submit(_, _, tx)
-            | Command::Close(tx)
-            | Command::Probe(tx)
-            | Command::Release(_, _, tx),
-            Outcome::Unit(r),
-        ) => {
-            let _ = tx.send(r);
-        }
-        (Command::Create(_, _, _, tx), Outcome::Created(r)) => {
-            let _ = tx.send(r);
-        }
-        (Command::ClaimDue(_, _, tx), Outcome::Claimed(r)) => {
-            let _ = tx.send(r);
-        }
-        (Command::Claim(_, _, tx), Outcome::Lease(r)) => {
-            let _ = tx.send(r);
-        }
-        (Command::Renew(_, _, tx), Outcome::Lost(r)) => {
-            let _ = tx.send(r);
-        }
-        (Command::AddSignal { reply, .. }, Outcome::Signal(r)) => {
-            let _ = reply.send(r);
-        }
-        // Outcomes are built from their own command, so the kinds always match; a mismatch
-        // drops the sender, which the waiter sees as `Closed`.
-        _ => tracing::error!("internal error: SQLite writer outcome does not match its command"),
     }
 }
 

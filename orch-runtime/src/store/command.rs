@@ -1,0 +1,134 @@
+//! The commands a group-committing writer (SQLite's writer thread, PostgreSQL's writer task)
+//! receives, and what each produced: one definition for both backends.
+
+use super::{
+    Claimed, Created, Fence, InstanceRecord, Lease, LeaseTerms, Millis, NodeId, StoreError, WriteOp,
+};
+use tokio::sync::oneshot;
+
+/// A command for a writer.
+pub(crate) enum Command {
+    Submit(
+        Option<Fence>,
+        Vec<WriteOp>,
+        oneshot::Sender<Result<(), StoreError>>,
+    ),
+    /// Create an instance (owned when terms are given), then apply the writes when it is new.
+    Create(
+        Box<InstanceRecord>,
+        Option<LeaseTerms>,
+        Vec<WriteOp>,
+        oneshot::Sender<Result<Created, StoreError>>,
+    ),
+    AddSignal {
+        instance: String,
+        name: String,
+        payload: String,
+        at: Millis,
+        extra: Vec<WriteOp>,
+        reply: oneshot::Sender<Result<i64, StoreError>>,
+    },
+    ClaimDue(
+        LeaseTerms,
+        usize,
+        oneshot::Sender<Result<Claimed, StoreError>>,
+    ),
+    Claim(
+        LeaseTerms,
+        String,
+        oneshot::Sender<Result<Option<Lease>, StoreError>>,
+    ),
+    Renew(
+        LeaseTerms,
+        Vec<(String, u64)>,
+        oneshot::Sender<Result<Vec<String>, StoreError>>,
+    ),
+    Release(
+        NodeId,
+        Option<Vec<String>>,
+        oneshot::Sender<Result<(), StoreError>>,
+    ),
+    Close(oneshot::Sender<Result<(), StoreError>>),
+    /// Write and delete a page-sized row: fails when the database cannot grow.
+    Probe(oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// What a command produced inside the transaction, sent once the transaction is over.
+pub(crate) enum Outcome {
+    Unit(Result<(), StoreError>),
+    Created(Result<Created, StoreError>),
+    Signal(Result<i64, StoreError>),
+    Claimed(Result<Claimed, StoreError>),
+    Lease(Result<Option<Lease>, StoreError>),
+    Lost(Result<Vec<String>, StoreError>),
+}
+
+impl Outcome {
+    pub(crate) fn is_ok(&self) -> bool {
+        match self {
+            Outcome::Unit(r) => r.is_ok(),
+            Outcome::Created(r) => r.is_ok(),
+            Outcome::Signal(r) => r.is_ok(),
+            Outcome::Claimed(r) => r.is_ok(),
+            Outcome::Lease(r) => r.is_ok(),
+            Outcome::Lost(r) => r.is_ok(),
+        }
+    }
+
+    pub(crate) fn error(&self) -> Option<StoreError> {
+        match self {
+            Outcome::Unit(r) => r.as_ref().err().cloned(),
+            Outcome::Created(r) => r.as_ref().err().cloned(),
+            Outcome::Signal(r) => r.as_ref().err().cloned(),
+            Outcome::Claimed(r) => r.as_ref().err().cloned(),
+            Outcome::Lease(r) => r.as_ref().err().cloned(),
+            Outcome::Lost(r) => r.as_ref().err().cloned(),
+        }
+    }
+
+    pub(crate) fn failed(cmd: &Command, err: StoreError) -> Outcome {
+        match cmd {
+            Command::Submit(..) | Command::Close(_) | Command::Probe(_) | Command::Release(..) => {
+                Outcome::Unit(Err(err))
+            }
+            Command::Create(..) => Outcome::Created(Err(err)),
+            Command::AddSignal { .. } => Outcome::Signal(Err(err)),
+            Command::ClaimDue(..) => Outcome::Claimed(Err(err)),
+            Command::Claim(..) => Outcome::Lease(Err(err)),
+            Command::Renew(..) => Outcome::Lost(Err(err)),
+        }
+    }
+}
+
+/// Sends `outcome` to whoever is waiting for `cmd` (who may have stopped waiting).
+pub(crate) fn reply(cmd: Command, outcome: Outcome) {
+    match (cmd, outcome) {
+        (
+            Command::Submit(_, _, tx)
+            | Command::Close(tx)
+            | Command::Probe(tx)
+            | Command::Release(_, _, tx),
+            Outcome::Unit(r),
+        ) => {
+            let _ = tx.send(r);
+        }
+        (Command::Create(_, _, _, tx), Outcome::Created(r)) => {
+            let _ = tx.send(r);
+        }
+        (Command::ClaimDue(_, _, tx), Outcome::Claimed(r)) => {
+            let _ = tx.send(r);
+        }
+        (Command::Claim(_, _, tx), Outcome::Lease(r)) => {
+            let _ = tx.send(r);
+        }
+        (Command::Renew(_, _, tx), Outcome::Lost(r)) => {
+            let _ = tx.send(r);
+        }
+        (Command::AddSignal { reply, .. }, Outcome::Signal(r)) => {
+            let _ = reply.send(r);
+        }
+        // Outcomes are built from their own command, so the kinds always match; a mismatch
+        // drops the sender, which the waiter sees as `Closed`.
+        _ => tracing::error!("internal error: store writer's outcome does not match its command"),
+    }
+}

@@ -1,0 +1,593 @@
+//! The PostgreSQL [`Store`] (cargo feature `postgres`): one schema of one database, written by a
+//! group-committing writer task, read through a small connection pool.
+//!
+//! - **Driver**: [`tokio-postgres`](https://docs.rs/tokio-postgres) (async; queries issued
+//!   concurrently on one connection are pipelined), pooled by
+//!   [`deadpool-postgres`](https://docs.rs/deadpool-postgres) (each pooled connection caches its
+//!   prepared statements). Plain TCP: TLS is not supported yet, so use it on a trusted network
+//!   or through a local socket/tunnel.
+//! - **Group commit** ([`writer`]): every write (submissions, instance creation, signals) goes
+//!   to one writer task over a channel, in order. It takes what is queued (up to
+//!   [`PostgresOptions::max_batch`] commands), applies it in one transaction and acknowledges
+//!   every command after `COMMIT`. Commands for different instances are pipelined on the
+//!   connection; commands for one instance keep their order. When a command fails, the
+//!   transaction is rolled back and run again with each command in its own savepoint, so the
+//!   failing one is refused alone — the same semantics as the SQLite store.
+//! - **Schema** ([`schema`]): versioned migrations in a schema of your choice
+//!   ([`PostgresOptions::schema`], default `orch`); a schema written by a newer orch is refused
+//!   with [`StoreError::TooNew`], a schema holding other tables with [`StoreError::Foreign`].
+//! - **Several nodes per schema** ([`ownership`]): each runtime is a node owning the instances
+//!   it drives by lease, exactly as on SQLite. Due instances are claimed in bounded batches with
+//!   `FOR UPDATE SKIP LOCKED`; every fenced write is checked, per batch, by one locking read of
+//!   the fenced rows inside the write transaction. Migrations are safe when nodes open the
+//!   schema together (an advisory transaction lock).
+//! - **Wake-ups** ([`notify`]): every write transaction that wakes something sends a `NOTIFY`
+//!   on the schema's channel before it commits; each store `LISTEN`s on one dedicated
+//!   connection and passes other nodes' wake-ups to its subscribers. No polling.
+//!
+//! The URL is never shown with its password: errors name the store as
+//! `postgres://user@host:port/db (schema orch)`.
+
+mod admin;
+mod apply;
+mod notify;
+mod ownership;
+mod read;
+mod schema;
+mod writer;
+
+use super::command::Command;
+use super::{
+    Aggregate, AttributeMap, AuditRecord, Claimed, Commit, Created, Details, Fence, InstanceRecord,
+    Lease, LeaseTerms, ListFilter, LoadedInstance, Millis, NodeId, NodeRecord, Query, Stats,
+    StatsQuery, StatusCount, Store, StoreAdmin, StoreError, StoreMetrics, WakeupHub, Wakeups,
+    WriteOp,
+};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures_util::future::BoxFuture;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Settings for [`PostgresStore::open`].
+#[derive(Clone, Debug)]
+pub struct PostgresOptions {
+    /// The schema holding orch's tables (created when missing): lower-case letters, digits and
+    /// `_`, starting with a letter or `_`, at most 63 bytes. Default `orch`. Any number of
+    /// runtimes (nodes) may share one schema.
+    pub schema: String,
+    /// Connections for reads (the writer and the listener each have one more). Default 4.
+    pub pool_size: usize,
+    /// The most commands the writer puts in one transaction (at least 1 is used). Default 1024.
+    pub max_batch: usize,
+    /// How long connecting may take before it fails, unless the URL sets `connect_timeout`.
+    /// Default 10 s.
+    pub connect_timeout: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions {
+            schema: "orch".into(),
+            pool_size: 4,
+            max_batch: 1024,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl PostgresOptions {
+    /// These options with `schema`.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+}
+
+/// A notification received by `LISTEN` on the store's dedicated connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notification {
+    /// The channel it was sent on.
+    pub channel: String,
+    /// Its payload.
+    pub payload: String,
+}
+
+/// A [`Store`] in a PostgreSQL schema, with a group-committing writer task.
+pub struct PostgresStore {
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Command>,
+    closed: AtomicBool,
+    /// The task listening for other nodes' wake-ups; aborted on close.
+    listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// A connection for [`listen`](Self::listen)ed channels, opened on first use.
+    extra: tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>,
+    config: tokio_postgres::Config,
+    notifications: broadcast::Sender<Notification>,
+}
+
+/// What the writer and the readers share.
+pub(crate) struct Shared {
+    pub(crate) pool: Pool,
+    /// `postgres://user@host:port/db (schema x)`, for messages.
+    pub(crate) shown: String,
+    pub(crate) commits: AtomicU64,
+    pub(crate) metrics: Arc<StoreMetrics>,
+    /// This process's wake-ups.
+    pub(crate) hub: WakeupHub,
+    /// The schema's NOTIFY channel.
+    pub(crate) channel: String,
+    /// Marks this store's own notifications (ignored when they come back).
+    pub(crate) token: String,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("store", &self.shared.shown)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks a schema name: an unquoted PostgreSQL identifier, so it needs no quoting anywhere.
+fn check_schema(schema: &str) -> Result<(), StoreError> {
+    let mut chars = schema.chars();
+    let ok = schema.len() <= 63
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Backend(format!(
+            "`{schema}` is not a usable PostgreSQL schema name for orch: use lower-case letters, \
+             digits and `_`, starting with a letter or `_`, at most 63 bytes (e.g. `orch` or \
+             `orch_staging`)"
+        )))
+    }
+}
+
+/// The connection settings as shown in messages: no password, ever.
+fn describe(config: &tokio_postgres::Config, schema: &str) -> String {
+    use tokio_postgres::config::Host;
+    let user = config.get_user().unwrap_or("");
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().unwrap_or(user);
+    let at = if user.is_empty() {
+        String::new()
+    } else {
+        format!("{user}@")
+    };
+    format!("postgres://{at}{host}:{port}/{db} (schema {schema})")
+}
+
+/// Removes the URL's password from `text` (an error message that may quote it).
+fn scrub(text: &str, password: Option<&[u8]>) -> String {
+    match password.map(String::from_utf8_lossy) {
+        Some(p) if !p.is_empty() => text.replace(p.as_ref(), "***"),
+        _ => text.to_string(),
+    }
+}
+
+/// A driver error as a [`StoreError`]: "disk full" is [`StoreError::Full`], anything else
+/// [`StoreError::Backend`], both prefixed by `context`.
+pub(crate) fn pg_error(context: &str, err: &tokio_postgres::Error) -> StoreError {
+    use tokio_postgres::error::SqlState;
+    let detail = match err.as_db_error() {
+        Some(db) => {
+            let mut s = format!(
+                "{}: {} (SQLSTATE {})",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            );
+            if let Some(d) = db.detail() {
+                s.push_str(&format!("; {d}"));
+            }
+            s
+        }
+        None => {
+            let mut s = err.to_string();
+            let mut src = std::error::Error::source(err);
+            while let Some(e) = src {
+                s.push_str(&format!(": {e}"));
+                src = e.source();
+            }
+            s
+        }
+    };
+    let full = matches!(
+        err.code(),
+        Some(c) if *c == SqlState::DISK_FULL || *c == SqlState::INSUFFICIENT_RESOURCES
+    );
+    if full {
+        StoreError::Full(format!("{context}: {detail}"))
+    } else {
+        StoreError::Backend(format!("{context}: {detail}"))
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://user:password@host:port/database`, or
+    /// the `key=value` form), creates [`PostgresOptions::schema`] when missing, takes it for this
+    /// runtime and migrates it to the current schema version.
+    ///
+    /// Any number of stores (nodes) may open one schema. Fails with [`StoreError::TooNew`] when
+    /// a newer orch wrote it and
+    /// [`StoreError::Foreign`] when it holds tables that are not orch's; in these cases
+    /// nothing is changed. Must be called inside a tokio runtime; the writer task runs on it.
+    pub async fn open(url: &str, options: PostgresOptions) -> Result<PostgresStore, StoreError> {
+        check_schema(&options.schema)?;
+        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
+            // The parser's message may quote part of the URL; it is not shown.
+            let _ = e;
+            StoreError::Backend(
+                "the PostgreSQL URL is not valid: expected \
+                 `postgres://user:password@host:port/database` or `host=… user=… dbname=…` \
+                 (the URL is not repeated here because it may hold a password)"
+                    .into(),
+            )
+        })?;
+        let password = config.get_password().map(<[u8]>::to_vec);
+        let shown = describe(&config, &options.schema);
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(options.connect_timeout);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("orch");
+        }
+        // Every connection works in the schema; pg_catalog stays implicitly first.
+        config.options(format!("-c search_path={}", options.schema));
+        let scrubbed = |e: StoreError| match e {
+            StoreError::Backend(m) => StoreError::Backend(scrub(&m, password.as_deref())),
+            StoreError::Full(m) => StoreError::Full(scrub(&m, password.as_deref())),
+            e => e,
+        };
+
+        let (notifications, _) = broadcast::channel(1024);
+        {
+            let (client, connection) = config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|e| pg_error(&format!("connecting to {shown}"), &e))
+                .map_err(scrubbed)?;
+            let driver = tokio::spawn(connection);
+            let prepared = schema::prepare(&client, &options.schema, &shown).await;
+            drop(client);
+            let _ = driver.await;
+            prepared.map_err(scrubbed)?;
+        }
+        let hub = WakeupHub::default();
+        let channel = notify::channel(&options.schema);
+        let token = format!(
+            "{}-{}-{:016x}",
+            gethostname::gethostname().to_string_lossy(),
+            std::process::id(),
+            fastrand::u64(..)
+        );
+        let listener = tokio::spawn(notify::listen(
+            config.clone(),
+            channel.clone(),
+            token.clone(),
+            hub.clone(),
+            shown.clone(),
+        ));
+
+        let manager = Manager::from_config(
+            config.clone(),
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1) + 1)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Backend(format!("opening {shown}: building the pool: {e}")))?;
+        let shared = Arc::new(Shared {
+            pool,
+            shown,
+            commits: AtomicU64::new(0),
+            metrics: Arc::new(StoreMetrics::default()),
+            hub,
+            channel,
+            token,
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(writer::run(shared.clone(), rx, options.max_batch.max(1)));
+        Ok(PostgresStore {
+            shared,
+            tx,
+            closed: AtomicBool::new(false),
+            listener: Mutex::new(Some(listener)),
+            extra: tokio::sync::Mutex::new(None),
+            config,
+            notifications,
+        })
+    }
+
+    /// How many write transactions the writer has committed since [`PostgresStore::open`].
+    pub fn commits(&self) -> u64 {
+        self.shared.commits.load(Ordering::Relaxed)
+    }
+
+    /// The store as shown in messages (`postgres://user@host:port/db (schema orch)`; never
+    /// the password).
+    pub fn describe(&self) -> &str {
+        &self.shared.shown
+    }
+
+    /// Starts listening on `channel` on a dedicated connection; notifications arrive
+    /// on [`subscribe`](Self::subscribe)'s receivers. `channel` is an identifier (letters,
+    /// digits, `_`).
+    pub async fn listen(&self, channel: &str) -> Result<(), StoreError> {
+        let ok = !channel.is_empty()
+            && channel.len() <= 63
+            && channel
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(StoreError::Backend(format!(
+                "`{channel}` is not a usable LISTEN channel: use letters, digits and `_`"
+            )));
+        }
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        let client = {
+            let mut extra = self.extra.lock().await;
+            match &*extra {
+                Some(c) if !c.is_closed() => c.clone(),
+                _ => {
+                    let (client, mut connection) = self
+                        .config
+                        .connect(tokio_postgres::NoTls)
+                        .await
+                        .map_err(|e| {
+                            pg_error(&format!("connecting to {}", self.shared.shown), &e)
+                        })?;
+                    let notify = self.notifications.clone();
+                    tokio::spawn(async move {
+                        while let Some(Ok(m)) =
+                            std::future::poll_fn(|cx| connection.poll_message(cx)).await
+                        {
+                            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                                let _ = notify.send(Notification {
+                                    channel: n.channel().to_string(),
+                                    payload: n.payload().to_string(),
+                                });
+                            }
+                        }
+                    });
+                    let client = Arc::new(client);
+                    *extra = Some(client.clone());
+                    client
+                }
+            }
+        };
+        client
+            .batch_execute(&format!("LISTEN \"{channel}\""))
+            .await
+            .map_err(|e| {
+                pg_error(
+                    &format!("listening on `{channel}` in {}", self.shared.shown),
+                    &e,
+                )
+            })
+    }
+
+    /// Notifications received on the channels [`listen`](Self::listen)ed to.
+    pub fn subscribe(&self) -> broadcast::Receiver<Notification> {
+        self.notifications.subscribe()
+    }
+
+    fn send(&self, cmd: Command) -> bool {
+        self.tx.send(cmd).is_ok()
+    }
+
+    fn command<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+    ) -> BoxFuture<'_, Result<T, StoreError>> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.send(make(tx));
+        Box::pin(async move {
+            if !sent {
+                return Err(StoreError::Closed);
+            }
+            rx.await.unwrap_or(Err(StoreError::Closed))
+        })
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        if let Some(l) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            l.abort();
+        }
+    }
+}
+
+impl Store for PostgresStore {
+    fn submit(&self, fence: Option<Fence>, ops: Vec<WriteOp>) -> Commit {
+        let (tx, commit) = Commit::channel();
+        if self.send(Command::Submit(fence, ops, tx)) {
+            commit
+        } else {
+            Commit::ready(Err(StoreError::Closed))
+        }
+    }
+
+    fn create(
+        &self,
+        record: InstanceRecord,
+        owner: Option<LeaseTerms>,
+        extra: Vec<WriteOp>,
+    ) -> BoxFuture<'_, Result<Created, StoreError>> {
+        self.command(move |tx| Command::Create(Box::new(record), owner, extra, tx))
+    }
+
+    fn add_signal(
+        &self,
+        instance: &str,
+        name: &str,
+        payload: String,
+        at: Millis,
+        extra: Vec<WriteOp>,
+    ) -> BoxFuture<'_, Result<i64, StoreError>> {
+        let (instance, name) = (instance.to_string(), name.to_string());
+        self.command(move |reply| Command::AddSignal {
+            instance,
+            name,
+            payload,
+            at,
+            extra,
+            reply,
+        })
+    }
+
+    fn load(&self, id: &str) -> BoxFuture<'_, Result<Option<LoadedInstance>, StoreError>> {
+        let id = id.to_string();
+        Box::pin(async move { read::load(&self.shared, &id).await })
+    }
+
+    fn get(&self, id: &str) -> BoxFuture<'_, Result<Option<InstanceRecord>, StoreError>> {
+        let id = id.to_string();
+        Box::pin(async move { read::get_one(&self.shared, &id).await })
+    }
+
+    fn list(&self, filter: ListFilter) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>> {
+        Box::pin(async move { read::list(&self.shared, &filter).await })
+    }
+
+    fn claim_due(
+        &self,
+        terms: LeaseTerms,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Claimed, StoreError>> {
+        self.command(move |tx| Command::ClaimDue(terms, limit, tx))
+    }
+
+    fn claim(
+        &self,
+        terms: LeaseTerms,
+        instance: &str,
+    ) -> BoxFuture<'_, Result<Option<Lease>, StoreError>> {
+        let instance = instance.to_string();
+        self.command(move |tx| Command::Claim(terms, instance, tx))
+    }
+
+    fn renew(
+        &self,
+        terms: LeaseTerms,
+        held: Vec<(String, u64)>,
+    ) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        self.command(move |tx| Command::Renew(terms, held, tx))
+    }
+
+    fn release(
+        &self,
+        node: &NodeId,
+        instances: Option<Vec<String>>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let node = node.clone();
+        self.command(move |tx| Command::Release(node, instances, tx))
+    }
+
+    fn wakeups(&self) -> Wakeups {
+        self.shared.hub.subscribe()
+    }
+
+    fn metrics(&self) -> Option<Arc<StoreMetrics>> {
+        Some(self.shared.metrics.clone())
+    }
+
+    fn probe_write(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.command(Command::Probe)
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        let was_closed = self.closed.swap(true, Ordering::SeqCst);
+        let (tx, rx) = oneshot::channel();
+        let sent = self.send(Command::Close(tx));
+        Box::pin(async move {
+            let result = if !sent {
+                if was_closed {
+                    Ok(())
+                } else {
+                    Err(StoreError::Closed)
+                }
+            } else {
+                match rx.await {
+                    Ok(Err(StoreError::Closed)) if was_closed => Ok(()),
+                    Ok(result) => result,
+                    Err(_) if was_closed => Ok(()),
+                    Err(_) => Err(StoreError::Closed),
+                }
+            };
+            let listener = self
+                .listener
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(l) = listener {
+                l.abort();
+            }
+            *self.extra.lock().await = None;
+            result
+        })
+    }
+}
+
+impl StoreAdmin for PostgresStore {
+    fn search(&self, query: Query) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>> {
+        Box::pin(async move { admin::search(&self.shared, &query).await })
+    }
+
+    fn details(&self, id: &str) -> BoxFuture<'_, Result<Option<Details>, StoreError>> {
+        let id = id.to_string();
+        Box::pin(async move { admin::details(&self.shared, &id).await })
+    }
+
+    fn attributes(&self, ids: Vec<String>) -> BoxFuture<'_, Result<AttributeMap, StoreError>> {
+        Box::pin(async move { admin::attributes(&self.shared, &ids).await })
+    }
+
+    fn counts(&self) -> BoxFuture<'_, Result<Vec<StatusCount>, StoreError>> {
+        Box::pin(admin::counts(&self.shared))
+    }
+
+    fn stats(&self, query: StatsQuery) -> BoxFuture<'_, Result<Stats, StoreError>> {
+        Box::pin(async move { admin::stats(&self.shared, &query).await })
+    }
+
+    fn aggregate(&self, key: String, query: Query) -> BoxFuture<'_, Result<Aggregate, StoreError>> {
+        Box::pin(async move { admin::aggregate(&self.shared, &key, &query).await })
+    }
+
+    fn audit(&self, limit: usize) -> BoxFuture<'_, Result<Vec<AuditRecord>, StoreError>> {
+        Box::pin(async move { admin::audit(&self.shared, limit).await })
+    }
+
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeRecord>, StoreError>> {
+        Box::pin(async move {
+            let client = read::connection(&self.shared, "listing nodes").await?;
+            ownership::nodes(apply::Tx::new(&client)).await
+        })
+    }
+}

@@ -1,0 +1,498 @@
+//! The writer task: group commit.
+//!
+//! One task owns the write connection. It takes the first queued command, drains whatever
+//! else is queued (up to `max_batch`), and applies the batch in one transaction:
+//!
+//! Fencing: the fences of a batch's submissions are checked with one query,
+//! `SELECT id, owner, lease_epoch FROM instances WHERE id = ANY($1) ORDER BY id FOR UPDATE`,
+//! sent with `BEGIN`; the rows stay locked until the commit, so no other node can claim them in
+//! between. A submission whose fence does not hold is refused ([`StoreError::LeaseLost`]) and
+//! not run; the others go on. A submission after a command of the same batch that may change
+//! its instance's owner (a claim, a release, a termination…) checks its fence again when it runs.
+//!
+//! Wake-ups: what the batch wakes is sent to other nodes with `pg_notify` inside the
+//! transaction (delivered by PostgreSQL only if it commits), and to this process's subscribers
+//! after the commit.
+//!
+//! 0. A batch of one command that is one statement (a lone journal append, status change,
+//!    creation, signal…) runs as that statement alone, in autocommit: one round trip, as cheap
+//!    as PostgreSQL's own one-row commit. Such statements check before they write, so a refused
+//!    one changes nothing.
+//! 1. **Pipelined**: commands are grouped into lanes by the instance they touch; lanes run
+//!    concurrently (tokio-postgres pipelines their statements on the one connection), each lane
+//!    in submission order, so one instance's writes keep their order. A command touching
+//!    several instances (or the audit log beside an instance) runs alone between lanes.
+//!    `BEGIN` is sent ahead of the statements without waiting for its answer.
+//! 2. If every command succeeded, `COMMIT`, then every command is acknowledged.
+//! 3. If one failed, the transaction is rolled back and the batch runs again, one command
+//!    at a time, each in its own savepoint: the failing command is rolled back alone and the
+//!    others commit, exactly as in the SQLite store.
+
+use super::apply::{Tx, add_signal, apply_all, create, probe};
+use super::notify;
+use super::ownership;
+use super::{Shared, pg_error};
+use crate::store::StoreError;
+use crate::store::command::{Command, Outcome, reply};
+use crate::store::{Created, Fence, Wakeup, WriteOp};
+use deadpool_postgres::Object;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::mpsc;
+
+/// The writer task: runs until every sender is gone.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    max_batch: usize,
+) {
+    let mut conn: Option<Object> = None;
+    let hub = shared.hub.clone();
+    let mut closed = false;
+    while let Some(first) = rx.recv().await {
+        if closed {
+            let outcome = Outcome::failed(&first, StoreError::Closed);
+            reply(first, outcome);
+            continue;
+        }
+        let mut closing = matches!(first, Command::Close(_));
+        let mut batch = vec![first];
+        while !closing && batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(cmd) => {
+                    closing = matches!(cmd, Command::Close(_));
+                    batch.push(cmd);
+                }
+                Err(_) => break,
+            }
+        }
+        // A connection that broke is replaced (PostgreSQL restarted, network blip).
+        if conn.as_ref().is_some_and(|c| c.is_closed()) {
+            conn = None;
+        }
+        if conn.is_none() {
+            match shared.pool.get().await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    let err = StoreError::Backend(format!(
+                        "writing to {}: no connection ({e}); check that PostgreSQL is up and \
+                         reachable",
+                        shared.shown
+                    ));
+                    for cmd in batch {
+                        let outcome = Outcome::failed(&cmd, err.clone());
+                        reply(cmd, outcome);
+                    }
+                    closed |= closing;
+                    continue;
+                }
+            }
+        }
+        let Some(client) = conn.as_ref() else {
+            continue;
+        };
+        let started = std::time::Instant::now();
+        let size = batch.len();
+        let (outcomes, woken) = run_batch(Tx::new(client), &batch, &shared).await;
+        shared
+            .metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        shared.metrics.batch_size.observe(size as f64);
+        for (cmd, outcome) in batch.into_iter().zip(outcomes) {
+            reply(cmd, outcome);
+        }
+        for w in woken {
+            hub.send(w);
+        }
+        closed |= closing;
+    }
+}
+
+/// How a submission's fence is checked.
+#[derive(Clone, Copy)]
+enum Check {
+    /// No fence.
+    None,
+    /// Judged by the batch's fence query.
+    Batch,
+    /// Checked when it runs (an earlier command of the batch may have moved its instance).
+    Now,
+}
+
+/// Which commands of `batch` need which check, and the instances the batch query looks at.
+fn plan(batch: &[Command]) -> (Vec<Check>, Vec<String>) {
+    let mut moved: HashSet<&str> = HashSet::new();
+    let mut all_moved = false;
+    let mut ids = Vec::new();
+    let checks = batch
+        .iter()
+        .map(|cmd| {
+            let check = match cmd {
+                Command::Submit(Some(f), ..) => {
+                    if all_moved || moved.contains(f.instance.as_str()) {
+                        Check::Now
+                    } else {
+                        ids.push(f.instance.clone());
+                        Check::Batch
+                    }
+                }
+                _ => Check::None,
+            };
+            match cmd {
+                Command::Submit(_, ops, _) => moved.extend(
+                    ops.iter()
+                        .filter(|op| {
+                            matches!(
+                                op,
+                                WriteOp::Finish { .. }
+                                    | WriteOp::Retry { .. }
+                                    | WriteOp::SetStatus { .. }
+                                    | WriteOp::Fork { .. }
+                            )
+                        })
+                        .map(WriteOp::instance),
+                ),
+                Command::Create(rec, ..) => {
+                    moved.insert(&rec.id);
+                }
+                Command::Claim(_, id, _) => {
+                    moved.insert(id);
+                }
+                Command::ClaimDue(..) | Command::Release(..) => all_moved = true,
+                _ => {}
+            }
+            check
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    (checks, ids)
+}
+
+type Fences = HashMap<String, (Option<String>, u64)>;
+
+fn fence_of(cmd: &Command) -> Option<&Fence> {
+    match cmd {
+        Command::Submit(Some(f), ..) => Some(f),
+        _ => None,
+    }
+}
+
+/// Runs one command; returns what it produced and what it woke.
+async fn execute(tx: Tx<'_>, cmd: &Command, check: Check) -> (Outcome, Vec<Wakeup>) {
+    let mut woken = Vec::new();
+    let outcome = match cmd {
+        Command::Submit(fence, ops, _) => Outcome::Unit(
+            async {
+                if let (Check::Now, Some(f)) = (check, fence) {
+                    ownership::check(tx, f).await?;
+                }
+                apply_all(tx, ops, &mut woken).await
+            }
+            .await,
+        ),
+        Command::Create(record, owner, extra, _) => Outcome::Created(
+            async {
+                let c = create(tx, record, owner.as_ref()).await?;
+                if matches!(c, Created::New(_)) {
+                    apply_all(tx, extra, &mut woken).await?;
+                }
+                if matches!(c, Created::New(None)) {
+                    woken.push(Wakeup::Due {
+                        instance: record.id.clone(),
+                    });
+                }
+                Ok(c)
+            }
+            .await,
+        ),
+        Command::AddSignal {
+            instance,
+            name,
+            payload,
+            at,
+            extra,
+            ..
+        } => Outcome::Signal(
+            async {
+                let id = add_signal(tx, instance, name, payload, *at, &mut woken).await?;
+                apply_all(tx, extra, &mut woken).await?;
+                Ok(id)
+            }
+            .await,
+        ),
+        Command::ClaimDue(terms, limit, _) => {
+            Outcome::Claimed(ownership::claim_due(tx, terms, *limit).await)
+        }
+        Command::Claim(terms, id, _) => Outcome::Lease(ownership::claim(tx, terms, id).await),
+        Command::Renew(terms, held, _) => Outcome::Lost(ownership::renew(tx, terms, held).await),
+        Command::Release(node, ids, _) => {
+            Outcome::Unit(ownership::release(tx, node, ids.as_deref(), &mut woken).await)
+        }
+        Command::Close(_) => Outcome::Unit(Ok(())),
+        Command::Probe(_) => Outcome::Unit(probe(tx).await),
+    };
+    if !outcome.is_ok() {
+        woken.clear();
+    }
+    (outcome, woken)
+}
+
+/// The one thing `cmd` touches (an instance, the audit log, the probe row), or `None` when
+/// it touches several.
+fn lane_key(cmd: &Command) -> Option<&str> {
+    fn key(op: &WriteOp) -> &str {
+        match op {
+            WriteOp::Audit(_) => "\u{0}audit",
+            op => op.instance(),
+        }
+    }
+    let (first, rest): (&str, &[WriteOp]) = match cmd {
+        Command::Submit(_, ops, _) => match ops.split_first() {
+            Some((op, rest)) => (key(op), rest),
+            None => return Some(""),
+        },
+        Command::Create(rec, _, extra, _) => (&rec.id, extra),
+        Command::AddSignal {
+            instance, extra, ..
+        } => (instance, extra),
+        Command::Claim(_, id, _) => (id, &[]),
+        Command::Close(_) => return Some(""),
+        Command::Probe(_) => return Some("\u{0}probe"),
+        Command::Renew(..) => return Some("\u{0}renew"),
+        Command::ClaimDue(..) | Command::Release(..) => return None,
+    };
+    rest.iter().all(|op| key(op) == first).then_some(first)
+}
+
+/// Whether `cmd` is one statement that wakes nothing and needs no fence check (see `apply`):
+/// an unfenced lone write of one row, or an owned creation without extra writes.
+fn single_statement(cmd: &Command) -> bool {
+    match cmd {
+        Command::Submit(None, ops, _) => match ops.as_slice() {
+            [op] => matches!(
+                op,
+                WriteOp::Append { .. }
+                    | WriteOp::Attempt { .. }
+                    | WriteOp::ConsumeSignal { .. }
+                    | WriteOp::CustomStatus { .. }
+                    | WriteOp::Attribute { .. }
+                    | WriteOp::EndTimer { .. }
+                    | WriteOp::CancelDelivered { .. }
+            ),
+            _ => false,
+        },
+        Command::Create(_, Some(_), extra, _) => extra.is_empty(),
+        Command::Renew(..) | Command::Close(_) => true,
+        _ => false,
+    }
+}
+
+async fn control(tx: Tx<'_>, sql: &str, shared: &Shared) -> Result<(), StoreError> {
+    tx.batch(sql)
+        .await
+        .map_err(|e| pg_error(&format!("writing to {} ({sql})", shared.shown), &e))
+}
+
+/// Runs `batch` in one transaction; returns each command's outcome and what the batch woke.
+async fn run_batch(tx: Tx<'_>, batch: &[Command], shared: &Shared) -> (Vec<Outcome>, Vec<Wakeup>) {
+    let fail_all = |err: StoreError| -> (Vec<Outcome>, Vec<Wakeup>) {
+        tracing::error!(error = %err, commands = batch.len(), "PostgreSQL write batch failed");
+        let outcomes = batch
+            .iter()
+            .map(|cmd| Outcome::failed(cmd, err.clone()))
+            .collect();
+        (outcomes, Vec::new())
+    };
+    if let [only] = batch
+        && single_statement(only)
+    {
+        // One statement is a transaction of its own (autocommit): one round trip, like a bare
+        // INSERT. It changes nothing when it fails (every such statement checks before it
+        // writes), so the outcome is the same as in a transaction; it wakes nothing.
+        let (outcome, woken) = execute(tx, only, Check::None).await;
+        if outcome.is_ok() {
+            shared.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        return (vec![outcome], woken);
+    }
+    let (checks, ids) = plan(batch);
+    // BEGIN is pipelined with the fence query (sent first on the same connection).
+    let (begun, fenced) = futures_util::future::join(control(tx, "BEGIN", shared), async {
+        if ids.is_empty() {
+            Ok(Fences::new())
+        } else {
+            ownership::fences(tx, &ids).await
+        }
+    })
+    .await;
+    let fenced = match begun.and(fenced) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = tx.batch("ROLLBACK").await;
+            return fail_all(e);
+        }
+    };
+    // Submissions whose fence does not hold are refused here and not run.
+    let refused: Vec<Option<Outcome>> = batch
+        .iter()
+        .zip(&checks)
+        .map(|(cmd, check)| match (check, fence_of(cmd)) {
+            (Check::Batch, Some(f)) => ownership::judge(f, fenced.get(&f.instance))
+                .err()
+                .map(|e| Outcome::Unit(Err(e))),
+            _ => None,
+        })
+        .collect();
+    let (outcomes, woken) = pipelined(tx, batch, &checks, refused).await;
+    let ok = outcomes
+        .iter()
+        .zip(batch)
+        .all(|(o, cmd)| o.is_ok() || is_refused_fence(o, cmd));
+    if ok {
+        // pg_notify inside the transaction: other nodes hear of it only if it commits. When it
+        // fails, the transaction is aborted and COMMIT rolls back: report the failure.
+        let (sent, committed) = futures_util::future::join(
+            notify::send(tx, &shared.channel, &shared.token, &woken),
+            control(tx, "COMMIT", shared),
+        )
+        .await;
+        return match sent.and(committed) {
+            Ok(()) => {
+                shared.commits.fetch_add(1, Ordering::Relaxed);
+                (outcomes, woken)
+            }
+            Err(e) => fail_all(e),
+        };
+    }
+    if let Err(e) = control(tx, "ROLLBACK", shared).await {
+        return fail_all(e);
+    }
+    if batch.len() == 1 {
+        // One command: the transaction was its unit, and it failed alone.
+        return (outcomes, Vec::new());
+    }
+    match one_by_one(tx, batch, shared).await {
+        Ok(done) => {
+            shared.commits.fetch_add(1, Ordering::Relaxed);
+            done
+        }
+        Err(e) => {
+            let _ = tx.batch("ROLLBACK").await;
+            fail_all(e)
+        }
+    }
+}
+
+/// Whether `outcome` is a fence refusal decided before anything of `cmd` ran.
+fn is_refused_fence(outcome: &Outcome, cmd: &Command) -> bool {
+    fence_of(cmd).is_some() && matches!(outcome.error(), Some(StoreError::LeaseLost { .. }))
+}
+
+/// Runs the commands pipelined by lanes (see the module doc). Stops at the first failure.
+async fn pipelined(
+    tx: Tx<'_>,
+    batch: &[Command],
+    checks: &[Check],
+    refused: Vec<Option<Outcome>>,
+) -> (Vec<Outcome>, Vec<Wakeup>) {
+    let mut outcomes: Vec<Option<(Outcome, Vec<Wakeup>)>> = refused
+        .into_iter()
+        .map(|o| o.map(|o| (o, Vec::new())))
+        .collect();
+    let mut next = 0;
+    while next < batch.len() {
+        // One segment: consecutive commands with one key each, as lanes by key.
+        let mut lanes: Vec<Vec<usize>> = Vec::new();
+        let mut lane_of: HashMap<&str, usize> = HashMap::new();
+        while next < batch.len() {
+            if outcomes[next].is_some() {
+                next += 1;
+                continue;
+            }
+            match lane_key(&batch[next]) {
+                Some(key) => {
+                    let lane = *lane_of.entry(key).or_insert_with(|| {
+                        lanes.push(Vec::new());
+                        lanes.len() - 1
+                    });
+                    lanes[lane].push(next);
+                    next += 1;
+                }
+                None if lanes.is_empty() => {
+                    lanes.push(vec![next]);
+                    next += 1;
+                    break;
+                }
+                None => break,
+            }
+        }
+        let results = futures_util::future::join_all(lanes.iter().map(|lane| async move {
+            let mut done = Vec::with_capacity(lane.len());
+            for &index in lane {
+                let (outcome, woken) = execute(tx, &batch[index], checks[index]).await;
+                let ok = outcome.is_ok();
+                done.push((index, outcome, woken));
+                if !ok {
+                    break;
+                }
+            }
+            done
+        }))
+        .await;
+        let mut failed = false;
+        for (index, outcome, woken) in results.into_iter().flatten() {
+            failed |= !outcome.is_ok();
+            outcomes[index] = Some((outcome, woken));
+        }
+        if failed {
+            break;
+        }
+    }
+    let mut all_woken = Vec::new();
+    let outcomes = outcomes
+        .into_iter()
+        .zip(batch)
+        .map(|(o, cmd)| match o {
+            Some((o, woken)) => {
+                all_woken.extend(woken);
+                o
+            }
+            None => Outcome::failed(cmd, StoreError::Backend("not run: the batch failed".into())),
+        })
+        .collect();
+    (outcomes, all_woken)
+}
+
+/// Runs the commands one at a time, each in a savepoint (each fence checked as it runs), and
+/// commits the ones that succeeded.
+async fn one_by_one(
+    tx: Tx<'_>,
+    batch: &[Command],
+    shared: &Shared,
+) -> Result<(Vec<Outcome>, Vec<Wakeup>), StoreError> {
+    control(tx, "BEGIN", shared).await?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut all_woken = Vec::new();
+    for cmd in batch {
+        control(tx, "SAVEPOINT orch_cmd", shared).await?;
+        let check = if fence_of(cmd).is_some() {
+            Check::Now
+        } else {
+            Check::None
+        };
+        let (outcome, woken) = execute(tx, cmd, check).await;
+        if outcome.is_ok() {
+            control(tx, "RELEASE orch_cmd", shared).await?;
+            all_woken.extend(woken);
+        } else {
+            control(tx, "ROLLBACK TO orch_cmd; RELEASE orch_cmd", shared).await?;
+        }
+        outcomes.push(outcome);
+    }
+    notify::send(tx, &shared.channel, &shared.token, &all_woken).await?;
+    control(tx, "COMMIT", shared).await?;
+    Ok((outcomes, all_woken))
+}
