@@ -304,6 +304,11 @@ fn arbitrary_request_text_is_answered_cleanly_everywhere() {
     runner
         .run(&(0..posts.len(), any::<String>()), |(i, text)| {
             let (path, body) = posts[i];
+            // `.` and `..` as a whole path segment are dot segments: a URL parser removes them
+            // (even percent-encoded) before the request is sent, so they cannot name an id.
+            if path.contains("{}") && matches!(text.as_str(), "." | "..") {
+                return Ok(());
+            }
             let path = path.replace("{}", &encode(&text));
             let r = tokio.block_on(s.post(&path, &body(text)));
             answered_cleanly(&path, &r);
