@@ -4,7 +4,25 @@
 use super::{
     Claimed, Created, Fence, InstanceRecord, Lease, LeaseTerms, Millis, NodeId, StoreError, WriteOp,
 };
+use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
+
+/// Sends the command `make` builds around a reply channel (`send` hands it to the writer and
+/// says whether the writer took it) and resolves with the writer's reply; a writer that is
+/// gone answers [`StoreError::Closed`].
+pub(crate) fn request<T: Send + 'static>(
+    send: impl FnOnce(Command) -> bool,
+    make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+) -> BoxFuture<'static, Result<T, StoreError>> {
+    let (tx, rx) = oneshot::channel();
+    let sent = send(make(tx));
+    Box::pin(async move {
+        if !sent {
+            return Err(StoreError::Closed);
+        }
+        rx.await.unwrap_or(Err(StoreError::Closed))
+    })
+}
 
 /// A command for a writer.
 pub(crate) enum Command {

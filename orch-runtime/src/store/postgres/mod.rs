@@ -399,14 +399,7 @@ impl PostgresStore {
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
     ) -> BoxFuture<'_, Result<T, StoreError>> {
-        let (tx, rx) = oneshot::channel();
-        let sent = self.send(make(tx));
-        Box::pin(async move {
-            if !sent {
-                return Err(StoreError::Closed);
-            }
-            rx.await.unwrap_or(Err(StoreError::Closed))
-        })
+        super::command::request(|cmd| self.send(cmd), make)
     }
 }
 
