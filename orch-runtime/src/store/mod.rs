@@ -16,6 +16,7 @@ pub(crate) mod command;
 pub mod conformance;
 pub mod lease;
 pub mod memory;
+mod meta;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod sqlite;

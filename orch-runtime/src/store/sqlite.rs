@@ -161,9 +161,6 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this build creates and understands.
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-/// The value of the `application` key in `orch_meta`.
-const APPLICATION: &str = "orch";
-
 const INSTANCE_COLUMNS: &str = "id, workflow, version, input, status, output, error, \
      custom_status, parent, created_at, updated_at, wake_at, failed_step, failed_seq, \
      cancel_requested, cancel_seq, retries";
@@ -488,16 +485,9 @@ fn inspect(conn: &Connection, path: &str) -> Result<i64, StoreError> {
         if objects == 0 {
             return Ok(0);
         }
-        let shown: Vec<_> = tables.iter().take(5).map(|t| format!("`{t}`")).collect();
-        return Err(foreign(format!(
-            "a SQLite database with {} table(s) ({}{}) but no orch_meta table",
-            tables.len(),
-            shown.join(", "),
-            if tables.len() > shown.len() {
-                ", …"
-            } else {
-                ""
-            }
+        return Err(foreign(super::meta::no_meta_table(
+            "a SQLite database",
+            &tables,
         )));
     }
     let meta = |key: &str| -> Result<Option<String>, StoreError> {
@@ -507,33 +497,12 @@ fn inspect(conn: &Connection, path: &str) -> Result<i64, StoreError> {
         .optional()
         .map_err(|e| read_err("reading orch_meta", e))
     };
-    match meta("application")? {
-        Some(app) if app == APPLICATION => {}
-        Some(app) => {
-            return Err(foreign(format!(
-                "orch_meta says it belongs to application `{app}`"
-            )));
-        }
-        None => return Err(foreign("orch_meta has no `application` entry".into())),
-    }
-    let Some(version) = meta("schema_version")? else {
-        return Err(foreign("orch_meta has no `schema_version` entry".into()));
-    };
-    let found: i64 = version
-        .trim()
-        .parse()
-        .map_err(|_| foreign(format!("orch_meta has schema_version `{version}`")))?;
-    if found > SCHEMA_VERSION {
-        return Err(StoreError::TooNew {
-            path: path.to_string(),
-            found,
-            supported: SCHEMA_VERSION,
-        });
-    }
-    if found < 0 {
-        return Err(foreign(format!("orch_meta has schema_version `{version}`")));
-    }
-    Ok(found)
+    super::meta::schema_version(
+        path,
+        meta("application")?,
+        meta("schema_version")?,
+        SCHEMA_VERSION,
+    )
 }
 
 /// Applies the migrations after `current`, one transaction each.
@@ -556,7 +525,7 @@ fn migrate(conn: &mut Connection, current: i64, path: &str) -> Result<(), StoreE
         tx.execute_batch(sql).map_err(|e| backend(&ctx, e))?;
         let upsert = "INSERT INTO orch_meta (key, value) VALUES (?1, ?2)
                       ON CONFLICT (key) DO UPDATE SET value = excluded.value";
-        tx.execute(upsert, params!["application", APPLICATION])
+        tx.execute(upsert, params!["application", super::meta::APPLICATION])
             .map_err(|e| backend(&ctx, e))?;
         tx.execute(upsert, params!["schema_version", target.to_string()])
             .map_err(|e| backend(&ctx, e))?;

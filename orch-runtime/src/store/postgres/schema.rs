@@ -147,9 +147,6 @@ pub(super) const MIGRATIONS: &[&str] = &[
 /// The schema version this build creates and understands.
 pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-/// The value of the `application` key in `orch_meta`.
-const APPLICATION: &str = "orch";
-
 /// The first key of orch's advisory locks (`'orch'` in ASCII); migrations use the next one.
 const LOCK_CLASS: i32 = 0x6f72_6368;
 
@@ -193,16 +190,9 @@ pub(super) async fn inspect(client: &Client, schema: &str, shown: &str) -> Resul
         if tables.is_empty() {
             return Ok(0);
         }
-        let some: Vec<_> = tables.iter().take(5).map(|t| format!("`{t}`")).collect();
-        return Err(foreign(format!(
-            "a PostgreSQL schema with {} table(s) ({}{}) but no orch_meta table",
-            tables.len(),
-            some.join(", "),
-            if tables.len() > some.len() {
-                ", …"
-            } else {
-                ""
-            }
+        return Err(foreign(super::super::meta::no_meta_table(
+            "a PostgreSQL schema",
+            &tables,
         )));
     }
     let meta = |key: &'static str| async move {
@@ -212,33 +202,12 @@ pub(super) async fn inspect(client: &Client, schema: &str, shown: &str) -> Resul
             .and_then(|r| r.map(|r| r.try_get::<_, String>(0)).transpose())
             .map_err(|e| pg_error(&ctx("reading orch_meta"), &e))
     };
-    match meta("application").await? {
-        Some(app) if app == APPLICATION => {}
-        Some(app) => {
-            return Err(foreign(format!(
-                "orch_meta says it belongs to application `{app}`"
-            )));
-        }
-        None => return Err(foreign("orch_meta has no `application` entry".into())),
-    }
-    let Some(version) = meta("schema_version").await? else {
-        return Err(foreign("orch_meta has no `schema_version` entry".into()));
-    };
-    let found: i64 = version
-        .trim()
-        .parse()
-        .map_err(|_| foreign(format!("orch_meta has schema_version `{version}`")))?;
-    if found > SCHEMA_VERSION {
-        return Err(StoreError::TooNew {
-            path: shown.to_string(),
-            found,
-            supported: SCHEMA_VERSION,
-        });
-    }
-    if found < 0 {
-        return Err(foreign(format!("orch_meta has schema_version `{version}`")));
-    }
-    Ok(found)
+    super::super::meta::schema_version(
+        shown,
+        meta("application").await?,
+        meta("schema_version").await?,
+        SCHEMA_VERSION,
+    )
 }
 
 /// Applies the migrations after `current`, one transaction each, under a transaction-level
@@ -284,7 +253,7 @@ async fn migrate(
                 let upsert = "INSERT INTO orch_meta (key, value) VALUES ($1, $2) \
                               ON CONFLICT (key) DO UPDATE SET value = excluded.value";
                 client
-                    .execute(upsert, &[&"application", &APPLICATION])
+                    .execute(upsert, &[&"application", &super::super::meta::APPLICATION])
                     .await?;
                 client
                     .execute(upsert, &[&"schema_version", &target.to_string()])
