@@ -2,10 +2,26 @@
 //! receives, and what each produced: one definition for both backends.
 
 use super::{
-    Claimed, Created, Fence, InstanceRecord, Lease, LeaseTerms, Millis, NodeId, StoreError, WriteOp,
+    Claimed, Commit, Created, Fence, InstanceRecord, Lease, LeaseTerms, Millis, NodeId, StoreError,
+    WriteOp,
 };
 use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
+
+/// Queues a submission through `send` (see [`request`]): its [`Commit`] resolves when the
+/// writer has made it durable, or at once with [`StoreError::Closed`] when the writer is gone.
+pub(crate) fn submit(
+    send: impl FnOnce(Command) -> bool,
+    fence: Option<Fence>,
+    ops: Vec<WriteOp>,
+) -> Commit {
+    let (tx, commit) = Commit::channel();
+    if send(Command::Submit(fence, ops, tx)) {
+        commit
+    } else {
+        Commit::ready(Err(StoreError::Closed))
+    }
+}
 
 /// Sends the command `make` builds around a reply channel (`send` hands it to the writer and
 /// says whether the writer took it) and resolves with the writer's reply; a writer that is

@@ -1857,12 +1857,7 @@ impl SqliteStore {
 
 impl Store for SqliteStore {
     fn submit(&self, fence: Option<Fence>, ops: Vec<WriteOp>) -> Commit {
-        let (tx, commit) = Commit::channel();
-        if self.send(Command::Submit(fence, ops, tx)) {
-            commit
-        } else {
-            Commit::ready(Err(StoreError::Closed))
-        }
+        super::command::submit(|cmd| self.send(cmd), fence, ops)
     }
 
     fn create(

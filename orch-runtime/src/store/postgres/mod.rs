@@ -418,12 +418,7 @@ impl Drop for PostgresStore {
 
 impl Store for PostgresStore {
     fn submit(&self, fence: Option<Fence>, ops: Vec<WriteOp>) -> Commit {
-        let (tx, commit) = Commit::channel();
-        if self.send(Command::Submit(fence, ops, tx)) {
-            commit
-        } else {
-            Commit::ready(Err(StoreError::Closed))
-        }
+        super::command::submit(|cmd| self.send(cmd), fence, ops)
     }
 
     fn create(
