@@ -53,7 +53,9 @@ impl PgSchema {
     /// [`database_url`]). The store creates the schema when it opens it.
     pub fn new() -> Option<PgSchema> {
         let url = database_url()?;
-        let name = format!("orch_test_{:016x}", fastrand_u64());
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(|| sweep_dead_schemas(&url));
+        let name = format!("orch_test_p{}_{:016x}", std::process::id(), fastrand_u64());
         Some(PgSchema { url, name })
     }
 
@@ -76,20 +78,82 @@ fn fastrand_u64() -> u64 {
     h.finish()
 }
 
+/// Runs `sql` on `url` off the caller's runtime (which may be single-threaded or gone): a
+/// thread with its own. `None` when it could not.
+fn run_sql<T: Send + 'static>(
+    url: &str,
+    sql: impl FnOnce(
+        tokio_postgres::Client,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<T>> + Send>>
+    + Send
+    + 'static,
+) -> Option<T> {
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .ok()?;
+            tokio::spawn(conn);
+            sql(client).await
+        })
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
+/// Drops the schemas of test processes that are gone (`orch_test_p<pid>_…` with no process
+/// `<pid>` on this machine): a schema a test could not drop itself (the conformance suite
+/// keeps its store, and so its schema, to the end of the process) is dropped by the next run
+/// instead of piling up.
+fn sweep_dead_schemas(url: &str) {
+    let dropped = run_sql(url, |client| {
+        Box::pin(async move {
+            let rows = client
+                .query(
+                    "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'orch\\_test\\_p%'",
+                    &[],
+                )
+                .await
+                .ok()?;
+            let mut dropped = 0;
+            for row in rows {
+                let name: String = row.get(0);
+                let pid = name
+                    .strip_prefix("orch_test_p")
+                    .and_then(|rest| rest.split('_').next())
+                    .and_then(|pid| pid.parse::<u32>().ok());
+                let alive =
+                    pid.is_none_or(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+                if !alive
+                    && client
+                        .batch_execute(&format!(
+                            "SET lock_timeout = '2s'; DROP SCHEMA IF EXISTS {name} CASCADE"
+                        ))
+                        .await
+                        .is_ok()
+                {
+                    dropped += 1;
+                }
+            }
+            Some(dropped)
+        })
+    });
+    if let Some(n @ 1..) = dropped {
+        eprintln!("note: dropped {n} test schema(s) left behind by earlier test processes");
+    }
+}
+
 impl Drop for PgSchema {
     fn drop(&mut self) {
-        // Off the test's runtime (which may be single-threaded): a thread with its own.
-        let (url, name) = (self.url.clone(), self.name.clone());
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                    .await
-                    .ok()?;
-                tokio::spawn(conn);
+        let name = self.name.clone();
+        let dropped = run_sql(&self.url, move |client| {
+            Box::pin(async move {
                 client
                     .batch_execute(&format!(
                         "SET lock_timeout = '5s'; DROP SCHEMA IF EXISTS {name} CASCADE"
@@ -97,9 +161,8 @@ impl Drop for PgSchema {
                     .await
                     .ok()
             })
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(()))) {
+        });
+        if dropped.is_none() {
             eprintln!(
                 "note: could not drop test schema {} (left behind)",
                 self.name

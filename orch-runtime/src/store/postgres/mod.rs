@@ -274,13 +274,29 @@ impl PostgresStore {
             std::process::id(),
             fastrand::u64(..)
         );
+        let (ready, listening) = tokio::sync::oneshot::channel();
         let listener = tokio::spawn(notify::listen(
             config.clone(),
             channel.clone(),
             token.clone(),
             hub.clone(),
             shown.clone(),
+            ready,
         ));
+        // Not handed out before it hears the other nodes: a wake-up sent between here and a
+        // late LISTEN would be lost.
+        let listened = match listening.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("the listening task ended".to_string()),
+        };
+        if let Err(e) = listened {
+            listener.abort();
+            return Err(scrubbed(StoreError::Backend(format!(
+                "opening {shown}: cannot LISTEN for other nodes' wake-ups on channel `{channel}`: \
+                 {e}; check that the server accepts one more connection (max_connections)"
+            ))));
+        }
 
         let manager = Manager::from_config(
             config.clone(),

@@ -112,15 +112,18 @@ pub(super) async fn send(
 }
 
 /// Listens on `channel` until the task is aborted, reconnecting after failures; what other
-/// stores announce goes to `hub`.
+/// stores announce goes to `hub`. `ready` hears how the first `LISTEN` went, so that the store
+/// is not handed out before it hears other nodes (a wake-up sent in between would be lost).
 pub(super) async fn listen(
     config: Config,
     channel: String,
     token: String,
     hub: WakeupHub,
     shown: String,
+    ready: tokio::sync::oneshot::Sender<Result<(), String>>,
 ) {
     let mut first = true;
+    let mut ready = Some(ready);
     loop {
         match config.connect(NoTls).await {
             Ok((client, mut connection)) => {
@@ -143,7 +146,12 @@ pub(super) async fn listen(
                     }
                 };
                 let subscribe = async {
-                    if let Err(e) = client.batch_execute(&format!("LISTEN \"{channel}\"")).await {
+                    let listened = client.batch_execute(&format!("LISTEN \"{channel}\"")).await;
+                    if let Some(ready) = ready.take() {
+                        let _ =
+                            ready.send(listened.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                    }
+                    if let Err(e) = listened {
                         tracing::error!(store = %shown, error = %e, "LISTEN failed");
                     } else if !first {
                         // Whatever was announced while the connection was down is looked for again.
@@ -159,6 +167,9 @@ pub(super) async fn listen(
                     "the connection listening for other nodes' wake-ups ended; reconnecting");
             }
             Err(e) => {
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(Err(e.to_string()));
+                }
                 tracing::warn!(store = %shown, error = %e,
                     "cannot connect to listen for other nodes' wake-ups; retrying");
             }
@@ -166,5 +177,75 @@ pub(super) async fn listen(
         first = false;
         hub.send(Wakeup::Changed);
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn wakeup() -> impl Strategy<Value = Wakeup> {
+        let s = || "(?s).{0,40}";
+        prop_oneof![
+            s().prop_map(|instance| Wakeup::Due { instance }),
+            (s(), any::<i64>(), s(), ".{0,3000}", any::<i64>()).prop_map(
+                |(instance, id, name, payload, received_at)| Wakeup::Signal {
+                    instance,
+                    signal: SignalRecord {
+                        id,
+                        name,
+                        payload,
+                        received_at,
+                    },
+                }
+            ),
+            (s(), any::<i64>()).prop_map(|(instance, at)| Wakeup::Cancel { instance, at }),
+            (s(), s()).prop_map(|(parent, child)| Wakeup::ChildFinished { parent, child }),
+            (s(), prop::sample::select(Status::ALL.to_vec()))
+                .prop_map(|(instance, status)| Wakeup::Finished { instance, status }),
+            Just(Wakeup::Changed),
+        ]
+    }
+
+    proptest! {
+        /// A notification is text another process sent: whatever it holds, reading it never
+        /// panics (an unreadable line is a `Changed`, looked for again).
+        #[test]
+        fn any_payload_line_decodes_without_panicking(line in any::<String>()) {
+            let _ = decode(&line);
+        }
+
+        #[test]
+        fn any_json_array_decodes_without_panicking(
+            items in prop::collection::vec(prop_oneof![
+                ".{0,8}".prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                Just(Value::Null),
+            ], 0..7)
+        ) {
+            let _ = decode(&Value::Array(items).to_string());
+        }
+
+        /// Every wake-up sent reaches the other nodes as itself, or as `Changed` when it is too
+        /// large for a payload; payloads stay under PostgreSQL's limit; nothing is lost.
+        #[test]
+        fn payloads_carry_every_wakeup_under_the_limit(woken in prop::collection::vec(wakeup(), 0..40)) {
+            let token = "host-1-00ff";
+            let sent = payloads(token, &woken);
+            let mut got = Vec::new();
+            for p in &sent {
+                prop_assert!(p.len() < 8000, "payload of {} bytes", p.len());
+                let mut lines = p.lines();
+                prop_assert_eq!(lines.next(), Some(token));
+                got.extend(lines.map(|l| decode(l).unwrap_or(Wakeup::Changed)));
+            }
+            prop_assert_eq!(got.len(), woken.len());
+            for (g, w) in got.iter().zip(&woken) {
+                let (g, w) = (format!("{g:?}"), format!("{w:?}"));
+                prop_assert!(g == w || g == "Changed", "sent {w}, received {g}");
+            }
+        }
     }
 }
