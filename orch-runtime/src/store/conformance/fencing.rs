@@ -28,7 +28,7 @@ pub async fn a_stale_epoch_is_refused_whole(store: Arc<dyn Backend>) {
             at: T0,
         },
     ];
-    match store.submit(Some(old), late).await {
+    match store.submit(Some(old.clone()), late).await {
         Err(StoreError::LeaseLost {
             instance,
             current_epoch,
@@ -37,6 +37,20 @@ pub async fn a_stale_epoch_is_refused_whole(store: Arc<dyn Backend>) {
             assert_eq!((instance.as_str(), current_epoch), ("i", lease.epoch));
         }
         other => panic!("a write under a lost lease: expected LeaseLost, got {other:?}"),
+    }
+    // A lone checkpoint (the step's hot path) is refused the same way.
+    match store.submit(Some(old), vec![append("i", 2)]).await {
+        Err(StoreError::LeaseLost {
+            current_owner,
+            current_epoch,
+            ..
+        }) => {
+            assert_eq!(
+                (current_owner.as_deref(), current_epoch),
+                (Some("node-b"), lease.epoch)
+            );
+        }
+        other => panic!("a lone write under a lost lease: expected LeaseLost, got {other:?}"),
     }
     let loaded = store.load("i").await.expect("load").expect("exists");
     assert_eq!(loaded.journal.len(), 1, "a fenced-out write was applied");

@@ -1,7 +1,7 @@
 //! What each write does: journal seqs written once, signals taken once, the end written once,
 //! live-only signals and cancellations, idempotent creation, wakes keeping the earliest time.
 
-use super::{T0, append, create_free, record};
+use super::{T0, append, create_free, create_owned, node, record, register};
 use crate::store::{Backend, Created, Status, StoreError, WriteOp};
 use std::sync::Arc;
 
@@ -25,6 +25,33 @@ pub async fn duplicate_seq_is_a_conflict(store: Arc<dyn Backend>) {
         "expected Conflict, got {err}"
     );
     let loaded = store.load("a").await.expect("load").expect("exists");
+    assert_eq!(loaded.journal.len(), 1);
+    assert_eq!(
+        loaded.journal[0].outcome, "1",
+        "the first entry was overwritten"
+    );
+
+    // The same under the owner's fence (a step's checkpoint: the hot path of every backend).
+    let n = node("node-a");
+    register(&*store, &n, T0, 60_000).await;
+    let fence = create_owned(&*store, &n, "b", T0).await;
+    store
+        .submit(Some(fence.clone()), vec![append("b", 1)])
+        .await
+        .expect("first fenced append");
+    let mut other = append("b", 1);
+    if let WriteOp::Append { entry, .. } = &mut other {
+        entry.outcome = "\"other\"".into();
+    }
+    let err = store
+        .submit(Some(fence), vec![other])
+        .await
+        .expect_err("a second fenced append of seq 1");
+    assert!(
+        matches!(err, StoreError::Conflict { .. }),
+        "expected Conflict, got {err}"
+    );
+    let loaded = store.load("b").await.expect("load").expect("exists");
     assert_eq!(loaded.journal.len(), 1);
     assert_eq!(
         loaded.journal[0].outcome, "1",

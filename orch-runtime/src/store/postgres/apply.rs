@@ -11,8 +11,8 @@
 use super::pg_error;
 use super::read::{get_record, parse_status};
 use crate::store::{
-    AttemptRecord, Created, InstanceRecord, JournalEntry, Lease, LeaseTerms, Millis, SignalRecord,
-    Status, StoreError, Wakeup, WriteOp,
+    AttemptRecord, Created, Fence, InstanceRecord, JournalEntry, Lease, LeaseTerms, Millis,
+    SignalRecord, Status, StoreError, Wakeup, WriteOp,
 };
 use deadpool_postgres::ClientWrapper;
 use tokio_postgres::Row;
@@ -114,6 +114,89 @@ const APPEND: &str = guarded!(concat!(
     known!(),
     " ON CONFLICT (instance, seq) DO NOTHING"
 ));
+/// A step's checkpoint under its fence, as one statement (one round trip, autocommit): the
+/// instance row is locked (`FOR UPDATE`, so a claim by another node waits for this statement
+/// or is seen by it), the entry is written only if this node still holds the lease, and the
+/// row's owner and epoch come back so a refusal can say whose the instance is now.
+const APPEND_FENCED: &str = concat!(
+    "WITH i AS (SELECT status, owner, lease_epoch FROM instances WHERE id = $1::text FOR UPDATE), \
+     w AS (INSERT INTO journal (instance, seq, kind, name, outcome, attempts, started_at, \
+     finished_at) SELECT $1::text, $2::bigint, $3::text, $4::text, $5::text, $6::bigint, \
+     $7::bigint, $8::bigint FROM i WHERE i.owner = $9::text AND i.lease_epoch = $10::bigint \
+     AND i.status IN ",
+    known!(),
+    " ON CONFLICT (instance, seq) DO NOTHING RETURNING 1) SELECT (SELECT status FROM i), \
+     (SELECT owner FROM i), (SELECT lease_epoch FROM i), (SELECT count(*) FROM w)"
+);
+
+/// Whether `ops` is a lone journal append, which [`append_fenced`] writes in one statement.
+pub(crate) fn is_lone_append(ops: &[WriteOp]) -> bool {
+    matches!(ops, [WriteOp::Append { .. }])
+}
+
+/// Writes a lone journal append (`ops`, see [`is_lone_append`]) under `fence` in one
+/// statement: refused with [`StoreError::LeaseLost`] when the fence does not hold, as the
+/// batch path refuses it, and changing nothing when refused.
+pub(crate) async fn append_fenced(
+    tx: Tx<'_>,
+    fence: &Fence,
+    ops: &[WriteOp],
+) -> Result<(), StoreError> {
+    let [WriteOp::Append { entry, .. }] = ops else {
+        return Err(StoreError::Backend(
+            "internal error: append_fenced called with something else than one append".into(),
+        ));
+    };
+    let id = fence.instance.as_str();
+    let ctx = || format!("appending a journal entry for instance `{id}`");
+    let epoch = i64::try_from(fence.epoch).unwrap_or(i64::MAX);
+    let row = tx
+        .query_one(
+            APPEND_FENCED,
+            &[
+                &id,
+                &i64_of(entry.seq),
+                &entry.kind.as_str(),
+                &entry.name,
+                &entry.outcome,
+                &i64_of(entry.attempts),
+                &entry.started_at,
+                &entry.finished_at,
+                &fence.node.as_str(),
+                &epoch,
+            ],
+        )
+        .await
+        .map_err(|e| pg_error(&ctx(), &e))?;
+    let status: Option<String> = row.try_get(0).map_err(|e| pg_error(&ctx(), &e))?;
+    let owner: Option<String> = row.try_get(1).map_err(|e| pg_error(&ctx(), &e))?;
+    let found_epoch: Option<i64> = row.try_get(2).map_err(|e| pg_error(&ctx(), &e))?;
+    let inserted: i64 = row.try_get(3).map_err(|e| pg_error(&ctx(), &e))?;
+    let found_epoch = found_epoch.and_then(|e| u64::try_from(e).ok()).unwrap_or(0);
+    if status.is_none()
+        || owner.as_deref() != Some(fence.node.as_str())
+        || found_epoch != fence.epoch
+    {
+        return Err(StoreError::LeaseLost {
+            instance: id.to_string(),
+            node: fence.node.to_string(),
+            epoch: fence.epoch,
+            current_owner: owner,
+            current_epoch: found_epoch,
+        });
+    }
+    if let Some(s) = status {
+        parse_status(id, &s)?;
+    }
+    if inserted == 0 {
+        return Err(StoreError::Conflict {
+            instance: id.to_string(),
+            detail: format!("journal entry seq {} already exists", entry.seq),
+        });
+    }
+    Ok(())
+}
+
 const ATTEMPT: &str = guarded!(concat!(
     "INSERT INTO attempts (instance, seq, attempt, error, started_at, finished_at) \
      SELECT $1::text, $2::bigint, $3::bigint, $4::text, $5::bigint, $6::bigint FROM i \

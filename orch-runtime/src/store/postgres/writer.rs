@@ -14,7 +14,8 @@
 //! transaction (delivered by PostgreSQL only if it commits), and to this process's subscribers
 //! after the commit.
 //!
-//! 0. A batch of one command that is one statement (a lone journal append, status change,
+//! 0. A batch of one command that is one statement (a lone journal append — fenced too: the
+//!    statement locks the instance row and checks the lease itself —, status change,
 //!    creation, signal…) runs as that statement alone, in autocommit: one round trip, as cheap
 //!    as PostgreSQL's own one-row commit. Such statements check before they write, so a refused
 //!    one changes nothing.
@@ -28,7 +29,7 @@
 //!    at a time, each in its own savepoint: the failing command is rolled back alone and the
 //!    others commit, exactly as in the SQLite store.
 
-use super::apply::{Tx, add_signal, apply_all, create, probe};
+use super::apply::{Tx, add_signal, append_fenced, apply_all, create, is_lone_append, probe};
 use super::notify;
 use super::ownership;
 use super::{Shared, pg_error};
@@ -271,6 +272,8 @@ fn lane_key(cmd: &Command) -> Option<&str> {
 /// an unfenced lone write of one row, or an owned creation without extra writes.
 fn single_statement(cmd: &Command) -> bool {
     match cmd {
+        // A step's checkpoint: the fence is checked by the statement itself (`append_fenced`).
+        Command::Submit(Some(_), ops, _) => is_lone_append(ops),
         Command::Submit(None, ops, _) => match ops.as_slice() {
             [op] => matches!(
                 op,
@@ -312,7 +315,13 @@ async fn run_batch(tx: Tx<'_>, batch: &[Command], shared: &Shared) -> (Vec<Outco
         // One statement is a transaction of its own (autocommit): one round trip, like a bare
         // INSERT. It changes nothing when it fails (every such statement checks before it
         // writes), so the outcome is the same as in a transaction; it wakes nothing.
-        let (outcome, woken) = execute(tx, only, Check::None).await;
+        let (outcome, woken) = match only {
+            Command::Submit(Some(fence), ops, _) => (
+                Outcome::Unit(append_fenced(tx, fence, ops).await),
+                Vec::new(),
+            ),
+            _ => execute(tx, only, Check::None).await,
+        };
         if outcome.is_ok() {
             shared.commits.fetch_add(1, Ordering::Relaxed);
         }
