@@ -115,7 +115,7 @@ impl Store for Faulty {
         &self,
         t: LeaseTerms,
         held: Vec<(String, u64)>,
-    ) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+    ) -> BoxFuture<'_, Result<orch_runtime::store::Renewal, StoreError>> {
         self.inner.renew(t, held)
     }
     fn release(

@@ -206,9 +206,9 @@ pub(crate) const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 /// At most this many instances are claimed in one store call.
 const CLAIM_BATCH: usize = 256;
 
-/// How often a node looks for due instances nobody announced (leases of dead nodes that
-/// ended, timers of instances other processes suspended), at most.
-const CLAIM_POLL: Duration = Duration::from_secs(1);
+/// How often a node looks for due instances nobody announced, at most: a safety net (each
+/// heartbeat says when to look next, see `TimerMsg::Watch`).
+const CLAIM_POLL: Duration = Duration::from_secs(60);
 
 /// A lease time-to-live that never ends.
 const FOREVER: Millis = Millis::MAX / 4;
@@ -288,8 +288,10 @@ impl Inner {
 
     /// Renews this node's leases; drops the instances it lost.
     async fn renew(self: &Arc<Self>) -> Result<(), StoreError> {
-        let lost = self.store.renew(self.terms(), self.held()).await?;
-        for id in lost {
+        let renewal = self.store.renew(self.terms(), self.held()).await?;
+        // Until the next heartbeat, this is the one time to look for work nobody announces.
+        let _ = self.timers.send(TimerMsg::Watch(renewal.next_due));
+        for id in renewal.lost {
             tracing::warn!(
                 instance = %id,
                 node = %self.node,
@@ -756,6 +758,9 @@ enum TimerMsg {
     At(Millis, String),
     /// Run a claim round at this time (the next timer of any suspended instance).
     Round(Millis),
+    /// Run a claim round at this time unless a later heartbeat says otherwise (see
+    /// [`Renewal::next_due`](crate::store::Renewal::next_due)): replaces the previous one.
+    Watch(Option<Millis>),
     /// Fire whatever is due now.
     Tick,
 }
@@ -773,10 +778,14 @@ async fn run_scheduler(
     let mut latest: HashMap<String, Millis> = HashMap::new();
     // The earliest claim round asked for.
     let mut round: Option<Millis> = None;
+    // When the last heartbeat said something falls due that nobody will announce.
+    let mut watch: Option<Millis> = None;
+    // A safety net only: the heartbeat's `next_due` and the store's wake-ups tell a node
+    // everything it must act on, so an idle node sends nothing but its heartbeats.
     let poll = inner
         .upgrade()
         .and_then(|i| i.lease_ttl)
-        .map(|ttl| (ttl / 4).clamp(Duration::from_millis(100), CLAIM_POLL));
+        .map(|ttl| (ttl * 3).clamp(Duration::from_millis(100), CLAIM_POLL));
     let mut next_poll = poll.map(|p| tokio::time::Instant::now() + p);
     let mut wakeups_open = true;
     loop {
@@ -785,6 +794,7 @@ async fn run_scheduler(
             .map(|Reverse((at, _))| *at)
             .into_iter()
             .chain(round)
+            .chain(watch)
             .min();
         let now = clock.now_ms();
         let wait = next.map(|at| Duration::from_millis(at.saturating_sub(now).max(0) as u64));
@@ -796,6 +806,7 @@ async fn run_scheduler(
                     }
                 }
                 Some(TimerMsg::Round(at)) => round = Some(round.map_or(at, |r| r.min(at))),
+                Some(TimerMsg::Watch(at)) => watch = at,
                 Some(TimerMsg::Tick) => {}
                 None => return,
             },
@@ -824,8 +835,9 @@ async fn run_scheduler(
             }
         }
         let now = clock.now_ms();
-        if round.is_some_and(|at| at <= now) {
-            round = None;
+        if round.is_some_and(|at| at <= now) || watch.is_some_and(|at| at <= now) {
+            round = round.filter(|at| *at > now);
+            watch = watch.filter(|at| *at > now);
             let Some(inner) = inner.upgrade() else { return };
             inner.claim_soon();
         }

@@ -2,8 +2,8 @@
 //! receives, and what each produced: one definition for both backends.
 
 use super::{
-    Claimed, Commit, Created, Fence, InstanceRecord, Lease, LeaseTerms, Millis, NodeId, StoreError,
-    WriteOp,
+    Claimed, Commit, Created, Fence, InstanceRecord, Lease, LeaseTerms, Millis, NodeId, Renewal,
+    StoreError, WriteOp,
 };
 use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
@@ -75,7 +75,7 @@ pub(crate) enum Command {
     Renew(
         LeaseTerms,
         Vec<(String, u64)>,
-        oneshot::Sender<Result<Vec<String>, StoreError>>,
+        oneshot::Sender<Result<Renewal, StoreError>>,
     ),
     Release(
         NodeId,
@@ -94,7 +94,7 @@ pub(crate) enum Outcome {
     Signal(Result<i64, StoreError>),
     Claimed(Result<Claimed, StoreError>),
     Lease(Result<Option<Lease>, StoreError>),
-    Lost(Result<Vec<String>, StoreError>),
+    Lost(Result<Renewal, StoreError>),
 }
 
 impl Outcome {

@@ -134,6 +134,20 @@ impl LeaseTerms {
     }
 }
 
+/// The answer of [`Store::renew`](super::Store::renew), the heartbeat.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Renewal {
+    /// Those of the held instances the node no longer holds at the epoch it named.
+    pub lost: Vec<String>,
+    /// When the node should next look for due instances nobody will announce: the earliest
+    /// timer of a suspended instance, or the earliest lease end of another node that owns
+    /// unfinished instances (when that node stops renewing, its instances become claimable
+    /// then). In the past when something is claimable now; `None` when nothing is pending.
+    /// Between heartbeats this is all a node needs to poll for: everything else that makes an
+    /// instance due is announced as a [`Wakeup`].
+    pub next_due: Option<Millis>,
+}
+
 /// The answer of [`Store::claim_due`](super::Store::claim_due).
 #[derive(Clone, Debug, Default)]
 pub struct Claimed {

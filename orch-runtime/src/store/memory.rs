@@ -3,8 +3,8 @@
 use super::{
     Aggregate, AttemptRecord, AuditRecord, BucketCount, Claimed, Commit, Created, Details, Fence,
     InstanceRecord, JournalEntry, Lease, LeaseTerms, ListFilter, LoadedInstance, Millis, NodeId,
-    NodeRecord, Query, SignalRecord, Stats, StatsQuery, Status, StatusCount, StepCount, Store,
-    StoreAdmin, StoreError, Superseded, Wakeup, WakeupHub, Wakeups, WriteOp,
+    NodeRecord, Query, Renewal, SignalRecord, Stats, StatsQuery, Status, StatusCount, StepCount,
+    Store, StoreAdmin, StoreError, Superseded, Wakeup, WakeupHub, Wakeups, WriteOp,
 };
 use futures_util::future::BoxFuture;
 use std::collections::BTreeMap;
@@ -608,7 +608,7 @@ impl Store for MemoryStore {
         &self,
         terms: LeaseTerms,
         held: Vec<(String, u64)>,
-    ) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+    ) -> BoxFuture<'_, Result<Renewal, StoreError>> {
         let mut state = self.lock();
         if state.closed {
             return Box::pin(async { Err(StoreError::Closed) });
@@ -630,7 +630,23 @@ impl Store for MemoryStore {
             })
             .map(|(id, _)| id)
             .collect();
-        Box::pin(async move { Ok(lost) })
+        let timers = state
+            .instances
+            .values()
+            .filter(|i| i.record.status == Status::Suspended)
+            .filter_map(|i| i.record.wake_at);
+        let owners: std::collections::HashSet<&NodeId> = state
+            .instances
+            .values()
+            .filter(|i| !i.record.status.is_final())
+            .filter_map(|i| i.owner.as_ref())
+            .filter(|o| **o != terms.node)
+            .collect();
+        let leases = owners
+            .into_iter()
+            .map(|o| state.nodes.get(o).map_or(0, |n| n.2));
+        let next_due = timers.chain(leases).min();
+        Box::pin(async move { Ok(Renewal { lost, next_due }) })
     }
 
     fn release(

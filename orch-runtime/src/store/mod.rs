@@ -31,7 +31,7 @@ use std::task::{Context, Poll};
 use tokio::sync::oneshot;
 
 pub use lease::{
-    Claimed, Fence, Lease, LeaseTerms, NodeId, NodeRecord, Wakeup, WakeupHub, Wakeups,
+    Claimed, Fence, Lease, LeaseTerms, NodeId, NodeRecord, Renewal, Wakeup, WakeupHub, Wakeups,
 };
 
 /// Milliseconds since the Unix epoch.
@@ -1033,13 +1033,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// The heartbeat: records `terms.node` as alive until `terms.expires_at()` (extending every
     /// lease it holds, in one write) and returns those of `held` (instance, epoch) it no
-    /// longer holds at that epoch. A node renews once before it creates or claims anything: a
-    /// node the store never heard of has no live lease.
+    /// longer holds at that epoch, and when it should next look for due instances
+    /// ([`Renewal::next_due`]: so an idle node polls nothing between heartbeats). A node
+    /// renews once before it creates or claims anything: a node the store never heard of has
+    /// no live lease.
     fn renew(
         &self,
         terms: LeaseTerms,
         held: Vec<(String, u64)>,
-    ) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
+    ) -> BoxFuture<'_, Result<Renewal, StoreError>>;
 
     /// Gives up `node`'s ownership of `instances` (`None`: of all its instances, and its lease
     /// ends now — a graceful shutdown), so other nodes can claim them at once. Instances it does

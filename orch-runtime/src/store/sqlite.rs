@@ -1923,7 +1923,7 @@ impl Store for SqliteStore {
         &self,
         terms: LeaseTerms,
         held: Vec<(String, u64)>,
-    ) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+    ) -> BoxFuture<'_, Result<crate::store::Renewal, StoreError>> {
         self.ask(|tx| Command::Renew(terms, held, tx))
     }
 

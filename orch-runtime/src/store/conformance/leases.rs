@@ -84,7 +84,8 @@ pub async fn renew_reports_lost_instances(store: Arc<dyn Backend>) {
     let lost = store
         .renew(terms(&a, T0 + 2_001, 1_000), held)
         .await
-        .expect("renew");
+        .expect("renew")
+        .lost;
     assert_eq!(lost, vec!["taken".to_string()]);
     // Renewed: `kept` is live again for a.
     let claimed = store
@@ -123,6 +124,54 @@ pub async fn release_lets_others_claim_at_once(store: Arc<dyn Backend>) {
         .expect("claim_due");
     let ids: Vec<_> = claimed.leases.iter().map(|l| l.instance.as_str()).collect();
     assert_eq!(ids, ["two"]);
+}
+
+/// The heartbeat tells a node when to look for work nobody will announce: the earliest
+/// suspended timer, or the lease end of another node that owns unfinished instances — not
+/// its own, and not that of a node owning nothing.
+pub async fn renew_says_when_work_falls_due(store: Arc<dyn Backend>) {
+    let (a, b, idle) = (node("node-a"), node("node-b"), node("node-idle"));
+    register(&*store, &a, T0, 60_000).await;
+    register(&*store, &idle, T0, 5_000).await;
+    let next = |r: crate::store::Renewal| r.next_due;
+    let renew = |n: &crate::store::NodeId, now| store.renew(terms(n, now, 60_000), Vec::new());
+    assert_eq!(
+        next(renew(&a, T0 + 1).await.expect("renew")),
+        None,
+        "nothing pending"
+    );
+    create_owned(&*store, &a, "mine", T0).await;
+    assert_eq!(
+        next(renew(&a, T0 + 2).await.expect("renew")),
+        None,
+        "a node's own instances are not work for it to look for"
+    );
+    register(&*store, &b, T0, 20_000).await;
+    create_owned(&*store, &b, "theirs", T0).await;
+    assert_eq!(
+        next(renew(&a, T0 + 3).await.expect("renew")),
+        Some(T0 + 20_000),
+        "another node's lease end, when it owns unfinished instances"
+    );
+    create_free(&*store, "sleeper").await;
+    let suspend = WriteOp::SetStatus {
+        instance: "sleeper".into(),
+        status: Status::Suspended,
+        wake_at: Some(T0 + 9_000),
+        at: T0,
+    };
+    store.submit(None, vec![suspend]).await.expect("suspend");
+    assert_eq!(
+        next(renew(&a, T0 + 4).await.expect("renew")),
+        Some(T0 + 9_000),
+        "the earliest suspended timer"
+    );
+    // b's lease ended long ago and nobody claimed its instance: due now (in the past).
+    let late = next(renew(&a, T0 + 50_000).await.expect("renew"));
+    assert!(
+        late.is_some_and(|t| t <= T0 + 50_000),
+        "work claimable now must be due now, got {late:?}"
+    );
 }
 
 /// A suspended instance is claimed once its wake time has come, not before; `next_wake`

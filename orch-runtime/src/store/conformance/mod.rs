@@ -74,6 +74,9 @@ pub const CHECKS: &[(&str, CheckFn)] = &[
     ("leases::renew_reports_lost_instances", |s| {
         Box::pin(leases::renew_reports_lost_instances(s))
     }),
+    ("leases::renew_says_when_work_falls_due", |s| {
+        Box::pin(leases::renew_says_when_work_falls_due(s))
+    }),
     ("leases::release_lets_others_claim_at_once", |s| {
         Box::pin(leases::release_lets_others_claim_at_once(s))
     }),
@@ -169,6 +172,7 @@ macro_rules! conformance_tests {
             leases::live_leases_are_not_claimed,
             leases::ended_leases_are_claimed_with_a_new_epoch,
             leases::renew_reports_lost_instances,
+            leases::renew_says_when_work_falls_due,
             leases::release_lets_others_claim_at_once,
             leases::suspended_instances_are_claimed_when_due,
             leases::claims_are_bounded,
@@ -244,7 +248,8 @@ pub(crate) async fn register(store: &dyn Store, node: &NodeId, now: Millis, ttl:
     let lost = store
         .renew(terms(node, now, ttl), Vec::new())
         .await
-        .unwrap_or_else(|e| panic!("renew of node `{node}` failed: {e}"));
+        .unwrap_or_else(|e| panic!("renew of node `{node}` failed: {e}"))
+        .lost;
     assert!(
         lost.is_empty(),
         "renewing nothing reported lost instances: {lost:?}"

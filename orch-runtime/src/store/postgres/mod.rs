@@ -500,7 +500,7 @@ impl Store for PostgresStore {
         &self,
         terms: LeaseTerms,
         held: Vec<(String, u64)>,
-    ) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+    ) -> BoxFuture<'_, Result<crate::store::Renewal, StoreError>> {
         self.command(move |tx| Command::Renew(terms, held, tx))
     }
 

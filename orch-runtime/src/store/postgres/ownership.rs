@@ -8,7 +8,7 @@
 use super::apply::{Tx, final_in};
 use super::pg_error;
 use crate::store::{
-    Claimed, Fence, Lease, LeaseTerms, Millis, NodeId, NodeRecord, StoreError, Wakeup,
+    Claimed, Fence, Lease, LeaseTerms, Millis, NodeId, NodeRecord, Renewal, StoreError, Wakeup,
 };
 use std::collections::HashMap;
 
@@ -55,9 +55,12 @@ const RENEW: &str = "WITH n AS (INSERT INTO nodes (id, host, pid, started_at, he
      lease_expires) VALUES ($1::text, $4::text, $5::bigint, $2::bigint, $2::bigint, $3::bigint) \
      ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, \
      lease_expires = excluded.lease_expires RETURNING 1) \
-     SELECT h.id FROM unnest($6::text[], $7::bigint[]) AS h(id, epoch) \
+     SELECT ARRAY(SELECT h.id FROM unnest($6::text[], $7::bigint[]) AS h(id, epoch) \
      WHERE NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = h.id AND i.owner = $1::text \
-     AND i.lease_epoch = h.epoch) AND (SELECT count(*) FROM n) >= 0";
+     AND i.lease_epoch = h.epoch)), LEAST((SELECT min(wake_at) FROM instances \
+     WHERE status = 'suspended'), (SELECT min(o.lease_expires) FROM nodes o WHERE o.id <> $1::text \
+     AND EXISTS (SELECT 1 FROM instances i WHERE i.owner = o.id \
+     AND i.status IN ('running', 'suspended')))), (SELECT count(*) FROM n)";
 /// The fence check of a whole batch: locks the fenced rows (in id order) until the commit.
 pub(super) const FENCES: &str = "SELECT id, owner, lease_epoch FROM instances WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE";
 
@@ -218,7 +221,7 @@ pub(super) async fn renew(
     tx: Tx<'_>,
     terms: &LeaseTerms,
     held: &[(String, u64)],
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Renewal, StoreError> {
     let ctx = format!("renewing the leases of node `{}`", terms.node);
     let host = gethostname::gethostname().to_string_lossy().into_owned();
     let pid = i64::from(std::process::id());
@@ -227,8 +230,8 @@ pub(super) async fn renew(
         .iter()
         .map(|(_, e)| i64::try_from(*e).unwrap_or(i64::MAX))
         .collect();
-    let rows = tx
-        .query(
+    let row = tx
+        .query_one(
             RENEW,
             &[
                 &terms.node.as_str(),
@@ -242,9 +245,10 @@ pub(super) async fn renew(
         )
         .await
         .map_err(|e| pg_error(&ctx, &e))?;
-    rows.iter()
-        .map(|r| r.try_get(0).map_err(|e| pg_error(&ctx, &e)))
-        .collect()
+    Ok(Renewal {
+        lost: row.try_get(0).map_err(|e| pg_error(&ctx, &e))?,
+        next_due: row.try_get(1).map_err(|e| pg_error(&ctx, &e))?,
+    })
 }
 
 pub(super) async fn release(

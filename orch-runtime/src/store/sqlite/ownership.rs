@@ -5,7 +5,9 @@
 //! inside its transaction.
 
 use super::backend;
-use crate::store::{Claimed, Lease, LeaseTerms, Millis, NodeId, NodeRecord, StoreError, Wakeup};
+use crate::store::{
+    Claimed, Lease, LeaseTerms, Millis, NodeId, NodeRecord, Renewal, StoreError, Wakeup,
+};
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// The owner condition of a claimable row `i` (parameters: ?1 the claiming node, ?2 now): no
@@ -133,7 +135,7 @@ pub(super) fn renew(
     conn: &Connection,
     terms: &LeaseTerms,
     held: &[(String, u64)],
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Renewal, StoreError> {
     let ctx = |e| backend(&format!("renewing the leases of node `{}`", terms.node), e);
     conn.prepare_cached(
         "INSERT INTO nodes (id, started_at, heartbeat_at, lease_expires) VALUES (?1, ?2, ?2, ?3) \
@@ -158,8 +160,20 @@ pub(super) fn renew(
             lost.push(id.clone());
         }
     }
-    Ok(lost)
+    let next_due = conn
+        .prepare_cached(NEXT_DUE)
+        .and_then(|mut s| s.query_row([terms.node.as_str()], |r| r.get(0)))
+        .map_err(ctx)?;
+    Ok(Renewal { lost, next_due })
 }
+
+/// See [`Renewal::next_due`]: the earliest suspended timer, or the earliest lease end of
+/// another node owning unfinished instances (only running ones have owners: suspending
+/// releases, so the `instances_due` index finds them among the few in flight).
+const NEXT_DUE: &str = "SELECT min(t) FROM (SELECT min(wake_at) AS t FROM instances \
+     WHERE status = 'suspended' UNION ALL SELECT min(n.lease_expires) FROM nodes n \
+     WHERE n.id <> ?1 AND EXISTS (SELECT 1 FROM instances i WHERE i.status = 'running' \
+     AND i.owner = n.id))";
 
 pub(super) fn release(
     conn: &Connection,
