@@ -29,6 +29,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
+#[path = "orch_bench/cluster.rs"]
+mod cluster;
+
 // ---------------------------------------------------------------------------------------------
 // The workloads.
 
@@ -70,10 +73,10 @@ struct Opts {
     postgres: Option<String>,
 }
 
-const SECTIONS: [&str; 3] = ["latency", "throughput", "memory"];
+const SECTIONS: [&str; 4] = ["latency", "throughput", "memory", "cluster"];
 
 const HELP: &str = "orch_bench [--quick] [--runs N] [--concurrent N] [--sleepers N] [--dir PATH] \
-[--postgres URL] [latency] [throughput] [memory]
+[--postgres URL] [latency] [throughput] [memory] [cluster]
 
   --quick         smoke mode: 50 runs per latency row, 1 throughput round, 10,000 sleepers
   --runs N        measured runs per latency row (default 300)
@@ -82,7 +85,9 @@ const HELP: &str = "orch_bench [--quick] [--runs N] [--concurrent N] [--sleepers
   --dir PATH      where the temporary databases go (default: the system temp dir)
   --postgres URL  also measure the PostgreSQL store (in a temporary schema) and PostgreSQL's
                   own 1-row commit (default: ORCH_BENCH_DATABASE_URL when set)
-  sections        any of latency, throughput, memory (default: all)";
+  sections        any of latency, throughput, memory, cluster (default: all; cluster needs
+                  --postgres: 1 vs 3 node processes on one schema, takeover after SIGKILL,
+                  idle transactions/s)";
 
 impl Opts {
     fn parse(args: &[String]) -> Opts {
@@ -793,6 +798,21 @@ fn child(args: &[String]) {
         child_pg_floor(&Opts::parse(rest));
         return;
     }
+    if kind == "node" {
+        let [url, schema, id, lease_ms] = rest else {
+            fail("__child node needs <url> <schema> <id> <lease ms>")
+        };
+        let lease_ms = lease_ms
+            .parse()
+            .unwrap_or_else(|_| fail("__child node: the lease is in ms"));
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("building the tokio runtime")
+            .block_on(cluster::child_node(url, schema, id, lease_ms));
+        return;
+    }
     let (store, rest) = rest
         .split_first()
         .unwrap_or_else(|| fail("__child needs a store"));
@@ -889,6 +909,13 @@ fn main() {
             .collect()
     } else {
         Vec::new()
+    };
+    let cluster: Vec<Value> = match (&o.postgres, has("cluster")) {
+        (Some(_), true) => cluster::run(&o),
+        (None, true) if o.sections.len() < SECTIONS.len() => {
+            fail("the cluster section needs --postgres URL")
+        }
+        _ => Vec::new(),
     };
     let memory: Vec<Value> = if has("memory") {
         memory_backends
@@ -1158,6 +1185,10 @@ fn main() {
              again 11 s later (tokio blocking threads\n  idle out after 10 s); B/inst uses the \
              +11 s Δ. The in-memory store keeps its storage in RAM, so there Δ is storage."
         );
+    }
+
+    if !cluster.is_empty() {
+        cluster::print(&cluster, &mut checks);
     }
 
     if !checks.is_empty() {
