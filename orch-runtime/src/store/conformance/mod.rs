@@ -62,6 +62,10 @@ pub const CHECKS: &[(&str, CheckFn)] = &[
         Box::pin(atomicity::a_refused_create_stores_nothing(s))
     }),
     (
+        "atomicity::concurrent_checkpoints_are_judged_one_by_one",
+        |s| Box::pin(atomicity::concurrent_checkpoints_are_judged_one_by_one(s)),
+    ),
+    (
         "leases::created_instances_are_owned_by_their_creator",
         |s| Box::pin(leases::created_instances_are_owned_by_their_creator(s)),
     ),
@@ -168,6 +172,7 @@ macro_rules! conformance_tests {
             writes::wake_keeps_the_earliest_time,
             atomicity::a_refused_batch_applies_nothing,
             atomicity::a_refused_create_stores_nothing,
+            atomicity::concurrent_checkpoints_are_judged_one_by_one,
             leases::created_instances_are_owned_by_their_creator,
             leases::live_leases_are_not_claimed,
             leases::ended_leases_are_claimed_with_a_new_epoch,

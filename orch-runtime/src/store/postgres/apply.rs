@@ -129,6 +129,49 @@ const APPEND_FENCED: &str = concat!(
      (SELECT owner FROM i), (SELECT lease_epoch FROM i), (SELECT count(*) FROM w)"
 );
 
+/// Many instances' checkpoints in one multi-row statement (their fences already judged by the
+/// batch's fence query, which keeps their rows locked): the `(instance, seq)` pairs it wrote;
+/// an entry whose seq exists is not written (a conflict for its caller).
+const APPEND_MANY: &str = "INSERT INTO journal (instance, seq, kind, name, outcome, attempts, \
+     started_at, finished_at) SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], \
+     $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[]) \
+     ON CONFLICT (instance, seq) DO NOTHING RETURNING instance, seq";
+
+/// Writes `entries` (instance, entry) with one statement; returns the `(instance, seq)` pairs
+/// written (those missing already existed).
+pub(crate) async fn append_many(
+    tx: Tx<'_>,
+    entries: &[(&str, &JournalEntry)],
+) -> Result<std::collections::HashSet<(String, i64)>, StoreError> {
+    let ctx = || format!("appending {} journal entries", entries.len());
+    let ids: Vec<&str> = entries.iter().map(|(id, _)| *id).collect();
+    let seqs: Vec<i64> = entries.iter().map(|(_, e)| i64_of(e.seq)).collect();
+    let kinds: Vec<&str> = entries.iter().map(|(_, e)| e.kind.as_str()).collect();
+    let names: Vec<&str> = entries.iter().map(|(_, e)| e.name.as_str()).collect();
+    let outcomes: Vec<&str> = entries.iter().map(|(_, e)| e.outcome.as_str()).collect();
+    let attempts: Vec<i64> = entries.iter().map(|(_, e)| i64_of(e.attempts)).collect();
+    let started: Vec<i64> = entries.iter().map(|(_, e)| e.started_at).collect();
+    let finished: Vec<i64> = entries.iter().map(|(_, e)| e.finished_at).collect();
+    let rows = tx
+        .query(
+            APPEND_MANY,
+            &[
+                &ids, &seqs, &kinds, &names, &outcomes, &attempts, &started, &finished,
+            ],
+        )
+        .await
+        .map_err(|e| pg_error(&ctx(), &e))?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get::<_, String>(0)
+                    .map_err(|e| pg_error(&ctx(), &e))?,
+                r.try_get::<_, i64>(1).map_err(|e| pg_error(&ctx(), &e))?,
+            ))
+        })
+        .collect()
+}
+
 /// Whether `ops` is a lone journal append, which [`append_fenced`] writes in one statement.
 pub(crate) fn is_lone_append(ops: &[WriteOp]) -> bool {
     matches!(ops, [WriteOp::Append { .. }])

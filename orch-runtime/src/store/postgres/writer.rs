@@ -29,13 +29,15 @@
 //!    at a time, each in its own savepoint: the failing command is rolled back alone and the
 //!    others commit, exactly as in the SQLite store.
 
-use super::apply::{Tx, add_signal, append_fenced, apply_all, create, is_lone_append, probe};
+use super::apply::{
+    Tx, add_signal, append_fenced, append_many, apply_all, create, is_lone_append, probe,
+};
 use super::notify;
 use super::ownership;
 use super::{Shared, pg_error};
 use crate::store::StoreError;
 use crate::store::command::{Command, Outcome, reply};
-use crate::store::{Created, Fence, Wakeup, WriteOp};
+use crate::store::{Created, Fence, JournalEntry, Wakeup, WriteOp};
 use deadpool_postgres::Object;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -355,7 +357,44 @@ async fn run_batch(tx: Tx<'_>, batch: &[Command], shared: &Shared) -> (Vec<Outco
             _ => None,
         })
         .collect();
-    let (outcomes, woken) = pipelined(tx, batch, &checks, refused).await;
+    // Lone checkpoints of instances nothing else in the batch touches go in one statement,
+    // pipelined beside the rest.
+    let bulk = bulk_appends(batch, &checks, &refused);
+    let mut refused = refused;
+    for &i in &bulk {
+        refused[i] = Some(Outcome::Unit(Ok(())));
+    }
+    let (written, (mut outcomes, woken)) = futures_util::future::join(
+        async {
+            if bulk.is_empty() {
+                return Ok(Default::default());
+            }
+            let entries: Vec<(&str, &JournalEntry)> = bulk
+                .iter()
+                .filter_map(|&i| lone_append(&batch[i]))
+                .collect();
+            append_many(tx, &entries).await
+        },
+        pipelined(tx, batch, &checks, refused),
+    )
+    .await;
+    for &i in &bulk {
+        outcomes[i] = match (&written, lone_append(&batch[i])) {
+            (Ok(written), Some((id, entry)))
+                if written.contains(&(id.to_string(), i64::from(entry.seq))) =>
+            {
+                Outcome::Unit(Ok(()))
+            }
+            (Ok(_), Some((id, entry))) => Outcome::Unit(Err(StoreError::Conflict {
+                instance: id.to_string(),
+                detail: format!("journal entry seq {} already exists", entry.seq),
+            })),
+            (Err(e), _) => Outcome::Unit(Err(e.clone())),
+            (Ok(_), None) => Outcome::Unit(Err(StoreError::Backend(
+                "internal error: a bulk append that is not one".into(),
+            ))),
+        };
+    }
     let ok = outcomes
         .iter()
         .zip(batch)
@@ -393,6 +432,44 @@ async fn run_batch(tx: Tx<'_>, batch: &[Command], shared: &Shared) -> (Vec<Outco
             fail_all(e)
         }
     }
+}
+
+/// The instance and entry of a lone journal append.
+fn lone_append(cmd: &Command) -> Option<(&str, &JournalEntry)> {
+    match cmd {
+        Command::Submit(_, ops, _) => match ops.as_slice() {
+            [WriteOp::Append { instance, entry }] => Some((instance.as_str(), entry)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The commands of `batch` written by one multi-row statement: lone journal appends whose
+/// fence the batch's query judged (and locked), of instances no other command of the batch
+/// touches (so no order between commands of one instance is at stake). None when the batch
+/// holds a command over many instances (a claim round, a release).
+fn bulk_appends(batch: &[Command], checks: &[Check], refused: &[Option<Outcome>]) -> Vec<usize> {
+    let mut touches: HashMap<&str, usize> = HashMap::new();
+    for cmd in batch {
+        match lane_key(cmd) {
+            Some(key) => *touches.entry(key).or_default() += 1,
+            None => return Vec::new(),
+        }
+    }
+    let bulk: Vec<usize> = batch
+        .iter()
+        .enumerate()
+        .filter(|&(i, cmd)| {
+            refused[i].is_none()
+                && matches!(checks[i], Check::Batch)
+                && lone_append(cmd).is_some()
+                && lane_key(cmd).is_some_and(|k| touches.get(k) == Some(&1))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    // One alone gains nothing over its own statement.
+    if bulk.len() < 2 { Vec::new() } else { bulk }
 }
 
 /// Whether `outcome` is a fence refusal decided before anything of `cmd` ran.
