@@ -105,6 +105,10 @@ pub const CHECKS: &[(&str, CheckFn)] = &[
     ("wakeups::writes_announce_themselves", |s| {
         Box::pin(wakeups::writes_announce_themselves(s))
     }),
+    (
+        "wakeups::concurrent_ends_are_each_applied_and_announced",
+        |s| Box::pin(wakeups::concurrent_ends_are_each_applied_and_announced(s)),
+    ),
     ("operations::retry_moves_the_journal_aside", |s| {
         Box::pin(operations::retry_moves_the_journal_aside(s))
     }),
@@ -186,6 +190,7 @@ macro_rules! conformance_tests {
             fencing::termination_fences_out_the_owner,
             fencing::suspending_releases,
             wakeups::writes_announce_themselves,
+            wakeups::concurrent_ends_are_each_applied_and_announced,
             operations::retry_moves_the_journal_aside,
             operations::fork_copies_the_journal,
             queries::search_pages_newest_first,

@@ -15,6 +15,7 @@ use crate::store::{
     SignalRecord, Status, StoreError, Wakeup, WriteOp,
 };
 use deadpool_postgres::ClientWrapper;
+use std::collections::HashMap;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
@@ -170,6 +171,78 @@ pub(crate) async fn append_many(
             ))
         })
         .collect()
+}
+
+/// Many instances' ends in one statement (their fences judged and rows locked by the batch
+/// query): like [`FINISH`] for each; the ids it ended, with their parents.
+const FINISH_MANY: &str = "UPDATE instances u SET status = v.status, output = v.output, \
+     error = v.error, wake_at = NULL, updated_at = v.at, failed_step = v.step, \
+     failed_seq = v.seq, owner = NULL, lease_epoch = u.lease_epoch + 1 \
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], \
+     $7::bigint[]) AS v(id, status, output, error, at, step, seq) \
+     WHERE u.id = v.id AND u.status IN ('running', 'suspended') RETURNING u.id, u.parent";
+
+/// Ends the instances of `ends` (each a lone [`WriteOp::Finish`]) with one statement, as
+/// [`apply`] ends one; what it wakes goes to `woken`. An instance already final is left
+/// alone, as by one `Finish`.
+pub(crate) async fn finish_many(
+    tx: Tx<'_>,
+    ends: &[&WriteOp],
+    woken: &mut Vec<Wakeup>,
+) -> Result<(), StoreError> {
+    let ctx = || format!("finishing {} instances", ends.len());
+    let mut ids = Vec::with_capacity(ends.len());
+    let mut statuses = Vec::with_capacity(ends.len());
+    let mut outputs: Vec<Option<&str>> = Vec::with_capacity(ends.len());
+    let mut errors: Vec<Option<&str>> = Vec::with_capacity(ends.len());
+    let mut ats = Vec::with_capacity(ends.len());
+    let mut steps: Vec<Option<&str>> = Vec::with_capacity(ends.len());
+    let mut seqs: Vec<Option<i64>> = Vec::with_capacity(ends.len());
+    let mut status_of = HashMap::new();
+    for op in ends {
+        let WriteOp::Finish {
+            instance,
+            status,
+            output,
+            error,
+            failed_step,
+            at,
+        } = op
+        else {
+            return Err(StoreError::Backend(
+                "internal error: finish_many called with something else than ends".into(),
+            ));
+        };
+        ids.push(instance.as_str());
+        statuses.push(status.as_str());
+        outputs.push(output.as_deref());
+        errors.push(error.as_deref());
+        ats.push(*at);
+        steps.push(failed_step.as_ref().map(|f| f.0.as_str()));
+        seqs.push(failed_step.as_ref().map(|f| i64_of(f.1)));
+        status_of.insert(instance.as_str(), *status);
+    }
+    let rows = tx
+        .query(
+            FINISH_MANY,
+            &[&ids, &statuses, &outputs, &errors, &ats, &steps, &seqs],
+        )
+        .await
+        .map_err(|e| pg_error(&ctx(), &e))?;
+    for row in rows {
+        let id: String = row.try_get(0).map_err(|e| pg_error(&ctx(), &e))?;
+        let parent: Option<String> = row.try_get(1).map_err(|e| pg_error(&ctx(), &e))?;
+        if let Some(status) = status_of.get(id.as_str()) {
+            woken.push(Wakeup::Finished {
+                instance: id.clone(),
+                status: *status,
+            });
+        }
+        if let Some(parent) = parent {
+            woken.push(Wakeup::ChildFinished { parent, child: id });
+        }
+    }
+    Ok(())
 }
 
 /// Whether `ops` is a lone journal append, which [`append_fenced`] writes in one statement.

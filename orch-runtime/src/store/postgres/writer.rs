@@ -30,7 +30,8 @@
 //!    others commit, exactly as in the SQLite store.
 
 use super::apply::{
-    Tx, add_signal, append_fenced, append_many, apply_all, create, is_lone_append, probe,
+    Tx, add_signal, append_fenced, append_many, apply_all, create, finish_many, is_lone_append,
+    probe,
 };
 use super::notify;
 use super::ownership;
@@ -357,14 +358,14 @@ async fn run_batch(tx: Tx<'_>, batch: &[Command], shared: &Shared) -> (Vec<Outco
             _ => None,
         })
         .collect();
-    // Lone checkpoints of instances nothing else in the batch touches go in one statement,
-    // pipelined beside the rest.
-    let bulk = bulk_appends(batch, &checks, &refused);
+    // Lone checkpoints and lone ends of instances nothing else in the batch touches go in one
+    // statement each, pipelined beside the rest.
+    let (bulk, ends) = bulk_writes(batch, &checks, &refused);
     let mut refused = refused;
-    for &i in &bulk {
+    for &i in bulk.iter().chain(&ends) {
         refused[i] = Some(Outcome::Unit(Ok(())));
     }
-    let (written, (mut outcomes, woken)) = futures_util::future::join(
+    let (written, ended, (mut outcomes, mut woken)) = futures_util::future::join3(
         async {
             if bulk.is_empty() {
                 return Ok(Default::default());
@@ -375,9 +376,28 @@ async fn run_batch(tx: Tx<'_>, batch: &[Command], shared: &Shared) -> (Vec<Outco
                 .collect();
             append_many(tx, &entries).await
         },
+        async {
+            let mut woken = Vec::new();
+            if !ends.is_empty() {
+                let ops: Vec<&WriteOp> = ends
+                    .iter()
+                    .filter_map(|&i| lone_finish(&batch[i]))
+                    .collect();
+                finish_many(tx, &ops, &mut woken).await?;
+            }
+            Ok::<_, StoreError>(woken)
+        },
         pipelined(tx, batch, &checks, refused),
     )
     .await;
+    match ended {
+        Ok(w) => woken.extend(w),
+        Err(e) => {
+            for &i in &ends {
+                outcomes[i] = Outcome::Unit(Err(e.clone()));
+            }
+        }
+    }
     for &i in &bulk {
         outcomes[i] = match (&written, lone_append(&batch[i])) {
             (Ok(written), Some((id, entry)))
@@ -445,31 +465,52 @@ fn lone_append(cmd: &Command) -> Option<(&str, &JournalEntry)> {
     }
 }
 
-/// The commands of `batch` written by one multi-row statement: lone journal appends whose
-/// fence the batch's query judged (and locked), of instances no other command of the batch
-/// touches (so no order between commands of one instance is at stake). None when the batch
-/// holds a command over many instances (a claim round, a release).
-fn bulk_appends(batch: &[Command], checks: &[Check], refused: &[Option<Outcome>]) -> Vec<usize> {
+/// The lone end (`Finish`) a command is, if it is one.
+fn lone_finish(cmd: &Command) -> Option<&WriteOp> {
+    match cmd {
+        Command::Submit(_, ops, _) => match ops.as_slice() {
+            [op @ WriteOp::Finish { .. }] => Some(op),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The commands of `batch` written by a multi-row statement, lone journal appends and lone
+/// ends: those whose fence the batch's query judged (and locked), of instances no other
+/// command of the batch touches (so no order between commands of one instance is at stake).
+/// None when the batch holds a command over many instances (a claim round, a release).
+fn bulk_writes(
+    batch: &[Command],
+    checks: &[Check],
+    refused: &[Option<Outcome>],
+) -> (Vec<usize>, Vec<usize>) {
     let mut touches: HashMap<&str, usize> = HashMap::new();
     for cmd in batch {
         match lane_key(cmd) {
             Some(key) => *touches.entry(key).or_default() += 1,
-            None => return Vec::new(),
+            None => return (Vec::new(), Vec::new()),
         }
     }
-    let bulk: Vec<usize> = batch
-        .iter()
-        .enumerate()
-        .filter(|&(i, cmd)| {
-            refused[i].is_none()
-                && matches!(checks[i], Check::Batch)
-                && lone_append(cmd).is_some()
-                && lane_key(cmd).is_some_and(|k| touches.get(k) == Some(&1))
-        })
-        .map(|(i, _)| i)
-        .collect();
-    // One alone gains nothing over its own statement.
-    if bulk.len() < 2 { Vec::new() } else { bulk }
+    let eligible = |i: usize, cmd: &Command| {
+        refused[i].is_none()
+            && matches!(checks[i], Check::Batch)
+            && lane_key(cmd).is_some_and(|k| touches.get(k) == Some(&1))
+    };
+    let pick = |is: fn(&Command) -> bool| {
+        let picked: Vec<usize> = batch
+            .iter()
+            .enumerate()
+            .filter(|&(i, cmd)| eligible(i, cmd) && is(cmd))
+            .map(|(i, _)| i)
+            .collect();
+        // One alone gains nothing over its own statement.
+        if picked.len() < 2 { Vec::new() } else { picked }
+    };
+    (
+        pick(|c| lone_append(c).is_some()),
+        pick(|c| lone_finish(c).is_some()),
+    )
 }
 
 /// Whether `outcome` is a fence refusal decided before anything of `cmd` ran.
