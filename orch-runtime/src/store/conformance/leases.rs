@@ -266,3 +266,50 @@ pub async fn single_claims_take_only_due_instances(store: Arc<dyn Backend>) {
         .expect("claim");
     assert_eq!(again.map(|l| l.epoch), Some(lease.epoch));
 }
+
+/// Many instances created at once (a backend may write them together): each new one owned
+/// by its creator at epoch 1 until the creator's lease end, an existing id answered with the
+/// stored instance and left as it was.
+pub async fn concurrent_creations_are_each_owned(store: Arc<dyn Backend>) {
+    let a = node("node-a");
+    register(&*store, &a, T0, 60_000).await;
+    create_free(&*store, "taken").await;
+    let ids: Vec<String> = (0..15)
+        .map(|k| format!("n{k}"))
+        .chain(["taken".to_string()])
+        .collect();
+    let creates: Vec<_> = ids
+        .iter()
+        .map(|id| store.create(super::record(id), Some(terms(&a, T0, 60_000)), Vec::new()))
+        .collect();
+    let results = futures_util::future::join_all(creates).await;
+    for (id, r) in ids.iter().zip(results) {
+        match (id.as_str(), r) {
+            ("taken", Ok(crate::store::Created::Existing(rec))) => {
+                assert_eq!(rec.id, "taken");
+            }
+            (_, Ok(crate::store::Created::New(Some(lease)))) => {
+                assert_eq!(
+                    (lease.instance.as_str(), lease.node.as_str(), lease.epoch),
+                    (id.as_str(), "node-a", 1),
+                    "the lease of {id}"
+                );
+                assert_eq!(lease.expires_at, T0 + 60_000, "the lease end of {id}");
+            }
+            (_, other) => panic!("creating {id}: unexpected {other:?}"),
+        }
+    }
+    // Owned by a live node: nobody else claims them; the existing one kept no owner.
+    let b = node("node-b");
+    register(&*store, &b, T0 + 1, 60_000).await;
+    let claimed = store
+        .claim_due(terms(&b, T0 + 1, 60_000), 100)
+        .await
+        .expect("claim_due");
+    let names: Vec<&str> = claimed.leases.iter().map(|l| l.instance.as_str()).collect();
+    assert_eq!(
+        names,
+        vec!["taken"],
+        "only the unowned instance is claimable"
+    );
+}

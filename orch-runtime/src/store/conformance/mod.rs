@@ -81,6 +81,9 @@ pub const CHECKS: &[(&str, CheckFn)] = &[
     ("leases::renew_says_when_work_falls_due", |s| {
         Box::pin(leases::renew_says_when_work_falls_due(s))
     }),
+    ("leases::concurrent_creations_are_each_owned", |s| {
+        Box::pin(leases::concurrent_creations_are_each_owned(s))
+    }),
     ("leases::release_lets_others_claim_at_once", |s| {
         Box::pin(leases::release_lets_others_claim_at_once(s))
     }),
@@ -182,6 +185,7 @@ macro_rules! conformance_tests {
             leases::ended_leases_are_claimed_with_a_new_epoch,
             leases::renew_reports_lost_instances,
             leases::renew_says_when_work_falls_due,
+            leases::concurrent_creations_are_each_owned,
             leases::release_lets_others_claim_at_once,
             leases::suspended_instances_are_claimed_when_due,
             leases::claims_are_bounded,

@@ -245,6 +245,83 @@ pub(crate) async fn finish_many(
     Ok(())
 }
 
+/// Many owned instances created in one statement: the ids it inserted (the others existed),
+/// with their owner's lease end.
+const CREATE_MANY: &str = "WITH n AS (INSERT INTO instances (id, workflow, version, input, \
+     status, output, error, custom_status, parent, created_at, updated_at, wake_at, failed_step, \
+     failed_seq, cancel_requested, cancel_seq, retries, owner, lease_epoch) \
+     SELECT *, 1 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+     $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[], $12::bigint[], \
+     $13::text[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::text[]) \
+     ON CONFLICT (id) DO NOTHING RETURNING id, owner) \
+     SELECT n.id, d.lease_expires FROM n LEFT JOIN nodes d ON d.id = n.owner";
+
+/// Creates owned instances with one statement, as [`create`] creates one; returns the ids it
+/// created with their lease end (an id missing existed already: ask [`create`] for it).
+pub(crate) async fn create_many(
+    tx: Tx<'_>,
+    creates: &[(&InstanceRecord, &LeaseTerms)],
+) -> Result<HashMap<String, Millis>, StoreError> {
+    let ctx = || format!("creating {} instances", creates.len());
+    let col = |f: fn(&InstanceRecord) -> Option<&str>| -> Vec<Option<&str>> {
+        creates.iter().map(|(r, _)| f(r)).collect()
+    };
+    let num = |f: fn(&InstanceRecord) -> Option<i64>| -> Vec<Option<i64>> {
+        creates.iter().map(|(r, _)| f(r)).collect()
+    };
+    let ids = col(|r| Some(r.id.as_str()));
+    let workflows = col(|r| Some(r.workflow.as_str()));
+    let versions = col(|r| Some(r.version.as_str()));
+    let inputs = col(|r| Some(r.input.as_str()));
+    let statuses = col(|r| Some(r.status.as_str()));
+    let outputs = col(|r| r.output.as_deref());
+    let errors = col(|r| r.error.as_deref());
+    let customs = col(|r| r.custom_status.as_deref());
+    let parents = col(|r| r.parent.as_deref());
+    let created = num(|r| Some(r.created_at));
+    let updated = num(|r| Some(r.updated_at));
+    let wakes = num(|r| r.wake_at);
+    let failed_steps = col(|r| r.failed_step.as_deref());
+    let failed_seqs = num(|r| r.failed_seq.map(i64::from));
+    let cancels = num(|r| r.cancel_requested);
+    let cancel_seqs = num(|r| r.cancel_seq.map(i64::from));
+    let retries = num(|r| Some(i64::from(r.retries)));
+    let owners: Vec<&str> = creates.iter().map(|(_, t)| t.node.as_str()).collect();
+    let rows = tx
+        .query(
+            CREATE_MANY,
+            &[
+                &ids,
+                &workflows,
+                &versions,
+                &inputs,
+                &statuses,
+                &outputs,
+                &errors,
+                &customs,
+                &parents,
+                &created,
+                &updated,
+                &wakes,
+                &failed_steps,
+                &failed_seqs,
+                &cancels,
+                &cancel_seqs,
+                &retries,
+                &owners,
+            ],
+        )
+        .await
+        .map_err(|e| pg_error(&ctx(), &e))?;
+    rows.iter()
+        .map(|r| {
+            let id: String = r.try_get(0).map_err(|e| pg_error(&ctx(), &e))?;
+            let expires: Option<i64> = r.try_get(1).map_err(|e| pg_error(&ctx(), &e))?;
+            Ok((id, expires.unwrap_or(0)))
+        })
+        .collect()
+}
+
 /// Whether `ops` is a lone journal append, which [`append_fenced`] writes in one statement.
 pub(crate) fn is_lone_append(ops: &[WriteOp]) -> bool {
     matches!(ops, [WriteOp::Append { .. }])

@@ -30,15 +30,17 @@
 //!    others commit, exactly as in the SQLite store.
 
 use super::apply::{
-    Tx, add_signal, append_fenced, append_many, apply_all, create, finish_many, is_lone_append,
-    probe,
+    Tx, add_signal, append_fenced, append_many, apply_all, create, create_many, finish_many,
+    is_lone_append, probe,
 };
 use super::notify;
 use super::ownership;
 use super::{Shared, pg_error};
 use crate::store::StoreError;
 use crate::store::command::{Command, Outcome, reply};
-use crate::store::{Created, Fence, JournalEntry, Wakeup, WriteOp};
+use crate::store::{
+    Created, Fence, InstanceRecord, JournalEntry, Lease, LeaseTerms, Wakeup, WriteOp,
+};
 use deadpool_postgres::Object;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -358,14 +360,27 @@ async fn run_batch(tx: Tx<'_>, batch: &[Command], shared: &Shared) -> (Vec<Outco
             _ => None,
         })
         .collect();
-    // Lone checkpoints and lone ends of instances nothing else in the batch touches go in one
-    // statement each, pipelined beside the rest.
-    let (bulk, ends) = bulk_writes(batch, &checks, &refused);
+    // Lone checkpoints, lone ends and plain creations of instances nothing else in the batch
+    // touches go in one statement each, pipelined beside the rest.
+    let (bulk, ends, creates) = bulk_writes(batch, &checks, &refused);
     let mut refused = refused;
     for &i in bulk.iter().chain(&ends) {
         refused[i] = Some(Outcome::Unit(Ok(())));
     }
-    let (written, ended, (mut outcomes, mut woken)) = futures_util::future::join3(
+    for &i in &creates {
+        refused[i] = Some(Outcome::Created(Ok(Created::New(None))));
+    }
+    let (created, written, ended, (mut outcomes, mut woken)) = futures_util::future::join4(
+        async {
+            if creates.is_empty() {
+                return Ok(Default::default());
+            }
+            let rows: Vec<(&InstanceRecord, &LeaseTerms)> = creates
+                .iter()
+                .filter_map(|&i| lone_create(&batch[i]))
+                .collect();
+            create_many(tx, &rows).await
+        },
         async {
             if bulk.is_empty() {
                 return Ok(Default::default());
@@ -390,6 +405,24 @@ async fn run_batch(tx: Tx<'_>, batch: &[Command], shared: &Shared) -> (Vec<Outco
         pipelined(tx, batch, &checks, refused),
     )
     .await;
+    for &i in &creates {
+        let Some((rec, terms)) = lone_create(&batch[i]) else {
+            continue;
+        };
+        outcomes[i] = Outcome::Created(match &created {
+            Ok(made) => match made.get(&rec.id) {
+                Some(&expires_at) => Ok(Created::New(Some(Lease {
+                    instance: rec.id.clone(),
+                    node: terms.node.clone(),
+                    epoch: 1,
+                    expires_at,
+                }))),
+                // It existed: the one-row path reads it.
+                None => create(tx, rec, Some(terms)).await,
+            },
+            Err(e) => Err(e.clone()),
+        });
+    }
     match ended {
         Ok(w) => woken.extend(w),
         Err(e) => {
@@ -465,6 +498,14 @@ fn lone_append(cmd: &Command) -> Option<(&str, &JournalEntry)> {
     }
 }
 
+/// The record and terms of an owned creation without extra writes.
+fn lone_create(cmd: &Command) -> Option<(&InstanceRecord, &LeaseTerms)> {
+    match cmd {
+        Command::Create(rec, Some(terms), extra, _) if extra.is_empty() => Some((rec, terms)),
+        _ => None,
+    }
+}
+
 /// The lone end (`Finish`) a command is, if it is one.
 fn lone_finish(cmd: &Command) -> Option<&WriteOp> {
     match cmd {
@@ -476,40 +517,42 @@ fn lone_finish(cmd: &Command) -> Option<&WriteOp> {
     }
 }
 
-/// The commands of `batch` written by a multi-row statement, lone journal appends and lone
-/// ends: those whose fence the batch's query judged (and locked), of instances no other
-/// command of the batch touches (so no order between commands of one instance is at stake).
+/// The commands of `batch` written by a multi-row statement — lone journal appends and lone
+/// ends whose fence the batch's query judged (and locked), and owned creations without extra
+/// writes —, of instances no other command of the batch touches (so no order between
+/// commands of one instance is at stake).
 /// None when the batch holds a command over many instances (a claim round, a release).
 fn bulk_writes(
     batch: &[Command],
     checks: &[Check],
     refused: &[Option<Outcome>],
-) -> (Vec<usize>, Vec<usize>) {
+) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
     let mut touches: HashMap<&str, usize> = HashMap::new();
     for cmd in batch {
         match lane_key(cmd) {
             Some(key) => *touches.entry(key).or_default() += 1,
-            None => return (Vec::new(), Vec::new()),
+            None => return (Vec::new(), Vec::new(), Vec::new()),
         }
     }
-    let eligible = |i: usize, cmd: &Command| {
-        refused[i].is_none()
-            && matches!(checks[i], Check::Batch)
-            && lane_key(cmd).is_some_and(|k| touches.get(k) == Some(&1))
+    let alone = |i: usize, cmd: &Command| {
+        refused[i].is_none() && lane_key(cmd).is_some_and(|k| touches.get(k) == Some(&1))
     };
-    let pick = |is: fn(&Command) -> bool| {
+    let pick = |is: fn(&Command) -> bool, fenced: bool| {
         let picked: Vec<usize> = batch
             .iter()
             .enumerate()
-            .filter(|&(i, cmd)| eligible(i, cmd) && is(cmd))
+            .filter(|&(i, cmd)| {
+                alone(i, cmd) && is(cmd) && (!fenced || matches!(checks[i], Check::Batch))
+            })
             .map(|(i, _)| i)
             .collect();
         // One alone gains nothing over its own statement.
         if picked.len() < 2 { Vec::new() } else { picked }
     };
     (
-        pick(|c| lone_append(c).is_some()),
-        pick(|c| lone_finish(c).is_some()),
+        pick(|c| lone_append(c).is_some(), true),
+        pick(|c| lone_finish(c).is_some(), true),
+        pick(|c| lone_create(c).is_some(), false),
     )
 }
 
