@@ -233,12 +233,16 @@ impl RuntimeBuilder {
         if resumed > 0 {
             tracing::info!(resumed, node = %inner.node, "resuming due instances");
         }
-        let rt = Runtime { inner };
+        let rt = Runtime {
+            inner,
+            #[cfg(feature = "http")]
+            http: Arc::new(std::sync::OnceLock::new()),
+        };
         #[cfg(feature = "http")]
         if let Some(config) = self.http {
             match crate::server::start(rt.clone(), config).await {
                 Ok(bound) => {
-                    let _ = rt.inner.http.set(bound);
+                    let _ = rt.http.set(bound);
                 }
                 Err(e) => {
                     let _ = rt.shutdown().await;
@@ -254,6 +258,10 @@ impl RuntimeBuilder {
 #[derive(Clone)]
 pub struct Runtime {
     pub(crate) inner: Arc<Inner>,
+    /// The HTTP server, when turned on. The runtime owns it: the engine below knows nothing
+    /// of the server.
+    #[cfg(feature = "http")]
+    http: Arc<std::sync::OnceLock<crate::server::Bound>>,
 }
 
 impl Runtime {
@@ -276,7 +284,7 @@ impl Runtime {
     /// [`RuntimeBuilder::http`].
     #[cfg(feature = "http")]
     pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
-        self.inner.http.get().map(|b| b.addr)
+        self.http.get().map(|b| b.addr)
     }
 
     /// The web UI's address (`http://127.0.0.1:8080/`), when the server is on.
@@ -568,6 +576,10 @@ impl Runtime {
     /// next start) takes them over at once, then closes the store once every queued
     /// checkpoint is written.
     pub async fn shutdown(&self) -> Result<(), Error> {
+        #[cfg(feature = "http")]
+        if let Some(server) = self.http.get() {
+            server.stop();
+        }
         self.inner.shutdown().await
     }
 }
