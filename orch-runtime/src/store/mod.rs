@@ -7,18 +7,22 @@
 //! runtime's operator methods and the server. A backend implements both (a runtime takes a
 //! [`Backend`]); neither trait has a method that may answer "unsupported" at run time.
 //!
-//! Backends: [`memory::MemoryStore`] for tests and benchmarks, [`sqlite::SqliteStore`] (the
-//! embedded default; several processes may share one file). `conformance` (feature
-//! `conformance`) checks a backend against this contract.
+//! Backends: [`memory::MemoryStore`] for tests and benchmarks, `sqlite::SqliteStore` (the
+//! embedded default, cargo feature `sqlite`; several processes may share one file) and
+//! `postgres::PostgresStore` (cargo feature `postgres`; several machines share one database).
+//! `conformance` (feature `conformance`) checks a backend against this contract.
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod command;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod lease;
 pub mod memory;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod meta;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 use futures_util::future::BoxFuture;
