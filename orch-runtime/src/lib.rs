@@ -60,6 +60,7 @@ pub mod durable;
 mod engine;
 pub mod error;
 pub mod graph;
+pub mod journal;
 pub mod limits;
 mod metrics;
 pub mod retry;

@@ -6,8 +6,8 @@ use super::backend;
 use super::ownership;
 use super::read::{INSTANCE_COLUMNS, get_record, parse_status};
 use crate::store::{
-    AttemptRecord, Created, InstanceRecord, JournalEntry, Lease, LeaseTerms, Millis, SignalRecord,
-    Status, StoreError, Wakeup, WriteOp,
+    AttemptRecord, Created, EntryKind, InstanceRecord, JournalEntry, Lease, LeaseTerms, Millis,
+    SignalRecord, Status, StoreError, Wakeup, WriteOp,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -314,21 +314,23 @@ fn retry(conn: &Connection, id: &str, from_seq: u32, at: Millis) -> rusqlite::Re
     let retry: i64 = conn
         .prepare_cached("SELECT retries + 1 FROM instances WHERE id = ?1")?
         .query_row([id], |r| r.get(0))?;
-    // Attributes set by the entries moved aside go back to what earlier entries set (or away).
+    // Attributes set by the entries moved aside go back to what earlier entries set (or away):
+    // an attribute entry's name is the key, its outcome the value's text (see `journal`).
+    let attribute = EntryKind::Attribute.as_str();
     conn.prepare_cached(
         "DELETE FROM attributes WHERE instance = ?1 AND key IN (SELECT name FROM journal \
-         WHERE instance = ?1 AND seq >= ?2 AND kind = 'attribute')",
+         WHERE instance = ?1 AND seq >= ?2 AND kind = ?3)",
     )?
-    .execute(params![id, from_seq])?;
+    .execute(params![id, from_seq, attribute])?;
     conn.prepare_cached(
         "INSERT INTO attributes (instance, key, value) SELECT j.instance, j.name, j.outcome \
-         FROM journal j WHERE j.instance = ?1 AND j.kind = 'attribute' AND j.seq < ?2 \
+         FROM journal j WHERE j.instance = ?1 AND j.kind = ?3 AND j.seq < ?2 \
          AND NOT EXISTS (SELECT 1 FROM attributes a WHERE a.instance = j.instance \
          AND a.key = j.name) AND j.seq = (SELECT MAX(k.seq) FROM journal k \
-         WHERE k.instance = j.instance AND k.kind = 'attribute' AND k.name = j.name \
+         WHERE k.instance = j.instance AND k.kind = ?3 AND k.name = j.name \
          AND k.seq < ?2)",
     )?
-    .execute(params![id, from_seq])?;
+    .execute(params![id, from_seq, attribute])?;
     conn.prepare_cached("DELETE FROM ended_timers WHERE instance = ?1 AND seq >= ?2")?
         .execute(params![id, from_seq])?;
     conn.prepare_cached(

@@ -255,12 +255,7 @@ pub(super) fn journal_rows(
     raw.into_iter()
         .map(
             |(group, seq, kind, name, outcome, attempts, started_at, finished_at)| {
-                let kind = EntryKind::parse(&kind).ok_or_else(|| {
-                    StoreError::Backend(format!(
-                        "instance `{id}` has a journal entry (seq {seq}) of unknown kind \
-                         `{kind}` in the database"
-                    ))
-                })?;
+                let kind = EntryKind::decode_stored(id, seq, &kind).map_err(StoreError::Backend)?;
                 Ok((
                     group,
                     JournalEntry {
