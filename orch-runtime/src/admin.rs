@@ -348,11 +348,11 @@ impl Runtime {
         // them again), and the fork names its source.
         let attributes: Vec<WriteOp> = journal
             .iter()
-            .filter(|e| e.kind == crate::store::EntryKind::Attribute)
-            .map(|e| WriteOp::Attribute {
+            .filter_map(|e| e.attribute())
+            .map(|(key, value)| WriteOp::Attribute {
                 instance: new_id.clone(),
-                key: e.name.clone(),
-                value: e.outcome.clone(),
+                key: key.to_string(),
+                value: value.to_string(),
             })
             .chain([lineage(&new_id, FORKED_FROM, id)])
             .collect();

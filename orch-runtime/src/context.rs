@@ -4,10 +4,8 @@
 //! (not when first polled), so `join!` assigns seqs in the order the futures are written.
 
 use crate::engine::Inner;
-use crate::store::{
-    Commit, EntryKind, Fence, JournalEntry, LoadedInstance, Millis, SignalRecord, StoreError,
-    WriteOp,
-};
+use crate::journal::{EntryKind, JournalEntry};
+use crate::store::{Commit, Fence, LoadedInstance, Millis, SignalRecord, StoreError, WriteOp};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};

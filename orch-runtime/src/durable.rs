@@ -8,7 +8,8 @@
 //! recorded as a failed attempt of that step.
 
 use crate::context::{self, Begin, Halt, Scope, StepInfo, WorkflowCtx};
-use crate::store::{EntryKind, JournalEntry, Millis, WriteOp};
+use crate::journal::{self, EntryKind, JournalEntry, SignalOutcome};
+use crate::store::{Millis, WriteOp};
 use crate::workflow::Workflow;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -34,20 +35,9 @@ fn parked<T: Send + 'static>() -> Durable<T> {
     Box::pin(std::future::pending())
 }
 
-fn entry(seq: u32, kind: EntryKind, name: &str, outcome: String, at: Millis) -> JournalEntry {
-    JournalEntry {
-        seq,
-        kind,
-        name: name.to_string(),
-        outcome,
-        attempts: 1,
-        started_at: at,
-        finished_at: at,
-    }
-}
-
-fn to_json<T: Serialize>(ctx: &WorkflowCtx, what: &str, value: &T) -> Option<String> {
-    match serde_json::to_string(value) {
+/// `encoded`, or halts the instance: `what`'s value cannot be serialized.
+fn written(ctx: &WorkflowCtx, what: &str, encoded: Result<String, String>) -> Option<String> {
+    match encoded {
         Ok(json) => Some(json),
         Err(e) => {
             ctx.halt(Halt::Failed(format!(
@@ -58,8 +48,10 @@ fn to_json<T: Serialize>(ctx: &WorkflowCtx, what: &str, value: &T) -> Option<Str
     }
 }
 
+/// The outcome of `e` in the code's type `T` (see [`JournalEntry::value`]), or halts the
+/// instance as incompatible.
 fn from_json<T: DeserializeOwned>(ctx: &WorkflowCtx, e: &JournalEntry) -> Option<T> {
-    match serde_json::from_str(&e.outcome) {
+    match e.value::<T>() {
         Ok(v) => Some(v),
         Err(err) => {
             ctx.halt(Halt::Incompatible(format!(
@@ -92,11 +84,11 @@ where
             },
             Begin::Fresh(seq) => {
                 let value = make(Some((&ctx, seq)));
-                let Some(json) = to_json(&ctx, kind.as_str(), &value) else {
+                let Some(json) = written(&ctx, kind.as_str(), journal::encode(&value)) else {
                     return parked();
                 };
                 // Replay could not reproduce this value: the next step waits until it is durable.
-                ctx.record_value(entry(seq, kind, "", json, ctx.now_ms()));
+                ctx.record_value(JournalEntry::new(seq, kind, "", json, ctx.now_ms()));
                 Box::pin(std::future::ready(value))
             }
         },
@@ -188,8 +180,11 @@ fn timer(target: Target) -> Durable<()> {
                     Target::After(d) => now.saturating_add(span(d)),
                     Target::At(t) => millis(t),
                 };
+                let Some(json) = written(&ctx, "sleep", journal::encode(&fire_at)) else {
+                    return parked();
+                };
                 ctx.record_later(
-                    entry(seq, EntryKind::Sleep, "", fire_at.to_string(), now),
+                    JournalEntry::new(seq, EntryKind::Sleep, "", json, now),
                     Vec::new(),
                 );
                 Box::pin(wait_until(ctx, seq, fire_at))
@@ -259,7 +254,7 @@ pub fn patched(id: &str) -> bool {
             Some(Err(seq)) => {
                 let now = ctx.now_ms();
                 ctx.record_later(
-                    entry(seq, EntryKind::Patch, id, "true".into(), now),
+                    JournalEntry::new(seq, EntryKind::Patch, id, journal::patch_marker(), now),
                     Vec::new(),
                 );
                 true
@@ -280,7 +275,7 @@ pub fn set_status<T: Serialize>(status: T) -> Durable<()> {
             Begin::Halted => parked(),
             Begin::Replay(_) => Box::pin(std::future::ready(())),
             Begin::Fresh(seq) => {
-                let Some(json) = to_json(&ctx, "set_status", &status) else {
+                let Some(json) = written(&ctx, "set_status", journal::encode(&status)) else {
                     return parked();
                 };
                 if json.len() > crate::limits::MAX_CUSTOM_STATUS_BYTES {
@@ -298,7 +293,10 @@ pub fn set_status<T: Serialize>(status: T) -> Durable<()> {
                     value: json.clone(),
                     at: now,
                 };
-                ctx.record_later(entry(seq, EntryKind::Status, "", json, now), vec![update]);
+                ctx.record_later(
+                    JournalEntry::new(seq, EntryKind::Status, "", json, now),
+                    vec![update],
+                );
                 Box::pin(std::future::ready(()))
             }
         },
@@ -320,12 +318,7 @@ pub fn set_attribute<T: Serialize>(key: &str, value: T) -> Durable<()> {
             Begin::Halted => parked(),
             Begin::Replay(_) => Box::pin(std::future::ready(())),
             Begin::Fresh(seq) => {
-                // Canonical JSON (object keys sorted), so stored values compare as text.
-                let json = match serde_json::to_value(&value) {
-                    Ok(v) => to_json(&ctx, "set_attribute", &v),
-                    // Reports the serialization error and halts.
-                    Err(_) => to_json(&ctx, "set_attribute", &value),
-                };
+                let json = written(&ctx, "set_attribute", journal::attribute_value(&value));
                 let Some(json) = json else {
                     return parked();
                 };
@@ -360,7 +353,7 @@ pub fn set_attribute<T: Serialize>(key: &str, value: T) -> Durable<()> {
                     value: json.clone(),
                 };
                 ctx.record_later(
-                    entry(seq, EntryKind::Attribute, key, json, now),
+                    JournalEntry::new(seq, EntryKind::Attribute, key, json, now),
                     vec![update],
                 );
                 Box::pin(std::future::ready(()))
@@ -389,13 +382,6 @@ pub fn signal_with_timeout<T: DeserializeOwned + Send + 'static>(
     receive(name, Some(timeout))
 }
 
-#[derive(Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Received {
-    Payload(serde_json::Value),
-    TimedOut,
-}
-
 fn receive<T: DeserializeOwned + Send + 'static>(
     name: &str,
     timeout: Option<Duration>,
@@ -419,8 +405,11 @@ fn receive<T: DeserializeOwned + Send + 'static>(
             Begin::Fresh(seq) => {
                 let now = ctx.now_ms();
                 let at = now.saturating_add(span(d));
+                let Some(json) = written(&ctx, "signal_with_timeout", journal::encode(&at)) else {
+                    return parked();
+                };
                 ctx.record_later(
-                    entry(seq, EntryKind::Deadline, name, at.to_string(), now),
+                    JournalEntry::new(seq, EntryKind::Deadline, name, json, now),
                     Vec::new(),
                 );
                 Some(at)
@@ -430,9 +419,9 @@ fn receive<T: DeserializeOwned + Send + 'static>(
     let seq = match ctx.begin(EntryKind::Signal, name) {
         Begin::Halted => return parked(),
         Begin::Replay(e) => {
-            return match from_json::<Received>(&ctx, &e) {
-                Some(Received::TimedOut) => Box::pin(std::future::ready(None)),
-                Some(Received::Payload(v)) => match serde_json::from_value::<T>(v) {
+            return match from_json::<SignalOutcome<serde_json::Value>>(&ctx, &e) {
+                Some(SignalOutcome::TimedOut) => Box::pin(std::future::ready(None)),
+                Some(SignalOutcome::Payload(v)) => match serde_json::from_value::<T>(v) {
                     Ok(v) => Box::pin(std::future::ready(Some(v))),
                     Err(err) => {
                         ctx.halt(Halt::Incompatible(format!(
@@ -462,23 +451,23 @@ fn receive<T: DeserializeOwned + Send + 'static>(
             // call (see `WorkflowCtx::wait`).
             ctx.wait(seq, deadline, cx.waker());
             while let Some(sig) = ctx.take_signal(&name) {
-                let value: serde_json::Value = match serde_json::from_str(&sig.payload) {
-                    Ok(v) => v,
-                    Err(_) => serde_json::Value::Null,
-                };
+                let value = journal::signal_payload(&sig.payload);
                 match crate::workflow::check_value::<T>(&value).and_then(|()| {
                     serde_json::from_value::<T>(value.clone()).map_err(|e| e.to_string())
                 }) {
                     Ok(v) => {
-                        let json = serde_json::to_string(&Received::Payload(value))
-                            .unwrap_or_else(|_| "\"timed_out\"".into());
+                        let payload = journal::encode(&SignalOutcome::Payload(&value));
+                        let Some(json) = written(&ctx, "signal", payload) else {
+                            return Poll::Pending;
+                        };
                         let consume = WriteOp::ConsumeSignal {
                             instance: ctx.id.clone(),
                             signal: sig.id,
                             seq,
                         };
                         let now = ctx.now_ms();
-                        let mut received = entry(seq, EntryKind::Signal, &name, json, now);
+                        let mut received =
+                            JournalEntry::new(seq, EntryKind::Signal, &name, json, now);
                         // The refused payloads count as attempts before this one, so the
                         // journal shows them under the entry without marking it failed.
                         received.attempts = refused + 1;
@@ -535,10 +524,15 @@ fn receive<T: DeserializeOwned + Send + 'static>(
                     .as_mut()
                     .is_some_and(|a| a.as_mut().poll(cx).is_ready());
                 if fired || ctx.now_ms() >= at || cancelled {
-                    let json = serde_json::to_string(&Received::TimedOut)
-                        .unwrap_or_else(|_| "\"timed_out\"".into());
+                    let timed_out = journal::encode(&SignalOutcome::<()>::TimedOut);
+                    let Some(json) = written(&ctx, "signal_with_timeout", timed_out) else {
+                        return Poll::Pending;
+                    };
                     let now = ctx.now_ms();
-                    ctx.record_later(entry(seq, EntryKind::Signal, &name, json, now), Vec::new());
+                    ctx.record_later(
+                        JournalEntry::new(seq, EntryKind::Signal, &name, json, now),
+                        Vec::new(),
+                    );
                     return Poll::Ready(None);
                 }
             }
@@ -620,7 +614,11 @@ pub fn call_workflow<W: Workflow>(input: W::Input) -> Durable<W::Output> {
         }
         Begin::Fresh(seq) => seq,
     };
-    let Some(input) = to_json(&ctx, W::NAME, &input) else {
+    let Some(input) = written(
+        &ctx,
+        W::NAME,
+        serde_json::to_string(&input).map_err(|e| e.to_string()),
+    ) else {
         return parked();
     };
     Box::pin(async move {
@@ -719,7 +717,7 @@ pub fn call_workflow<W: Workflow>(input: W::Input) -> Durable<W::Output> {
                         return std::future::pending().await;
                     }
                 };
-                let mut e = entry(seq, EntryKind::Child, W::NAME, output, started);
+                let mut e = JournalEntry::new(seq, EntryKind::Child, W::NAME, output, started);
                 e.finished_at = ctx.now_ms();
                 ctx.record_later(e, Vec::new());
                 return value;

@@ -160,9 +160,6 @@ pub(crate) struct Inner {
     closing: AtomicBool,
     handle: tokio::runtime::Handle,
     pub(crate) metrics: crate::metrics::Metrics,
-    /// The HTTP server, when turned on.
-    #[cfg(feature = "http")]
-    pub(crate) http: std::sync::OnceLock<crate::server::Bound>,
 }
 
 enum Event {
@@ -251,8 +248,6 @@ impl Inner {
             closing: AtomicBool::new(false),
             handle: tokio::runtime::Handle::current(),
             metrics: crate::metrics::Metrics::new(store_metrics),
-            #[cfg(feature = "http")]
-            http: std::sync::OnceLock::new(),
         });
         let scheduler =
             inner
@@ -722,10 +717,6 @@ impl Inner {
     pub(crate) async fn shutdown(&self) -> Result<(), Error> {
         if self.closing.swap(true, Ordering::SeqCst) {
             return Ok(());
-        }
-        #[cfg(feature = "http")]
-        if let Some(server) = self.http.get() {
-            server.stop();
         }
         for t in lock(&self.tasks).drain(..) {
             t.abort();

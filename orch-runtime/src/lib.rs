@@ -32,6 +32,22 @@
 //! let payment = run.result().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! # Cargo features
+//!
+//! | Feature       | Default | What it adds |
+//! |---------------|---------|--------------|
+//! | `sqlite`      | yes     | The embedded SQLite store: `RuntimeBuilder::sqlite`, `store::sqlite` (rusqlite with a bundled SQLite). |
+//! | `http`        | yes     | The HTTP server: JSON API, web UI, `/metrics`, `/healthz` (`RuntimeBuilder::http`, `HttpConfig`). |
+//! | `postgres`    | no      | The PostgreSQL store: `RuntimeBuilder::postgres`, `ORCH_DATABASE_URL`, `store::postgres` (tokio-postgres, deadpool-postgres). |
+//! | `testing`     | no      | `orch_runtime::testing`: virtual clock, step mocks, crash-point exploration, replay. Turns on tokio's `test-util`: enable it in dev-dependencies only. |
+//! | `conformance` | no      | `store::conformance`: the checks every store backend must pass, for a backend's own tests. |
+//! | `cli`         | no      | The `orch` command-line client (the `orch` binary; talks to a running server). |
+//!
+//! A PostgreSQL-only build does not compile SQLite: `orch-runtime = { version = "0.1",
+//! default-features = false, features = ["postgres", "http"] }`. Whatever the features,
+//! [`RuntimeBuilder::build`] without a chosen store (and without `ORCH_DATABASE_URL`) fails
+//! with an error naming the call to add; it never falls back to keeping workflows in memory.
 
 /// The README's code must compile: it is checked as a doctest.
 #[cfg(doctest)]
@@ -44,6 +60,7 @@ pub mod durable;
 mod engine;
 pub mod error;
 pub mod graph;
+pub mod journal;
 pub mod limits;
 mod metrics;
 pub mod retry;

@@ -3,12 +3,14 @@
 use crate::engine::{Clock, Inner, Outcome, TestHooks};
 use crate::error::Error;
 use crate::store::memory::MemoryStore;
+#[cfg(feature = "sqlite")]
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::{Backend, InstanceRecord, JournalEntry, ListFilter, NodeId, Status, WriteOp};
 use crate::workflow::{Registry, Workflow};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::marker::PhantomData;
+#[cfg(feature = "sqlite")]
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,11 +18,30 @@ use std::time::Duration;
 enum StoreChoice {
     Unset,
     Memory,
+    #[cfg(feature = "sqlite")]
     Sqlite(PathBuf, SqliteOptions),
     #[cfg(feature = "postgres")]
     Postgres(String, crate::store::postgres::PostgresOptions),
     Custom(Arc<dyn Backend>),
 }
+
+/// How to choose a store, for errors about a missing one: what this build offers.
+#[cfg(all(feature = "sqlite", feature = "postgres"))]
+const STORE_CALLS: &str = "call .sqlite(path), .postgres(url) or .in_memory() (tests) on \
+     Runtime::builder(), or set ORCH_DATABASE_URL to a PostgreSQL URL";
+#[cfg(all(feature = "sqlite", not(feature = "postgres")))]
+const STORE_CALLS: &str = "call .sqlite(path) or .in_memory() (tests) on Runtime::builder() \
+     (PostgreSQL, with .postgres(url) or ORCH_DATABASE_URL, needs the cargo feature `postgres` \
+     of orch-runtime)";
+#[cfg(all(not(feature = "sqlite"), feature = "postgres"))]
+const STORE_CALLS: &str = "call .postgres(url) or .in_memory() (tests) on Runtime::builder(), \
+     or set ORCH_DATABASE_URL to a PostgreSQL URL (this build has no SQLite store: .sqlite(path) \
+     needs the cargo feature `sqlite` of orch-runtime, on by default)";
+#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+const STORE_CALLS: &str = "this build of orch-runtime has no durable store, so enable its \
+     cargo feature `sqlite` (on by default) and call .sqlite(path), or `postgres` and call \
+     .postgres(url), on Runtime::builder(); or pass a store of your own with .store(..), or call \
+     .in_memory() in tests";
 
 /// Configures a [`Runtime`]. Start with [`Runtime::builder`].
 pub struct RuntimeBuilder {
@@ -48,11 +69,15 @@ impl RuntimeBuilder {
     /// [lease time-to-live](Self::lease_ttl). A runtime that lost an instance while paused
     /// has its late writes refused and stops driving it, so no checkpoint is ever overwritten.
     /// Signals, cancellations and [`Run::result`] work from any of them.
+    ///
+    /// Needs the cargo feature `sqlite` (on by default).
+    #[cfg(feature = "sqlite")]
     pub fn sqlite(self, path: impl Into<PathBuf>) -> Self {
         self.sqlite_with(path, SqliteOptions::default())
     }
 
     /// Like [`sqlite`](Self::sqlite) with explicit options, e.g. relaxed durability.
+    #[cfg(feature = "sqlite")]
     pub fn sqlite_with(mut self, path: impl Into<PathBuf>, options: SqliteOptions) -> Self {
         self.store = StoreChoice::Sqlite(path.into(), options);
         self
@@ -157,6 +182,12 @@ impl RuntimeBuilder {
     /// node and claims the instances that are due (left running by a runtime that stopped,
     /// or whose timer, signal, child or cancellation came meanwhile); instances that still
     /// wait stay in the store until they are due. Must be called inside a tokio runtime.
+    ///
+    /// A store must be chosen: with none ([`sqlite`](Self::sqlite), `postgres`,
+    /// [`in_memory`](Self::in_memory) or [`store`](Self::store)) and no `ORCH_DATABASE_URL`,
+    /// `build` fails with an error saying which call to add; it never falls back to keeping
+    /// workflows in memory, where a restart would lose them. The same holds in a build without
+    /// the `sqlite` feature.
     pub async fn build(self) -> Result<Runtime, Error> {
         let registry = Registry::collect()?;
         let node = match self.node {
@@ -178,21 +209,19 @@ impl RuntimeBuilder {
             #[cfg(not(feature = "postgres"))]
             {
                 let _ = url;
-                return Err(Error::Store(crate::store::StoreError::Backend(
+                return Err(Error::Store(crate::store::StoreError::Backend(format!(
                     "ORCH_DATABASE_URL is set but this build of orch has no PostgreSQL store: \
-                     enable the cargo feature `postgres` of orch-runtime, or unset it and call \
-                     .sqlite(path) on Runtime::builder()"
-                        .into(),
-                )));
+                     enable the cargo feature `postgres` of orch-runtime, or unset ORCH_DATABASE_URL \
+                     and choose a store: {}",
+                    STORE_CALLS
+                ))));
             }
         }
         let store: Arc<dyn Backend> = match choice {
             StoreChoice::Unset => {
-                return Err(Error::Store(crate::store::StoreError::Backend(
-                    "no store chosen: call .sqlite(path) or .in_memory() on Runtime::builder() \
-                     (or set ORCH_DATABASE_URL with the `postgres` feature)"
-                        .into(),
-                )));
+                return Err(Error::Store(crate::store::StoreError::Backend(format!(
+                    "no store chosen: {STORE_CALLS}"
+                ))));
             }
             #[cfg(feature = "postgres")]
             StoreChoice::Postgres(url, options) => {
@@ -200,6 +229,7 @@ impl RuntimeBuilder {
             }
             StoreChoice::Memory => Arc::new(MemoryStore::new()),
             StoreChoice::Custom(s) => s,
+            #[cfg(feature = "sqlite")]
             StoreChoice::Sqlite(path, options) => {
                 let opened =
                     tokio::task::spawn_blocking(move || SqliteStore::open(path, options)).await;
@@ -233,12 +263,16 @@ impl RuntimeBuilder {
         if resumed > 0 {
             tracing::info!(resumed, node = %inner.node, "resuming due instances");
         }
-        let rt = Runtime { inner };
+        let rt = Runtime {
+            inner,
+            #[cfg(feature = "http")]
+            http: Arc::new(std::sync::OnceLock::new()),
+        };
         #[cfg(feature = "http")]
         if let Some(config) = self.http {
             match crate::server::start(rt.clone(), config).await {
                 Ok(bound) => {
-                    let _ = rt.inner.http.set(bound);
+                    let _ = rt.http.set(bound);
                 }
                 Err(e) => {
                     let _ = rt.shutdown().await;
@@ -254,10 +288,15 @@ impl RuntimeBuilder {
 #[derive(Clone)]
 pub struct Runtime {
     pub(crate) inner: Arc<Inner>,
+    /// The HTTP server, when turned on. The runtime owns it: the engine below knows nothing
+    /// of the server.
+    #[cfg(feature = "http")]
+    http: Arc<std::sync::OnceLock<crate::server::Bound>>,
 }
 
 impl Runtime {
-    /// A builder; choose a store with `.sqlite(path)` or `.in_memory()`.
+    /// A builder; choose a store with `.sqlite(path)` (feature `sqlite`, on by default),
+    /// `.postgres(url)` (feature `postgres`), `.store(..)` or, for tests, `.in_memory()`.
     pub fn builder() -> RuntimeBuilder {
         RuntimeBuilder {
             store: StoreChoice::Unset,
@@ -276,7 +315,7 @@ impl Runtime {
     /// [`RuntimeBuilder::http`].
     #[cfg(feature = "http")]
     pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
-        self.inner.http.get().map(|b| b.addr)
+        self.http.get().map(|b| b.addr)
     }
 
     /// The web UI's address (`http://127.0.0.1:8080/`), when the server is on.
@@ -568,6 +607,10 @@ impl Runtime {
     /// next start) takes them over at once, then closes the store once every queued
     /// checkpoint is written.
     pub async fn shutdown(&self) -> Result<(), Error> {
+        #[cfg(feature = "http")]
+        if let Some(server) = self.http.get() {
+            server.stop();
+        }
         self.inner.shutdown().await
     }
 }

@@ -1,8 +1,9 @@
 //! Executing `#[step]` calls: replay, attempts, retries, timeouts, panics, checkpoints.
 
 use crate::context::{self, Begin, Halt, Scope, StepInfo, WorkflowCtx};
+use crate::journal::{self, EntryKind, JournalEntry, StepOutcome};
 use crate::retry::{Retry, StepError};
-use crate::store::{AttemptRecord, EntryKind, JournalEntry, WriteOp};
+use crate::store::{AttemptRecord, WriteOp};
 use futures_util::FutureExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -123,9 +124,9 @@ async fn stop<R>(ctx: &WorkflowCtx, halt: Halt) -> R {
 pub(crate) struct BackgroundFailed;
 
 async fn replay<R: DeserializeOwned>(ctx: &WorkflowCtx, entry: &JournalEntry) -> R {
-    match decode::<R>(&entry.outcome) {
-        Ok(Ok(value)) => value,
-        Ok(Err(message)) => {
+    match entry.value::<StepOutcome<R>>() {
+        Ok(StepOutcome::Value(value)) => value,
+        Ok(StepOutcome::Failed(message)) => {
             ctx.note_failed_step(&entry.name, entry.seq);
             stop(ctx, Halt::Failed(message)).await
         }
@@ -140,34 +141,6 @@ async fn replay<R: DeserializeOwned>(ctx: &WorkflowCtx, entry: &JournalEntry) ->
             stop(ctx, Halt::Incompatible(msg)).await
         }
     }
-}
-
-/// Outcome JSON: `{"value": R}` or `{"failed": message}`.
-fn decode<R: DeserializeOwned>(outcome: &str) -> Result<Result<R, String>, String> {
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "snake_case")]
-    enum Outcome<R> {
-        Value(R),
-        Failed(String),
-    }
-    match serde_json::from_str::<Outcome<R>>(outcome) {
-        Ok(Outcome::Value(v)) => Ok(Ok(v)),
-        Ok(Outcome::Failed(m)) => Ok(Err(m)),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-fn encode<R: Serialize>(value: &R) -> Result<String, String> {
-    #[derive(Serialize)]
-    #[serde(rename_all = "snake_case")]
-    enum Outcome<'a, R> {
-        Value(&'a R),
-    }
-    serde_json::to_string(&Outcome::Value(value)).map_err(|e| e.to_string())
-}
-
-fn encode_failed(message: &str) -> String {
-    serde_json::json!({ "failed": message }).to_string()
 }
 
 async fn execute<R, F, Fut>(
@@ -278,8 +251,8 @@ where
         attempt += 1;
     };
     let outcome = match &result {
-        Ok(value) => encode(value),
-        Err(message) => Ok(encode_failed(message)),
+        Ok(value) => journal::encode(&StepOutcome::Value(value)),
+        Err(message) => journal::encode(&StepOutcome::<()>::Failed(message.clone())),
     };
     let outcome = match outcome {
         Ok(o) => o,
@@ -345,7 +318,7 @@ async fn cancelled<R: Serialize>(
         );
         return stop(ctx, Halt::Cancelled(msg)).await;
     };
-    let outcome = match encode(&value) {
+    let outcome = match journal::encode(&StepOutcome::Value(&value)) {
         Ok(o) => o,
         Err(e) => {
             let msg = format!("step `{name}` (seq {seq}): cannot serialize its cancellation: {e}");

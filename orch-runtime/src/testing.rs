@@ -723,11 +723,7 @@ fn journal_difference(reference: &[JournalEntry], after: &[JournalEntry]) -> Opt
                 r.name
             ));
         };
-        let timed = matches!(
-            r.kind,
-            EntryKind::Now | EntryKind::Sleep | EntryKind::Deadline
-        );
-        let same_value = timed || r.outcome == a.outcome;
+        let same_value = r.kind.records_time() || r.outcome == a.outcome;
         if r.seq != a.seq || r.kind != a.kind || r.name != a.name || !same_value {
             return Some(format!(
                 "journal entry {} differs: reference seq {} {} `{}` = {}, after recovery seq {} {} `{}` = {}",

@@ -1,8 +1,7 @@
 //! The JSON shapes of the API (see `docs/http-api.md`).
 
-use crate::store::{
-    AttemptRecord, Details, EntryKind, InstanceRecord, JournalEntry, Millis, SignalRecord, Status,
-};
+use crate::journal::{EntryKind, JournalEntry, Outcome, SignalOutcome, StepOutcome};
+use crate::store::{AttemptRecord, Details, InstanceRecord, Millis, SignalRecord, Status};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
@@ -109,31 +108,16 @@ pub(crate) fn instance(
     v
 }
 
-/// What a recorded outcome holds, for display: (value, error).
-fn outcome_of(e: &JournalEntry) -> (Value, Option<String>) {
-    let raw = json_text(&e.outcome);
-    match e.kind {
-        EntryKind::Step | EntryKind::Child => match raw {
-            Value::Object(mut m) if m.len() == 1 && m.contains_key("value") => {
-                (m.remove("value").unwrap_or(Value::Null), None)
-            }
-            Value::Object(m) if m.len() == 1 && m.contains_key("failed") => (
-                Value::Null,
-                m.get("failed").and_then(Value::as_str).map(str::to_string),
-            ),
-            other => (other, None),
-        },
-        EntryKind::Sleep | EntryKind::Deadline => match raw.as_i64() {
-            Some(ms) => (time(ms), None),
-            None => (raw, None),
-        },
-        EntryKind::Signal => match raw {
-            Value::Object(mut m) if m.contains_key("payload") => {
-                (m.remove("payload").unwrap_or(Value::Null), None)
-            }
-            other => (other, None),
-        },
-        _ => (raw, None),
+/// What a recorded outcome holds, for display: (value, error). A step shows its value or its
+/// failure, a timer its time, a signal its payload; anything else (and an outcome that does
+/// not decode) the stored JSON as it is.
+fn outcome_of(e: &JournalEntry, decoded: Option<&Outcome>) -> (Value, Option<String>) {
+    match decoded {
+        Some(Outcome::Step(StepOutcome::Value(v))) => (v.clone(), None),
+        Some(Outcome::Step(StepOutcome::Failed(message))) => (Value::Null, Some(message.clone())),
+        Some(Outcome::Sleep(ms) | Outcome::Deadline(ms)) => (time(*ms), None),
+        Some(Outcome::Signal(SignalOutcome::Payload(p))) => (p.clone(), None),
+        _ => (json_text(&e.outcome), None),
     }
 }
 
@@ -153,15 +137,15 @@ fn entry_json(
     now: Millis,
     cancel_seq: Option<u32>,
 ) -> Value {
-    let (outcome, failure) = outcome_of(e);
+    let decoded = e.decode().ok();
+    let (outcome, failure) = outcome_of(e, decoded.as_ref());
     let final_failed = attempts.iter().any(|a| a.attempt >= e.attempts.max(1));
     let state = if failure.is_some() || (e.kind == EntryKind::Step && final_failed) {
         "failed"
     } else if cancel_seq == Some(e.seq) {
         "cancelled"
-    } else if matches!(e.kind, EntryKind::Sleep | EntryKind::Deadline)
+    } else if matches!(decoded, Some(Outcome::Sleep(at) | Outcome::Deadline(at)) if at > now)
         && !status.is_final()
-        && e.outcome.parse::<i64>().is_ok_and(|at| at > now)
     {
         "waiting"
     } else {

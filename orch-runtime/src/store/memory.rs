@@ -364,18 +364,16 @@ fn apply(state: &mut State, op: WriteOp, woken: &mut Vec<Wakeup>) {
             let moved = inst.journal.split_off(&from_seq);
             inst.ended_timers.split_off(&from_seq);
             // Attributes set by the moved entries go back to what earlier entries set.
-            for e in moved
-                .values()
-                .filter(|e| e.kind == super::EntryKind::Attribute)
-            {
+            for (key, _) in moved.values().filter_map(|e| e.attribute()) {
                 let earlier = inst
                     .journal
                     .values()
                     .rev()
-                    .find(|k| k.kind == super::EntryKind::Attribute && k.name == e.name);
+                    .filter_map(|k| k.attribute())
+                    .find(|(k, _)| *k == key);
                 match earlier {
-                    Some(k) => inst.attributes.insert(e.name.clone(), k.outcome.clone()),
-                    None => inst.attributes.remove(&e.name),
+                    Some((_, value)) => inst.attributes.insert(key.to_string(), value.to_string()),
+                    None => inst.attributes.remove(key),
                 };
             }
             inst.superseded

@@ -7,18 +7,22 @@
 //! runtime's operator methods and the server. A backend implements both (a runtime takes a
 //! [`Backend`]); neither trait has a method that may answer "unsupported" at run time.
 //!
-//! Backends: [`memory::MemoryStore`] for tests and benchmarks, [`sqlite::SqliteStore`] (the
-//! embedded default; several processes may share one file). `conformance` (feature
-//! `conformance`) checks a backend against this contract.
+//! Backends: [`memory::MemoryStore`] for tests and benchmarks, `sqlite::SqliteStore` (the
+//! embedded default, cargo feature `sqlite`; several processes may share one file) and
+//! `postgres::PostgresStore` (cargo feature `postgres`; several machines share one database).
+//! `conformance` (feature `conformance`) checks a backend against this contract.
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod command;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod lease;
 pub mod memory;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod meta;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 use futures_util::future::BoxFuture;
@@ -30,12 +34,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::sync::oneshot;
 
+pub use crate::journal::{EntryKind, JournalEntry, Millis};
 pub use lease::{
     Claimed, Fence, Lease, LeaseTerms, NodeId, NodeRecord, Renewal, Wakeup, WakeupHub, Wakeups,
 };
-
-/// Milliseconds since the Unix epoch.
-pub type Millis = i64;
 
 /// Where an instance stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -199,99 +201,6 @@ impl InstanceRecord {
             retries: 0,
         }
     }
-}
-
-/// What a journal entry records.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EntryKind {
-    /// A `#[step]` call.
-    /// (Steps run with `orch::background` are journaled as steps too.)
-    Step,
-    /// A durable timer; the outcome holds its fire time.
-    Sleep,
-    /// The deadline of a signal wait with timeout.
-    Deadline,
-    /// A received signal (or its timeout).
-    Signal,
-    /// A child workflow's result.
-    Child,
-    /// `now()`.
-    Now,
-    /// `random()`.
-    Random,
-    /// `uuid()`.
-    Uuid,
-    /// `set_status()`.
-    Status,
-    /// `patched()`.
-    Patch,
-    /// `set_attribute()`: the name is the key, the outcome the value.
-    Attribute,
-}
-
-impl EntryKind {
-    /// Every kind.
-    pub const ALL: [EntryKind; 11] = [
-        EntryKind::Step,
-        EntryKind::Sleep,
-        EntryKind::Deadline,
-        EntryKind::Signal,
-        EntryKind::Child,
-        EntryKind::Now,
-        EntryKind::Random,
-        EntryKind::Uuid,
-        EntryKind::Status,
-        EntryKind::Patch,
-        EntryKind::Attribute,
-    ];
-
-    /// The lower-case name used in storage and messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EntryKind::Step => "step",
-            EntryKind::Sleep => "sleep",
-            EntryKind::Deadline => "deadline",
-            EntryKind::Signal => "signal",
-            EntryKind::Child => "child",
-            EntryKind::Now => "now",
-            EntryKind::Random => "random",
-            EntryKind::Uuid => "uuid",
-            EntryKind::Status => "status",
-            EntryKind::Patch => "patch",
-            EntryKind::Attribute => "attribute",
-        }
-    }
-
-    /// Parses [`EntryKind::as_str`] back.
-    pub fn parse(s: &str) -> Option<EntryKind> {
-        EntryKind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
-
-impl fmt::Display for EntryKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One checkpoint: the outcome of one durable operation.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct JournalEntry {
-    /// Position in program order, from 1.
-    pub seq: u32,
-    /// What kind of operation.
-    pub kind: EntryKind,
-    /// Step, signal or workflow name (empty for anonymous primitives).
-    pub name: String,
-    /// The outcome as JSON text (see `engine::outcome`).
-    pub outcome: String,
-    /// How many attempts it took (1 for non-steps).
-    pub attempts: u32,
-    /// When the operation started.
-    pub started_at: Millis,
-    /// When it finished.
-    pub finished_at: Millis,
 }
 
 /// One failed attempt of a step.

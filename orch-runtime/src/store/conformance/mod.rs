@@ -115,6 +115,10 @@ pub const CHECKS: &[(&str, CheckFn)] = &[
     ("operations::retry_moves_the_journal_aside", |s| {
         Box::pin(operations::retry_moves_the_journal_aside(s))
     }),
+    (
+        "operations::retry_restores_attributes_of_kept_entries",
+        |s| Box::pin(operations::retry_restores_attributes_of_kept_entries(s)),
+    ),
     ("operations::fork_copies_the_journal", |s| {
         Box::pin(operations::fork_copies_the_journal(s))
     }),
@@ -196,6 +200,7 @@ macro_rules! conformance_tests {
             wakeups::writes_announce_themselves,
             wakeups::concurrent_ends_are_each_applied_and_announced,
             operations::retry_moves_the_journal_aside,
+            operations::retry_restores_attributes_of_kept_entries,
             operations::fork_copies_the_journal,
             queries::search_pages_newest_first,
             queries::stats_and_counts_agree,

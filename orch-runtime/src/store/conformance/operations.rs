@@ -2,6 +2,7 @@
 //! instance run again unowned; fork copies a journal prefix into a new instance.
 
 use super::{T0, append, create_free, create_owned, node, record, register};
+use crate::journal::{EntryKind, JournalEntry};
 use crate::store::{Backend, Status, StoreError, WriteOp};
 use std::sync::Arc;
 
@@ -76,6 +77,58 @@ pub async fn retry_moves_the_journal_aside(store: Arc<dyn Backend>) {
     assert!(
         matches!(err, StoreError::LeaseLost { .. }),
         "expected LeaseLost, got {err}"
+    );
+}
+
+/// Retry from seq 3: an attribute the moved entries set goes back to the value the kept
+/// entries set last (an attribute entry's name is the key, its outcome the value), and one
+/// only the moved entries set is gone.
+pub async fn retry_restores_attributes_of_kept_entries(store: Arc<dyn Backend>) {
+    create_free(&*store, "i").await;
+    let set = |seq: u32, key: &str, value: &str| {
+        let entry = JournalEntry::new(seq, EntryKind::Attribute, key, value.to_string(), T0);
+        [
+            WriteOp::Append {
+                instance: "i".into(),
+                entry,
+            },
+            WriteOp::Attribute {
+                instance: "i".into(),
+                key: key.to_string(),
+                value: value.to_string(),
+            },
+        ]
+    };
+    let mut ops: Vec<WriteOp> = Vec::new();
+    ops.extend(set(1, "stage", "\"packed\""));
+    ops.extend(set(2, "items", "3"));
+    ops.extend(set(3, "stage", "\"shipped\""));
+    ops.extend(set(4, "carrier", "\"dhl\""));
+    ops.push(WriteOp::Finish {
+        instance: "i".into(),
+        status: Status::Failed,
+        output: None,
+        error: Some("boom".into()),
+        failed_step: None,
+        at: T0 + 1,
+    });
+    store.submit(None, ops).await.expect("run and fail");
+    let retry = WriteOp::Retry {
+        instance: "i".into(),
+        from_seq: 3,
+        at: T0 + 2,
+    };
+    store.submit(None, vec![retry]).await.expect("retry");
+    let d = store.details("i").await.expect("details").expect("exists");
+    let attributes: Vec<(&str, &str)> = d
+        .attributes
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        attributes,
+        [("items", "3"), ("stage", "\"packed\"")],
+        "after a retry from seq 3, the attributes the kept entries set"
     );
 }
 

@@ -11,8 +11,8 @@
 use super::pg_error;
 use super::read::{get_record, parse_status};
 use crate::store::{
-    AttemptRecord, Created, Fence, InstanceRecord, JournalEntry, Lease, LeaseTerms, Millis,
-    SignalRecord, Status, StoreError, Wakeup, WriteOp,
+    AttemptRecord, Created, EntryKind, Fence, InstanceRecord, JournalEntry, Lease, LeaseTerms,
+    Millis, SignalRecord, Status, StoreError, Wakeup, WriteOp,
 };
 use deadpool_postgres::ClientWrapper;
 use std::collections::HashMap;
@@ -809,21 +809,23 @@ async fn retry(
         .query_one("SELECT retries + 1 FROM instances WHERE id = $1", &[&id])
         .await?
         .try_get(0)?;
-    // Attributes set by the entries moved aside go back to what earlier entries set (or away).
+    // Attributes set by the entries moved aside go back to what earlier entries set (or away):
+    // an attribute entry's name is the key, its outcome the value's text (see `journal`).
+    let attribute = EntryKind::Attribute.as_str();
     tx.execute(
         "DELETE FROM attributes WHERE instance = $1 AND key IN (SELECT name FROM journal \
-         WHERE instance = $1 AND seq >= $2 AND kind = 'attribute')",
-        &[&id, &from],
+         WHERE instance = $1 AND seq >= $2 AND kind = $3)",
+        &[&id, &from, &attribute],
     )
     .await?;
     let restore = tx
         .query(
             "SELECT j.name, j.outcome FROM journal j WHERE j.instance = $1 \
-             AND j.kind = 'attribute' AND j.seq < $2 AND NOT EXISTS (SELECT 1 FROM attributes a \
+             AND j.kind = $3 AND j.seq < $2 AND NOT EXISTS (SELECT 1 FROM attributes a \
              WHERE a.instance = j.instance AND a.key = j.name) AND j.seq = (SELECT MAX(k.seq) \
-             FROM journal k WHERE k.instance = j.instance AND k.kind = 'attribute' \
+             FROM journal k WHERE k.instance = j.instance AND k.kind = $3 \
              AND k.name = j.name AND k.seq < $2)",
-            &[&id, &from],
+            &[&id, &from, &attribute],
         )
         .await?;
     for row in restore {

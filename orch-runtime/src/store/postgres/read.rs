@@ -137,12 +137,7 @@ pub(crate) async fn journal_rows(
         .map(|r| {
             let seq = get_u32(r, 1, ctx)?;
             let kind: String = get(r, 2, ctx)?;
-            let kind = EntryKind::parse(&kind).ok_or_else(|| {
-                StoreError::Backend(format!(
-                    "instance `{id}` has a journal entry (seq {seq}) of unknown kind `{kind}` \
-                     in the database"
-                ))
-            })?;
+            let kind = EntryKind::decode_stored(id, seq, &kind).map_err(StoreError::Backend)?;
             Ok((
                 get_u32(r, 0, ctx)?,
                 JournalEntry {

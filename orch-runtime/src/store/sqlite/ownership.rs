@@ -5,8 +5,10 @@
 //! inside its transaction.
 
 use super::backend;
+use super::read::parse_status;
 use crate::store::{
-    Claimed, Lease, LeaseTerms, Millis, NodeId, NodeRecord, Renewal, StoreError, Wakeup,
+    Claimed, Fence, Lease, LeaseTerms, Millis, NodeId, NodeRecord, Renewal, Status, StoreError,
+    Wakeup,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -241,4 +243,28 @@ pub(super) fn nodes(conn: &mut Connection) -> Result<Vec<NodeRecord>, StoreError
         .collect::<rusqlite::Result<_>>()
     })
     .map_err(|e| backend("listing nodes", e))
+}
+
+/// Refuses the submission unless `fence` still holds (one primary-key read, inside the
+/// transaction that applies the submission); answers the instance's status.
+pub(super) fn check_fence(conn: &Connection, fence: &Fence) -> Result<Status, StoreError> {
+    let found: Option<(Option<String>, i64, String)> = conn
+        .prepare_cached("SELECT owner, epoch, status FROM instances WHERE id = ?1")
+        .and_then(|mut s| {
+            s.query_row([&fence.instance], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()
+        })
+        .map_err(|e| backend(&format!("checking the lease on `{}`", fence.instance), e))?;
+    let (owner, epoch, status) = found.unwrap_or((None, 0, String::new()));
+    let epoch = u64::try_from(epoch).unwrap_or(0);
+    if owner.as_deref() == Some(fence.node.as_str()) && epoch == fence.epoch {
+        return parse_status(&fence.instance, &status);
+    }
+    Err(StoreError::LeaseLost {
+        instance: fence.instance.clone(),
+        node: fence.node.to_string(),
+        epoch: fence.epoch,
+        current_owner: owner,
+        current_epoch: epoch,
+    })
 }
