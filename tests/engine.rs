@@ -89,6 +89,32 @@ async fn a_permanent_error_is_not_retried() {
     assert_eq!(run.status().await.expect("status"), Status::Failed);
 }
 
+/// A service's answer is outside text: it may hold any character, NUL included.
+#[step(retry = Retry::fixed(ms(1)).max_attempts(2))]
+async fn odd_answer() -> Result<u32, StepError> {
+    Err(StepError::permanent(
+        "502 from upstream: \u{0}\u{1}é\u{0}end",
+    ))
+}
+
+#[workflow]
+async fn odd_failure() -> Result<u32, StepError> {
+    odd_answer().await
+}
+
+#[tokio::test]
+async fn an_error_text_with_any_characters_is_recorded_and_ends_the_instance() {
+    let rt = runtime().await;
+    let run = rt.start(OddFailure, ()).await.expect("start");
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), run.result())
+        .await
+        .expect("the instance ends (its end was recorded)")
+        .expect("result");
+    let err = out.expect_err("the step failed");
+    assert!(err.to_string().contains("502 from upstream"), "{err}");
+    assert_eq!(run.status().await.expect("status"), Status::Failed);
+}
+
 // ---------- timeouts and panics ----------
 
 static SLOW_CALLS: AtomicU32 = AtomicU32::new(0);

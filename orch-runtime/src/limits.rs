@@ -27,6 +27,11 @@ pub const MAX_CUSTOM_STATUS_BYTES: usize = 64 * 1024;
 /// Refuses a free-text argument (`what`: "reason", "signal name") longer than `limit` bytes,
 /// before anything is written.
 pub fn check_text(what: &str, text: &str, limit: usize) -> Result<(), Error> {
+    if text.contains('\0') {
+        return Err(Error::InvalidArgument(format!(
+            "the {what} contains the character U+0000 (NUL), which cannot be stored; remove it"
+        )));
+    }
     if text.len() > limit {
         return Err(Error::InvalidArgument(format!(
             "the {what} is {} bytes, over the limit of {limit} bytes; shorten it",

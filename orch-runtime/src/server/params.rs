@@ -229,6 +229,13 @@ pub(crate) fn attr_filter(key: &str, raw_value: &str) -> ApiResult<(String, Stri
         )));
     }
     let value = attr_value(raw_value);
+    if key.contains('\0') || value.contains('\0') {
+        return Err(ApiError::bad_request(format!(
+            "attribute filter `attr.{}`: it contains the character U+0000 (NUL), which no \
+             attribute can hold; remove it",
+            shown(key)
+        )));
+    }
     if value.len() > MAX_ATTR_VALUE_BYTES {
         return Err(ApiError::bad_request(format!(
             "attribute filter `attr.{}`: the value is {} bytes of JSON, over the limit of \

@@ -31,6 +31,7 @@
 mod admin;
 mod apply;
 mod notify;
+mod nul;
 mod ownership;
 mod read;
 mod schema;
@@ -433,16 +434,19 @@ impl Drop for PostgresStore {
 }
 
 impl Store for PostgresStore {
-    fn submit(&self, fence: Option<Fence>, ops: Vec<WriteOp>) -> Commit {
+    fn submit(&self, fence: Option<Fence>, mut ops: Vec<WriteOp>) -> Commit {
+        nul::ops(&mut ops);
         super::command::submit(|cmd| self.send(cmd), fence, ops)
     }
 
     fn create(
         &self,
-        record: InstanceRecord,
+        mut record: InstanceRecord,
         owner: Option<LeaseTerms>,
-        extra: Vec<WriteOp>,
+        mut extra: Vec<WriteOp>,
     ) -> BoxFuture<'_, Result<Created, StoreError>> {
+        nul::record(&mut record);
+        nul::ops(&mut extra);
         self.command(move |tx| Command::Create(Box::new(record), owner, extra, tx))
     }
 
@@ -452,9 +456,11 @@ impl Store for PostgresStore {
         name: &str,
         payload: String,
         at: Millis,
-        extra: Vec<WriteOp>,
+        mut extra: Vec<WriteOp>,
     ) -> BoxFuture<'_, Result<i64, StoreError>> {
-        let (instance, name) = (instance.to_string(), name.to_string());
+        let (instance, mut name) = (instance.to_string(), name.to_string());
+        nul::text(&mut name);
+        nul::ops(&mut extra);
         self.command(move |reply| Command::AddSignal {
             instance,
             name,
