@@ -148,6 +148,12 @@ pub(crate) struct Inner {
     /// Timers shorter than this keep the instance loaded instead of suspending it.
     pub(crate) keep_loaded: Duration,
     permits: Arc<Semaphore>,
+    /// At most this many instances are loaded (owned and driven, or waiting for a permit)
+    /// here; further due instances stay in the store for any node with room.
+    max_running: usize,
+    /// A due instance was left in the store because this node was full: claim again as soon
+    /// as a loaded instance goes (see [`Inner::wait_for_room`]).
+    starved: AtomicBool,
     loaded: Mutex<HashMap<String, Slot>>,
     next_gen: std::sync::atomic::AtomicU64,
     watchers: Mutex<HashMap<String, Vec<oneshot::Sender<Outcome>>>>,
@@ -238,6 +244,8 @@ impl Inner {
             test,
             keep_loaded,
             permits: Arc::new(Semaphore::new(max_running.max(1))),
+            max_running: max_running.max(1),
+            starved: AtomicBool::new(false),
             loaded: Mutex::new(HashMap::new()),
             next_gen: std::sync::atomic::AtomicU64::new(1),
             watchers: Mutex::new(HashMap::new()),
@@ -335,15 +343,23 @@ impl Inner {
         Ok(self.claim_round().await?)
     }
 
-    /// Claims due instances in bounded batches and drives them; remembers when the next
-    /// suspended one falls due.
+    /// Claims due instances in bounded batches, no more than this node has room for, and
+    /// drives them; remembers when the next suspended one falls due.
     async fn claim_round(self: &Arc<Self>) -> Result<usize, StoreError> {
         let mut total = 0;
         loop {
             if self.is_closing() {
                 return Ok(total);
             }
-            let claimed = self.store.claim_due(self.terms(), CLAIM_BATCH).await?;
+            let room = self.room();
+            if room == 0 {
+                // The rest stays due in the store, for any node with room (this one included,
+                // once an instance it drives goes).
+                self.wait_for_room();
+                return Ok(total);
+            }
+            let limit = room.min(CLAIM_BATCH);
+            let claimed = self.store.claim_due(self.terms(), limit).await?;
             if let Some(at) = claimed.next_wake {
                 let _ = self.timers.send(TimerMsg::Round(at));
             }
@@ -352,11 +368,34 @@ impl Inner {
             for lease in claimed.leases {
                 self.schedule_with(&lease.instance, Load::Store, lease.epoch);
             }
-            // Full batches may leave more; stop once the running limit is reached (the next
-            // poll claims the rest).
-            if n < CLAIM_BATCH || self.permits.available_permits() == 0 {
+            // A full batch may leave more.
+            if n < limit {
                 return Ok(total);
             }
+        }
+    }
+
+    /// How many more instances this node may load (own and drive) now.
+    fn room(&self) -> usize {
+        self.max_running.saturating_sub(lock(&self.loaded).len())
+    }
+
+    /// Notes that a due instance was left in the store because this node is full, so that it
+    /// claims again as soon as an instance it drives goes ([`room_freed`](Self::room_freed)).
+    fn wait_for_room(self: &Arc<Self>) {
+        // Set before looking again: a drive that ends meanwhile either sees the flag or has
+        // already made the room seen here.
+        self.starved.store(true, Ordering::SeqCst);
+        if self.room() > 0 {
+            self.room_freed();
+        }
+    }
+
+    /// An instance stopped being loaded here: if due work was left in the store for want of
+    /// room, claim it now.
+    fn room_freed(self: &Arc<Self>) {
+        if self.starved.swap(false, Ordering::SeqCst) {
+            self.claim_soon();
         }
     }
 
@@ -415,17 +454,27 @@ impl Inner {
             ..InstanceRecord::new(id.clone(), def.name, def.version, input, now)
         };
         let record_copy = record.clone();
-        // Written with the instance, in one transaction (an audit entry, attributes), owned by
-        // this node.
-        let created = match self
-            .store
-            .create(record, Some(self.terms()), extra(&id))
-            .await?
-        {
+        // Owned by this node when it has room to drive it; otherwise left due and unowned, so
+        // any node with room claims it (this one too, once room frees).
+        let owner = (self.room() > 0).then(|| self.terms());
+        let owned = owner.is_some();
+        // Written with the instance, in one transaction (an audit entry, attributes).
+        let created = match self.store.create(record, owner, extra(&id)).await? {
             crate::store::Created::New(lease) => {
                 self.metrics.started(def.name);
-                let epoch = lease.map_or(0, |l| l.epoch);
-                self.schedule_with(&id, Load::Fresh(Some(Box::new(record_copy))), epoch);
+                match lease {
+                    Some(lease) => self.schedule_with(
+                        &id,
+                        Load::Fresh(Some(Box::new(record_copy))),
+                        lease.epoch,
+                    ),
+                    // Asked to own it, yet no lease came back (a store of one's own that
+                    // keeps none): drive it under epoch 0.
+                    None if owned => {
+                        self.schedule_with(&id, Load::Fresh(Some(Box::new(record_copy))), 0)
+                    }
+                    None => self.wait_for_room(),
+                }
                 true
             }
             // `create` read the existing record in the transaction that found the id taken,
@@ -460,6 +509,12 @@ impl Inner {
             return;
         }
         if self.nudge_loaded(id, |_| ()) {
+            return;
+        }
+        if self.room() == 0 {
+            // It stays due in the store: another node with room claims it, or this one does
+            // once room frees.
+            self.wait_for_room();
             return;
         }
         let inner = self.clone();
@@ -861,7 +916,18 @@ async fn heartbeat(inner: Weak<Inner>, ttl: Duration) {
     }
 }
 
+/// Tells the engine that a drive ended, however it ended (returned, or aborted because the
+/// lease was lost): its room may go to due work left in the store.
+struct DriveEnded(Arc<Inner>);
+
+impl Drop for DriveEnded {
+    fn drop(&mut self) {
+        self.0.room_freed();
+    }
+}
+
 async fn drive(inner: Arc<Inner>, id: String, load: Load, load_gen: u64, epoch: u64) {
+    let _ended = DriveEnded(inner.clone());
     let Ok(_permit) = inner.permits.clone().acquire_owned().await else {
         return;
     };

@@ -148,7 +148,10 @@ impl RuntimeBuilder {
         self
     }
 
-    /// At most `n` instances are loaded and running at once (default 10,000); others wait.
+    /// At most `n` instances are loaded and running at once on this runtime (default 10,000).
+    /// This runtime owns no more than that: further instances it starts, and due ones beyond
+    /// it, wait in the store without an owner, so another node sharing the store with room
+    /// takes them, and this one claims them as its own instances finish or suspend.
     pub fn max_running(mut self, n: usize) -> Self {
         self.max_running = n;
         self
