@@ -733,3 +733,85 @@ async fn fanning_out_to_children_costs_linear_reads() {
     let gets = store.faults.gets.load(Ordering::Relaxed);
     assert!(gets < 10 * n, "{gets} reads for {n} children");
 }
+
+// ---------- a waiter on a node that lost the instance hears of its end elsewhere ----------
+
+/// Whether the first run of `stall_first_time` began (on node a).
+static STALLED: AtomicBool = AtomicBool::new(false);
+/// Set once node b has finished the instance node a stalled on.
+static TAKEN_OVER: AtomicBool = AtomicBool::new(false);
+
+/// The first run holds its node's only thread until the instance was finished elsewhere (a
+/// paused process: no heartbeat, no wake-ups handled), then never returns; later runs return.
+#[step]
+async fn stall_first_time() -> Result<u32, StepError> {
+    if !STALLED.swap(true, Ordering::SeqCst) {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while !TAKEN_OVER.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::future::pending::<()>().await;
+    }
+    Ok(7)
+}
+
+#[workflow]
+async fn taken_over() -> Result<u32, StepError> {
+    stall_first_time().await
+}
+
+/// `Run::result` on a node that was driving the instance when it lost its lease (and ignored
+/// the end announced meanwhile, the instance being loaded there) waited forever: nothing told
+/// the waiter once the node dropped the instance.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiter_on_a_node_that_lost_the_instance_hears_of_its_end_on_another_node() {
+    let store = Arc::new(MemoryStore::new());
+    let lease = Duration::from_millis(300);
+    let node = |id: &'static str| {
+        Runtime::builder()
+            .store(store.clone())
+            .node_id(id)
+            .lease_ttl(lease)
+    };
+    // Node a on a tokio runtime of its own with one thread, which the step can stall.
+    let a = node("a");
+    let node_a = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio");
+        rt.block_on(async move {
+            let a = a.build().await.expect("node a");
+            let run = a.start_with_id(TakenOver, "t", ()).await.expect("start");
+            let result = run.result();
+            tokio::pin!(result);
+            // Polled once while node a drives the instance: the wait is registered there.
+            tokio::select! {
+                biased;
+                out = &mut result => panic!("ended before it ran: {out:?}"),
+                _ = std::future::ready(()) => {}
+            }
+            let out = tokio::time::timeout(PATIENCE, result).await;
+            let _ = a.shutdown().await;
+            out
+        })
+    });
+    let b = node("b").build().await.expect("node b");
+    wait_until(
+        "node b to finish the instance node a stalled on",
+        || async {
+            match b.instance("t").await.expect("get") {
+                Some(rec) if rec.status == Status::Completed => Ok(()),
+                other => Err(other.map(|r| r.status)),
+            }
+        },
+    )
+    .await;
+    TAKEN_OVER.store(true, Ordering::SeqCst);
+    let out = tokio::task::spawn_blocking(move || node_a.join().expect("node a"))
+        .await
+        .expect("join");
+    let out = out.expect("the waiter on node a never heard that node b finished the instance");
+    assert_eq!(out.expect("result"), Ok(7));
+    b.shutdown().await.expect("shutdown");
+}

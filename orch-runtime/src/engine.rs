@@ -189,11 +189,13 @@ enum Next {
     RetryLater,
 }
 
-/// What to do after a write of a drive failed: a lost lease ends the drive (the new owner
-/// continues), anything else is retried later from the store.
-fn after_store_error(id: &str, e: &StoreError, what: &str) -> Next {
+/// What to do after a write of a drive failed (the drive has unloaded the instance): a lost
+/// lease ends the drive (the new owner continues), anything else is retried later from the
+/// store.
+fn after_store_error(inner: &Arc<Inner>, id: &str, e: &StoreError, what: &str) -> Next {
     if let StoreError::LeaseLost { .. } = e {
         tracing::warn!(instance = id, error = %e, "lease lost; no longer driving the instance");
+        inner.recheck_if_watched(id);
         return Next::Done;
     }
     tracing::error!(instance = id, error = %e, "{what}; retrying");
@@ -301,8 +303,19 @@ impl Inner {
                 "lease lost (another node claimed the instance); no longer driving it"
             );
             self.abort_loaded(&id);
+            self.recheck_if_watched(&id);
         }
         Ok(())
+    }
+
+    /// This node does not drive `id` (any more: another node owns it now, or it finished).
+    /// Those waiting here for its end cannot hear it from a drive here: they read the store
+    /// (it may have ended already, announced while this node still had it loaded and so
+    /// ignored), and hear later ends from the store's wake-ups.
+    fn recheck_if_watched(self: &Arc<Self>, id: &str) {
+        if lock(&self.watchers).contains_key(id) {
+            self.recheck_watchers(vec![id.to_string()]);
+        }
     }
 
     /// The mock registered for the step with this type id (test runtime only).
@@ -522,7 +535,7 @@ impl Inner {
         self.handle.spawn(async move {
             match inner.store.claim(inner.terms(), &id).await {
                 Ok(Some(lease)) => inner.schedule_with(&id, Load::Store, lease.epoch),
-                Ok(None) => {}
+                Ok(None) => inner.recheck_if_watched(&id),
                 Err(e) => {
                     tracing::error!(instance = %id, error = %e, "cannot claim; retrying");
                     let at = inner.clock.now_ms() + RETRY_AFTER_STORE_ERROR.as_millis() as Millis;
@@ -1098,7 +1111,7 @@ async fn drive_once(
                 for commit in ctx.take_unawaited() {
                     if let Err(e) = commit.await {
                         inner.unload(id, load_gen);
-                        return after_store_error(id, &e, "checkpoint failed");
+                        return after_store_error(inner, id, &e, "checkpoint failed");
                     }
                 }
                 let commit = {
@@ -1126,7 +1139,7 @@ async fn drive_once(
                 let Some(commit) = commit else { continue };
                 drop(fut);
                 if let Err(e) = commit.await {
-                    return after_store_error(id, &e, "cannot suspend");
+                    return after_store_error(inner, id, &e, "cannot suspend");
                 }
                 if let Some(at) = wake_at {
                     inner.add_timer(at, id.to_string());
@@ -1153,7 +1166,7 @@ async fn halt(
         Halt::Cancelled(msg) => (Status::Cancelled, msg),
         Halt::Store(e) => {
             inner.unload(&ctx.id, load_gen);
-            return after_store_error(&ctx.id, &e, "checkpoint failed");
+            return after_store_error(inner, &ctx.id, &e, "checkpoint failed");
         }
         Halt::Frontier(seq) => {
             // Replay-only mode: the journal is exhausted; report without writing anything.
@@ -1182,7 +1195,7 @@ async fn finish(
     for commit in ctx.take_unawaited() {
         if let Err(e) = commit.await {
             inner.unload(&ctx.id, load_gen);
-            return after_store_error(&ctx.id, &e, "checkpoint failed");
+            return after_store_error(inner, &ctx.id, &e, "checkpoint failed");
         }
     }
     let mut outcome = outcome;
@@ -1214,7 +1227,7 @@ async fn finish(
     let commit = ctx.submit(ops);
     if let Err(e) = commit.await {
         inner.unload(&ctx.id, load_gen);
-        return after_store_error(&ctx.id, &e, "cannot record the end");
+        return after_store_error(inner, &ctx.id, &e, "cannot record the end");
     }
     let woken = inner.unload_woken(&ctx.id, load_gen);
     inner.metrics.finished(ctx.workflow, outcome.status);
