@@ -195,7 +195,7 @@ enum Next {
 fn after_store_error(inner: &Arc<Inner>, id: &str, e: &StoreError, what: &str) -> Next {
     if let StoreError::LeaseLost { .. } = e {
         tracing::warn!(instance = id, error = %e, "lease lost; no longer driving the instance");
-        inner.recheck_if_watched(id);
+        inner.take_back(id);
         return Next::Done;
     }
     tracing::error!(instance = id, error = %e, "{what}; retrying");
@@ -293,19 +293,51 @@ impl Inner {
 
     /// Renews this node's leases; drops the instances it lost.
     async fn renew(self: &Arc<Self>) -> Result<(), StoreError> {
-        let renewal = self.store.renew(self.terms(), self.held()).await?;
+        let held = self.held();
+        let epochs: HashMap<String, u64> = held.iter().cloned().collect();
+        let renewal = self.store.renew(self.terms(), held).await?;
         // Until the next heartbeat, this is the one time to look for work nobody announces.
         let _ = self.timers.send(TimerMsg::Watch(renewal.next_due));
         for id in renewal.lost {
+            // (A load under a newer lease may have replaced the one that lost it meanwhile.)
+            let Some(&epoch) = epochs.get(&id) else {
+                continue;
+            };
+            if !self.abort_loaded_at(&id, epoch) {
+                continue;
+            }
             tracing::warn!(
                 instance = %id,
                 node = %self.node,
                 "lease lost (another node claimed the instance); no longer driving it"
             );
-            self.abort_loaded(&id);
-            self.recheck_if_watched(&id);
+            self.take_back(&id);
         }
         Ok(())
+    }
+
+    /// After this node stopped driving `id` because the lease it drove it under was lost:
+    /// drives it again if the store says this node owns it now (under a newer lease, e.g. it
+    /// claimed it back meanwhile; nobody else may take an instance its live owner holds);
+    /// otherwise those waiting here for its end read the store (see
+    /// [`recheck_if_watched`](Self::recheck_if_watched)).
+    fn take_back(self: &Arc<Self>, id: &str) {
+        if self.is_closing() {
+            return;
+        }
+        let inner = self.clone();
+        let id = id.to_string();
+        self.handle.spawn(async move {
+            match inner.store.claim(inner.terms(), &id).await {
+                Ok(Some(lease)) => inner.schedule_with(&id, Load::Store, lease.epoch),
+                Ok(None) => inner.recheck_if_watched(&id),
+                Err(e) => {
+                    tracing::error!(instance = %id, error = %e, "cannot claim; retrying");
+                    let at = inner.clock.now_ms() + RETRY_AFTER_STORE_ERROR.as_millis() as Millis;
+                    inner.add_timer(at, id);
+                }
+            }
+        });
     }
 
     /// This node does not drive `id` (any more: another node owns it now, or it finished).
@@ -551,12 +583,21 @@ impl Inner {
         }
         let mut loaded = lock(&self.loaded);
         if let Some(slot) = loaded.get_mut(id) {
-            // Poll again (or reload, if the context is not published yet) before unloading.
-            slot.woken = true;
-            if let Some(ctx) = &slot.ctx {
-                ctx.wake_all();
+            if epoch <= slot.epoch {
+                // Poll again (or reload, if the context is not published yet) before
+                // unloading.
+                slot.woken = true;
+                if let Some(ctx) = &slot.ctx {
+                    ctx.wake_all();
+                }
+                return;
             }
-            return;
+            // This node holds the instance under a newer lease than the one that load writes
+            // under (it lost the instance, then claimed it back): every write of that load
+            // would be refused, so it gives way to a load of what the store holds now.
+            if let Some(stale) = loaded.remove(id) {
+                stop(stale);
+            }
         }
         let load_gen = self.next_gen.fetch_add(1, Ordering::Relaxed);
         let task = self
@@ -699,15 +740,21 @@ impl Inner {
     fn abort_loaded(&self, id: &str) {
         let slot = lock(&self.loaded).remove(id);
         if let Some(slot) = slot {
-            if let Some(task) = slot.task {
-                task.abort();
-            }
-            if let Some(ctx) = slot.ctx {
-                for bg in ctx.take_background() {
-                    bg.abort();
-                }
-            }
+            stop(slot);
         }
+    }
+
+    /// Like [`abort_loaded`](Self::abort_loaded), if the load writes under lease `epoch`;
+    /// whether it did.
+    fn abort_loaded_at(&self, id: &str, epoch: u64) -> bool {
+        let slot = {
+            let mut loaded = lock(&self.loaded);
+            match loaded.get(id) {
+                Some(slot) if slot.epoch == epoch => loaded.remove(id),
+                _ => None,
+            }
+        };
+        slot.map(stop).is_some()
     }
 
     /// Makes the timer task fire every timer due by now (after virtual time moved).
@@ -790,16 +837,7 @@ impl Inner {
             t.abort();
         }
         let slots: Vec<Slot> = lock(&self.loaded).drain().map(|(_, s)| s).collect();
-        for slot in slots {
-            if let Some(task) = slot.task {
-                task.abort();
-            }
-            if let Some(ctx) = slot.ctx {
-                for bg in ctx.take_background() {
-                    bg.abort();
-                }
-            }
-        }
+        slots.into_iter().for_each(stop);
         lock(&self.watchers).clear();
         // After the writes already queued: others may claim this node's instances at once.
         if let Err(e) = self.store.release(&self.node, None).await {
@@ -808,6 +846,18 @@ impl Inner {
         }
         self.store.close().await?;
         Ok(())
+    }
+}
+
+/// Aborts a load's task and background work.
+fn stop(slot: Slot) {
+    if let Some(task) = slot.task {
+        task.abort();
+    }
+    if let Some(ctx) = slot.ctx {
+        for bg in ctx.take_background() {
+            bg.abort();
+        }
     }
 }
 
