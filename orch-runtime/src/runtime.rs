@@ -227,7 +227,13 @@ impl RuntimeBuilder {
                 ))));
             }
             #[cfg(feature = "postgres")]
-            StoreChoice::Postgres(url, options) => {
+            StoreChoice::Postgres(url, mut options) => {
+                // A node paused in the middle of a write holds its instances' rows locked: the
+                // server ends that transaction once it has idled as long as a lease lasts, so
+                // the others take over as after a crash.
+                if options.idle_in_transaction_timeout.is_none() {
+                    options.idle_in_transaction_timeout = self.lease_ttl;
+                }
                 Arc::new(crate::store::postgres::PostgresStore::open(&url, options).await?)
             }
             StoreChoice::Memory => Arc::new(MemoryStore::new()),
