@@ -33,6 +33,9 @@ struct Faults {
     release: Arc<Notify>,
     /// Reads of single records.
     gets: AtomicU32,
+    /// While set, heartbeats fail as if the store were out of reach: the node's lease runs out
+    /// while it goes on driving what it loaded.
+    fail_renew: AtomicBool,
 }
 
 struct Faulty {
@@ -116,6 +119,9 @@ impl Store for Faulty {
         t: LeaseTerms,
         held: Vec<(String, u64)>,
     ) -> BoxFuture<'_, Result<orch_runtime::store::Renewal, StoreError>> {
+        if self.faults.fail_renew.load(Ordering::SeqCst) {
+            return Box::pin(async { Err(StoreError::Backend("network down (injected)".into())) });
+        }
         self.inner.renew(t, held)
     }
     fn release(
@@ -168,10 +174,12 @@ impl StoreAdmin for Faulty {
 }
 
 fn faulty(faults: Faults) -> Arc<Faulty> {
-    Arc::new(Faulty {
-        inner: Arc::new(MemoryStore::new()),
-        faults,
-    })
+    faulty_over(Arc::new(MemoryStore::new()), faults)
+}
+
+/// Faults in front of a store others share.
+fn faulty_over(inner: Arc<MemoryStore>, faults: Faults) -> Arc<Faulty> {
+    Arc::new(Faulty { inner, faults })
 }
 
 async fn wait_status(rt: &Runtime, id: &str, st: Status) {
@@ -732,4 +740,175 @@ async fn fanning_out_to_children_costs_linear_reads() {
     assert_eq!(out.expect("result"), n * (n - 1) / 2);
     let gets = store.faults.gets.load(Ordering::Relaxed);
     assert!(gets < 10 * n, "{gets} reads for {n} children");
+}
+
+// ---------- a waiter on a node that lost the instance hears of its end elsewhere ----------
+
+/// Whether the first run of `stall_first_time` began (on node a).
+static STALLED: AtomicBool = AtomicBool::new(false);
+/// Set once node b has finished the instance node a stalled on.
+static TAKEN_OVER: AtomicBool = AtomicBool::new(false);
+
+/// The first run holds its node's only thread until the instance was finished elsewhere (a
+/// paused process: no heartbeat, no wake-ups handled), then never returns; later runs return.
+#[step]
+async fn stall_first_time() -> Result<u32, StepError> {
+    if !STALLED.swap(true, Ordering::SeqCst) {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while !TAKEN_OVER.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::future::pending::<()>().await;
+    }
+    Ok(7)
+}
+
+#[workflow]
+async fn taken_over() -> Result<u32, StepError> {
+    stall_first_time().await
+}
+
+/// `Run::result` on a node that was driving the instance when it lost its lease (and ignored
+/// the end announced meanwhile, the instance being loaded there) waited forever: nothing told
+/// the waiter once the node dropped the instance.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiter_on_a_node_that_lost_the_instance_hears_of_its_end_on_another_node() {
+    let store = Arc::new(MemoryStore::new());
+    let lease = Duration::from_millis(300);
+    let node = |id: &'static str| {
+        Runtime::builder()
+            .store(store.clone())
+            .node_id(id)
+            .lease_ttl(lease)
+    };
+    // Node a on a tokio runtime of its own with one thread, which the step can stall.
+    let a = node("a");
+    let node_a = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio");
+        rt.block_on(async move {
+            let a = a.build().await.expect("node a");
+            let run = a.start_with_id(TakenOver, "t", ()).await.expect("start");
+            let result = run.result();
+            tokio::pin!(result);
+            // Polled once while node a drives the instance: the wait is registered there.
+            tokio::select! {
+                biased;
+                out = &mut result => panic!("ended before it ran: {out:?}"),
+                _ = std::future::ready(()) => {}
+            }
+            let out = tokio::time::timeout(PATIENCE, result).await;
+            let _ = a.shutdown().await;
+            out
+        })
+    });
+    let b = node("b").build().await.expect("node b");
+    wait_until(
+        "node b to finish the instance node a stalled on",
+        || async {
+            match b.instance("t").await.expect("get") {
+                Some(rec) if rec.status == Status::Completed => Ok(()),
+                other => Err(other.map(|r| r.status)),
+            }
+        },
+    )
+    .await;
+    TAKEN_OVER.store(true, Ordering::SeqCst);
+    let out = tokio::task::spawn_blocking(move || node_a.join().expect("node a"))
+        .await
+        .expect("join");
+    let out = out.expect("the waiter on node a never heard that node b finished the instance");
+    assert_eq!(out.expect("result"), Ok(7));
+    b.shutdown().await.expect("shutdown");
+}
+
+// ---------- a node that claims back an instance it lost drives it again ----------
+
+/// Runs of `third_time_lucky`.
+static LUCK: AtomicU32 = AtomicU32::new(0);
+
+/// Hangs on its first two runs, returns on the third.
+#[step]
+async fn third_time_lucky() -> Result<u32, StepError> {
+    if LUCK.fetch_add(1, Ordering::SeqCst) < 2 {
+        std::future::pending::<()>().await;
+    }
+    Ok(7)
+}
+
+#[workflow]
+async fn lost_and_found() -> Result<u32, StepError> {
+    third_time_lucky().await
+}
+
+/// A node that claimed back an instance it still had loaded under the lease it had lost kept
+/// that stale load (whose every write is refused) instead of loading the instance again, then
+/// dropped it: the instance stayed owned by a live node that did not drive it, forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_claims_back_an_instance_it_lost_drives_it_again() {
+    let shared = Arc::new(MemoryStore::new());
+    let lease = Duration::from_millis(300);
+    let a_store = faulty_over(shared.clone(), Faults::default());
+    let a = Runtime::builder()
+        .store(a_store.clone())
+        .node_id("a")
+        .lease_ttl(lease)
+        .build()
+        .await
+        .expect("node a");
+    a.start_with_id(LostAndFound, "x", ()).await.expect("start");
+    wait_until("node a to run the step", || async {
+        match LUCK.load(Ordering::SeqCst) {
+            0 => Err(0),
+            n => Ok(n),
+        }
+    })
+    .await;
+    // Node a's heartbeat fails: node b (room for one instance) takes the instance over and
+    // runs the step, then its heartbeat fails too.
+    a_store.faults.fail_renew.store(true, Ordering::SeqCst);
+    let b_store = faulty_over(shared.clone(), Faults::default());
+    let b = Runtime::builder()
+        .store(b_store.clone())
+        .node_id("b")
+        .lease_ttl(lease)
+        .max_running(1)
+        .build()
+        .await
+        .expect("node b");
+    wait_until("node b to run the step", || async {
+        match LUCK.load(Ordering::SeqCst) {
+            n if n >= 2 => Ok(n),
+            n => Err(n),
+        }
+    })
+    .await;
+    b_store.faults.fail_renew.store(true, Ordering::SeqCst);
+    // Node a claims it back while its first load, under the lost lease, is still loaded (and
+    // may finish it at once).
+    wait_until("node a to claim the instance back", || async {
+        let nodes = shared.nodes().await.expect("nodes");
+        let owns = nodes.iter().any(|n| n.id == "a" && n.owned == 1);
+        let rec = a.instance("x").await.expect("get").expect("exists");
+        if owns || rec.status.is_final() {
+            Ok(())
+        } else {
+            Err(nodes)
+        }
+    })
+    .await;
+    a_store.faults.fail_renew.store(false, Ordering::SeqCst);
+    wait_until("the instance to complete on node a", || async {
+        match a.instance("x").await.expect("get") {
+            Some(rec) if rec.status == Status::Completed => Ok(()),
+            other => Err(other.map(|r| r.status)),
+        }
+    })
+    .await;
+    assert_eq!(LUCK.load(Ordering::SeqCst), 3);
+    a.shutdown().await.expect("shutdown a");
+    // (The store they share is closed now.)
+    let _ = b.shutdown().await;
 }

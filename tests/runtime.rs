@@ -6,6 +6,8 @@ use orch_runtime::store::Store;
 use orch_runtime::{Error, ListFilter};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+#[path = "support/wait.rs"]
+mod wait;
 
 static RUNNING: AtomicU32 = AtomicU32::new(0);
 static PEAK: AtomicU32 = AtomicU32::new(0);
@@ -40,6 +42,66 @@ async fn no_more_than_max_running_instances_run_at_once() {
         assert_eq!(run.result().await.expect("result"), Ok(i as u32));
     }
     assert_eq!(PEAK.load(Ordering::SeqCst), 2);
+}
+
+/// Opened by the test: until then `gated` holds every instance it runs.
+static GATE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+static GATE_OPEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[step]
+async fn gated(i: u32) -> Result<u32, StepError> {
+    while !GATE_OPEN.load(Ordering::SeqCst) {
+        let opened = GATE.notified();
+        if GATE_OPEN.load(Ordering::SeqCst) {
+            break;
+        }
+        opened.await;
+    }
+    Ok(i)
+}
+
+#[workflow]
+async fn waits_at_the_gate(i: u32) -> Result<u32, StepError> {
+    gated(i).await
+}
+
+/// A runtime starting more instances than it may run keeps only what it can run; the rest wait
+/// in the store, unowned, and another runtime sharing it with room takes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_owns_no_more_than_it_may_run_and_another_takes_the_rest() {
+    use orch_runtime::store::StoreAdmin;
+    let store = std::sync::Arc::new(orch_runtime::store::memory::MemoryStore::new());
+    let node = |id: &str, max: usize| {
+        Runtime::builder()
+            .store(store.clone())
+            .node_id(id)
+            .max_running(max)
+            .build()
+    };
+    let small = node("small", 2).await.expect("runtime");
+    let big = node("big", 100).await.expect("runtime");
+    let mut runs = Vec::new();
+    for i in 0..6 {
+        runs.push(small.start(WaitsAtTheGate, i).await.expect("start"));
+    }
+    let owned = wait::wait_until("the other runtime to take the rest", || async {
+        let nodes = store.nodes().await.expect("nodes");
+        let owned: Vec<(String, u64)> = nodes.into_iter().map(|n| (n.id, n.owned)).collect();
+        if owned.iter().map(|(_, n)| n).sum::<u64>() == 6 {
+            Ok(owned)
+        } else {
+            Err(owned)
+        }
+    })
+    .await;
+    assert_eq!(owned, [("big".to_string(), 4), ("small".to_string(), 2)]);
+    GATE_OPEN.store(true, Ordering::SeqCst);
+    GATE.notify_waiters();
+    for (i, run) in runs.iter().enumerate() {
+        assert_eq!(run.result().await.expect("result"), Ok(i as u32));
+    }
+    small.shutdown().await.expect("shutdown");
+    let _ = big.shutdown().await; // (the store they share is closed already)
 }
 
 #[tokio::test]

@@ -18,6 +18,16 @@
 //! RUST_LOG=orch_runtime=debug cargo run --example checkout      # the runtime's own logs
 //! ```
 //!
+//! On several nodes: one process runs only the services and prints where they are; every
+//! node runs the same batch against one store, using those services. Each node starts (or
+//! finds) the same orders, drives those it owns, takes over those of a node that died once
+//! that node's lease has run out, and prints the summary once every order is final.
+//!
+//! ```text
+//! checkout --services-only                  # prints `services: orders=http://…,…`
+//! checkout --postgres URL --node n1 --services orders=http://…,…   # and n2, n3 alike
+//! ```
+//!
 //! The runtime's and the HTTP server's logs go to stderr, filtered by `RUST_LOG` (default:
 //! warnings and errors only).
 //!
@@ -32,9 +42,12 @@ mod workflow;
 
 use clap::Parser;
 use orch_runtime::prelude::*;
+use orch_runtime::store::NodeId;
+use orch_runtime::store::postgres::PostgresOptions;
 use orch_runtime::{InstanceRecord, ListFilter};
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -50,14 +63,44 @@ struct Args {
     /// How many orders to check out (`order-1` … `order-N`; every 7th card is declined).
     #[arg(long, default_value_t = 36)]
     orders: u64,
-    /// The orch database; a later run on the same file resumes an earlier one (one run at a
-    /// time: a run started while another has the file is refused).
+    /// The orch database; a later run on the same file resumes an earlier one. Several runs
+    /// (nodes, see `--node`) may share it at once.
     #[arg(long, default_value = "orch.db")]
     db: PathBuf,
-    /// Use PostgreSQL at this URL (schema `orch`) in place of the SQLite file `--db` (which
-    /// then only names the default service log).
+    /// Use PostgreSQL at this URL (schema `orch`, or `--schema`) in place of the SQLite file
+    /// `--db` (which then only names the default service log).
     #[arg(long, value_name = "URL")]
     postgres: Option<String>,
+    /// The PostgreSQL schema to use (created when missing; default `orch`).
+    #[arg(long, value_name = "NAME", requires = "postgres")]
+    schema: Option<String>,
+    /// This run's node id: every node sharing the store needs its own (default: host name,
+    /// process id and a random suffix). A run started again under the id of one that was
+    /// killed takes its orders back at once.
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+    /// How long this node's hold on the orders it drives outlasts its last heartbeat: other
+    /// nodes take over the orders of a node that died this long after it stopped renewing
+    /// (default 10000, at least 100).
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(100..))]
+    lease_ms: Option<u64>,
+    /// Run only the five services (for nodes started with `--services`): prints one line
+    /// `services: VALUE` on stdout, then serves until Ctrl-C or SIGTERM.
+    #[arg(long, conflicts_with_all = [
+        "services", "postgres", "schema", "node", "lease_ms", "json", "serve", "http",
+        "no_http", "concurrency", "orders",
+    ])]
+    services_only: bool,
+    /// With `--services-only`: the address the services listen on and announce (default
+    /// 127.0.0.1); for nodes on other machines, an address of this machine they can reach.
+    #[arg(long, value_name = "IP", requires = "services_only")]
+    bind: Option<IpAddr>,
+    /// Use the services another process runs (VALUE is what `checkout --services-only`
+    /// printed after `services: `) instead of starting them here.
+    #[arg(long, value_name = "VALUE", conflicts_with_all = [
+        "service_log", "step_delay_ms", "analytics_down", "payment_outage",
+    ])]
+    services: Option<String>,
     /// Where the services log every request (default: `<db>.services.log`).
     #[arg(long)]
     service_log: Option<PathBuf>,
@@ -132,19 +175,21 @@ struct Outcome {
     reason: Option<String>,
 }
 
-async fn run(args: Args) -> Result<ExitCode, BoxError> {
-    let live = !args.json && std::io::stdout().is_terminal();
-    let quiet = args.json;
-    let log_path = args.service_log.clone().unwrap_or_else(|| {
+/// Where the services log every request.
+fn service_log(args: &Args) -> PathBuf {
+    args.service_log.clone().unwrap_or_else(|| {
         let mut p = args.db.clone().into_os_string();
         p.push(".services.log");
         PathBuf::from(p)
-    });
+    })
+}
 
-    // Services first, then the runtime: building it resumes unfinished orders at once, and
-    // their steps need the services.
-    let services = services::start(services::Config {
+/// Starts the services in this process.
+async fn start_services(args: &Args, bind: IpAddr) -> Result<services::Running, BoxError> {
+    let log_path = service_log(args);
+    services::start(services::Config {
         log: &log_path,
+        bind,
         delay: Duration::from_millis(args.step_delay_ms),
         analytics_down: args.analytics_down,
         payment_outage: args.payment_outage,
@@ -152,17 +197,96 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
     .await
     .map_err(|e| {
         format!(
-            "cannot start the services (log {}): {e}",
+            "cannot start the services on {bind} (log {}): {e}",
             log_path.display()
         )
-    })?;
+        .into()
+    })
+}
+
+/// `--services-only`: the services alone, for nodes elsewhere, until Ctrl-C or SIGTERM.
+async fn serve_services(args: &Args) -> Result<ExitCode, BoxError> {
+    let bind = args.bind.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    if bind.is_unspecified() {
+        return Err(format!(
+            "--bind {bind}: the services announce the address they listen on, so give one \
+             the nodes can reach this machine by (e.g. its address on their network), not {bind}"
+        )
+        .into());
+    }
+    let services = start_services(args, bind).await?;
+    // The one line on stdout: what nodes pass to --services.
+    println!("services: {}", services::endpoints_value(&services.urls));
+    eprintln!(
+        "checkout: the five services are up for nodes started with --services (service log {}, \
+         {} keys remembered from earlier runs); Ctrl-C or SIGTERM stops them",
+        service_log(args).display(),
+        services.reloaded_keys
+    );
+    stop_requested().await;
+    let calls: Vec<String> = services::NAMES
+        .iter()
+        .zip(&services.counters)
+        .map(|(name, c)| format!("{name} {}", c.calls.load(Ordering::Relaxed)))
+        .collect();
+    let dedup: u64 = services
+        .counters
+        .iter()
+        .map(|c| c.deduplicated.load(Ordering::Relaxed))
+        .sum();
+    eprintln!(
+        "checkout: services stopped; requests served: {} ({dedup} answered from the \
+         idempotency memory)",
+        calls.join(" · ")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn stop_requested() {
+    #[cfg(unix)]
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        return;
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn run(args: Args) -> Result<ExitCode, BoxError> {
+    if args.services_only {
+        return serve_services(&args).await;
+    }
+    let live = !args.json && std::io::stdout().is_terminal();
+    let quiet = args.json;
+    let log_path = service_log(&args);
+    let node = match &args.node {
+        Some(id) => NodeId::new(id.clone()).map_err(|e| format!("--node: {e}"))?,
+        None => NodeId::generate(),
+    };
+
+    // Services first, then the runtime: building it resumes unfinished orders at once, and
+    // their steps need the services. With --services they run in another process, shared
+    // by every node.
+    let (services, urls) = match &args.services {
+        Some(value) => {
+            let urls = services::parse_endpoints(value).map_err(|e| format!("--services: {e}"))?;
+            (None, urls)
+        }
+        None => {
+            let running = start_services(&args, IpAddr::V4(Ipv4Addr::LOCALHOST)).await?;
+            let urls = running.urls.clone();
+            (Some(running), urls)
+        }
+    };
     workflow::connect(
-        services::NAMES
-            .into_iter()
-            .zip(services.urls.clone())
-            .collect(),
+        services::NAMES.into_iter().zip(urls.clone()).collect(),
+        node.as_str(),
     )?;
-    let rt = open_runtime(&args).await?;
+    let rt = open_runtime(&args, node).await?;
     let say = |line: String| {
         // With --json, stdout holds only the JSON result.
         if quiet {
@@ -174,21 +298,48 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
     if let Some(url) = rt.http_url() {
         say(format!("orch UI: {url}"));
     }
-    say(format!("payment service: {}", services.urls[2]));
+    say(format!("payment service: {}", urls[2]));
 
     let ids: Vec<String> = (1..=args.orders).map(|n| format!("order-{n}")).collect();
     let before = records(&rt).await?;
     let existing: Vec<&InstanceRecord> = ids.iter().filter_map(|id| before.get(id)).collect();
     let resumed = existing.iter().filter(|r| !r.status.is_final()).count();
-    if !quiet {
+    if !quiet && services.is_none() {
+        // One node of several, with the services elsewhere.
+        let store = match (&args.postgres, &args.schema) {
+            (Some(_), schema) => {
+                format!("PostgreSQL schema {}", schema.as_deref().unwrap_or("orch"))
+            }
+            (None, _) => format!("db {}", args.db.display()),
+        };
+        println!(
+            "checkout: {} orders · node {} · {store} · services of another process",
+            args.orders,
+            rt.node_id(),
+        );
+        let at: Vec<String> = urls
+            .iter()
+            .zip(services::NAMES)
+            .map(|(url, name)| format!("{name} {url}"))
+            .collect();
+        println!("services at {}", at.join(" · "));
+        if !existing.is_empty() {
+            println!(
+                "  {} of these orders exist already (started by another node or an earlier run): \
+                 {} finished, {} in flight",
+                existing.len(),
+                existing.len() - resumed,
+                resumed
+            );
+        }
+    } else if !quiet {
         println!(
             "checkout: {} orders · db {} · service log {}",
             args.orders,
             args.db.display(),
             log_path.display(),
         );
-        let ports: Vec<String> = services
-            .urls
+        let ports: Vec<String> = urls
             .iter()
             .zip(services::NAMES)
             .map(|(url, name)| format!("{name} {}", url.trim_start_matches("http://127.0.0.1")))
@@ -239,7 +390,9 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
             _ = &mut interrupted => {
                 progress.finish();
                 let open = states.iter().filter(|s| !s.status.is_some_and(Status::is_final)).count();
-                // Graceful stop: every checkpoint already queued is written before we exit.
+                // Graceful stop: every checkpoint already queued is written before we exit, and
+                // this node's orders are given up, so other nodes (or the next run) take them
+                // over at once.
                 rt.shutdown().await?;
                 eprintln!(
                     "\ninterrupted: {open} orders unfinished; run the same command again to resume them"
@@ -295,21 +448,36 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
             "analytics: {events_recorded} events recorded, {events_lost} lost to the outage \
              (those checkouts went on without them)"
         );
-        let calls: Vec<String> = services::NAMES
-            .iter()
-            .zip(&services.counters)
-            .map(|(name, c)| format!("{name} {}", c.calls.load(Ordering::Relaxed)))
-            .collect();
-        let dedup: u64 = services
-            .counters
-            .iter()
-            .map(|c| c.deduplicated.load(Ordering::Relaxed))
-            .sum();
-        println!("service calls this run: {}", calls.join(" · "));
-        println!(
-            "  {dedup} answered from the idempotency memory ({} keys remembered from earlier runs)",
-            services.reloaded_keys
-        );
+        match &services {
+            Some(services) => {
+                let calls: Vec<String> = services::NAMES
+                    .iter()
+                    .zip(&services.counters)
+                    .map(|(name, c)| format!("{name} {}", c.calls.load(Ordering::Relaxed)))
+                    .collect();
+                let dedup: u64 = services
+                    .counters
+                    .iter()
+                    .map(|c| c.deduplicated.load(Ordering::Relaxed))
+                    .sum();
+                println!("service calls this run: {}", calls.join(" · "));
+                println!(
+                    "  {dedup} answered from the idempotency memory ({} keys remembered from earlier runs)",
+                    services.reloaded_keys
+                );
+            }
+            None => {
+                let sent: Vec<String> = workflow::requests_sent()
+                    .into_iter()
+                    .map(|(name, n)| format!("{name} {n}"))
+                    .collect();
+                println!(
+                    "requests this node ({}) sent: {} (the services' log has everyone's)",
+                    rt.node_id(),
+                    sent.join(" · ")
+                );
+            }
+        }
     }
     if args.serve {
         say(format!(
@@ -329,15 +497,25 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
     })
 }
 
-/// The runtime on the SQLite file, with the web UI unless `--no-http` (on a free port when
-/// the default one is taken).
-async fn open_runtime(args: &Args) -> Result<Runtime, BoxError> {
+/// The runtime on the SQLite file (or PostgreSQL) as node `node`, with the web UI unless
+/// `--no-http` (on a free port when the default one is taken).
+async fn open_runtime(args: &Args, node: NodeId) -> Result<Runtime, BoxError> {
     let build = |http: Option<&str>| {
         let mut b = match &args.postgres {
-            Some(url) => Runtime::builder().postgres(url.clone()),
+            Some(url) => {
+                let mut options = PostgresOptions::default();
+                if let Some(schema) = &args.schema {
+                    options = options.schema(schema.clone());
+                }
+                Runtime::builder().postgres_with(url.clone(), options)
+            }
             None => Runtime::builder().sqlite(&args.db),
         }
+        .node_id(node.as_str())
         .max_running(args.concurrency.max(1));
+        if let Some(ms) = args.lease_ms {
+            b = b.lease_ttl(Duration::from_millis(ms));
+        }
         if let Some(addr) = http {
             b = b.http(addr);
         }

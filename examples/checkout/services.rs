@@ -1,4 +1,5 @@
-//! The five services the checkout talks to, each a tiny axum server on loopback.
+//! The five services the checkout talks to, each a tiny axum server (on loopback unless told
+//! otherwise).
 //!
 //! Every service deduplicates requests by their `idempotency-key` header: the first request
 //! with a key is applied and its response remembered; a repeat gets the remembered response
@@ -6,6 +7,10 @@
 //! a line ([`LogEntry`]), written with a single `write` call so a crash never leaves half a
 //! line behind another. On startup the services reload their memory of keys from that log,
 //! so deduplication survives a restart of the whole example.
+//!
+//! Several orchestrator nodes can share one set of services (`checkout --services-only` runs
+//! them alone and prints [`endpoints_value`]; `checkout --services VALUE` uses them, see
+//! [`parse_endpoints`]), so one log and one idempotency memory serve the whole cluster.
 
 use axum::Json;
 use axum::Router;
@@ -16,6 +21,7 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -55,6 +61,9 @@ pub struct LogEntry {
     pub status: u16,
     /// The body answered (replayed verbatim for a duplicate key).
     pub response: Value,
+    /// The orchestrator node that sent the request (its `orch-node` header), if it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// Reads a service log; unparsable lines (there should be none) are skipped.
@@ -174,12 +183,13 @@ type Apply = fn(&Service, &Value) -> Effect;
 
 impl Service {
     /// Applies a request once per key, logging it; returns the answer.
-    fn process(&self, key: &str, order: &str, body: &Value, apply: Apply) -> (StatusCode, Value) {
+    fn process(&self, request: &Request, body: &Value, apply: Apply) -> (StatusCode, Value) {
+        let Request { key, order, node } = request;
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
         // The lock spans check, apply and log, so two concurrent requests with one key (a
         // retry racing a slow original) cannot both apply.
         let mut seen = lock(&self.seen);
-        let (entry, answer) = match seen.get(key) {
+        let (entry, answer) = match seen.get(key.as_str()) {
             Some(rec) => {
                 self.counters.deduplicated.fetch_add(1, Ordering::Relaxed);
                 let entry = LogEntry {
@@ -190,6 +200,7 @@ impl Service {
                     op: rec.op.clone(),
                     status: rec.status,
                     response: rec.body.clone(),
+                    node: node.clone(),
                 };
                 let status =
                     StatusCode::from_u16(rec.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -205,6 +216,7 @@ impl Service {
                     op: effect.op.to_string(),
                     status: effect.status.as_u16(),
                     response: effect.body.clone(),
+                    node: node.clone(),
                 };
                 (entry, (effect.status, effect.body))
             }
@@ -230,6 +242,13 @@ impl Service {
     }
 }
 
+/// Who asks for what: the request's idempotency key, its order and the calling node.
+struct Request {
+    key: String,
+    order: String,
+    node: Option<String>,
+}
+
 async fn handle(
     svc: Arc<Service>,
     apply: Apply,
@@ -246,12 +265,18 @@ async fn handle(
             Json(json!({ "error": "missing idempotency-key header" })),
         );
     };
-    let order = body["order"].as_str().unwrap_or("?").to_string();
+    let request = Request {
+        key,
+        order: body["order"].as_str().unwrap_or("?").to_string(),
+        node: headers
+            .get("orch-node")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+    };
     // Half the delay before the effect and half after it: an interrupted run can die both
     // before a request is applied and after it was applied but before the answer arrived.
     let before = svc.delay / 2;
     tokio::time::sleep(before).await;
-    let (status, answer) = svc.process(&key, &order, &body, apply);
+    let (status, answer) = svc.process(&request, &body, apply);
     tokio::time::sleep(svc.delay - before).await;
     (status, Json(answer))
 }
@@ -344,6 +369,8 @@ fn event(svc: &Service, body: &Value) -> Effect {
 pub struct Config<'a> {
     /// The service log (created if missing, reloaded if present).
     pub log: &'a Path,
+    /// The address they listen on (each on a free port).
+    pub bind: IpAddr,
     /// Added to every request: half before the effect, half after.
     pub delay: Duration,
     /// The analytics service refuses every request.
@@ -362,7 +389,7 @@ pub struct Running {
     pub reloaded_keys: usize,
 }
 
-/// Starts the five services on 127.0.0.1, each on a port of its own.
+/// Starts the five services on `config.bind`, each on a port of its own.
 pub async fn start(config: Config<'_>) -> io::Result<Running> {
     let earlier = read_log(config.log)?;
     let log = Arc::new(ServiceLog::open(config.log)?);
@@ -423,7 +450,7 @@ pub async fn start(config: Config<'_>) -> io::Result<Running> {
                 }),
             );
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind((config.bind, 0)).await?;
         let addr = listener.local_addr()?;
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, router).await {
@@ -434,4 +461,76 @@ pub async fn start(config: Config<'_>) -> io::Result<Running> {
         running.counters.push(counters);
     }
     Ok(running)
+}
+
+/// The services' base URLs as one line to paste after `--services`:
+/// `orders=http://127.0.0.1:41001,inventory=…,payment=…,shipping=…,analytics=…` (`urls` in
+/// [`NAMES`] order). No character in it needs quoting in a shell.
+pub fn endpoints_value(urls: &[String]) -> String {
+    NAMES
+        .iter()
+        .zip(urls)
+        .map(|(name, url)| format!("{name}={url}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Reads a `--services` value (see [`endpoints_value`]): `NAME=URL` for each of the five
+/// services, comma-separated, in any order. Returns the base URLs in [`NAMES`] order, or what
+/// is wrong with the value.
+pub fn parse_endpoints(value: &str) -> Result<Vec<String>, String> {
+    let expected = "expected orders=URL,inventory=URL,payment=URL,shipping=URL,analytics=URL \
+                    (what `checkout --services-only` prints after `services: `)";
+    let mut urls: Vec<Option<String>> = vec![None; NAMES.len()];
+    for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((name, url)) = part.split_once('=') else {
+            return Err(format!("`{part}` is not NAME=URL; {expected}"));
+        };
+        let name = name.trim();
+        let Some(slot) = NAMES.iter().position(|n| *n == name) else {
+            return Err(format!(
+                "`{name}` is not one of the services ({}); {expected}",
+                NAMES.join(", ")
+            ));
+        };
+        if urls[slot].is_some() {
+            return Err(format!("`{name}` is given twice; {expected}"));
+        }
+        urls[slot] = Some(base_url(name, url.trim())?);
+    }
+    let missing: Vec<&str> = NAMES
+        .iter()
+        .zip(&urls)
+        .filter(|(_, url)| url.is_none())
+        .map(|(name, _)| *name)
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!("no URL for {}; {expected}", missing.join(", ")));
+    }
+    Ok(urls.into_iter().flatten().collect())
+}
+
+/// `url` as a service's base URL `http://host:port` (or https; the port always written),
+/// refusing a path, a query, a fragment or credentials.
+fn base_url(name: &str, url: &str) -> Result<String, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| {
+        format!("the URL of `{name}`, `{url}`, is not a URL ({e}); e.g. http://10.0.0.5:41001")
+    })?;
+    let plain = matches!(parsed.scheme(), "http" | "https")
+        && parsed.host().is_some()
+        && parsed.username().is_empty()
+        && parsed.password().is_none()
+        && parsed.path() == "/"
+        && parsed.query().is_none()
+        && parsed.fragment().is_none();
+    if !plain {
+        return Err(format!(
+            "the URL of `{name}`, `{url}`, is not a service's base URL: give \
+             http://HOST:PORT, without path, query, fragment or user"
+        ));
+    }
+    match (parsed.host_str(), parsed.port_or_known_default()) {
+        (Some(host), Some(port)) => Ok(format!("{}://{host}:{port}", parsed.scheme())),
+        _ => Err(format!("the URL of `{name}`, `{url}`, names no host")),
+    }
 }

@@ -5,6 +5,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::services::{CATALOG, DECLINED_CARD};
 
@@ -237,21 +238,46 @@ pub async fn record_analytics(order: String, event: &'static str) -> Result<(), 
 pub struct Endpoints {
     client: reqwest::Client,
     urls: Vec<(&'static str, String)>,
+    /// Sent with every request as `orch-node`: which node called (the service log says).
+    node: reqwest::header::HeaderValue,
+    /// Requests sent to each service, in `urls` order.
+    sent: Vec<AtomicU64>,
 }
 
 static ENDPOINTS: OnceLock<Endpoints> = OnceLock::new();
 
-/// Tells the steps where the services are. Must happen before the runtime is built, since
-/// building it resumes unfinished orders at once.
-pub fn connect(urls: Vec<(&'static str, String)>) -> Result<(), String> {
+/// Tells the steps where the services are, and the node id to tell them. Must happen before
+/// the runtime is built, since building it resumes unfinished orders at once.
+pub fn connect(urls: Vec<(&'static str, String)>, node: &str) -> Result<(), String> {
     let client = reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(std::time::Duration::from_secs(2))
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    // (Node ids hold no control characters, so any of them is a valid header value.)
+    let node = reqwest::header::HeaderValue::from_bytes(node.as_bytes())
+        .map_err(|e| format!("node id `{node}` cannot be sent in a header: {e}"))?;
+    let sent = urls.iter().map(|_| AtomicU64::new(0)).collect();
     ENDPOINTS
-        .set(Endpoints { client, urls })
+        .set(Endpoints {
+            client,
+            urls,
+            node,
+            sent,
+        })
         .map_err(|_| "the services are connected already".to_string())
+}
+
+/// How many requests this process sent to each service (retries and repeats included), by
+/// service name.
+pub fn requests_sent() -> Vec<(&'static str, u64)> {
+    ENDPOINTS.get().map_or_else(Vec::new, |e| {
+        e.urls
+            .iter()
+            .zip(&e.sent)
+            .map(|((name, _), n)| (*name, n.load(Ordering::Relaxed)))
+            .collect()
+    })
 }
 
 /// POSTs `body` to `service` with the step's idempotency key and decodes the answer.
@@ -260,16 +286,19 @@ async fn call<T: DeserializeOwned>(service: &str, path: &str, body: Value) -> Re
     let endpoints = ENDPOINTS
         .get()
         .ok_or_else(|| StepError::retryable("the services are not connected yet"))?;
-    let base = endpoints
+    let (base, sent) = endpoints
         .urls
         .iter()
-        .find(|(name, _)| *name == service)
-        .map(|(_, url)| url)
+        .zip(&endpoints.sent)
+        .find(|((name, _), _)| *name == service)
+        .map(|((_, url), sent)| (url, sent))
         .ok_or_else(|| StepError::permanent(format!("unknown service `{service}`")))?;
+    sent.fetch_add(1, Ordering::Relaxed);
     let response = endpoints
         .client
         .post(format!("{base}{path}"))
         .header("idempotency-key", orch::idempotency_key())
+        .header("orch-node", endpoints.node.clone())
         .json(&body)
         .send()
         .await

@@ -91,12 +91,14 @@ async fn run(workflow: &str, n: u64) -> Result<Trace, BoxError> {
             let log = std::env::temp_dir().join(format!("orch-graph-{}.log", std::process::id()));
             let services = services::start(services::Config {
                 log: &log,
+                bind: std::net::Ipv4Addr::LOCALHOST.into(),
                 delay: std::time::Duration::ZERO,
                 analytics_down: false,
                 payment_outage: false,
             })
             .await?;
-            workflow::connect(services::NAMES.into_iter().zip(services.urls).collect())?;
+            let urls = services::NAMES.into_iter().zip(services.urls).collect();
+            workflow::connect(urls, rt.node_id())?;
             let run = rt
                 .start(workflow::Checkout, workflow::Order::demo(n))
                 .await?;

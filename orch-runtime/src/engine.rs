@@ -148,6 +148,12 @@ pub(crate) struct Inner {
     /// Timers shorter than this keep the instance loaded instead of suspending it.
     pub(crate) keep_loaded: Duration,
     permits: Arc<Semaphore>,
+    /// At most this many instances are loaded (owned and driven, or waiting for a permit)
+    /// here; further due instances stay in the store for any node with room.
+    max_running: usize,
+    /// A due instance was left in the store because this node was full: claim again as soon
+    /// as a loaded instance goes (see [`Inner::wait_for_room`]).
+    starved: AtomicBool,
     loaded: Mutex<HashMap<String, Slot>>,
     next_gen: std::sync::atomic::AtomicU64,
     watchers: Mutex<HashMap<String, Vec<oneshot::Sender<Outcome>>>>,
@@ -183,11 +189,13 @@ enum Next {
     RetryLater,
 }
 
-/// What to do after a write of a drive failed: a lost lease ends the drive (the new owner
-/// continues), anything else is retried later from the store.
-fn after_store_error(id: &str, e: &StoreError, what: &str) -> Next {
+/// What to do after a write of a drive failed (the drive has unloaded the instance): a lost
+/// lease ends the drive (the new owner continues), anything else is retried later from the
+/// store.
+fn after_store_error(inner: &Arc<Inner>, id: &str, e: &StoreError, what: &str) -> Next {
     if let StoreError::LeaseLost { .. } = e {
         tracing::warn!(instance = id, error = %e, "lease lost; no longer driving the instance");
+        inner.take_back(id);
         return Next::Done;
     }
     tracing::error!(instance = id, error = %e, "{what}; retrying");
@@ -238,6 +246,8 @@ impl Inner {
             test,
             keep_loaded,
             permits: Arc::new(Semaphore::new(max_running.max(1))),
+            max_running: max_running.max(1),
+            starved: AtomicBool::new(false),
             loaded: Mutex::new(HashMap::new()),
             next_gen: std::sync::atomic::AtomicU64::new(1),
             watchers: Mutex::new(HashMap::new()),
@@ -283,18 +293,61 @@ impl Inner {
 
     /// Renews this node's leases; drops the instances it lost.
     async fn renew(self: &Arc<Self>) -> Result<(), StoreError> {
-        let renewal = self.store.renew(self.terms(), self.held()).await?;
+        let held = self.held();
+        let epochs: HashMap<String, u64> = held.iter().cloned().collect();
+        let renewal = self.store.renew(self.terms(), held).await?;
         // Until the next heartbeat, this is the one time to look for work nobody announces.
         let _ = self.timers.send(TimerMsg::Watch(renewal.next_due));
         for id in renewal.lost {
+            // (A load under a newer lease may have replaced the one that lost it meanwhile.)
+            let Some(&epoch) = epochs.get(&id) else {
+                continue;
+            };
+            if !self.abort_loaded_at(&id, epoch) {
+                continue;
+            }
             tracing::warn!(
                 instance = %id,
                 node = %self.node,
                 "lease lost (another node claimed the instance); no longer driving it"
             );
-            self.abort_loaded(&id);
+            self.take_back(&id);
         }
         Ok(())
+    }
+
+    /// After this node stopped driving `id` because the lease it drove it under was lost:
+    /// drives it again if the store says this node owns it now (under a newer lease, e.g. it
+    /// claimed it back meanwhile; nobody else may take an instance its live owner holds);
+    /// otherwise those waiting here for its end read the store (see
+    /// [`recheck_if_watched`](Self::recheck_if_watched)).
+    fn take_back(self: &Arc<Self>, id: &str) {
+        if self.is_closing() {
+            return;
+        }
+        let inner = self.clone();
+        let id = id.to_string();
+        self.handle.spawn(async move {
+            match inner.store.claim(inner.terms(), &id).await {
+                Ok(Some(lease)) => inner.schedule_with(&id, Load::Store, lease.epoch),
+                Ok(None) => inner.recheck_if_watched(&id),
+                Err(e) => {
+                    tracing::error!(instance = %id, error = %e, "cannot claim; retrying");
+                    let at = inner.clock.now_ms() + RETRY_AFTER_STORE_ERROR.as_millis() as Millis;
+                    inner.add_timer(at, id);
+                }
+            }
+        });
+    }
+
+    /// This node does not drive `id` (any more: another node owns it now, or it finished).
+    /// Those waiting here for its end cannot hear it from a drive here: they read the store
+    /// (it may have ended already, announced while this node still had it loaded and so
+    /// ignored), and hear later ends from the store's wake-ups.
+    fn recheck_if_watched(self: &Arc<Self>, id: &str) {
+        if lock(&self.watchers).contains_key(id) {
+            self.recheck_watchers(vec![id.to_string()]);
+        }
     }
 
     /// The mock registered for the step with this type id (test runtime only).
@@ -335,15 +388,23 @@ impl Inner {
         Ok(self.claim_round().await?)
     }
 
-    /// Claims due instances in bounded batches and drives them; remembers when the next
-    /// suspended one falls due.
+    /// Claims due instances in bounded batches, no more than this node has room for, and
+    /// drives them; remembers when the next suspended one falls due.
     async fn claim_round(self: &Arc<Self>) -> Result<usize, StoreError> {
         let mut total = 0;
         loop {
             if self.is_closing() {
                 return Ok(total);
             }
-            let claimed = self.store.claim_due(self.terms(), CLAIM_BATCH).await?;
+            let room = self.room();
+            if room == 0 {
+                // The rest stays due in the store, for any node with room (this one included,
+                // once an instance it drives goes).
+                self.wait_for_room();
+                return Ok(total);
+            }
+            let limit = room.min(CLAIM_BATCH);
+            let claimed = self.store.claim_due(self.terms(), limit).await?;
             if let Some(at) = claimed.next_wake {
                 let _ = self.timers.send(TimerMsg::Round(at));
             }
@@ -352,11 +413,34 @@ impl Inner {
             for lease in claimed.leases {
                 self.schedule_with(&lease.instance, Load::Store, lease.epoch);
             }
-            // Full batches may leave more; stop once the running limit is reached (the next
-            // poll claims the rest).
-            if n < CLAIM_BATCH || self.permits.available_permits() == 0 {
+            // A full batch may leave more.
+            if n < limit {
                 return Ok(total);
             }
+        }
+    }
+
+    /// How many more instances this node may load (own and drive) now.
+    fn room(&self) -> usize {
+        self.max_running.saturating_sub(lock(&self.loaded).len())
+    }
+
+    /// Notes that a due instance was left in the store because this node is full, so that it
+    /// claims again as soon as an instance it drives goes ([`room_freed`](Self::room_freed)).
+    fn wait_for_room(self: &Arc<Self>) {
+        // Set before looking again: a drive that ends meanwhile either sees the flag or has
+        // already made the room seen here.
+        self.starved.store(true, Ordering::SeqCst);
+        if self.room() > 0 {
+            self.room_freed();
+        }
+    }
+
+    /// An instance stopped being loaded here: if due work was left in the store for want of
+    /// room, claim it now.
+    fn room_freed(self: &Arc<Self>) {
+        if self.starved.swap(false, Ordering::SeqCst) {
+            self.claim_soon();
         }
     }
 
@@ -415,17 +499,27 @@ impl Inner {
             ..InstanceRecord::new(id.clone(), def.name, def.version, input, now)
         };
         let record_copy = record.clone();
-        // Written with the instance, in one transaction (an audit entry, attributes), owned by
-        // this node.
-        let created = match self
-            .store
-            .create(record, Some(self.terms()), extra(&id))
-            .await?
-        {
+        // Owned by this node when it has room to drive it; otherwise left due and unowned, so
+        // any node with room claims it (this one too, once room frees).
+        let owner = (self.room() > 0).then(|| self.terms());
+        let owned = owner.is_some();
+        // Written with the instance, in one transaction (an audit entry, attributes).
+        let created = match self.store.create(record, owner, extra(&id)).await? {
             crate::store::Created::New(lease) => {
                 self.metrics.started(def.name);
-                let epoch = lease.map_or(0, |l| l.epoch);
-                self.schedule_with(&id, Load::Fresh(Some(Box::new(record_copy))), epoch);
+                match lease {
+                    Some(lease) => self.schedule_with(
+                        &id,
+                        Load::Fresh(Some(Box::new(record_copy))),
+                        lease.epoch,
+                    ),
+                    // Asked to own it, yet no lease came back (a store of one's own that
+                    // keeps none): drive it under epoch 0.
+                    None if owned => {
+                        self.schedule_with(&id, Load::Fresh(Some(Box::new(record_copy))), 0)
+                    }
+                    None => self.wait_for_room(),
+                }
                 true
             }
             // `create` read the existing record in the transaction that found the id taken,
@@ -462,12 +556,18 @@ impl Inner {
         if self.nudge_loaded(id, |_| ()) {
             return;
         }
+        if self.room() == 0 {
+            // It stays due in the store: another node with room claims it, or this one does
+            // once room frees.
+            self.wait_for_room();
+            return;
+        }
         let inner = self.clone();
         let id = id.to_string();
         self.handle.spawn(async move {
             match inner.store.claim(inner.terms(), &id).await {
                 Ok(Some(lease)) => inner.schedule_with(&id, Load::Store, lease.epoch),
-                Ok(None) => {}
+                Ok(None) => inner.recheck_if_watched(&id),
                 Err(e) => {
                     tracing::error!(instance = %id, error = %e, "cannot claim; retrying");
                     let at = inner.clock.now_ms() + RETRY_AFTER_STORE_ERROR.as_millis() as Millis;
@@ -483,12 +583,21 @@ impl Inner {
         }
         let mut loaded = lock(&self.loaded);
         if let Some(slot) = loaded.get_mut(id) {
-            // Poll again (or reload, if the context is not published yet) before unloading.
-            slot.woken = true;
-            if let Some(ctx) = &slot.ctx {
-                ctx.wake_all();
+            if epoch <= slot.epoch {
+                // Poll again (or reload, if the context is not published yet) before
+                // unloading.
+                slot.woken = true;
+                if let Some(ctx) = &slot.ctx {
+                    ctx.wake_all();
+                }
+                return;
             }
-            return;
+            // This node holds the instance under a newer lease than the one that load writes
+            // under (it lost the instance, then claimed it back): every write of that load
+            // would be refused, so it gives way to a load of what the store holds now.
+            if let Some(stale) = loaded.remove(id) {
+                stop(stale);
+            }
         }
         let load_gen = self.next_gen.fetch_add(1, Ordering::Relaxed);
         let task = self
@@ -631,15 +740,21 @@ impl Inner {
     fn abort_loaded(&self, id: &str) {
         let slot = lock(&self.loaded).remove(id);
         if let Some(slot) = slot {
-            if let Some(task) = slot.task {
-                task.abort();
-            }
-            if let Some(ctx) = slot.ctx {
-                for bg in ctx.take_background() {
-                    bg.abort();
-                }
-            }
+            stop(slot);
         }
+    }
+
+    /// Like [`abort_loaded`](Self::abort_loaded), if the load writes under lease `epoch`;
+    /// whether it did.
+    fn abort_loaded_at(&self, id: &str, epoch: u64) -> bool {
+        let slot = {
+            let mut loaded = lock(&self.loaded);
+            match loaded.get(id) {
+                Some(slot) if slot.epoch == epoch => loaded.remove(id),
+                _ => None,
+            }
+        };
+        slot.map(stop).is_some()
     }
 
     /// Makes the timer task fire every timer due by now (after virtual time moved).
@@ -722,16 +837,7 @@ impl Inner {
             t.abort();
         }
         let slots: Vec<Slot> = lock(&self.loaded).drain().map(|(_, s)| s).collect();
-        for slot in slots {
-            if let Some(task) = slot.task {
-                task.abort();
-            }
-            if let Some(ctx) = slot.ctx {
-                for bg in ctx.take_background() {
-                    bg.abort();
-                }
-            }
-        }
+        slots.into_iter().for_each(stop);
         lock(&self.watchers).clear();
         // After the writes already queued: others may claim this node's instances at once.
         if let Err(e) = self.store.release(&self.node, None).await {
@@ -740,6 +846,18 @@ impl Inner {
         }
         self.store.close().await?;
         Ok(())
+    }
+}
+
+/// Aborts a load's task and background work.
+fn stop(slot: Slot) {
+    if let Some(task) = slot.task {
+        task.abort();
+    }
+    if let Some(ctx) = slot.ctx {
+        for bg in ctx.take_background() {
+            bg.abort();
+        }
     }
 }
 
@@ -861,7 +979,18 @@ async fn heartbeat(inner: Weak<Inner>, ttl: Duration) {
     }
 }
 
+/// Tells the engine that a drive ended, however it ended (returned, or aborted because the
+/// lease was lost): its room may go to due work left in the store.
+struct DriveEnded(Arc<Inner>);
+
+impl Drop for DriveEnded {
+    fn drop(&mut self) {
+        self.0.room_freed();
+    }
+}
+
 async fn drive(inner: Arc<Inner>, id: String, load: Load, load_gen: u64, epoch: u64) {
+    let _ended = DriveEnded(inner.clone());
     let Ok(_permit) = inner.permits.clone().acquire_owned().await else {
         return;
     };
@@ -1032,7 +1161,7 @@ async fn drive_once(
                 for commit in ctx.take_unawaited() {
                     if let Err(e) = commit.await {
                         inner.unload(id, load_gen);
-                        return after_store_error(id, &e, "checkpoint failed");
+                        return after_store_error(inner, id, &e, "checkpoint failed");
                     }
                 }
                 let commit = {
@@ -1060,7 +1189,7 @@ async fn drive_once(
                 let Some(commit) = commit else { continue };
                 drop(fut);
                 if let Err(e) = commit.await {
-                    return after_store_error(id, &e, "cannot suspend");
+                    return after_store_error(inner, id, &e, "cannot suspend");
                 }
                 if let Some(at) = wake_at {
                     inner.add_timer(at, id.to_string());
@@ -1087,7 +1216,7 @@ async fn halt(
         Halt::Cancelled(msg) => (Status::Cancelled, msg),
         Halt::Store(e) => {
             inner.unload(&ctx.id, load_gen);
-            return after_store_error(&ctx.id, &e, "checkpoint failed");
+            return after_store_error(inner, &ctx.id, &e, "checkpoint failed");
         }
         Halt::Frontier(seq) => {
             // Replay-only mode: the journal is exhausted; report without writing anything.
@@ -1116,7 +1245,7 @@ async fn finish(
     for commit in ctx.take_unawaited() {
         if let Err(e) = commit.await {
             inner.unload(&ctx.id, load_gen);
-            return after_store_error(&ctx.id, &e, "checkpoint failed");
+            return after_store_error(inner, &ctx.id, &e, "checkpoint failed");
         }
     }
     let mut outcome = outcome;
@@ -1148,7 +1277,7 @@ async fn finish(
     let commit = ctx.submit(ops);
     if let Err(e) = commit.await {
         inner.unload(&ctx.id, load_gen);
-        return after_store_error(&ctx.id, &e, "cannot record the end");
+        return after_store_error(inner, &ctx.id, &e, "cannot record the end");
     }
     let woken = inner.unload_woken(&ctx.id, load_gen);
     inner.metrics.finished(ctx.workflow, outcome.status);

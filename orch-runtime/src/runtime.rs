@@ -148,7 +148,10 @@ impl RuntimeBuilder {
         self
     }
 
-    /// At most `n` instances are loaded and running at once (default 10,000); others wait.
+    /// At most `n` instances are loaded and running at once on this runtime (default 10,000).
+    /// This runtime owns no more than that: further instances it starts, and due ones beyond
+    /// it, wait in the store without an owner, so another node sharing the store with room
+    /// takes them, and this one claims them as its own instances finish or suspend.
     pub fn max_running(mut self, n: usize) -> Self {
         self.max_running = n;
         self
@@ -224,7 +227,13 @@ impl RuntimeBuilder {
                 ))));
             }
             #[cfg(feature = "postgres")]
-            StoreChoice::Postgres(url, options) => {
+            StoreChoice::Postgres(url, mut options) => {
+                // A node paused in the middle of a write holds its instances' rows locked: the
+                // server ends that transaction once it has idled as long as a lease lasts, so
+                // the others take over as after a crash.
+                if options.idle_in_transaction_timeout.is_none() {
+                    options.idle_in_transaction_timeout = self.lease_ttl;
+                }
                 Arc::new(crate::store::postgres::PostgresStore::open(&url, options).await?)
             }
             StoreChoice::Memory => Arc::new(MemoryStore::new()),

@@ -31,6 +31,7 @@ pub fn example_binary() -> &'static Path {
 }
 
 /// Waits for `child`, killing it and failing after `limit` so a test cannot hang.
+#[allow(dead_code)] // (not every test that runs the example waits this way)
 pub fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
     let deadline = Instant::now() + limit;
     loop {

@@ -66,6 +66,13 @@ pub struct PostgresOptions {
     /// How long connecting may take before it fails, unless the URL sets `connect_timeout`.
     /// Default 10 s.
     pub connect_timeout: Duration,
+    /// How long PostgreSQL lets a transaction of this store wait for its next statement before
+    /// it ends the session (`idle_in_transaction_session_timeout`; at least 1 s is used). A
+    /// node paused in the middle of a write (a long stall, `SIGSTOP`, a VM pause) would
+    /// otherwise keep the rows it locked — its instances — from every other node until it
+    /// continues. Default `None`: a runtime uses its lease time-to-live, so that a paused node
+    /// is taken over like a crashed one; a store opened directly keeps the server's setting.
+    pub idle_in_transaction_timeout: Option<Duration>,
 }
 
 impl Default for PostgresOptions {
@@ -75,6 +82,7 @@ impl Default for PostgresOptions {
             pool_size: 4,
             max_batch: 1024,
             connect_timeout: Duration::from_secs(10),
+            idle_in_transaction_timeout: None,
         }
     }
 }
@@ -86,6 +94,10 @@ impl PostgresOptions {
         self
     }
 }
+
+/// The shortest [`PostgresOptions::idle_in_transaction_timeout`] used: a busy machine may
+/// leave a healthy writer this long between two statements of one transaction.
+const MIN_IDLE_IN_TRANSACTION: Duration = Duration::from_secs(1);
 
 /// A notification received by `LISTEN` on the store's dedicated connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -247,7 +259,12 @@ impl PostgresStore {
             config.application_name("orch");
         }
         // Every connection works in the schema; pg_catalog stays implicitly first.
-        config.options(format!("-c search_path={}", options.schema));
+        let mut settings = format!("-c search_path={}", options.schema);
+        if let Some(idle) = options.idle_in_transaction_timeout {
+            let ms = idle.max(MIN_IDLE_IN_TRANSACTION).as_millis();
+            settings.push_str(&format!(" -c idle_in_transaction_session_timeout={ms}"));
+        }
+        config.options(settings);
         let scrubbed = |e: StoreError| match e {
             StoreError::Backend(m) => StoreError::Backend(scrub(&m, password.as_deref())),
             StoreError::Full(m) => StoreError::Full(scrub(&m, password.as_deref())),
