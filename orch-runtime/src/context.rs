@@ -81,6 +81,19 @@ pub(crate) enum Halt {
     Cancelled(String),
 }
 
+/// A wait that asks whether the cancellation ends it.
+pub(crate) enum Wait<'a> {
+    /// A durable timer.
+    Timer,
+    /// A wait for the signal `name`, with or without timeout.
+    Signal {
+        /// The signal.
+        name: &'a str,
+        /// Whether the wait can give up (and so receive the cancellation).
+        timeout: bool,
+    },
+}
+
 /// The outcome of asking for the next seq.
 pub(crate) enum Begin {
     /// Already recorded: replay this entry.
@@ -232,50 +245,72 @@ impl WorkflowCtx {
         self.wake_all();
     }
 
-    /// Hands a pending cancellation to the call at `seq` (once): true if it was pending. The
-    /// caller journals it with [`WriteOp::CancelDelivered`] beside its entry.
-    pub(crate) fn take_cancel(&self, seq: u32) -> bool {
+    // Cancellation: the one place that decides which call receives it and which waits it
+    // ends. Background work never receives it (its failure never fails the workflow). A
+    // pending cancellation goes to the first step that starts executing (or retrying), which
+    // returns it as its outcome; the last seq taken then is its horizon. It ends every wait
+    // (timer, signal wait) that began before the horizon, or while it is pending; a timer's
+    // end is journaled so replay ends it at once, a signal wait with timeout records that it
+    // timed out, one without cannot return, so the instance ends cancelled. Timers started
+    // after the handover (compensation code) run normally.
+
+    /// Hands a pending cancellation to the step at `seq` (once): the write to journal beside
+    /// its entry, if it receives it.
+    pub(crate) fn receive_cancel(&self, seq: u32) -> Option<WriteOp> {
         if in_background() {
-            // Background work never fails the workflow, so it cannot receive its cancellation.
-            return false;
+            return None;
         }
         let mut st = self.lock();
         if st.cancel_at.is_some() && st.cancel_seq.is_none() {
             st.cancel_seq = Some(seq);
             st.cancel_horizon = Some(st.next_seq);
+            return Some(WriteOp::CancelDelivered {
+                instance: self.id.clone(),
+                seq,
+            });
+        }
+        None
+    }
+
+    /// Whether the cancellation ends the wait at `seq` now (see above): a timer's end is
+    /// journaled before any later step can run; a signal wait without timeout halts the
+    /// instance as cancelled.
+    pub(crate) fn cancel_ends_wait(&self, seq: u32, wait: Wait<'_>) -> bool {
+        if matches!(wait, Wait::Timer) && self.lock().ended_timers.contains(&seq) {
+            // Ended early on an earlier run.
             return true;
         }
-        false
-    }
-
-    /// Whether the timer at `seq` ended early on an earlier run (journaled).
-    pub(crate) fn timer_ended(&self, seq: u32) -> bool {
-        self.lock().ended_timers.contains(&seq)
-    }
-
-    /// Whether the cancellation ends the timer at `seq` now: it is pending, or it was handed
-    /// over while this timer was already waiting (timers started afterwards, e.g. in
-    /// compensation code, run normally). The caller journals the end with [`end_timer`].
-    ///
-    /// [`end_timer`]: Self::end_timer
-    pub(crate) fn cancel_ends_timer(&self, seq: u32) -> bool {
         if in_background() {
             return false;
         }
-        let st = self.lock();
-        st.cancel_at.is_some()
-            && (st.cancel_seq.is_none() || st.cancel_horizon.is_some_and(|h| seq <= h))
-    }
-
-    /// Journals that the timer at `seq` ended early, before any later step can run.
-    pub(crate) fn end_timer(&self, seq: u32) {
-        if !self.lock().ended_timers.insert(seq) {
-            return;
+        let ends = {
+            let st = self.lock();
+            st.cancel_at.is_some()
+                && (st.cancel_seq.is_none() || st.cancel_horizon.is_some_and(|h| seq <= h))
+        };
+        if !ends {
+            return false;
         }
-        self.record_value_write(vec![WriteOp::EndTimer {
-            instance: self.id.clone(),
-            seq,
-        }]);
+        match wait {
+            Wait::Timer => {
+                if self.lock().ended_timers.insert(seq) {
+                    self.record_value_write(vec![WriteOp::EndTimer {
+                        instance: self.id.clone(),
+                        seq,
+                    }]);
+                }
+            }
+            Wait::Signal { timeout: true, .. } => {}
+            Wait::Signal {
+                name,
+                timeout: false,
+            } => self.halt(Halt::Cancelled(format!(
+                "cancelled while waiting for signal `{name}` (a wait without timeout \
+                 cannot receive a cancellation; use orch::signal_with_timeout to run \
+                 compensation code)"
+            ))),
+        }
+        true
     }
 
     /// Whether cancellation was requested (delivered or not).
@@ -470,8 +505,8 @@ impl WorkflowCtx {
     }
 
     /// Records a value replay cannot reproduce; the next step waits for it to be durable.
-    pub(crate) fn record_value(&self, entry: JournalEntry) {
-        let commit = self.record(entry, Vec::new());
+    pub(crate) fn record_value(&self, entry: JournalEntry, extra: Vec<WriteOp>) {
+        let commit = self.record(entry, extra);
         self.lock().values.push(commit);
     }
 

@@ -7,8 +7,9 @@
 //! Inside a step body they are a mistake and panic with a message saying so; the panic is
 //! recorded as a failed attempt of that step.
 
-use crate::context::{self, Begin, Halt, Scope, StepInfo, WorkflowCtx};
+use crate::context::{self, Halt, Scope, StepInfo, Wait, WorkflowCtx};
 use crate::journal::{self, EntryKind, JournalEntry, SignalOutcome};
+use crate::replay::{Durability, Slot, decode_as, decoded};
 use crate::store::{Millis, WriteOp};
 use crate::workflow::Workflow;
 use futures_util::FutureExt;
@@ -35,36 +36,12 @@ fn parked<T: Send + 'static>() -> Durable<T> {
     Box::pin(std::future::pending())
 }
 
-/// `encoded`, or halts the instance: `what`'s value cannot be serialized.
-fn written(ctx: &WorkflowCtx, what: &str, encoded: Result<String, String>) -> Option<String> {
-    match encoded {
-        Ok(json) => Some(json),
-        Err(e) => {
-            ctx.halt(Halt::Failed(format!(
-                "{what}: the value cannot be serialized: {e}"
-            )));
-            None
-        }
+/// A call that must never complete: halts the instance with `halt`, if the call found why.
+fn halted<T: Send + 'static>(ctx: &WorkflowCtx, halt: Option<Halt>) -> Durable<T> {
+    if let Some(halt) = halt {
+        ctx.halt(halt);
     }
-}
-
-/// The outcome of `e` in the code's type `T` (see [`JournalEntry::value`]), or halts the
-/// instance as incompatible.
-fn from_json<T: DeserializeOwned>(ctx: &WorkflowCtx, e: &JournalEntry) -> Option<T> {
-    match e.value::<T>() {
-        Ok(v) => Some(v),
-        Err(err) => {
-            ctx.halt(Halt::Incompatible(format!(
-                "at seq {} the recorded {} `{}` does not deserialize into the type the code now \
-                 expects ({err}); {}",
-                e.seq,
-                e.kind,
-                e.name,
-                ctx.mismatch_advice()
-            )));
-            None
-        }
-    }
+    parked()
 }
 
 /// Records (or replays) a value produced once: `now`, `random`, `uuid`. `make` gets the
@@ -76,22 +53,19 @@ where
     match context::current() {
         None => Box::pin(std::future::ready(make(None))),
         Some(Scope::Step(step)) => misuse(kind.as_str(), &step),
-        Some(Scope::Workflow(ctx)) => match ctx.begin(kind, "") {
-            Begin::Halted => parked(),
-            Begin::Replay(e) => match from_json(&ctx, &e) {
-                Some(v) => Box::pin(std::future::ready(v)),
-                None => parked(),
-            },
-            Begin::Fresh(seq) => {
-                let value = make(Some((&ctx, seq)));
-                let Some(json) = written(&ctx, kind.as_str(), journal::encode(&value)) else {
-                    return parked();
-                };
-                // Replay could not reproduce this value: the next step waits until it is durable.
-                ctx.record_value(JournalEntry::new(seq, kind, "", json, ctx.now_ms()));
-                Box::pin(std::future::ready(value))
+        Some(Scope::Workflow(ctx)) => {
+            // Replay could not reproduce this value: the next step waits until it is durable.
+            let value =
+                ctx.replay_or_record(kind, "", Durability::BeforeNextStep, decoded, |call| {
+                    let value = make(Some((call.ctx(), call.seq)));
+                    let outcome = journal::encode(&value);
+                    Ok((value, outcome, Vec::new()))
+                });
+            match value {
+                Ok(v) => Box::pin(std::future::ready(v)),
+                Err(halt) => halted(&ctx, halt),
             }
-        },
+        }
     }
 }
 
@@ -168,28 +142,21 @@ fn timer(target: Target) -> Durable<()> {
             }
         }),
         Some(Scope::Step(step)) => misuse("sleep", &step),
-        Some(Scope::Workflow(ctx)) => match ctx.begin(EntryKind::Sleep, "") {
-            Begin::Halted => parked(),
-            Begin::Replay(e) => match from_json::<Millis>(&ctx, &e) {
-                Some(fire_at) => Box::pin(wait_until(ctx, e.seq, fire_at)),
-                None => parked(),
-            },
-            Begin::Fresh(seq) => {
-                let now = ctx.now_ms();
-                let fire_at = match target {
-                    Target::After(d) => now.saturating_add(span(d)),
-                    Target::At(t) => millis(t),
-                };
-                let Some(json) = written(&ctx, "sleep", journal::encode(&fire_at)) else {
-                    return parked();
-                };
-                ctx.record_later(
-                    JournalEntry::new(seq, EntryKind::Sleep, "", json, now),
-                    Vec::new(),
-                );
-                Box::pin(wait_until(ctx, seq, fire_at))
+        Some(Scope::Workflow(ctx)) => {
+            let decode = |ctx: &WorkflowCtx, e: JournalEntry| Ok((e.seq, decode_as(ctx, &e)?));
+            let timer =
+                ctx.replay_or_record(EntryKind::Sleep, "", Durability::Later, decode, |call| {
+                    let fire_at = match target {
+                        Target::After(d) => call.ctx().now_ms().saturating_add(span(d)),
+                        Target::At(t) => millis(t),
+                    };
+                    Ok(((call.seq, fire_at), journal::encode(&fire_at), Vec::new()))
+                });
+            match timer {
+                Ok((seq, fire_at)) => Box::pin(wait_until(ctx, seq, fire_at)),
+                Err(halt) => halted(&ctx, halt),
             }
-        },
+        }
     }
 }
 
@@ -197,17 +164,8 @@ fn timer(target: Target) -> Durable<()> {
 /// Cancellation ends the wait early (the next step call receives the cancellation error).
 async fn wait_until(ctx: Arc<WorkflowCtx>, seq: u32, fire_at: Millis) {
     let remaining = fire_at - ctx.now_ms();
-    if remaining <= 0 || ctx.timer_ended(seq) {
-        return;
-    }
-    let ended_by_cancel = || {
-        let ends = ctx.cancel_ends_timer(seq);
-        if ends {
-            ctx.end_timer(seq);
-        }
-        ends
-    };
-    if ended_by_cancel() {
+    let ended_by_cancel = || ctx.cancel_ends_wait(seq, Wait::Timer);
+    if remaining <= 0 || ended_by_cancel() {
         return;
     }
     let remaining = Duration::from_millis(remaining as u64);
@@ -271,35 +229,29 @@ pub fn set_status<T: Serialize>(status: T) -> Durable<()> {
     match context::current() {
         None => Box::pin(std::future::ready(())),
         Some(Scope::Step(step)) => misuse("set_status", &step),
-        Some(Scope::Workflow(ctx)) => match ctx.begin(EntryKind::Status, "") {
-            Begin::Halted => parked(),
-            Begin::Replay(_) => Box::pin(std::future::ready(())),
-            Begin::Fresh(seq) => {
-                let Some(json) = written(&ctx, "set_status", journal::encode(&status)) else {
-                    return parked();
-                };
-                if json.len() > crate::limits::MAX_CUSTOM_STATUS_BYTES {
-                    ctx.halt(Halt::Failed(format!(
-                        "orch::set_status: the status is {} bytes of JSON, over the limit of \
+        Some(Scope::Workflow(ctx)) => {
+            let set =
+                ctx.replay_or_record(EntryKind::Status, "", Durability::Later, unread, |call| {
+                    let json = journal::encode(&status);
+                    if let Ok(json) = &json
+                        && json.len() > crate::limits::MAX_CUSTOM_STATUS_BYTES
+                    {
+                        return Err(Halt::Failed(format!(
+                            "orch::set_status: the status is {} bytes of JSON, over the limit of \
                          {} bytes; show a short summary and keep the data in a step's output",
-                        json.len(),
-                        crate::limits::MAX_CUSTOM_STATUS_BYTES
-                    )));
-                    return parked();
-                }
-                let now = ctx.now_ms();
-                let update = WriteOp::CustomStatus {
-                    instance: ctx.id.clone(),
-                    value: json.clone(),
-                    at: now,
-                };
-                ctx.record_later(
-                    JournalEntry::new(seq, EntryKind::Status, "", json, now),
-                    vec![update],
-                );
-                Box::pin(std::future::ready(()))
-            }
-        },
+                            json.len(),
+                            crate::limits::MAX_CUSTOM_STATUS_BYTES
+                        )));
+                    }
+                    let update = json.iter().map(|value| WriteOp::CustomStatus {
+                        instance: call.ctx().id.clone(),
+                        value: value.clone(),
+                        at: call.ctx().now_ms(),
+                    });
+                    Ok(((), json.clone(), update.collect()))
+                });
+            done(&ctx, set)
+        }
     }
 }
 
@@ -314,51 +266,55 @@ pub fn set_attribute<T: Serialize>(key: &str, value: T) -> Durable<()> {
     match context::current() {
         None => Box::pin(std::future::ready(())),
         Some(Scope::Step(step)) => misuse("set_attribute", &step),
-        Some(Scope::Workflow(ctx)) => match ctx.begin(EntryKind::Attribute, key) {
-            Begin::Halted => parked(),
-            Begin::Replay(_) => Box::pin(std::future::ready(())),
-            Begin::Fresh(seq) => {
-                let json = written(&ctx, "set_attribute", journal::attribute_value(&value));
-                let Some(json) = json else {
-                    return parked();
+        Some(Scope::Workflow(ctx)) => {
+            let set = ctx.replay_or_record(EntryKind::Attribute, key, Durability::Later, unread, |call| {
+                let json = journal::attribute_value(&value);
+                let Ok(text) = &json else {
+                    return Ok(((), json, Vec::new()));
                 };
                 if key.starts_with("orch.") {
-                    ctx.halt(Halt::Failed(format!(
+                    return Err(Halt::Failed(format!(
                         "orch::set_attribute(\"{key}\"): keys starting with `orch.` are reserved \
                          for orch's own attributes (e.g. orch.forked_from); choose another key"
                     )));
-                    return parked();
                 }
                 if key.is_empty() || key.len() > crate::limits::MAX_ATTR_KEY_BYTES {
-                    ctx.halt(Halt::Failed(format!(
+                    return Err(Halt::Failed(format!(
                         "orch::set_attribute: the key must be 1 to {} bytes, got {} bytes",
                         crate::limits::MAX_ATTR_KEY_BYTES,
                         key.len()
                     )));
-                    return parked();
                 }
-                if json.len() > crate::limits::MAX_ATTR_VALUE_BYTES {
-                    ctx.halt(Halt::Failed(format!(
+                if text.len() > crate::limits::MAX_ATTR_VALUE_BYTES {
+                    return Err(Halt::Failed(format!(
                         "orch::set_attribute(\"{key}\"): the value is {} bytes of JSON, over the \
                          {}-byte limit for attributes; store a short value (an id, a number)",
-                        json.len(),
+                        text.len(),
                         crate::limits::MAX_ATTR_VALUE_BYTES
                     )));
-                    return parked();
                 }
-                let now = ctx.now_ms();
                 let update = WriteOp::Attribute {
-                    instance: ctx.id.clone(),
+                    instance: call.ctx().id.clone(),
                     key: key.to_string(),
-                    value: json.clone(),
+                    value: text.clone(),
                 };
-                ctx.record_later(
-                    JournalEntry::new(seq, EntryKind::Attribute, key, json, now),
-                    vec![update],
-                );
-                Box::pin(std::future::ready(()))
-            }
-        },
+                Ok(((), json, vec![update]))
+            });
+            done(&ctx, set)
+        }
+    }
+}
+
+/// Replays a call whose outcome the code does not read (`set_status`, `set_attribute`).
+fn unread(_: &WorkflowCtx, _: JournalEntry) -> Result<(), Halt> {
+    Ok(())
+}
+
+/// A call that completes at once, unless it must never complete.
+fn done(ctx: &WorkflowCtx, result: Result<(), Option<Halt>>) -> Durable<()> {
+    match result {
+        Ok(()) => Box::pin(std::future::ready(())),
+        Err(halt) => halted(ctx, halt),
     }
 }
 
@@ -396,47 +352,40 @@ fn receive<T: DeserializeOwned + Send + 'static>(
     };
     let deadline = match timeout {
         None => None,
-        Some(d) => match ctx.begin(EntryKind::Deadline, name) {
-            Begin::Halted => return parked(),
-            Begin::Replay(e) => match from_json::<Millis>(&ctx, &e) {
-                Some(at) => Some(at),
-                None => return parked(),
-            },
-            Begin::Fresh(seq) => {
-                let now = ctx.now_ms();
-                let at = now.saturating_add(span(d));
-                let Some(json) = written(&ctx, "signal_with_timeout", journal::encode(&at)) else {
-                    return parked();
-                };
-                ctx.record_later(
-                    JournalEntry::new(seq, EntryKind::Deadline, name, json, now),
-                    Vec::new(),
-                );
-                Some(at)
+        Some(d) => {
+            let at = ctx.replay_or_record(
+                EntryKind::Deadline,
+                name,
+                Durability::Later,
+                decoded,
+                |call| {
+                    let at = call.ctx().now_ms().saturating_add(span(d));
+                    Ok((at, journal::encode(&at), Vec::new()))
+                },
+            );
+            match at {
+                Ok(at) => Some(at),
+                Err(halt) => return halted(&ctx, halt),
             }
+        }
+    };
+    let decode = |ctx: &WorkflowCtx, e: JournalEntry| match decode_as(ctx, &e)? {
+        SignalOutcome::TimedOut => Ok(None),
+        SignalOutcome::Payload(v) => match serde_json::from_value::<T>(v) {
+            Ok(v) => Ok(Some(v)),
+            Err(err) => Err(Halt::Incompatible(format!(
+                "at seq {} the recorded payload of signal `{}` does not deserialize into the \
+                 type the code now expects: {err}",
+                e.seq, e.name
+            ))),
         },
     };
-    let seq = match ctx.begin(EntryKind::Signal, name) {
-        Begin::Halted => return parked(),
-        Begin::Replay(e) => {
-            return match from_json::<SignalOutcome<serde_json::Value>>(&ctx, &e) {
-                Some(SignalOutcome::TimedOut) => Box::pin(std::future::ready(None)),
-                Some(SignalOutcome::Payload(v)) => match serde_json::from_value::<T>(v) {
-                    Ok(v) => Box::pin(std::future::ready(Some(v))),
-                    Err(err) => {
-                        ctx.halt(Halt::Incompatible(format!(
-                            "at seq {} the recorded payload of signal `{}` does not deserialize \
-                             into the type the code now expects: {err}",
-                            e.seq, e.name
-                        )));
-                        parked()
-                    }
-                },
-                None => parked(),
-            };
-        }
-        Begin::Fresh(seq) => seq,
+    let mut call = match ctx.replay_or_execute(EntryKind::Signal, name, decode) {
+        Slot::Replay(v) => return Box::pin(std::future::ready(v)),
+        Slot::Halt(halt) => return halted(&ctx, halt),
+        Slot::Execute(call) => call,
     };
+    let seq = call.seq;
     let name = name.to_string();
     Box::pin(async move {
         let _waiting = ctx.waiter_guard(seq);
@@ -457,21 +406,18 @@ fn receive<T: DeserializeOwned + Send + 'static>(
                 }) {
                     Ok(v) => {
                         let payload = journal::encode(&SignalOutcome::Payload(&value));
-                        let Some(json) = written(&ctx, "signal", payload) else {
-                            return Poll::Pending;
-                        };
                         let consume = WriteOp::ConsumeSignal {
                             instance: ctx.id.clone(),
                             signal: sig.id,
                             seq,
                         };
-                        let now = ctx.now_ms();
-                        let mut received =
-                            JournalEntry::new(seq, EntryKind::Signal, &name, json, now);
                         // The refused payloads count as attempts before this one, so the
                         // journal shows them under the entry without marking it failed.
-                        received.attempts = refused + 1;
-                        ctx.record_later(received, vec![consume]);
+                        call.attempts = refused + 1;
+                        if let Err(halt) = call.record(payload, vec![consume], Durability::Later) {
+                            ctx.halt(halt);
+                            return Poll::Pending;
+                        }
                         return Poll::Ready(Some(v));
                     }
                     Err(err) => {
@@ -505,34 +451,23 @@ fn receive<T: DeserializeOwned + Send + 'static>(
                     }
                 }
             }
-            let cancelled = ctx.cancel_ends_timer(seq);
-            if cancelled {
-                // Cancelled while waiting: a wait with a timeout gives up as if it timed out
-                // (the next step call receives the cancellation error); one without cannot
-                // return, so the instance ends cancelled.
-                if deadline.is_none() {
-                    ctx.halt(Halt::Cancelled(format!(
-                        "cancelled while waiting for signal `{name}` (a wait without timeout \
-                         cannot receive a cancellation; use orch::signal_with_timeout to run \
-                         compensation code)"
-                    )));
-                    return Poll::Pending;
-                }
-            }
+            // Cancelled while waiting: a wait with a timeout gives up as if it timed out (the
+            // next step call receives the cancellation error); one without halts.
+            let wait = Wait::Signal {
+                name: &name,
+                timeout: deadline.is_some(),
+            };
+            let cancelled = ctx.cancel_ends_wait(seq, wait);
             if let Some(at) = deadline {
                 let fired = alarm
                     .as_mut()
                     .is_some_and(|a| a.as_mut().poll(cx).is_ready());
                 if fired || ctx.now_ms() >= at || cancelled {
                     let timed_out = journal::encode(&SignalOutcome::<()>::TimedOut);
-                    let Some(json) = written(&ctx, "signal_with_timeout", timed_out) else {
+                    if let Err(halt) = call.record(timed_out, Vec::new(), Durability::Later) {
+                        ctx.halt(halt);
                         return Poll::Pending;
-                    };
-                    let now = ctx.now_ms();
-                    ctx.record_later(
-                        JournalEntry::new(seq, EntryKind::Signal, &name, json, now),
-                        Vec::new(),
-                    );
+                    }
                     return Poll::Ready(None);
                 }
             }
@@ -604,22 +539,18 @@ pub fn call_workflow<W: Workflow>(input: W::Input) -> Durable<W::Output> {
         None | Some(Scope::Step(_)) => return W::run(input),
         Some(Scope::Workflow(ctx)) => ctx,
     };
-    let seq = match ctx.begin(EntryKind::Child, W::NAME) {
-        Begin::Halted => return parked(),
-        Begin::Replay(e) => {
-            return match from_json::<W::Output>(&ctx, &e) {
-                Some(v) => Box::pin(std::future::ready(v)),
-                None => parked(),
-            };
-        }
-        Begin::Fresh(seq) => seq,
+    let mut call = match ctx.replay_or_execute(EntryKind::Child, W::NAME, decoded) {
+        Slot::Replay(v) => return Box::pin(std::future::ready(v)),
+        Slot::Halt(halt) => return halted(&ctx, halt),
+        Slot::Execute(call) => call,
     };
-    let Some(input) = written(
-        &ctx,
-        W::NAME,
-        serde_json::to_string(&input).map_err(|e| e.to_string()),
-    ) else {
-        return parked();
+    let seq = call.seq;
+    let input = match serde_json::to_string(&input) {
+        Ok(input) => input,
+        Err(e) => {
+            let msg = format!("{}: the value cannot be serialized: {e}", W::NAME);
+            return halted(&ctx, Some(Halt::Failed(msg)));
+        }
     };
     Box::pin(async move {
         // `/` cannot appear in user ids, so a child id never collides with one.
@@ -629,7 +560,7 @@ pub fn call_workflow<W: Workflow>(input: W::Input) -> Durable<W::Output> {
             n => format!("{}/{seq}.r{n}", ctx.id),
         };
         let inner = ctx.engine.clone();
-        let started = ctx.now_ms();
+        call.started_at = Some(ctx.now_ms());
         ctx.wait_for_child(&child_id, seq);
         let _waiting = ctx.waiter_guard(seq);
         let mut started_child = false;
@@ -717,9 +648,10 @@ pub fn call_workflow<W: Workflow>(input: W::Input) -> Durable<W::Output> {
                         return std::future::pending().await;
                     }
                 };
-                let mut e = JournalEntry::new(seq, EntryKind::Child, W::NAME, output, started);
-                e.finished_at = ctx.now_ms();
-                ctx.record_later(e, Vec::new());
+                if let Err(halt) = call.record(Ok(output), Vec::new(), Durability::Later) {
+                    ctx.halt(halt);
+                    return std::future::pending().await;
+                }
                 return value;
             }
             std::future::poll_fn(|cx| {

@@ -63,6 +63,7 @@ pub mod graph;
 pub mod journal;
 pub mod limits;
 mod metrics;
+mod replay;
 pub mod retry;
 mod runtime;
 #[cfg(feature = "http")]

@@ -1,7 +1,8 @@
 //! Executing `#[step]` calls: replay, attempts, retries, timeouts, panics, checkpoints.
 
-use crate::context::{self, Begin, Halt, Scope, StepInfo, WorkflowCtx};
+use crate::context::{self, Halt, Scope, StepInfo, WorkflowCtx};
 use crate::journal::{self, EntryKind, JournalEntry, StepOutcome};
+use crate::replay::{Fresh, Slot};
 use crate::retry::{Retry, StepError};
 use crate::store::{AttemptRecord, WriteOp};
 use futures_util::FutureExt;
@@ -29,10 +30,8 @@ pub(crate) enum Call {
     Plain,
     /// Inside a workflow, not yet journaled: execute and checkpoint.
     Fresh {
-        /// The instance.
-        ctx: Arc<WorkflowCtx>,
-        /// Its seq.
-        seq: u32,
+        /// The call.
+        call: Fresh,
         /// Step name.
         name: &'static str,
     },
@@ -54,7 +53,7 @@ impl StepCall {
         step: std::any::TypeId,
     ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
         match &self.0 {
-            Call::Fresh { ctx, .. } => ctx.engine.mock(step),
+            Call::Fresh { call, .. } => call.ctx().engine.mock(step),
             _ => None,
         }
     }
@@ -65,11 +64,14 @@ pub fn begin(name: &'static str) -> StepCall {
     StepCall(match context::current() {
         // A step called from inside another step is part of that step's work.
         None | Some(Scope::Step(_)) => Call::Plain,
-        Some(Scope::Workflow(ctx)) => match ctx.begin(EntryKind::Step, name) {
-            Begin::Fresh(seq) => Call::Fresh { ctx, seq, name },
-            Begin::Replay(entry) => Call::Replay { ctx, entry },
-            Begin::Halted => Call::Halted,
-        },
+        // The outcome's type is known when the call runs: replay decodes it there.
+        Some(Scope::Workflow(ctx)) => {
+            match ctx.replay_or_execute(EntryKind::Step, name, |_, e| Ok(e)) {
+                Slot::Execute(call) => Call::Fresh { call, name },
+                Slot::Replay(entry) => Call::Replay { ctx, entry },
+                Slot::Halt(_) => Call::Halted,
+            }
+        }
     })
 }
 
@@ -106,7 +108,7 @@ where
             }
             value
         }
-        Call::Fresh { ctx, seq, name } => execute(&ctx, seq, name, options, make, policy).await,
+        Call::Fresh { call, name } => execute(call, name, options, make, policy).await,
     }
 }
 
@@ -144,8 +146,7 @@ async fn replay<R: DeserializeOwned>(ctx: &WorkflowCtx, entry: &JournalEntry) ->
 }
 
 async fn execute<R, F, Fut>(
-    ctx: &Arc<WorkflowCtx>,
-    seq: u32,
+    mut call: Fresh,
     name: &'static str,
     options: StepOptions,
     mut make: F,
@@ -156,6 +157,8 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = R>,
 {
+    let ctx = &call.ctx().clone();
+    let seq = call.seq;
     let _busy = ctx.inflight();
     // Values replay cannot reproduce (now, random, uuid) must be durable before a side
     // effect may depend on them.
@@ -167,8 +170,10 @@ where
     let started = ctx.now_ms();
     let max = options.retry.attempts();
     let mut attempt = ctx.failed_attempts(seq) + 1;
-    if ctx.take_cancel(seq) {
-        return cancelled(ctx, seq, name, started, attempt - 1, &policy).await;
+    call.started_at = Some(started);
+    if let Some(delivered) = ctx.receive_cancel(seq) {
+        call.attempts = attempt - 1;
+        return cancelled(&call, name, delivered, &policy).await;
     }
     let (result, last_failure) = loop {
         let attempt_start = ctx.now_ms();
@@ -245,8 +250,9 @@ where
             _ = tokio::time::sleep(delay) => {}
             _ = ctx.cancelled() => {}
         }
-        if ctx.take_cancel(seq) {
-            return cancelled(ctx, seq, name, started, attempt, &policy).await;
+        if let Some(delivered) = ctx.receive_cancel(seq) {
+            call.attempts = attempt;
+            return cancelled(&call, name, delivered, &policy).await;
         }
         attempt += 1;
     };
@@ -254,30 +260,7 @@ where
         Ok(value) => journal::encode(&StepOutcome::Value(value)),
         Err(message) => journal::encode(&StepOutcome::<()>::Failed(message.clone())),
     };
-    let outcome = match outcome {
-        Ok(o) => o,
-        Err(e) => {
-            let msg = format!(
-                "step `{name}` (seq {seq}) returned a value that cannot be serialized: {e}"
-            );
-            return stop(ctx, Halt::Failed(msg)).await;
-        }
-    };
-    let entry = JournalEntry {
-        seq,
-        kind: EntryKind::Step,
-        name: name.to_string(),
-        outcome,
-        attempts: attempt,
-        started_at: started,
-        finished_at: ctx.now_ms(),
-    };
-    ctx.engine.metrics.step(
-        ctx.workflow,
-        name,
-        (entry.finished_at - started).max(0) as f64 / 1000.0,
-        attempt - 1,
-    );
+    call.attempts = attempt;
     // The final attempt failed: its error (a value, a rescued panic or an unrecoverable
     // failure) is the step's outcome.
     let failed = last_failure.is_some();
@@ -288,9 +271,16 @@ where
         })
         .into_iter()
         .collect();
-    if let Err(e) = ctx.record(entry, extra).await {
-        return stop(ctx, Halt::Store(e)).await;
-    }
+    let finished = match call.checkpoint(outcome, extra).await {
+        Ok(finished) => finished,
+        Err(halt) => return stop(ctx, halt).await,
+    };
+    ctx.engine.metrics.step(
+        ctx.workflow,
+        name,
+        (finished - started).max(0) as f64 / 1000.0,
+        attempt - 1,
+    );
     if failed {
         ctx.note_failed_step(name, seq);
     }
@@ -300,16 +290,15 @@ where
     }
 }
 
-/// The step at `seq` receives the workflow's cancellation instead of running (again): its
-/// outcome is the cancellation error, journaled like any outcome so replay returns it too.
+/// The step receives the workflow's cancellation instead of running (again): its outcome is
+/// the cancellation error, journaled (with `delivered`) like any outcome so replay returns it.
 async fn cancelled<R: Serialize>(
-    ctx: &Arc<WorkflowCtx>,
-    seq: u32,
+    call: &Fresh,
     name: &'static str,
-    started: crate::store::Millis,
-    attempts: u32,
+    delivered: WriteOp,
     policy: &ErrorPolicy<R>,
 ) -> R {
+    let (ctx, seq) = (call.ctx(), call.seq);
     let message = format!("step `{name}` was cancelled: the workflow's cancellation was requested");
     let Some(value) = (policy.rescue)(StepError::cancelled(&message)) else {
         let msg = format!(
@@ -325,21 +314,8 @@ async fn cancelled<R: Serialize>(
             return stop(ctx, Halt::Failed(msg)).await;
         }
     };
-    let entry = JournalEntry {
-        seq,
-        kind: EntryKind::Step,
-        name: name.to_string(),
-        outcome,
-        attempts,
-        started_at: started,
-        finished_at: ctx.now_ms(),
-    };
-    let delivered = WriteOp::CancelDelivered {
-        instance: ctx.id.clone(),
-        seq,
-    };
-    if let Err(e) = ctx.record(entry, vec![delivered]).await {
-        return stop(ctx, Halt::Store(e)).await;
+    if let Err(halt) = call.checkpoint(Ok(outcome), vec![delivered]).await {
+        return stop(ctx, halt).await;
     }
     ctx.note_failed_step(name, seq);
     value
