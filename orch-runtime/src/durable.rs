@@ -233,22 +233,25 @@ pub fn set_status<T: Serialize>(status: T) -> Durable<()> {
             let set =
                 ctx.replay_or_record(EntryKind::Status, "", Durability::Later, unread, |call| {
                     let json = journal::encode(&status);
-                    if let Ok(json) = &json
-                        && json.len() > crate::limits::MAX_CUSTOM_STATUS_BYTES
-                    {
+                    let Ok(text) = &json else {
+                        // Recording halts: the value cannot be serialized.
+                        return Ok(((), json, Vec::new()));
+                    };
+                    if text.len() > crate::limits::MAX_CUSTOM_STATUS_BYTES {
                         return Err(Halt::Failed(format!(
-                            "orch::set_status: the status is {} bytes of JSON, over the limit of \
-                         {} bytes; show a short summary and keep the data in a step's output",
-                            json.len(),
+                            "orch::set_status: the status is {} bytes of JSON, over the limit \
+                             of {} bytes; show a short summary and keep the data in a step's \
+                             output",
+                            text.len(),
                             crate::limits::MAX_CUSTOM_STATUS_BYTES
                         )));
                     }
-                    let update = json.iter().map(|value| WriteOp::CustomStatus {
+                    let update = WriteOp::CustomStatus {
                         instance: call.ctx().id.clone(),
-                        value: value.clone(),
+                        value: text.clone(),
                         at: call.ctx().now_ms(),
-                    });
-                    Ok(((), json.clone(), update.collect()))
+                    };
+                    Ok(((), json, vec![update]))
                 });
             done(&ctx, set)
         }
@@ -267,42 +270,54 @@ pub fn set_attribute<T: Serialize>(key: &str, value: T) -> Durable<()> {
         None => Box::pin(std::future::ready(())),
         Some(Scope::Step(step)) => misuse("set_attribute", &step),
         Some(Scope::Workflow(ctx)) => {
-            let set = ctx.replay_or_record(EntryKind::Attribute, key, Durability::Later, unread, |call| {
-                let json = journal::attribute_value(&value);
-                let Ok(text) = &json else {
-                    return Ok(((), json, Vec::new()));
-                };
-                if key.starts_with("orch.") {
-                    return Err(Halt::Failed(format!(
-                        "orch::set_attribute(\"{key}\"): keys starting with `orch.` are reserved \
-                         for orch's own attributes (e.g. orch.forked_from); choose another key"
-                    )));
-                }
-                if key.is_empty() || key.len() > crate::limits::MAX_ATTR_KEY_BYTES {
-                    return Err(Halt::Failed(format!(
-                        "orch::set_attribute: the key must be 1 to {} bytes, got {} bytes",
-                        crate::limits::MAX_ATTR_KEY_BYTES,
-                        key.len()
-                    )));
-                }
-                if text.len() > crate::limits::MAX_ATTR_VALUE_BYTES {
-                    return Err(Halt::Failed(format!(
-                        "orch::set_attribute(\"{key}\"): the value is {} bytes of JSON, over the \
-                         {}-byte limit for attributes; store a short value (an id, a number)",
-                        text.len(),
-                        crate::limits::MAX_ATTR_VALUE_BYTES
-                    )));
-                }
-                let update = WriteOp::Attribute {
-                    instance: call.ctx().id.clone(),
-                    key: key.to_string(),
-                    value: text.clone(),
-                };
-                Ok(((), json, vec![update]))
-            });
+            let set = ctx.replay_or_record(
+                EntryKind::Attribute,
+                key,
+                Durability::Later,
+                unread,
+                |call| {
+                    let json = journal::attribute_value(&value);
+                    let Ok(text) = &json else {
+                        return Ok(((), json, Vec::new()));
+                    };
+                    check_attribute(key, text)?;
+                    let update = WriteOp::Attribute {
+                        instance: call.ctx().id.clone(),
+                        key: key.to_string(),
+                        value: text.clone(),
+                    };
+                    Ok(((), json, vec![update]))
+                },
+            );
             done(&ctx, set)
         }
     }
+}
+
+/// Refuses a reserved key, or a key or value (`json`) over the limits.
+fn check_attribute(key: &str, json: &str) -> Result<(), Halt> {
+    if key.starts_with("orch.") {
+        return Err(Halt::Failed(format!(
+            "orch::set_attribute(\"{key}\"): keys starting with `orch.` are reserved for orch's \
+             own attributes (e.g. orch.forked_from); choose another key"
+        )));
+    }
+    if key.is_empty() || key.len() > crate::limits::MAX_ATTR_KEY_BYTES {
+        return Err(Halt::Failed(format!(
+            "orch::set_attribute: the key must be 1 to {} bytes, got {} bytes",
+            crate::limits::MAX_ATTR_KEY_BYTES,
+            key.len()
+        )));
+    }
+    if json.len() > crate::limits::MAX_ATTR_VALUE_BYTES {
+        return Err(Halt::Failed(format!(
+            "orch::set_attribute(\"{key}\"): the value is {} bytes of JSON, over the {}-byte \
+             limit for attributes; store a short value (an id, a number)",
+            json.len(),
+            crate::limits::MAX_ATTR_VALUE_BYTES
+        )));
+    }
+    Ok(())
 }
 
 /// Replays a call whose outcome the code does not read (`set_status`, `set_attribute`).
