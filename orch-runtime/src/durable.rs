@@ -206,18 +206,7 @@ pub fn patched(id: &str) -> bool {
     match context::current() {
         None => true,
         Some(Scope::Step(step)) => misuse("patched", &step),
-        Some(Scope::Workflow(ctx)) => match ctx.patch_marker(id) {
-            None => true,
-            Some(Ok(taken)) => taken,
-            Some(Err(seq)) => {
-                let now = ctx.now_ms();
-                ctx.record_later(
-                    JournalEntry::new(seq, EntryKind::Patch, id, journal::patch_marker(), now),
-                    Vec::new(),
-                );
-                true
-            }
-        },
+        Some(Scope::Workflow(ctx)) => ctx.patched(id),
     }
 }
 

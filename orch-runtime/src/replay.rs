@@ -12,7 +12,7 @@
 //! [`WorkflowCtx::receive_cancel`] and [`WorkflowCtx::cancel_ends_wait`].
 
 use crate::context::{Begin, Halt, WorkflowCtx};
-use crate::journal::{EntryKind, JournalEntry};
+use crate::journal::{self, EntryKind, JournalEntry};
 use crate::store::{Millis, WriteOp};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -89,14 +89,7 @@ impl WorkflowCtx {
                 Ok(v) => Slot::Replay(v),
                 Err(halt) => Slot::Halt(Some(halt)),
             },
-            Begin::Fresh(seq) => Slot::Execute(Fresh {
-                ctx: self.clone(),
-                seq,
-                kind,
-                name: name.to_string(),
-                started_at: None,
-                attempts: 1,
-            }),
+            Begin::Fresh(seq) => Slot::Execute(self.fresh(seq, kind, name)),
         }
     }
 
@@ -120,6 +113,33 @@ impl WorkflowCtx {
                 call.record(outcome, extra, when).map_err(Some)?;
                 Ok(value)
             }
+        }
+    }
+
+    /// `patched(id)`: whether the code takes the new branch (see
+    /// [`patch_marker`](Self::patch_marker)); a marker taken fresh is recorded.
+    pub(crate) fn patched(self: &Arc<Self>, id: &str) -> bool {
+        match self.patch_marker(id) {
+            None => true,
+            Some(Ok(taken)) => taken,
+            Some(Err(seq)) => {
+                let call = self.fresh(seq, EntryKind::Patch, id);
+                let marker = Ok(journal::patch_marker());
+                // The marker always serializes.
+                let _ = call.record(marker, Vec::new(), Durability::Later);
+                true
+            }
+        }
+    }
+
+    fn fresh(self: &Arc<Self>, seq: u32, kind: EntryKind, name: &str) -> Fresh {
+        Fresh {
+            ctx: self.clone(),
+            seq,
+            kind,
+            name: name.to_string(),
+            started_at: None,
+            attempts: 1,
         }
     }
 }
