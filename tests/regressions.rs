@@ -171,6 +171,9 @@ impl StoreAdmin for Faulty {
     fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeRecord>, StoreError>> {
         self.inner.nodes()
     }
+    fn leases(&self, ids: Vec<String>) -> BoxFuture<'_, Result<Vec<Lease>, StoreError>> {
+        self.inner.leases(ids)
+    }
 }
 
 fn faulty(faults: Faults) -> Arc<Faulty> {

@@ -898,6 +898,15 @@ impl StoreAdmin for MemoryStore {
             .collect();
         Box::pin(async move { Ok(result) })
     }
+
+    fn leases(&self, ids: Vec<String>) -> BoxFuture<'_, Result<Vec<Lease>, StoreError>> {
+        let state = self.lock();
+        let result = ids
+            .iter()
+            .filter_map(|id| state.lease_of(state.instances.get(id)?))
+            .collect();
+        Box::pin(async move { Ok(result) })
+    }
 }
 
 /// Whether `i` is due at `now`: running, or suspended with its wake time reached.

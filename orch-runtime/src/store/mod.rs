@@ -1005,6 +1005,12 @@ pub trait StoreAdmin: Send + Sync + 'static {
     /// Every node that ever renewed a lease, by id, with how many unfinished instances each
     /// owns now.
     fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeRecord>, StoreError>>;
+
+    /// The current lease of each of `ids` that has an owner (its node, epoch and the node's
+    /// lease end; 0 when that node never renewed), in the order of `ids`. Unowned (suspended,
+    /// finished, released) and missing ids are left out. A lease whose end has passed is still
+    /// listed: its instance keeps that owner until another node claims it.
+    fn leases(&self, ids: Vec<String>) -> BoxFuture<'_, Result<Vec<Lease>, StoreError>>;
 }
 
 /// A complete backend: the engine's [`Store`] and the operators' [`StoreAdmin`]. Implemented

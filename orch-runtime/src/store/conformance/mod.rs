@@ -131,6 +131,9 @@ pub const CHECKS: &[(&str, CheckFn)] = &[
     ("queries::nodes_list_heartbeats_and_owned_instances", |s| {
         Box::pin(queries::nodes_list_heartbeats_and_owned_instances(s))
     }),
+    ("queries::leases_name_each_instance_s_owner", |s| {
+        Box::pin(queries::leases_name_each_instance_s_owner(s))
+    }),
 ];
 
 /// Runs every check, each on a fresh store from `factory`, and panics listing those that
@@ -204,7 +207,8 @@ macro_rules! conformance_tests {
             operations::fork_copies_the_journal,
             queries::search_pages_newest_first,
             queries::stats_and_counts_agree,
-            queries::nodes_list_heartbeats_and_owned_instances
+            queries::nodes_list_heartbeats_and_owned_instances,
+            queries::leases_name_each_instance_s_owner
         );
     };
     (@each $factory:expr; $($module:ident :: $check:ident),*) => {

@@ -1,6 +1,6 @@
-//! Operators' reads: search order and paging, statistics, the nodes.
+//! Operators' reads: search order and paging, statistics, the nodes and who owns what.
 
-use super::{T0, create_owned, node, record, register};
+use super::{T0, create_free, create_owned, node, record, register, terms};
 use crate::store::{Backend, Cursor, Query, StatsQuery, Status, WriteOp};
 use std::sync::Arc;
 
@@ -86,4 +86,72 @@ pub async fn nodes_list_heartbeats_and_owned_instances(store: Arc<dyn Backend>) 
         .collect();
     assert_eq!(shown, [("node-a", T0, 1), ("node-b", T0 + 5, 0)]);
     assert_eq!(nodes[0].lease_expires, T0 + 10_000);
+}
+
+/// Each owned instance is listed with its owner, epoch and the owner's lease end, in the order
+/// asked; unowned and missing ones are left out. A claim shows the new owner and epoch, a lease
+/// that ended still shows its owner until then, and suspending (a release) removes it.
+pub async fn leases_name_each_instance_s_owner(store: Arc<dyn Backend>) {
+    let (a, b) = (node("node-a"), node("node-b"));
+    register(&*store, &a, T0, 1_000).await;
+    register(&*store, &b, T0, 60_000).await;
+    create_owned(&*store, &a, "i", T0).await;
+    let k = create_owned(&*store, &b, "k", T0).await;
+    create_free(&*store, "j").await;
+    let ids = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    let shown = |leases: Vec<crate::store::Lease>| {
+        leases
+            .into_iter()
+            .map(|l| {
+                (
+                    l.instance,
+                    l.node.as_str().to_string(),
+                    l.epoch,
+                    l.expires_at,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let leases = store
+        .leases(ids(&["k", "j", "missing", "i"]))
+        .await
+        .expect("leases");
+    assert_eq!(
+        shown(leases),
+        [
+            ("k".to_string(), "node-b".to_string(), 1, T0 + 60_000),
+            ("i".to_string(), "node-a".to_string(), 1, T0 + 1_000),
+        ],
+        "owned instances in the order asked, unowned and missing ones left out"
+    );
+    // node-a's lease ended: `i` is still listed as its until someone claims it.
+    let leases = store.leases(ids(&["i"])).await.expect("leases");
+    assert_eq!(
+        leases.len(),
+        1,
+        "an ended lease is listed until claimed: {leases:?}"
+    );
+    store
+        .claim(terms(&b, T0 + 5_000, 60_000), "i")
+        .await
+        .expect("claim")
+        .expect("node-a's lease ended");
+    let leases = store.leases(ids(&["i"])).await.expect("leases");
+    assert_eq!(
+        shown(leases),
+        [("i".to_string(), "node-b".to_string(), 2, T0 + 60_000)],
+        "a claim shows the new owner and epoch"
+    );
+    let suspend = WriteOp::SetStatus {
+        instance: "k".into(),
+        status: Status::Suspended,
+        wake_at: None,
+        at: T0,
+    };
+    store.submit(Some(k), vec![suspend]).await.expect("suspend");
+    let leases = store.leases(ids(&["k"])).await.expect("leases");
+    assert!(
+        leases.is_empty(),
+        "a suspended instance has no owner: {leases:?}"
+    );
 }

@@ -617,4 +617,11 @@ impl StoreAdmin for PostgresStore {
             ownership::nodes(apply::Tx::new(&client)).await
         })
     }
+
+    fn leases(&self, ids: Vec<String>) -> BoxFuture<'_, Result<Vec<Lease>, StoreError>> {
+        Box::pin(async move {
+            let client = read::connection(&self.shared, "reading the owners of instances").await?;
+            ownership::leases_of(apply::Tx::new(&client), &ids).await
+        })
+    }
 }

@@ -314,3 +314,35 @@ pub(super) async fn nodes(tx: Tx<'_>) -> Result<Vec<NodeRecord>, StoreError> {
         })
         .collect()
 }
+
+/// The leases of those of `ids` that have an owner, in the order of `ids`.
+pub(super) async fn leases_of(tx: Tx<'_>, ids: &[String]) -> Result<Vec<Lease>, StoreError> {
+    let ctx = "reading the owners of instances";
+    let rows = tx
+        .query(
+            "SELECT i.id, i.owner, i.lease_epoch, COALESCE(n.lease_expires, 0) \
+             FROM instances i LEFT JOIN nodes n ON n.id = i.owner \
+             WHERE i.id = ANY($1::text[]) AND i.owner IS NOT NULL",
+            &[&ids],
+        )
+        .await
+        .map_err(|e| pg_error(ctx, &e))?;
+    let mut found = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        let id: String = r.try_get(0).map_err(|e| pg_error(ctx, &e))?;
+        let owner: String = r.try_get(1).map_err(|e| pg_error(ctx, &e))?;
+        let node = NodeId::new(owner).map_err(|e| {
+            StoreError::Backend(format!(
+                "instance `{id}` has a stored owner that is not a node id: {e}"
+            ))
+        })?;
+        let lease = Lease {
+            instance: id.clone(),
+            node,
+            epoch: epoch_of(r.try_get(2).map_err(|e| pg_error(ctx, &e))?),
+            expires_at: r.try_get(3).map_err(|e| pg_error(ctx, &e))?,
+        };
+        found.insert(id, lease);
+    }
+    Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+}

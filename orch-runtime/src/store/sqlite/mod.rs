@@ -442,4 +442,8 @@ impl StoreAdmin for SqliteStore {
     fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeRecord>, StoreError>> {
         self.read(ownership::nodes)
     }
+
+    fn leases(&self, ids: Vec<String>) -> BoxFuture<'_, Result<Vec<Lease>, StoreError>> {
+        self.read(move |conn| ownership::leases(conn, &ids))
+    }
 }

@@ -226,9 +226,12 @@ pub(super) fn release(
 }
 
 pub(super) fn nodes(conn: &mut Connection) -> Result<Vec<NodeRecord>, StoreError> {
+    // One pass over the owned instances for all nodes (there is no index on `owner`, and the
+    // table keeps every node that ever ran).
     conn.prepare_cached(
-        "SELECT n.id, n.started_at, n.heartbeat_at, n.lease_expires, \
-         (SELECT count(*) FROM instances i WHERE i.owner = n.id) FROM nodes n ORDER BY n.id",
+        "SELECT n.id, n.started_at, n.heartbeat_at, n.lease_expires, COALESCE(o.owned, 0) \
+         FROM nodes n LEFT JOIN (SELECT owner, count(*) AS owned FROM instances \
+         WHERE owner IS NOT NULL GROUP BY owner) o ON o.owner = n.id ORDER BY n.id",
     )
     .and_then(|mut s| {
         s.query_map([], |r| {
@@ -267,4 +270,37 @@ pub(super) fn check_fence(conn: &Connection, fence: &Fence) -> Result<Status, St
         current_owner: owner,
         current_epoch: epoch,
     })
+}
+
+/// The leases of those of `ids` that have an owner, in the order of `ids`.
+pub(super) fn leases(conn: &mut Connection, ids: &[String]) -> Result<Vec<Lease>, StoreError> {
+    let ctx = |e| backend("reading the owners of instances", e);
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT i.owner, i.epoch, COALESCE(n.lease_expires, 0) FROM instances i \
+             LEFT JOIN nodes n ON n.id = i.owner WHERE i.id = ?1 AND i.owner IS NOT NULL",
+        )
+        .map_err(ctx)?;
+    let mut out = Vec::new();
+    for id in ids {
+        let row: Option<(String, i64, Millis)> = stmt
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()
+            .map_err(ctx)?;
+        let Some((owner, epoch, expires_at)) = row else {
+            continue;
+        };
+        let node = NodeId::new(owner).map_err(|e| {
+            StoreError::Backend(format!(
+                "instance `{id}` has a stored owner that is not a node id: {e}"
+            ))
+        })?;
+        out.push(Lease {
+            instance: id.clone(),
+            node,
+            epoch: u64::try_from(epoch).unwrap_or(0),
+            expires_at,
+        });
+    }
+    Ok(out)
 }
