@@ -68,8 +68,13 @@ pub(crate) async fn as_background<F: std::future::Future>(fut: F) -> F::Output {
 /// Why an instance must stop being driven.
 #[derive(Clone, Debug)]
 pub(crate) enum Halt {
-    /// The journal does not match the code.
-    Incompatible(String),
+    /// The journal does not match the code, first at `seq`.
+    Incompatible {
+        /// Where the journal and the code part ways.
+        seq: u32,
+        /// What differs, and what to do.
+        message: String,
+    },
     /// An unrecoverable failure (a step that failed in a way its type cannot express).
     Failed(String),
     /// The store refused a checkpoint: unload and retry later.
@@ -394,7 +399,7 @@ impl WorkflowCtx {
                     describe(kind, name),
                     self.mismatch_advice(),
                 );
-                st.halt = Some(Halt::Incompatible(msg));
+                st.halt = Some(Halt::Incompatible { seq, message: msg });
                 Begin::Halted
             }
         }
@@ -429,19 +434,23 @@ impl WorkflowCtx {
     }
 
     /// Called when the body has returned: a journal with entries the code never reached does
-    /// not match the code either.
-    pub(crate) fn check_fully_replayed(&self) -> Result<(), String> {
+    /// not match the code either. The error carries the first such entry's seq.
+    pub(crate) fn check_fully_replayed(&self) -> Result<(), (u32, String)> {
         let st = self.lock();
         if st.max_recorded > st.next_seq {
-            let first = (st.next_seq + 1..=st.max_recorded)
-                .find_map(|s| st.journal.get(&s))
+            let first = (st.next_seq + 1..=st.max_recorded).find_map(|s| st.journal.get(&s));
+            let seq = first.map_or(st.next_seq + 1, |e| e.seq);
+            let first = first
                 .map(|e| format!(" (seq {}: {})", e.seq, describe(e.kind, &e.name)))
                 .unwrap_or_default();
-            return Err(format!(
-                "the code finished after seq {} but the journal records {} operations{first}; {}",
-                st.next_seq,
-                st.max_recorded,
-                self.mismatch_advice()
+            return Err((
+                seq,
+                format!(
+                    "the code finished after seq {} but the journal records {} operations{first}; {}",
+                    st.next_seq,
+                    st.max_recorded,
+                    self.mismatch_advice()
+                ),
             ));
         }
         Ok(())

@@ -377,11 +377,14 @@ fn receive<T: DeserializeOwned + Send + 'static>(
         SignalOutcome::TimedOut => Ok(None),
         SignalOutcome::Payload(v) => match serde_json::from_value::<T>(v) {
             Ok(v) => Ok(Some(v)),
-            Err(err) => Err(Halt::Incompatible(format!(
-                "at seq {} the recorded payload of signal `{}` does not deserialize into the \
-                 type the code now expects: {err}",
-                e.seq, e.name
-            ))),
+            Err(err) => Err(Halt::Incompatible {
+                seq: e.seq,
+                message: format!(
+                    "at seq {} the recorded payload of signal `{}` does not deserialize into \
+                     the type the code now expects: {err}",
+                    e.seq, e.name
+                ),
+            }),
         },
     };
     let mut call = match ctx.replay_or_execute(EntryKind::Signal, name, decode) {
@@ -491,6 +494,9 @@ where
         let _ = AssertUnwindSafe(work).catch_unwind().await;
     };
     match context::current() {
+        // Replaying only (the replayer): background work never affects the workflow, and
+        // nothing may run, so it is not started (its call took its seq already).
+        Some(Scope::Workflow(ctx)) if ctx.engine.replay_only() => drop(quiet),
         Some(Scope::Workflow(ctx)) => {
             let busy = ctx.inflight_elsewhere();
             let scope = Scope::Workflow(ctx.clone());

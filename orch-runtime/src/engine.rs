@@ -44,6 +44,9 @@ pub(crate) enum Clock {
         base_ms: Millis,
         base: tokio::time::Instant,
     },
+    /// A clock that stands still at this time (the replayer's: at the end of time, so every
+    /// journaled timer has fired and replay goes on to whatever the journal holds next).
+    Frozen(Millis),
 }
 
 impl Clock {
@@ -59,16 +62,19 @@ impl Clock {
                         .duration_since(*base)
                         .as_millis() as Millis
             }
+            Clock::Frozen(at) => *at,
         }
     }
 }
 
-/// Behaviour the test runtime switches on (see `crate::testing`).
+/// Behaviour the test runtime (see `crate::testing`) and the replayer (see
+/// `crate::replayer`) switch on.
 #[derive(Default)]
 pub(crate) struct TestHooks {
     /// `random()` and `uuid()` derive from (instance, seq), so runs are reproducible.
     pub(crate) seeded: bool,
-    /// Replay what is journaled and stop at the first operation that would execute.
+    /// Replay what is journaled and stop at the first operation that would execute; write
+    /// nothing, not even the end (see `crate::replayer`).
     pub(crate) replay_only: bool,
     /// Step mocks by the step's type id.
     pub(crate) mocks: HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>,
@@ -82,6 +88,10 @@ pub(crate) struct Outcome {
     pub(crate) status: Status,
     pub(crate) output: Option<String>,
     pub(crate) error: Option<String>,
+    /// Of a replay-only run that stopped (see `crate::replayer`): the seq where the journal and
+    /// the code part ways (incompatible), or the first seq the journal does not hold (the run
+    /// replayed everything; still `Running`).
+    pub(crate) seq: Option<u32>,
 }
 
 /// An operator's hard stop, as recorded.
@@ -101,6 +111,7 @@ impl Outcome {
             },
             output: Some(output),
             error: None,
+            seq: None,
         }
     }
 
@@ -110,7 +121,14 @@ impl Outcome {
             status,
             output: None,
             error: Some(message),
+            seq: None,
         }
+    }
+
+    /// Ended at `seq` (see [`Outcome::seq`]).
+    fn at_seq(mut self, seq: u32) -> Outcome {
+        self.seq = Some(seq);
+        self
     }
 
     pub(crate) fn of(rec: &InstanceRecord) -> Outcome {
@@ -118,6 +136,7 @@ impl Outcome {
             status: rec.status,
             output: rec.output.clone(),
             error: rec.error.clone(),
+            seq: None,
         }
     }
 }
@@ -176,11 +195,25 @@ enum Event {
 }
 
 /// Where a drive gets the instance from.
-enum Load {
-    /// Just created: the record is known and the journal empty (no read needed when given).
-    Fresh(Option<Box<InstanceRecord>>),
+pub(crate) enum Load {
+    /// Known already, no read needed: just created (the journal is empty), or handed to the
+    /// replayer.
+    Known(Box<LoadedInstance>),
     /// Read everything from the store.
     Store,
+}
+
+impl Load {
+    /// An instance just created: its record, nothing recorded yet.
+    fn fresh(record: InstanceRecord) -> Load {
+        Load::Known(Box::new(LoadedInstance {
+            record,
+            journal: Vec::new(),
+            attempts: Vec::new(),
+            signals: Vec::new(),
+            ended_timers: Vec::new(),
+        }))
+    }
 }
 
 enum Next {
@@ -508,16 +541,10 @@ impl Inner {
             crate::store::Created::New(lease) => {
                 self.metrics.started(def.name);
                 match lease {
-                    Some(lease) => self.schedule_with(
-                        &id,
-                        Load::Fresh(Some(Box::new(record_copy))),
-                        lease.epoch,
-                    ),
+                    Some(lease) => self.schedule_with(&id, Load::fresh(record_copy), lease.epoch),
                     // Asked to own it, yet no lease came back (a store of one's own that
                     // keeps none): drive it under epoch 0.
-                    None if owned => {
-                        self.schedule_with(&id, Load::Fresh(Some(Box::new(record_copy))), 0)
-                    }
+                    None if owned => self.schedule_with(&id, Load::fresh(record_copy), 0),
                     None => self.wait_for_room(),
                 }
                 true
@@ -577,7 +604,9 @@ impl Inner {
         });
     }
 
-    fn schedule_with(self: &Arc<Self>, id: &str, load: Load, epoch: u64) {
+    /// Drives `id` under the lease epoch `epoch`, loaded as `load` says (a loaded instance is
+    /// asked to look again instead).
+    pub(crate) fn schedule_with(self: &Arc<Self>, id: &str, load: Load, epoch: u64) {
         if self.is_closing() {
             return;
         }
@@ -737,7 +766,7 @@ impl Inner {
 
     /// Stops driving `id` here, writing nothing more: its task and background work are
     /// aborted.
-    fn abort_loaded(&self, id: &str) {
+    pub(crate) fn abort_loaded(&self, id: &str) {
         let slot = lock(&self.loaded).remove(id);
         if let Some(slot) = slot {
             stop(slot);
@@ -1033,19 +1062,9 @@ async fn drive_once(
     fence: &Fence,
 ) -> Next {
     // (A claim marked a stored instance running already.)
-    let known = match load {
-        Load::Fresh(known) => known,
-        Load::Store => None,
-    };
-    let loaded = match known {
-        Some(record) => Ok(Some(LoadedInstance {
-            record: *record,
-            journal: Vec::new(),
-            attempts: Vec::new(),
-            signals: Vec::new(),
-            ended_timers: Vec::new(),
-        })),
-        None => inner.store.load(id).await,
+    let loaded = match load {
+        Load::Known(loaded) => Ok(Some(*loaded)),
+        Load::Store => inner.store.load(id).await,
     };
     let loaded = match loaded {
         Ok(Some(l)) => l,
@@ -1136,15 +1155,9 @@ async fn drive_once(
                 if let Some(h) = ctx.halted() {
                     return halt(inner, &ctx, load_gen, parent, h).await;
                 }
-                if let Err(msg) = ctx.check_fully_replayed() {
-                    return finish(
-                        inner,
-                        &ctx,
-                        load_gen,
-                        parent,
-                        Outcome::error(Status::Incompatible, msg),
-                    )
-                    .await;
+                if let Err((seq, msg)) = ctx.check_fully_replayed() {
+                    let outcome = Outcome::error(Status::Incompatible, msg).at_seq(seq);
+                    return finish(inner, &ctx, load_gen, parent, outcome).await;
                 }
                 let outcome = Outcome::output(ok, output);
                 return finish(inner, &ctx, load_gen, parent, outcome).await;
@@ -1207,13 +1220,15 @@ async fn halt(
     parent: Option<String>,
     h: Halt,
 ) -> Next {
-    let (status, msg) = match h {
-        Halt::Incompatible(msg) => {
-            tracing::error!(instance = %ctx.id, "{msg}");
-            (Status::Incompatible, msg)
+    let outcome = match h {
+        Halt::Incompatible { seq, message } => {
+            if !inner.replay_only() {
+                tracing::error!(instance = %ctx.id, "{message}");
+            }
+            Outcome::error(Status::Incompatible, message).at_seq(seq)
         }
-        Halt::Failed(msg) => (Status::Failed, msg),
-        Halt::Cancelled(msg) => (Status::Cancelled, msg),
+        Halt::Failed(msg) => Outcome::error(Status::Failed, msg),
+        Halt::Cancelled(msg) => Outcome::error(Status::Cancelled, msg),
         Halt::Store(e) => {
             inner.unload(&ctx.id, load_gen);
             return after_store_error(inner, &ctx.id, &e, "checkpoint failed");
@@ -1224,12 +1239,13 @@ async fn halt(
             let outcome = Outcome::error(
                 Status::Running,
                 format!("replay reached the end of the journal before seq {seq}"),
-            );
-            inner.notify_finished(&ctx.id, outcome, None);
+            )
+            .at_seq(seq);
+            inner.notify_watchers(&ctx.id, outcome);
             return Next::Done;
         }
     };
-    finish(inner, ctx, load_gen, parent, Outcome::error(status, msg)).await
+    finish(inner, ctx, load_gen, parent, outcome).await
 }
 
 async fn finish(
@@ -1252,6 +1268,12 @@ async fn finish(
     if outcome.status == Status::Failed && ctx.cancel_requested() {
         // Asked to cancel, the workflow returned an error (after compensating).
         outcome.status = Status::Cancelled;
+    }
+    if inner.replay_only() {
+        // Nothing is written: the end is only reported to whoever waits for it.
+        inner.unload(&ctx.id, load_gen);
+        inner.notify_watchers(&ctx.id, outcome);
+        return Next::Done;
     }
     let failed_step = match outcome.status {
         Status::Failed | Status::Cancelled => ctx.failed_step(),

@@ -55,6 +55,7 @@
 pub struct ReadmeDoctests;
 
 pub mod admin;
+pub mod compatibility;
 mod context;
 pub mod durable;
 mod engine;
@@ -64,6 +65,7 @@ pub mod journal;
 pub mod limits;
 mod metrics;
 mod replay;
+mod replayer;
 pub mod retry;
 mod runtime;
 #[cfg(feature = "http")]

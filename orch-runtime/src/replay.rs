@@ -62,15 +62,16 @@ pub(crate) fn decode_as<T: DeserializeOwned>(
     ctx: &WorkflowCtx,
     e: &JournalEntry,
 ) -> Result<T, Halt> {
-    e.value::<T>().map_err(|err| {
-        Halt::Incompatible(format!(
+    e.value::<T>().map_err(|err| Halt::Incompatible {
+        seq: e.seq,
+        message: format!(
             "at seq {} the recorded {} `{}` does not deserialize into the type the code now \
              expects ({err}); {}",
             e.seq,
             e.kind,
             e.name,
             ctx.mismatch_advice()
-        ))
+        ),
     })
 }
 

@@ -140,7 +140,14 @@ async fn replay<R: DeserializeOwned>(ctx: &WorkflowCtx, entry: &JournalEntry) ->
                 entry.name,
                 ctx.mismatch_advice()
             );
-            stop(ctx, Halt::Incompatible(msg)).await
+            stop(
+                ctx,
+                Halt::Incompatible {
+                    seq: entry.seq,
+                    message: msg,
+                },
+            )
+            .await
         }
     }
 }

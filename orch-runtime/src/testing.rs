@@ -128,6 +128,7 @@
 
 use crate::engine::{Clock, TestHooks};
 use crate::error::Error;
+use crate::replayer::Replayed;
 use crate::runtime::{Runtime, RuntimeBuilder};
 use crate::store::memory::MemoryStore;
 use crate::store::{
@@ -150,7 +151,6 @@ const DEFAULT_START_MS: i64 = 1_767_225_600_000;
 pub struct TestRuntimeBuilder {
     mocks: Vec<MockEntry>,
     start_ms: Option<i64>,
-    replay_only: bool,
     store: Option<Arc<MemoryStore>>,
 }
 
@@ -176,11 +176,6 @@ impl TestRuntimeBuilder {
         self
     }
 
-    fn replay_only(mut self) -> Self {
-        self.replay_only = true;
-        self
-    }
-
     /// Pauses tokio's clock (the test must run on a current-thread runtime, which
     /// `#[tokio::test]` is) and builds the runtime. Unfinished instances already in the store
     /// are resumed, as on a real restart.
@@ -193,7 +188,7 @@ impl TestRuntimeBuilder {
         }
         let hooks = TestHooks {
             seeded: true,
-            replay_only: self.replay_only,
+            replay_only: false,
             mocks,
             calls: Default::default(),
         };
@@ -766,77 +761,60 @@ pub struct ReplayReport {
 /// Replays an instance exported with `Runtime::export` against the code in this binary,
 /// without calling any step, and reports the first incompatibility as an error. Use it in a
 /// unit test with exports of in-flight instances before deploying a change.
+/// (`Runtime::check_compatibility` does the same for every waiting instance of a store.)
 pub async fn replay(export_json: &str) -> Result<ReplayReport, Error> {
     let export: Export = serde_json::from_str(export_json).map_err(|e| Error::InvalidInput {
         workflow: "export".into(),
         detail: format!("not an orch instance export: {e}"),
     })?;
     let id = export.record.id.clone();
-    let store = store_as_crashed(
-        &export.record,
-        export.journal.iter(),
-        export.attempts.iter(),
-    )
-    .await?;
-    let ended: Vec<WriteOp> = export
-        .ended_timers
-        .iter()
-        .map(|&seq| WriteOp::EndTimer {
-            instance: id.clone(),
-            seq,
-        })
-        .collect();
-    if !ended.is_empty() {
-        store.submit(None, ended).await?;
-    }
-    let t = TestRuntime::builder()
-        .with_store(store)
-        .replay_only()
-        .build()
-        .await?;
-    let outcome = t.rt.outcome(&id).await;
-    t.shutdown().await?;
-    let outcome = outcome?;
-    match outcome.status {
-        Status::Incompatible => Err(Error::Incompatible {
-            id,
-            message: outcome.error.unwrap_or_default(),
+    let registry = crate::workflow::Registry::collect()?;
+    // The instance as a crash would leave it: running, with its journal, failed attempts and
+    // ended timers, and nothing else (no output, status, parent or pending signal).
+    let loaded = crate::store::LoadedInstance {
+        record: InstanceRecord::new(
+            export.record.id.clone(),
+            export.record.workflow.clone(),
+            export.record.version.clone(),
+            export.record.input.clone(),
+            export.record.created_at,
+        ),
+        journal: export.journal.clone(),
+        attempts: export.attempts.clone(),
+        signals: Vec::new(),
+        ended_timers: export.ended_timers.clone(),
+    };
+    let replayed = crate::replayer::Replayer::new(registry, 1)
+        .replay(loaded)
+        .await;
+    match replayed {
+        Replayed::Frontier { next_seq } => Ok(ReplayReport {
+            replayed: export.journal.iter().filter(|e| e.seq < next_seq).count(),
+            finished: false,
+            same_output: None,
         }),
-        Status::Running => {
-            // "replay reached the end of the journal before seq N"
-            let stopped = outcome
-                .error
-                .as_deref()
-                .and_then(|m| m.rsplit(' ').next())
-                .and_then(|n| n.parse::<u32>().ok())
-                .unwrap_or(u32::MAX);
-            Ok(ReplayReport {
-                replayed: export.journal.iter().filter(|e| e.seq < stopped).count(),
-                finished: false,
-                same_output: None,
-            })
-        }
-        Status::Completed
-        | Status::Failed
-        | Status::Suspended
-        | Status::Cancelled
-        | Status::Terminated => {
-            if outcome.output.is_none()
-                && outcome.error != export.record.error
-                && let Some(err) = outcome.error
-            {
-                return Err(Error::Failed { id, message: err });
-            }
-            let same = export
-                .record
-                .output
-                .as_ref()
-                .map(|o| Some(o) == outcome.output.as_ref());
+        Replayed::Finished { output, .. } => Ok(ReplayReport {
+            replayed: export.journal.len(),
+            finished: true,
+            same_output: export.record.output.as_ref().map(|o| *o == output),
+        }),
+        Replayed::Incompatible { message, .. } => Err(Error::Incompatible { id, message }),
+        // The recorded run ended the same way: that is what its journal says, not a change.
+        Replayed::Failed(message) if export.record.error.as_ref() == Some(&message) => {
             Ok(ReplayReport {
                 replayed: export.journal.len(),
                 finished: true,
-                same_output: same,
+                same_output: None,
             })
         }
+        Replayed::Failed(message) => Err(Error::Failed { id, message }),
+        Replayed::UnknownWorkflow(message) => Err(Error::Failed { id, message }),
+        Replayed::Stuck => Err(Error::Failed {
+            id,
+            message: format!(
+                "the replay did not reach a durable call or the end within {} s",
+                crate::replayer::REPLAY_TIMEOUT.as_secs()
+            ),
+        }),
     }
 }

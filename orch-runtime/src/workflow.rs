@@ -268,7 +268,7 @@ fn start_erased<W: Workflow>(json: &str) -> Result<BoxFuture<'static, ErasedOutp
 }
 
 /// Every workflow compiled into this binary, by name.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Registry {
     defs: HashMap<&'static str, &'static WorkflowDef>,
 }
