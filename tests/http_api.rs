@@ -128,6 +128,22 @@ async fn sleeper(key: String) -> Result<String, StepError> {
     }
 }
 
+// Holds its step until the test lets it go (per key: tests run in parallel).
+static LET_GO: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+#[step]
+async fn hold(key: String) -> Result<(), StepError> {
+    while !LET_GO.lock().expect("lock").contains(&key) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+#[workflow]
+async fn held(key: String) -> Result<(), StepError> {
+    hold(key).await
+}
+
 // Sets searchable attributes.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Basket {
@@ -2030,6 +2046,8 @@ async fn tokens_are_required_and_read_tokens_cannot_mutate() {
         "/api/v1/stats",
         "/api/v1/stats/attributes?key=items",
         "/api/v1/audit",
+        "/api/v1/nodes",
+        "/api/v1/compatibility",
         "/metrics",
     ];
     let writes: [(&str, Value); 9] = [
@@ -2904,6 +2922,12 @@ async fn the_openapi_schemas_match_real_responses() {
             "/api/v1/stats/attributes?key=items".into(),
         ),
         ("/api/v1/audit", "/api/v1/audit".into()),
+        ("/api/v1/nodes", "/api/v1/nodes".into()),
+        ("/api/v1/compatibility", "/api/v1/compatibility".into()),
+        (
+            "/api/v1/compatibility",
+            "/api/v1/compatibility?workflow=approval&limit=1".into(),
+        ),
         ("/healthz", "/healthz".into()),
     ] {
         let body = api.ok(&concrete).await;
@@ -2995,4 +3019,219 @@ async fn rfc3339_times_with_offsets_are_accepted() {
         .get(&format!("/api/v1/instances?created_after={lower}"))
         .await;
     assert_eq!(status, StatusCode::OK, "{lower}: {body}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cluster: nodes, owners, the deploy check.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_and_instance_owners_are_shown() {
+    let api = open().await;
+    let this = api._rt.node_id().to_string();
+    // A second node on the same file, started and shut down: it is listed as stopped.
+    let other = Runtime::builder()
+        .sqlite(api._dir.path().join("orch.db"))
+        .node_id("second-node")
+        .build()
+        .await
+        .expect("a second node");
+    other.shutdown().await.expect("shut down the second node");
+
+    let id = api.start("held", json!("own-1"), Some("own-1")).await;
+    let inst = api
+        .wait_instance(&id, "owned by this node", |i| {
+            i["owner"]["node"] == json!(this)
+        })
+        .await;
+    assert_eq!(inst["status"], json!("running"), "{inst}");
+    assert_eq!(inst["owner"]["epoch"], json!(1), "{inst}");
+    assert_eq!(inst["owner"]["live"], json!(true), "{inst}");
+    assert!(inst["owner"]["lease_expires_at"].is_string(), "{inst}");
+    let page = api.ok("/api/v1/instances?id_prefix=own-").await;
+    assert_eq!(page["instances"][0]["owner"], inst["owner"], "{page}");
+
+    let waiting = api.start("approval", json!(3_600_000), Some("own-2")).await;
+    let suspended = api.wait_status(&waiting, "suspended").await;
+    assert_eq!(
+        suspended["owner"],
+        Value::Null,
+        "a suspended instance has no owner"
+    );
+
+    let nodes = api.ok("/api/v1/nodes").await;
+    assert_eq!(nodes["this_node"], json!(this), "{nodes}");
+    let listed: Vec<(&str, bool, &str, u64)> = nodes["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            (
+                n["id"].as_str().expect("id"),
+                n["this_node"].as_bool().expect("this_node"),
+                n["state"].as_str().expect("state"),
+                n["instances_owned"].as_u64().expect("instances_owned"),
+            )
+        })
+        .collect();
+    let mut expected = vec![
+        ("second-node", false, "stopped", 0),
+        (this.as_str(), true, "live", 1),
+    ];
+    expected.sort();
+    assert_eq!(listed, expected, "{nodes}");
+    for n in nodes["nodes"].as_array().expect("nodes") {
+        for field in ["started_at", "heartbeat_at", "lease_expires_at"] {
+            assert!(n[field].is_string(), "{field}: {n}");
+        }
+    }
+
+    // Once it ends, nobody owns it.
+    LET_GO.lock().expect("lock").insert("own-1".into());
+    let done = api.wait_status(&id, "completed").await;
+    assert_eq!(done["owner"], Value::Null, "{done}");
+    let nodes = api.ok("/api/v1/nodes").await;
+    let mine = nodes["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["this_node"] == json!(true))
+        .expect("this node");
+    assert_eq!(mine["instances_owned"], json!(0), "{nodes}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compatibility_check_counts_waiting_instances_and_refuses_bad_parameters() {
+    let api = open().await;
+    for id in ["cc-1", "cc-2", "cc-3"] {
+        api.start("approval", json!(3_600_000), Some(id)).await;
+        api.wait_status(id, "suspended").await;
+    }
+    let done = api.start("pack", parcel("cc", 1, 1), Some("cc-4")).await;
+    api.wait_status(&done, "completed").await;
+    let before = api.snapshot().await;
+
+    let all = api.ok("/api/v1/compatibility").await;
+    assert_eq!(
+        (
+            &all["checked"],
+            &all["compatible"],
+            &all["incompatible"],
+            &all["next_cursor"]
+        ),
+        (&json!(3), &json!(3), &json!([]), &Value::Null),
+        "{all}"
+    );
+    assert_eq!(all["node"], json!(api._rt.node_id()), "{all}");
+    // Pages of two: the cursor continues where the first stopped.
+    let first = api.ok("/api/v1/compatibility?limit=2").await;
+    assert_eq!(first["checked"], json!(2), "{first}");
+    let cursor = first["next_cursor"].as_str().expect("a next page");
+    let second = api
+        .ok(&format!("/api/v1/compatibility?limit=2&cursor={cursor}"))
+        .await;
+    assert_eq!(
+        (&second["checked"], &second["next_cursor"]),
+        (&json!(1), &Value::Null),
+        "{second}"
+    );
+    let none = api.ok("/api/v1/compatibility?workflow=pack").await;
+    assert_eq!(none["checked"], json!(0), "only waiting instances: {none}");
+
+    for (query, needle) in [
+        ("limit=0", "limit must be 1 to 10000"),
+        ("limit=10001", "limit must be 1 to 10000"),
+        ("limit=ten", "limit must be 1 to 10000"),
+        ("cursor=nope", "bad cursor"),
+        ("workflow=", "workflow is empty"),
+        ("status=suspended", "unknown field `status`"),
+    ] {
+        let (status, body) = api.get(&format!("/api/v1/compatibility?{query}")).await;
+        assert_refused(
+            query,
+            (status, &body),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            needle,
+        );
+    }
+    assert_eq!(api.snapshot().await, before, "the check changed something");
+}
+
+/// The value of the sample `name` (with its labels) in a `/metrics` text.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_metrics_count_what_the_node_owns_claims_and_loses() {
+    let api = open().await;
+    let this = api._rt.node_id().to_string();
+    let id = api.start("held", json!("nm-1"), Some("nm-1")).await;
+    api.wait_instance(&id, "owned", |i| i["owner"]["node"] == json!(this))
+        .await;
+    let m = api.get_resp("/metrics").await.text;
+    assert_eq!(
+        sample(&m, &format!("orch_node_info{{node=\"{this}\"}}")),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(sample(&m, "orch_node_instances_owned"), Some(1.0), "{m}");
+    assert_eq!(sample(&m, "orch_node_lease_ttl_seconds"), Some(10.0), "{m}");
+    assert_eq!(
+        sample(&m, "orch_node_leases_claimed_total"),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(sample(&m, "orch_node_leases_lost_total"), Some(0.0), "{m}");
+    assert!(
+        sample(&m, "orch_node_heartbeats_total{result=\"ok\"}").is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+    let age = sample(&m, "orch_node_heartbeat_age_seconds").expect("heartbeat age");
+    assert!(
+        (0.0..10.0).contains(&age),
+        "a live node heartbeats within its lease: {age}"
+    );
+
+    // Another node terminates the instance this one drives: this node's late write is fenced
+    // out (or its heartbeat hears of it first), and it counts one lost lease.
+    let other = Runtime::builder()
+        .sqlite(api._dir.path().join("orch.db"))
+        .node_id("terminator")
+        .build()
+        .await
+        .expect("a second node");
+    other
+        .terminate(&id, "ops", "moved elsewhere")
+        .await
+        .expect("terminate from the other node");
+    other.shutdown().await.expect("shut down the other node");
+    LET_GO.lock().expect("lock").insert("nm-1".into());
+    let m = wait_until("the lost lease to be counted", || async {
+        let m = api.get_resp("/metrics").await.text;
+        match sample(&m, "orch_node_leases_lost_total") {
+            Some(n) if n >= 1.0 => Ok(m),
+            _ => Err(m),
+        }
+    })
+    .await;
+    assert_eq!(sample(&m, "orch_node_leases_lost_total"), Some(1.0), "{m}");
+    assert_eq!(sample(&m, "orch_node_instances_owned"), Some(0.0), "{m}");
+    assert_eq!(api.instance(&id).await["status"], json!("terminated"));
+
+    // A retry makes it due again: this node claims it and runs it to the end.
+    let (status, body) = api
+        .post(&format!("/api/v1/instances/{id}/retry"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    api.wait_status(&id, "completed").await;
+    let m = api.get_resp("/metrics").await.text;
+    assert_eq!(
+        sample(&m, "orch_node_leases_claimed_total"),
+        Some(1.0),
+        "{m}"
+    );
 }

@@ -118,6 +118,12 @@ impl Runtime {
         Ok(self.inner.store.nodes().await?)
     }
 
+    /// Who owns each of `ids` now: the lease (node, epoch, the node's lease end) of those that
+    /// have an owner, in the order of `ids`. A suspended or finished instance has none.
+    pub async fn leases_of(&self, ids: Vec<String>) -> Result<Vec<crate::store::Lease>, Error> {
+        Ok(self.inner.store.leases(ids).await?)
+    }
+
     /// The newest `limit` audit records.
     pub async fn audit_log(&self, limit: usize) -> Result<Vec<AuditRecord>, Error> {
         Ok(self.inner.store.audit(limit).await?)

@@ -185,6 +185,8 @@ pub(crate) struct Inner {
     closing: AtomicBool,
     handle: tokio::runtime::Handle,
     pub(crate) metrics: crate::metrics::Metrics,
+    /// When this node's last heartbeat went through (0: none yet).
+    last_heartbeat: std::sync::atomic::AtomicI64,
 }
 
 enum Event {
@@ -228,6 +230,7 @@ enum Next {
 fn after_store_error(inner: &Arc<Inner>, id: &str, e: &StoreError, what: &str) -> Next {
     if let StoreError::LeaseLost { .. } = e {
         tracing::warn!(instance = id, error = %e, "lease lost; no longer driving the instance");
+        inner.metrics.lost();
         inner.take_back(id);
         return Next::Done;
     }
@@ -268,7 +271,7 @@ impl Inner {
         test: Option<TestHooks>,
     ) -> Arc<Inner> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let store_metrics = store.metrics();
+        let metrics = crate::metrics::Metrics::new(store.metrics(), node.as_str(), lease_ttl);
         let wakeups = store.wakeups();
         let inner = Arc::new(Inner {
             store,
@@ -290,7 +293,8 @@ impl Inner {
             claim_again: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             handle: tokio::runtime::Handle::current(),
-            metrics: crate::metrics::Metrics::new(store_metrics),
+            metrics,
+            last_heartbeat: std::sync::atomic::AtomicI64::new(0),
         });
         let scheduler =
             inner
@@ -303,6 +307,16 @@ impl Inner {
         }
         *lock(&inner.tasks) = tasks;
         inner
+    }
+
+    /// What this node is doing now, for `/metrics`.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn node_now(&self) -> crate::metrics::NodeNow {
+        let last = self.last_heartbeat.load(Ordering::Relaxed);
+        crate::metrics::NodeNow {
+            owned: lock(&self.loaded).len(),
+            heartbeat_age: (last > 0).then(|| (self.clock.now_ms() - last).max(0) as f64 / 1000.0),
+        }
     }
 
     /// The terms of this node's leases, now.
@@ -328,7 +342,16 @@ impl Inner {
     async fn renew(self: &Arc<Self>) -> Result<(), StoreError> {
         let held = self.held();
         let epochs: HashMap<String, u64> = held.iter().cloned().collect();
-        let renewal = self.store.renew(self.terms(), held).await?;
+        let renewal = match self.store.renew(self.terms(), held).await {
+            Ok(renewal) => renewal,
+            Err(e) => {
+                self.metrics.heartbeat(false);
+                return Err(e);
+            }
+        };
+        self.metrics.heartbeat(true);
+        self.last_heartbeat
+            .store(self.clock.now_ms(), Ordering::Relaxed);
         // Until the next heartbeat, this is the one time to look for work nobody announces.
         let _ = self.timers.send(TimerMsg::Watch(renewal.next_due));
         for id in renewal.lost {
@@ -344,6 +367,7 @@ impl Inner {
                 node = %self.node,
                 "lease lost (another node claimed the instance); no longer driving it"
             );
+            self.metrics.lost();
             self.take_back(&id);
         }
         Ok(())
@@ -362,7 +386,11 @@ impl Inner {
         let id = id.to_string();
         self.handle.spawn(async move {
             match inner.store.claim(inner.terms(), &id).await {
-                Ok(Some(lease)) => inner.schedule_with(&id, Load::Store, lease.epoch),
+                Ok(Some(lease)) => {
+                    if inner.schedule_with(&id, Load::Store, lease.epoch) {
+                        inner.metrics.claimed(1);
+                    }
+                }
                 Ok(None) => inner.recheck_if_watched(&id),
                 Err(e) => {
                     tracing::error!(instance = %id, error = %e, "cannot claim; retrying");
@@ -443,6 +471,7 @@ impl Inner {
             }
             let n = claimed.leases.len();
             total += n;
+            self.metrics.claimed(n);
             for lease in claimed.leases {
                 self.schedule_with(&lease.instance, Load::Store, lease.epoch);
             }
@@ -541,10 +570,14 @@ impl Inner {
             crate::store::Created::New(lease) => {
                 self.metrics.started(def.name);
                 match lease {
-                    Some(lease) => self.schedule_with(&id, Load::fresh(record_copy), lease.epoch),
+                    Some(lease) => {
+                        self.schedule_with(&id, Load::fresh(record_copy), lease.epoch);
+                    }
                     // Asked to own it, yet no lease came back (a store of one's own that
                     // keeps none): drive it under epoch 0.
-                    None if owned => self.schedule_with(&id, Load::fresh(record_copy), 0),
+                    None if owned => {
+                        self.schedule_with(&id, Load::fresh(record_copy), 0);
+                    }
                     None => self.wait_for_room(),
                 }
                 true
@@ -593,7 +626,13 @@ impl Inner {
         let id = id.to_string();
         self.handle.spawn(async move {
             match inner.store.claim(inner.terms(), &id).await {
-                Ok(Some(lease)) => inner.schedule_with(&id, Load::Store, lease.epoch),
+                // `Some` is also this node's own lease, unchanged: counted once, by the call
+                // that starts driving it.
+                Ok(Some(lease)) => {
+                    if inner.schedule_with(&id, Load::Store, lease.epoch) {
+                        inner.metrics.claimed(1);
+                    }
+                }
                 Ok(None) => inner.recheck_if_watched(&id),
                 Err(e) => {
                     tracing::error!(instance = %id, error = %e, "cannot claim; retrying");
@@ -605,10 +644,10 @@ impl Inner {
     }
 
     /// Drives `id` under the lease epoch `epoch`, loaded as `load` says (a loaded instance is
-    /// asked to look again instead).
-    pub(crate) fn schedule_with(self: &Arc<Self>, id: &str, load: Load, epoch: u64) {
+    /// asked to look again instead). True when this started a drive.
+    pub(crate) fn schedule_with(self: &Arc<Self>, id: &str, load: Load, epoch: u64) -> bool {
         if self.is_closing() {
-            return;
+            return false;
         }
         let mut loaded = lock(&self.loaded);
         if let Some(slot) = loaded.get_mut(id) {
@@ -619,7 +658,7 @@ impl Inner {
                 if let Some(ctx) = &slot.ctx {
                     ctx.wake_all();
                 }
-                return;
+                return false;
             }
             // This node holds the instance under a newer lease than the one that load writes
             // under (it lost the instance, then claimed it back): every write of that load
@@ -642,6 +681,7 @@ impl Inner {
                 task: Some(task.abort_handle()),
             },
         );
+        true
     }
 
     /// Tells the instance `id`, if loaded here, that something arrived (`tell` runs on its
@@ -765,12 +805,14 @@ impl Inner {
     }
 
     /// Stops driving `id` here, writing nothing more: its task and background work are
-    /// aborted.
-    pub(crate) fn abort_loaded(&self, id: &str) {
+    /// aborted. False when it was not loaded.
+    pub(crate) fn abort_loaded(&self, id: &str) -> bool {
         let slot = lock(&self.loaded).remove(id);
-        if let Some(slot) = slot {
-            stop(slot);
-        }
+        let Some(slot) = slot else {
+            return false;
+        };
+        stop(slot);
+        true
     }
 
     /// Like [`abort_loaded`](Self::abort_loaded), if the load writes under lease `epoch`;

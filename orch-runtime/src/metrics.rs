@@ -8,6 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 type Labels = Vec<(&'static str, String)>;
@@ -58,6 +59,13 @@ pub(crate) struct Metrics {
     step_retries: Family<Labels, Counter>,
     instances: Family<Labels, Gauge>,
     http: Family<Labels, Counter>,
+    /// This node: what it owns, its leases (its id and lease time-to-live are constants in
+    /// the registry).
+    node_owned: Gauge,
+    node_claimed: Counter,
+    node_lost: Counter,
+    node_heartbeats: Family<Labels, Counter>,
+    node_heartbeat_age: Gauge<f64, AtomicU64>,
     /// Handles of each (workflow, step)'s histogram and retry counter: a step's hot path
     /// looks them up by two pointers instead of building a label set.
     step_handles: std::sync::RwLock<FastMap<StepKey, (Histogram, Counter)>>,
@@ -65,8 +73,23 @@ pub(crate) struct Metrics {
     counters: std::sync::RwLock<FastMap<CounterKey, FastMap<String, Counter>>>,
 }
 
+/// What this node is doing now, read when `/metrics` is rendered.
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
+pub(crate) struct NodeNow {
+    /// Instances it drives (owns and has loaded).
+    pub(crate) owned: usize,
+    /// Seconds since its last successful heartbeat (`None`: none yet).
+    pub(crate) heartbeat_age: Option<f64>,
+}
+
 impl Metrics {
-    pub(crate) fn new(store: Option<Arc<StoreMetrics>>) -> Metrics {
+    /// The runtime's metrics; `node` labels `orch_node_info`, `lease_ttl` is how long its
+    /// leases last without a heartbeat (`None`: they never end).
+    pub(crate) fn new(
+        store: Option<Arc<StoreMetrics>>,
+        node: &str,
+        lease_ttl: Option<std::time::Duration>,
+    ) -> Metrics {
         let mut registry = Registry::default();
         let started = Family::<Labels, Counter>::default();
         let finished = Family::<Labels, Counter>::default();
@@ -105,6 +128,56 @@ impl Metrics {
             "HTTP API requests, by route and status code",
             http.clone(),
         );
+        let node_info = Family::<Labels, Gauge>::default();
+        node_info
+            .get_or_create(&vec![("node", node.to_string())])
+            .set(1);
+        registry.register(
+            "orch_node_info",
+            "This runtime's node id (the node label; always 1), as `orch nodes` shows it",
+            node_info.clone(),
+        );
+        let node_owned = Gauge::default();
+        registry.register(
+            "orch_node_instances_owned",
+            "Instances this node drives now (owns under a lease and has loaded)",
+            node_owned.clone(),
+        );
+        let node_claimed = Counter::default();
+        registry.register(
+            "orch_node_leases_claimed",
+            "Due instances this node claimed and started driving (woken by a timer, signal, \
+             child or cancellation; retried; left running by a node that stopped; taken over \
+             after a lease ran out)",
+            node_claimed.clone(),
+        );
+        let node_lost = Counter::default();
+        registry.register(
+            "orch_node_leases_lost",
+            "Instances this node stopped driving because its lease was gone (another node \
+             claimed them after this one missed its heartbeats, or a write was fenced out)",
+            node_lost.clone(),
+        );
+        let node_heartbeats = Family::<Labels, Counter>::default();
+        registry.register(
+            "orch_node_heartbeats",
+            "Lease renewals of this node, by result (ok, failed)",
+            node_heartbeats.clone(),
+        );
+        let node_heartbeat_age = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "orch_node_heartbeat_age_seconds",
+            "Seconds since this node's last successful heartbeat: past the lease time-to-live, \
+             other nodes may take its instances over",
+            node_heartbeat_age.clone(),
+        );
+        let node_lease_ttl = Gauge::<f64, AtomicU64>::default();
+        node_lease_ttl.set(lease_ttl.map_or(f64::INFINITY, |d| d.as_secs_f64()));
+        registry.register(
+            "orch_node_lease_ttl_seconds",
+            "How long this node's leases last without a heartbeat (+Inf: they never end)",
+            node_lease_ttl.clone(),
+        );
         if let Some(store) = store {
             registry.register(
                 "orch_store_commit_seconds",
@@ -125,6 +198,11 @@ impl Metrics {
             step_retries,
             instances,
             http,
+            node_owned,
+            node_claimed,
+            node_lost,
+            node_heartbeats,
+            node_heartbeat_age,
             step_handles: std::sync::RwLock::new(FastMap::default()),
             counters: std::sync::RwLock::new(FastMap::default()),
         }
@@ -215,6 +293,24 @@ impl Metrics {
         }
     }
 
+    /// This node claimed `n` instances.
+    pub(crate) fn claimed(&self, n: usize) {
+        self.node_claimed.inc_by(n as u64);
+    }
+
+    /// This node lost its lease on an instance.
+    pub(crate) fn lost(&self) {
+        self.node_lost.inc();
+    }
+
+    /// A heartbeat of this node ended (`ok`: the store took it).
+    pub(crate) fn heartbeat(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.node_heartbeats
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+    }
+
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn http_request(&self, route: &str, code: u16) {
         self.http
@@ -226,9 +322,13 @@ impl Metrics {
     }
 
     /// The text exposition, with the instance gauges set from `counts` (read from the store,
-    /// so they hold across restarts).
+    /// so they hold across restarts) and the node's from `node`.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
-    pub(crate) fn render(&self, counts: &[StatusCount]) -> String {
+    pub(crate) fn render(&self, counts: &[StatusCount], node: NodeNow) -> String {
+        self.node_owned
+            .set(i64::try_from(node.owned).unwrap_or(i64::MAX));
+        self.node_heartbeat_age
+            .set(node.heartbeat_age.unwrap_or(f64::NAN));
         let mut by_status = std::collections::BTreeMap::new();
         for c in counts {
             *by_status.entry(c.status.as_str()).or_insert(0i64) +=

@@ -9,7 +9,7 @@ use super::views::{self, json_text, time};
 use crate::error::Error;
 use crate::graph::Trace;
 use crate::runtime::Runtime;
-use crate::store::{StatsQuery, Status, StoreError};
+use crate::store::{Lease, StatsQuery, Status, StoreError};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -19,7 +19,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -30,6 +30,11 @@ pub(crate) struct AppState {
 impl AppState {
     pub(crate) fn new(rt: Runtime, auth: Auth) -> AppState {
         AppState { rt, auth }
+    }
+
+    /// The runtime this server serves.
+    pub(crate) fn runtime(&self) -> &Runtime {
+        &self.rt
     }
 }
 
@@ -57,6 +62,8 @@ pub(crate) fn routes(state: AppState) -> Router {
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/stats/attributes", get(attribute_stats))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/nodes", get(super::cluster::nodes))
+        .route("/api/v1/compatibility", get(super::cluster::compatibility))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
@@ -393,7 +400,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn metrics(State(state): State<AppState>) -> ApiResult {
     let counts = state.rt.counts().await?;
     Ok(text(
-        state.rt.inner.metrics.render(&counts),
+        state
+            .rt
+            .inner
+            .metrics
+            .render(&counts, state.rt.inner.node_now()),
         "application/openmetrics-text; version=1.0.0; charset=utf-8",
     ))
 }
@@ -576,20 +587,34 @@ async fn search(State(state): State<AppState>, Pairs(params): Pairs) -> ApiResul
     } else {
         None
     };
-    let attrs = state
+    let ids: Vec<String> = found.iter().map(|r| r.id.clone()).collect();
+    let attrs = state.rt.attributes_of(ids.clone()).await?;
+    let owners: HashMap<String, Lease> = state
         .rt
-        .attributes_of(found.iter().map(|r| r.id.clone()).collect())
-        .await?;
+        .leases_of(ids)
+        .await?
+        .into_iter()
+        .map(|l| (l.instance.clone(), l))
+        .collect();
+    let now = state.rt.inner.clock.now_ms();
     let instances: Vec<Value> = found
         .iter()
-        .map(|r| views::instance(r, attrs.get(&r.id), false))
+        .map(|r| views::instance(r, attrs.get(&r.id), owners.get(&r.id), now, false))
         .collect();
     Ok(ok(json!({"instances": instances, "next_cursor": next})))
 }
 
 async fn instance(State(state): State<AppState>, Segment(id): Segment) -> ApiResult {
     let d = state.rt.details(&id).await?;
-    Ok(ok(views::instance(&d.record, Some(&d.attributes), true)))
+    let owner = state.rt.leases_of(vec![id]).await?.pop();
+    let now = state.rt.inner.clock.now_ms();
+    Ok(ok(views::instance(
+        &d.record,
+        Some(&d.attributes),
+        owner.as_ref(),
+        now,
+        true,
+    )))
 }
 
 async fn journal(State(state): State<AppState>, Segment(id): Segment) -> ApiResult {

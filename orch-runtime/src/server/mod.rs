@@ -5,6 +5,7 @@
 
 mod api;
 mod auth;
+mod cluster;
 mod headers;
 mod health;
 mod limits;

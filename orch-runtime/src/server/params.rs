@@ -68,6 +68,23 @@ impl<S: Send + Sync> FromRequestParts<S> for Pairs {
     }
 }
 
+/// The query string as the typed parameters `T` (a struct that denies unknown fields). A query
+/// string that does not fit is a `bad_request` with the JSON error body, naming the field.
+pub(crate) struct Params<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Params(q.0))
+            .map_err(|e: QueryRejection| {
+                ApiError::bad_request(format!("bad query string: {}", e.body_text()))
+            })
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Times and durations.
 
@@ -267,6 +284,11 @@ pub(crate) fn parse_cursor(raw: &str) -> ApiResult<Cursor> {
 
 pub(crate) fn cursor_of(rec: &crate::store::InstanceRecord) -> String {
     format!("{}_{}", rec.created_at, rec.id)
+}
+
+/// A cursor as `next_cursor` text (what [`parse_cursor`] reads back).
+pub(crate) fn cursor_text(c: &Cursor) -> String {
+    format!("{}_{}", c.created_at, c.id)
 }
 
 /// A page size: 1 to [`MAX_PAGE`].

@@ -1,17 +1,22 @@
 //! The JSON shapes of the API (see `docs/http-api.md`).
 
 use crate::journal::{EntryKind, JournalEntry, Outcome, SignalOutcome, StepOutcome};
-use crate::store::{AttemptRecord, Details, InstanceRecord, Millis, SignalRecord, Status};
+use crate::store::{AttemptRecord, Details, InstanceRecord, Lease, Millis, SignalRecord, Status};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 
 /// RFC 3339 with milliseconds, UTC.
 pub(crate) fn time(ms: Millis) -> Value {
+    Value::String(time_text(ms))
+}
+
+/// [`time`] as text.
+pub(crate) fn time_text(ms: Millis) -> String {
     // RFC 3339 ends at year 9999: later times (a sleep "forever") show as its last instant.
     const MAX: Millis = 253_402_300_799_999;
     let t = UNIX_EPOCH + Duration::from_millis(ms.clamp(0, MAX) as u64);
-    Value::String(humantime::format_rfc3339_millis(t).to_string())
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 fn opt_time(ms: Option<Millis>) -> Value {
@@ -54,11 +59,26 @@ fn truncated(text: &str, max: usize) -> (String, bool) {
     (format!("{}…", &text[..end]), true)
 }
 
-/// An instance; `full` adds input and output, and a summary (not `full`) carries a shortened
-/// `error` and a small `custom_status` only, so a page of results stays small.
+/// Who drives an instance: its owner's lease (see [`Lease`]), `live` while it runs at `now`.
+fn owner_json(owner: Option<&Lease>, now: Millis) -> Value {
+    owner.map_or(Value::Null, |l| {
+        json!({
+            "node": l.node.as_str(),
+            "epoch": l.epoch,
+            "lease_expires_at": time(l.expires_at),
+            "live": l.expires_at > now,
+        })
+    })
+}
+
+/// An instance with its owner (at `now`); `full` adds input and output, and a summary (not
+/// `full`) carries a shortened `error` and a small `custom_status` only, so a page of results
+/// stays small.
 pub(crate) fn instance(
     rec: &InstanceRecord,
     attrs: Option<&BTreeMap<String, String>>,
+    owner: Option<&Lease>,
+    now: Millis,
     full: bool,
 ) -> Value {
     let mut v = json!({
@@ -78,6 +98,7 @@ pub(crate) fn instance(
         "cancel_requested": rec.cancel_requested.is_some(),
         "cancel_requested_at": opt_time(rec.cancel_requested),
         "retries": rec.retries,
+        "owner": owner_json(owner, now),
     });
     if let Value::Object(map) = &mut v {
         if full {
