@@ -1032,3 +1032,137 @@ async fn tail_without_an_id_prints_status_changes_until_stopped() {
     assert!(!tail.stdout.contains("other-1"), "{tail:?}");
     rt.shutdown().await.expect("shutdown");
 }
+
+/// Switched to "deploy" code that calls `cli_third` where `cli_second` was.
+static CLI_V2: AtomicBool = AtomicBool::new(false);
+
+#[step]
+async fn cli_first() -> Result<u32, StepError> {
+    Ok(1)
+}
+
+#[step]
+async fn cli_second() -> Result<u32, StepError> {
+    Ok(2)
+}
+
+#[step]
+async fn cli_third() -> Result<u32, StepError> {
+    Ok(3)
+}
+
+/// `early`: waits for `ready` before the step the new code changes.
+#[workflow]
+async fn cli_evolving(early: bool) -> Result<u32, StepError> {
+    let a = cli_first().await?;
+    if early {
+        let _ready: bool = orch::signal("ready").await;
+    }
+    let b = if CLI_V2.load(Ordering::SeqCst) {
+        cli_third().await?
+    } else {
+        cli_second().await?
+    };
+    let _go: bool = orch::signal("go").await;
+    Ok(a + b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_are_listed_and_check_reports_what_new_code_cannot_run() {
+    let (rt, url) = server().await;
+    let this = rt.node_id().to_string();
+
+    let nodes = ok(&url, &["nodes"]).await;
+    let mut lines = nodes.stdout.lines();
+    let header = lines.next().expect("header");
+    assert!(
+        header.starts_with("NODE ") && header.contains("STATE") && header.ends_with("INSTANCES"),
+        "{nodes:?}"
+    );
+    let row = lines.next().expect("this node's row");
+    assert!(
+        row.starts_with(&format!("{this} (this node)")) && row.contains(" live "),
+        "{nodes:?}"
+    );
+    let json = ok(&url, &["nodes", "--json"]).await.json();
+    assert_eq!(json["this_node"], json!(this), "{json}");
+    assert_eq!(json["nodes"][0]["state"], json!("live"), "{json}");
+
+    for (id, early) in [("ev-1", "false"), ("ev-2", "false"), ("ev-3", "true")] {
+        ok(
+            &url,
+            &["start", "cli_evolving", "--input", early, "--id", id],
+        )
+        .await;
+    }
+    for id in ["ev-1", "ev-2", "ev-3"] {
+        wait_for_status(&url, id, "suspended").await;
+    }
+    let listed = ok(&url, &["list", "--id-prefix", "ev-"]).await;
+    let header = listed.stdout.lines().next().expect("header");
+    assert!(header.contains("  OWNER  "), "{listed:?}");
+
+    // Under the code that started them, every waiting instance replays.
+    let fine = ok(&url, &["check"]).await;
+    assert_eq!(
+        fine.stdout,
+        format!(
+            "checked 3 waiting instances against node {this}'s code: 3 compatible, 0 incompatible\n"
+        ),
+        "{fine:?}"
+    );
+
+    // "Deploy" code that calls another step where ev-1 and ev-2 journaled cli_second.
+    CLI_V2.store(true, Ordering::SeqCst);
+    let out = orch(&url, &["check", "--page", "1"]).await;
+    assert_eq!(out.code, 1, "incompatible instances exit 1: {out:?}");
+    let rows: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("ev-"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{out:?}");
+    for (row, id) in rows.iter().zip(["ev-2", "ev-1"]) {
+        assert!(row.starts_with(id), "newest first: {out:?}");
+        assert!(
+            row.contains("cli_evolving  suspended    2  at seq 2 the journal recorded step `cli_second` but the code now calls step `cli_third`"),
+            "{out:?}"
+        );
+    }
+    assert_eq!(
+        out.stdout.matches("what to do: ").count(),
+        1,
+        "the advice once: {out:?}"
+    );
+    assert!(
+        out.stdout.ends_with(&format!(
+            "checked 3 waiting instances against node {this}'s code: 1 compatible, 2 incompatible\n"
+        )),
+        "{out:?}"
+    );
+    let json = orch(&url, &["check", "--json", "--workflow", "cli_evolving"]).await;
+    assert_eq!(json.code, 1, "{json:?}");
+    let report = json.json();
+    assert_eq!(
+        (&report["checked"], &report["compatible"]),
+        (&json!(3), &json!(1)),
+        "{report}"
+    );
+    let ids: Vec<&str> = report["incompatible"]
+        .as_array()
+        .expect("incompatible")
+        .iter()
+        .map(|i| i["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, ["ev-2", "ev-1"], "{report}");
+    assert_eq!(report["incompatible"][0]["seq"], json!(2), "{report}");
+
+    // Nothing changed: they still wait, and ev-3 continues under the new code.
+    for id in ["ev-1", "ev-2", "ev-3"] {
+        let shown = ok(&url, &["show", id, "--json"]).await.json();
+        assert_eq!(shown["instance"]["status"], json!("suspended"), "{shown}");
+    }
+    let bad = orch(&url, &["check", "--page", "0"]).await;
+    assert_eq!(bad.code, 2, "{bad:?}");
+    rt.shutdown().await.expect("shutdown");
+}

@@ -70,6 +70,21 @@ pub struct Instance {
     /// How many times the instance was retried (beyond the contract's fields; optional).
     #[serde(default)]
     pub retries: Option<u64>,
+    /// The node driving it now (absent from older servers; `None` while nobody owns it).
+    #[serde(default)]
+    pub owner: Option<Owner>,
+}
+
+/// The owner of an instance: its node and lease.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Owner {
+    pub node: String,
+    #[serde(default)]
+    pub epoch: Option<u64>,
+    #[serde(default)]
+    pub lease_expires_at: Option<String>,
+    #[serde(default)]
+    pub live: Option<bool>,
 }
 
 /// Keeps a present `null` as `Some(Null)` (a missing field stays `None` via `default`).
@@ -222,4 +237,53 @@ pub struct AttributeStats {
     pub max: Option<f64>,
     #[serde(default)]
     pub avg: Option<f64>,
+}
+
+/// `GET /nodes`.
+#[derive(Debug, Deserialize)]
+pub struct Nodes {
+    #[serde(default)]
+    pub this_node: Option<String>,
+    pub nodes: Vec<Node>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Node {
+    pub id: String,
+    #[serde(default)]
+    pub this_node: bool,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub started_at: Option<String>,
+    #[serde(default)]
+    pub heartbeat_at: Option<String>,
+    #[serde(default)]
+    pub lease_expires_at: Option<String>,
+    #[serde(default)]
+    pub instances_owned: u64,
+}
+
+/// `GET /compatibility` (one page of the check).
+#[derive(Debug, Deserialize)]
+pub struct Compatibility {
+    #[serde(default)]
+    pub node: Option<String>,
+    pub checked: u64,
+    pub compatible: u64,
+    pub incompatible: Vec<Incompatible>,
+    #[serde(default)]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct Incompatible {
+    pub id: String,
+    pub workflow: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub seq: Option<u64>,
+    #[serde(default)]
+    pub message: String,
 }

@@ -114,6 +114,7 @@ pub async fn list(ctx: &Ctx, args: ListArgs) -> Result<(), CliError> {
         "ID",
         "WORKFLOW",
         "STATUS",
+        "OWNER",
         "CREATED",
         "UPDATED",
         "CUSTOM STATUS",
@@ -123,6 +124,7 @@ pub async fn list(ctx: &Ctx, args: ListArgs) -> Result<(), CliError> {
             i.id.clone(),
             i.workflow.clone(),
             status_word(i),
+            i.owner.as_ref().map_or("-".into(), |o| o.node.clone()),
             relative(i.created_at.as_deref(), now),
             relative(i.updated_at.as_deref(), now),
             json_line(&i.custom_status, 50),
@@ -136,6 +138,28 @@ pub async fn list(ctx: &Ctx, args: ListArgs) -> Result<(), CliError> {
         );
     }
     Ok(())
+}
+
+/// `web-1 (epoch 3, lease ends in 9s)`; a lease that ran out says another node takes over.
+fn owner_word(o: &api::Owner, now: SystemTime) -> String {
+    let mut details = Vec::new();
+    if let Some(e) = o.epoch {
+        details.push(format!("epoch {e}"));
+    }
+    if let Some(at) = o.lease_expires_at.as_deref() {
+        details.push(match o.live {
+            Some(false) => format!(
+                "lease ended {}: another node takes it over",
+                relative(Some(at), now)
+            ),
+            _ => format!("lease ends {}", relative(Some(at), now)),
+        });
+    }
+    if details.is_empty() {
+        o.node.clone()
+    } else {
+        format!("{} ({})", o.node, details.join(", "))
+    }
 }
 
 /// `failed at charge_payment`, `suspended (wakes in 3h)`, `running (cancel requested)`.
@@ -185,6 +209,9 @@ pub async fn show(ctx: &Ctx, id: &str) -> Result<(), CliError> {
         },
     );
     field("status", status_word(&i));
+    if let Some(o) = &i.owner {
+        field("owner", owner_word(o, now));
+    }
     if let Some(n) = i.retries.filter(|&n| n > 0) {
         field("retries", n.to_string());
     }

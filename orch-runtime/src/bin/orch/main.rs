@@ -5,6 +5,7 @@
 
 mod api;
 mod client;
+mod cluster;
 mod definitions;
 mod display;
 mod graph;
@@ -112,6 +113,11 @@ enum Command {
     },
     /// Show who the token authenticates as.
     Whoami,
+    /// List the nodes sharing the server's store: state, heartbeat, lease, instances owned.
+    Nodes,
+    /// Check every waiting instance against the server's code (the deploy check): lists those
+    /// it cannot run and exits 1 when there is any. Calls no step, changes nothing.
+    Check(cluster::CheckArgs),
 }
 
 /// What every command gets: the client and the output mode.
@@ -169,6 +175,8 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             .await
             .map(|()| 0),
         Command::Whoami => definitions::whoami(&ctx).await.map(|()| 0),
+        Command::Nodes => cluster::nodes(&ctx).await.map(|()| 0),
+        Command::Check(args) => cluster::check(&ctx, args).await,
     }
 }
 
