@@ -1,7 +1,9 @@
 //! The web UI in a real browser: headless Chromium, driven through chromedriver, opens the UI
 //! that the checkout example serves, finds a checkout instance, checks that its drawing is
 //! coloured from its journal, and retries an order that failed during a payment outage from the
-//! instance page until it completes.
+//! instance page until it completes. Then, on a server of its own, the cluster view: the Nodes
+//! page lists the node with what it owns, an instance page names the node that drives it (and
+//! none for a suspended one), and the deploy check lists the instance new code cannot run.
 //!
 //! Needs `chromedriver` and Chromium (Debian: `apt-get install chromium chromium-driver`;
 //! `.ci/run` installs them). Without chromedriver the test says so loudly and passes, unless
@@ -15,10 +17,12 @@ mod support;
 
 use browser::webdriver::Browser;
 use browser::{ChromeDriver, WAIT};
+use orch_runtime::prelude::*;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use support::{example_binary, wait_bounded};
@@ -405,4 +409,147 @@ impl Api {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cluster view, on a server of its own.
+
+/// Set to let `ui.held` finish.
+static LET_GO: AtomicBool = AtomicBool::new(false);
+/// Set to "deploy" code that calls `ui_new` where `ui.waiting` journaled `ui_old`.
+static DEPLOYED_V2: AtomicBool = AtomicBool::new(false);
+
+#[step]
+async fn ui_hold() -> Result<(), StepError> {
+    while !LET_GO.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// Runs (owned by the node) until the test lets it go.
+#[workflow(name = "ui.held")]
+async fn ui_held() -> Result<(), StepError> {
+    ui_hold().await
+}
+
+#[step]
+async fn ui_old() -> Result<u32, StepError> {
+    Ok(1)
+}
+
+#[step]
+async fn ui_new() -> Result<u32, StepError> {
+    Ok(2)
+}
+
+/// Journals a step, then waits (suspended, owned by nobody) for `go`.
+#[workflow(name = "ui.waiting")]
+async fn ui_waiting() -> Result<u32, StepError> {
+    let n = if DEPLOYED_V2.load(Ordering::SeqCst) {
+        ui_new().await?
+    } else {
+        ui_old().await?
+    };
+    let _go: bool = orch::signal("go").await;
+    Ok(n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ui_shows_the_nodes_each_instance_s_owner_and_the_deploy_check() {
+    let Some(driver_bin) = browser::chromedriver_or_skip("the browser test of the Nodes page")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::builder()
+        .sqlite(dir.path().join("orch.db"))
+        .http("127.0.0.1:0")
+        .build()
+        .await
+        .unwrap();
+    let ui = rt.http_url().unwrap();
+    let node = rt.node_id().to_string();
+    rt.start_with_id(UiHeld, "held-1", ()).await.unwrap();
+    let waiting = rt.start_with_id(UiWaiting, "waiting-1", ()).await.unwrap();
+    let end = Instant::now() + WAIT;
+    while waiting.status().await.unwrap() != Status::Suspended
+        || rt
+            .leases_of(vec!["held-1".into()])
+            .await
+            .unwrap()
+            .is_empty()
+    {
+        assert!(Instant::now() < end, "held-1 runs and waiting-1 suspends");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let driver = ChromeDriver::start(&driver_bin);
+    let browser = Browser::open(&driver.url).await;
+    browser.goto(&ui).await;
+    browser.click("[data-testid=nav-nodes]").await;
+    let row = browser
+        .wait_js(
+            "this node's row on the Nodes page, owning held-1",
+            "const r = document.querySelector('[data-testid=node-row][data-this=true]');
+             if (!r || r.querySelector('[data-testid=node-owned]').textContent !== '1') return null;
+             return [r.dataset.id, r.dataset.state, r.querySelector('[data-testid=node-state]').textContent];",
+        )
+        .await;
+    assert_eq!(row, json!([node, "live", "live"]));
+
+    // The instance page names the node driving it; a suspended instance has none.
+    browser.goto(&format!("{ui}#/instances/held-1")).await;
+    let owner = browser
+        .wait_js(
+            "held-1's owner",
+            "const o = document.querySelector('[data-testid=instance-page][data-id=\"held-1\"] [data-testid=instance-owner]');
+             return o && o.dataset.node ? [o.dataset.node, o.textContent] : null;",
+        )
+        .await;
+    assert_eq!(owner, json!([node, format!("{node} · epoch 1")]));
+    browser.goto(&format!("{ui}#/instances/waiting-1")).await;
+    let none = browser
+        .wait_js(
+            "waiting-1's owner",
+            "const o = document.querySelector('[data-testid=instance-page][data-id=\"waiting-1\"] [data-testid=instance-owner]');
+             return o && [o.dataset.node, o.textContent];",
+        )
+        .await;
+    assert_eq!(none, json!(["", "none"]));
+
+    // "Deploy" code that parts ways with waiting-1's journal, and run the check from the page.
+    DEPLOYED_V2.store(true, Ordering::SeqCst);
+    browser.click("[data-testid=nav-nodes]").await;
+    browser
+        .wait_js(
+            "the deploy check",
+            "return document.querySelector('[data-testid=action-check]') && true",
+        )
+        .await;
+    browser.click("[data-testid=action-check]").await;
+    let summary = browser
+        .wait_js(
+            "the check's result",
+            "const s = document.querySelector('[data-testid=compatibility-summary]');
+             if (!s) return null;
+             return [s.dataset.checked, s.dataset.incompatible,
+                     [...document.querySelectorAll('[data-testid=incompatible-row]')].map(r => r.dataset.id)];",
+        )
+        .await;
+    assert_eq!(summary, json!(["2", "1", ["waiting-1"]]));
+    let message = browser
+        .js("return document.querySelector('[data-testid=incompatible-row] .o-err-cell').textContent")
+        .await;
+    assert!(
+        message.as_str().unwrap().starts_with(
+            "at seq 1 the journal recorded step `ui_old` but the code now calls step `ui_new`"
+        ),
+        "{message}"
+    );
+
+    browser.close().await;
+    drop(driver);
+    LET_GO.store(true, Ordering::SeqCst);
+    rt.shutdown().await.unwrap();
 }

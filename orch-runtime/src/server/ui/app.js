@@ -435,6 +435,9 @@
       } else if (section === 'instances' && parts.length === 2) {
         setNav('instances');
         await instancePage(ctx, id);
+      } else if (section === 'nodes' && parts.length === 1) {
+        setNav('nodes');
+        await nodesPage(ctx);
       } else {
         setNav('');
         show(ctx, notFound('There is no such page.'));
@@ -974,7 +977,7 @@
     const tbody = h('tbody', {});
     const table = h('table', { class: 'o-table o-clickable', 'data-testid': 'instances-table' },
       h('thead', {}, h('tr', {}, h('th', {}, 'Instance'), h('th', {}, 'Workflow'), h('th', {}, 'Status'),
-        h('th', {}, 'Custom status'), h('th', {}, 'Failed step'), h('th', {}, 'Created'), h('th', {}, 'Updated'))),
+        h('th', {}, 'Custom status'), h('th', {}, 'Failed step'), h('th', {}, 'Node'), h('th', {}, 'Created'), h('th', {}, 'Updated'))),
       tbody);
     const more = h('button', { class: 'o-btn', 'data-testid': 'load-more', hidden: true }, 'Load more');
     const countLine = h('span', { class: 'o-muted o-small', 'data-testid': 'instances-count' });
@@ -1062,8 +1065,107 @@
       h('td', {}, statusBadge(i.status), i.cancel_requested && !FINAL.has(i.status) ? h('span', { class: 'o-small o-muted' }, ' cancelling') : null),
       h('td', { class: 'o-cs-cell', title: cs }, cs ? compactJson(cs, 60) : h('span', { class: 'o-muted' }, '—')),
       h('td', {}, i.failed_step ? h('span', { class: 'o-mono o-fail-step' }, i.failed_step) : h('span', { class: 'o-muted' }, '—')),
+      h('td', { 'data-testid': 'instance-row-owner' }, i.owner ? h('span', { class: 'o-mono o-small', title: `epoch ${i.owner.epoch}` }, i.owner.node) : h('span', { class: 'o-muted' }, '—')),
       h('td', {}, timeEl(i.created_at)),
       h('td', {}, timeEl(i.updated_at))), href);
+  }
+
+  // ---------------------------------------------------------------- nodes
+
+  const NODE_STATES = {
+    live: 'Its lease runs: it heartbeats and drives the instances it owns.',
+    stopped: 'It shut down and gave its instances up.',
+    expired: 'Its lease ran out without a shutdown (it crashed, stalled or was cut off): other nodes take its instances over.',
+  };
+
+  async function nodesPage(ctx) {
+    show(ctx, loading());
+    const tbody = h('tbody', {});
+    const table = h('table', { class: 'o-table', 'data-testid': 'nodes-table' },
+      h('thead', {}, h('tr', {}, h('th', {}, 'Node'), h('th', {}, 'State'), h('th', {}, 'Started'),
+        h('th', {}, 'Last heartbeat'), h('th', {}, 'Lease'), h('th', { class: 'o-num' }, 'Instances owned'))),
+      tbody);
+    const listError = h('div', { class: 'o-inline-error', hidden: true, role: 'alert' });
+    const summary = h('span', { class: 'o-muted o-small', 'data-testid': 'nodes-count' });
+    const render = (list) => {
+      const live = list.nodes.filter((n) => n.state === 'live').length;
+      summary.textContent = `${plural(list.nodes.length, 'node')}, ${live} live`;
+      tbody.replaceChildren(...list.nodes.map((n) => h('tr', {
+        'data-testid': 'node-row', 'data-id': n.id, 'data-state': n.state, 'data-this': n.this_node ? 'true' : 'false',
+      },
+      h('td', {}, h('span', { class: 'o-mono o-strong' }, n.id),
+        n.this_node ? h('span', { class: 'o-small o-muted', 'data-testid': 'this-node' }, ' · this node') : null),
+      h('td', {}, h('span', { class: `o-badge o-ns-${n.state.replace(/[^a-z]/g, '')}`, title: NODE_STATES[n.state] || '', 'data-testid': 'node-state' }, n.state)),
+      h('td', {}, timeEl(n.started_at)),
+      h('td', {}, timeEl(n.heartbeat_at)),
+      h('td', {}, n.state === 'stopped' ? h('span', { class: 'o-muted' }, 'released') : [n.state === 'live' ? 'ends ' : 'ended ', timeEl(n.lease_expires_at)]),
+      h('td', { class: 'o-num', 'data-testid': 'node-owned' }, String(n.instances_owned)))));
+    };
+    const first = await api('/nodes');
+    if (!ctx.alive()) return;
+    show(ctx, h('div', { class: 'o-page', 'data-testid': 'nodes' },
+      pageHead('Nodes', 'The runtimes sharing this store. Each drives the instances it owns and renews its lease with a heartbeat; a suspended instance is owned by nobody until it falls due.'),
+      card(null, h('div', {}, h('div', { class: 'o-list-head' }, summary, listError), table)),
+      compatibilityCard(ctx, first.this_node)));
+    render(first);
+    const tick = async () => {
+      try {
+        const list = await api('/nodes');
+        if (!ctx.alive()) return;
+        listError.hidden = true;
+        render(list);
+      } catch (e) {
+        listError.textContent = `Could not refresh: ${e.message}`;
+        listError.hidden = false;
+      }
+      ctx.later(tick, LIST_REFRESH_MS);
+    };
+    ctx.later(tick, LIST_REFRESH_MS);
+  }
+
+  /** The deploy check: replays every waiting instance against this node's code, page by page. */
+  function compatibilityCard(ctx, node) {
+    const result = h('div', { 'data-testid': 'compatibility-result' });
+    const btn = h('button', { class: 'o-btn o-btn-primary', 'data-testid': 'action-check' }, 'Check waiting instances');
+    btn.addEventListener('click', async () => {
+      btn.disabled = true;
+      const totals = { checked: 0, compatible: 0 };
+      const bad = [];
+      let cursor = null;
+      const progress = h('div', { class: 'o-muted' }, 'Checking…');
+      result.replaceChildren(progress);
+      try {
+        do {
+          const page = await api(`/compatibility${query({ limit: 1000, cursor })}`);
+          if (!ctx.alive()) return;
+          totals.checked += page.checked;
+          totals.compatible += page.compatible;
+          bad.push(...(page.incompatible || []));
+          progress.textContent = `Checking… ${totals.checked} so far`;
+          cursor = page.checked ? page.next_cursor : null;
+        } while (cursor);
+        const line = h('p', { 'data-testid': 'compatibility-summary', 'data-checked': totals.checked, 'data-incompatible': bad.length, class: bad.length ? '' : 'o-good' },
+          `${plural(totals.checked, 'waiting instance')} checked: ${totals.compatible} compatible, ${bad.length} incompatible.`);
+        const table = bad.length ? h('table', { class: 'o-table', 'data-testid': 'incompatible-table' },
+          h('thead', {}, h('tr', {}, h('th', {}, 'Instance'), h('th', {}, 'Workflow'), h('th', {}, 'Status'), h('th', { class: 'o-num' }, 'Seq'), h('th', {}, 'What differs'))),
+          h('tbody', {}, bad.map((i) => h('tr', { 'data-testid': 'incompatible-row', 'data-id': i.id },
+            h('td', {}, h('a', { href: `#/instances/${enc(i.id)}`, class: 'o-mono o-strong' }, i.id)),
+            h('td', {}, i.workflow),
+            h('td', {}, statusBadge(i.status)),
+            h('td', { class: 'o-num' }, i.seq === null || i.seq === undefined ? '—' : String(i.seq)),
+            h('td', { class: 'o-err-cell', title: i.message }, i.message))))) : null;
+        result.replaceChildren(line, table || '');
+      } catch (e) {
+        if (ctx.alive()) result.replaceChildren(h('div', { class: 'o-inline-error', role: 'alert' }, `The check failed: ${e.message}`));
+      } finally {
+        btn.disabled = false;
+      }
+    });
+    return card('Deploy check', h('div', {},
+      h('p', { class: 'o-muted' },
+        `Replays the journal of every waiting (running or suspended) instance against the code of node ${node}, without running any step or changing anything, and lists those this code cannot run. Run it on a node with new code before it takes traffic.`),
+      h('div', {}, btn),
+      result), { testid: 'compatibility-card' });
   }
 
   // ---------------------------------------------------------------- instance page
@@ -1205,6 +1307,7 @@
       ['Updated', timeEl(i.updated_at)],
     ];
     if (i.wake_at) meta.push(['Wakes', timeEl(i.wake_at)]);
+    if (!FINAL.has(i.status)) meta.push(['Owner', ownerEl(i.owner)]);
     if (i.retries) meta.push(['Retried', h('span', { 'data-testid': 'instance-retries' }, plural(i.retries, 'time'))]);
     if (i.parent) meta.push(['Parent', h('a', { href: `#/instances/${enc(i.parent)}`, class: 'o-mono', 'data-testid': 'instance-parent' }, i.parent)]);
     if (FINAL.has(i.status)) {
@@ -1221,6 +1324,21 @@
           h('dl', { class: 'o-meta' }, meta.map(([k, v]) => h('div', {}, h('dt', {}, k), h('dd', {}, v))))),
         app.readonly ? h('div', { class: 'o-readonly-note o-small o-muted' }, 'read-only access') : h('div', { class: 'o-actions', 'data-testid': 'actions' }, actionButtons(view, refreshNow))),
     ];
+  }
+
+  /** The node driving an instance, with its lease; "none" while nobody owns it. */
+  function ownerEl(o) {
+    if (!o) {
+      return h('span', { class: 'o-muted', 'data-testid': 'instance-owner', 'data-node': '', title: 'No node owns it now: a node claims it when it falls due.' }, 'none');
+    }
+    const lease = o.live ? `lease ends ${relTime(o.lease_expires_at)}` : `lease ended ${relTime(o.lease_expires_at)}: another node takes it over`;
+    return h('a', {
+      href: '#/nodes',
+      class: `o-mono ${o.live ? '' : 'o-warn'}`,
+      'data-testid': 'instance-owner',
+      'data-node': o.node,
+      title: `epoch ${o.epoch}; ${lease}`,
+    }, o.node, h('span', { class: 'o-muted o-small' }, ` · epoch ${o.epoch}`));
   }
 
   function instanceBanner(i) {
