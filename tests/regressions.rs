@@ -174,6 +174,14 @@ impl StoreAdmin for Faulty {
     fn leases(&self, ids: Vec<String>) -> BoxFuture<'_, Result<Vec<Lease>, StoreError>> {
         self.inner.leases(ids)
     }
+    fn unfinished(
+        &self,
+        workflow: Option<String>,
+        after: Option<String>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        self.inner.unfinished(workflow, after, limit)
+    }
 }
 
 fn faulty(faults: Faults) -> Arc<Faulty> {

@@ -13,7 +13,7 @@
 use crate::error::Error;
 use crate::replayer::{REPLAY_TIMEOUT, Replayed, Replayer};
 use crate::runtime::Runtime;
-use crate::store::{Cursor, InstanceRecord, Query, Status};
+use crate::store::Status;
 use serde::Serialize;
 
 /// The most instances one call of [`Runtime::check_compatibility`] checks.
@@ -24,14 +24,15 @@ pub const MAX_CHECK: usize = 10_000;
 const BATCH: usize = 64;
 
 /// Which waiting instances [`Runtime::check_compatibility`] checks: those of `workflow` (all
-/// by default), newest first, after the cursor `after`, at most `limit`.
+/// by default), in id order after the id `after`, at most `limit`.
 #[derive(Clone, Debug, Default)]
 pub struct CompatibilityQuery {
     /// Only instances of this workflow (of any name by default, including names this binary
     /// does not have).
     pub workflow: Option<String>,
-    /// Continue after this instance: the previous report's [`next`](CompatibilityReport::next).
-    pub after: Option<Cursor>,
+    /// Continue after this instance id: the previous report's
+    /// [`next`](CompatibilityReport::next).
+    pub after: Option<String>,
     /// Check at most this many instances (1 to [`MAX_CHECK`]; 0 means [`MAX_CHECK`]).
     pub limit: usize,
 }
@@ -43,11 +44,12 @@ pub struct CompatibilityReport {
     pub checked: usize,
     /// Of those, how many replayed to the end of their journal under this code.
     pub compatible: usize,
-    /// The others, newest first, each with the first place its journal and the code part ways.
+    /// The others, in id order, each with the first place its journal and the code part ways.
     pub incompatible: Vec<Incompatibility>,
-    /// Where the next call continues (`None`: every waiting instance has been checked).
+    /// Where the next call continues, an instance id (`None`: every waiting instance has been
+    /// checked).
     #[serde(skip)]
-    pub next: Option<Cursor>,
+    pub next: Option<String>,
 }
 
 /// A waiting instance that the code in this binary would not run on, and why.
@@ -78,9 +80,10 @@ impl Runtime {
     /// to the end of their journal. An instance whose workflow this binary lacks, whose input
     /// no longer fits the input type, or whose replay fails or does not settle is reported too.
     ///
-    /// Checks at most `query.limit` instances per call, newest first; continue with
+    /// Checks at most `query.limit` instances per call, in id order; continue with
     /// [`CompatibilityReport::next`] until it is `None` to check them all. Memory stays bounded
-    /// by a small batch of journals, however many instances wait.
+    /// by a small batch of journals, however many instances wait, and a walk over all pages
+    /// reads each instance once. An instance that finishes while the check runs is left out.
     pub async fn check_compatibility(
         &self,
         query: CompatibilityQuery,
@@ -108,35 +111,32 @@ impl Runtime {
         let mut after = query.after;
         let mut left = limit;
         while left > 0 {
-            let page = self
+            let want = left.min(BATCH);
+            let ids = self
                 .inner
                 .store
-                .search(Query {
-                    workflow: query.workflow.clone(),
-                    statuses: vec![Status::Running, Status::Suspended],
-                    after: after.clone(),
-                    limit: left.min(BATCH),
-                    ..Query::default()
-                })
+                .unfinished(query.workflow.clone(), after.clone(), want)
                 .await?;
-            let Some(last) = page.last() else {
+            let Some(last) = ids.last() else {
                 return Ok(report);
             };
-            after = Some(Cursor {
-                created_at: last.created_at,
-                id: last.id.clone(),
-            });
-            let full = page.len() == left.min(BATCH);
-            left -= page.len();
-            let verdicts = futures_util::future::join_all(
-                page.iter().map(|rec| self.check_one(&replayer, rec)),
-            )
-            .await;
+            after = Some(last.clone());
+            left -= ids.len();
+            let full = ids.len() == want;
+            let verdicts =
+                futures_util::future::join_all(ids.iter().map(|id| self.check_one(&replayer, id)))
+                    .await;
             for verdict in verdicts {
-                report.checked += 1;
                 match verdict? {
-                    None => report.compatible += 1,
-                    Some(i) => report.incompatible.push(i),
+                    Verdict::Gone => {}
+                    Verdict::Compatible => {
+                        report.checked += 1;
+                        report.compatible += 1;
+                    }
+                    Verdict::Incompatible(i) => {
+                        report.checked += 1;
+                        report.incompatible.push(*i);
+                    }
                 }
             }
             if !full {
@@ -148,19 +148,13 @@ impl Runtime {
         Ok(report)
     }
 
-    /// Replays one instance as stored now; `None` when the code follows its journal. An
-    /// instance that finished (or vanished) since the page was read is compatible: it no
-    /// longer waits.
-    async fn check_one(
-        &self,
-        replayer: &Replayer,
-        rec: &InstanceRecord,
-    ) -> Result<Option<Incompatibility>, Error> {
-        let Some(loaded) = self.inner.store.load(&rec.id).await? else {
-            return Ok(None);
+    /// Replays one instance as stored now.
+    async fn check_one(&self, replayer: &Replayer, id: &str) -> Result<Verdict, Error> {
+        let Some(loaded) = self.inner.store.load(id).await? else {
+            return Ok(Verdict::Gone);
         };
         if loaded.record.status.is_final() {
-            return Ok(None);
+            return Ok(Verdict::Gone);
         }
         let rec = &loaded.record;
         let base = Incompatibility {
@@ -178,14 +172,14 @@ impl Runtime {
             message: String::new(),
         };
         let incompatible = |seq: Option<u32>, message: String| {
-            Some(Incompatibility {
+            Verdict::Incompatible(Box::new(Incompatibility {
                 seq,
                 message,
                 ..base.clone()
-            })
+            }))
         };
         let found = match replayer.replay(loaded).await {
-            Replayed::Frontier { .. } | Replayed::Finished { .. } => None,
+            Replayed::Frontier { .. } | Replayed::Finished { .. } => Verdict::Compatible,
             Replayed::Incompatible { seq, message } => incompatible(Some(seq), message),
             Replayed::Failed(message) => {
                 incompatible(None, format!("it would fail when it wakes: {message}"))
@@ -209,4 +203,14 @@ impl Runtime {
         };
         Ok(found)
     }
+}
+
+/// What checking one instance found.
+enum Verdict {
+    /// It finished or vanished since it was listed: it no longer waits.
+    Gone,
+    /// The code follows its journal.
+    Compatible,
+    /// The code cannot run it.
+    Incompatible(Box<Incompatibility>),
 }

@@ -1122,8 +1122,8 @@ async fn nodes_are_listed_and_check_reports_what_new_code_cannot_run() {
         .filter(|l| l.starts_with("ev-"))
         .collect();
     assert_eq!(rows.len(), 2, "{out:?}");
-    for (row, id) in rows.iter().zip(["ev-2", "ev-1"]) {
-        assert!(row.starts_with(id), "newest first: {out:?}");
+    for (row, id) in rows.iter().zip(["ev-1", "ev-2"]) {
+        assert!(row.starts_with(id), "in id order: {out:?}");
         assert!(
             row.contains("cli_evolving  suspended    2  at seq 2 the journal recorded step `cli_second` but the code now calls step `cli_third`"),
             "{out:?}"
@@ -1154,7 +1154,7 @@ async fn nodes_are_listed_and_check_reports_what_new_code_cannot_run() {
         .iter()
         .map(|i| i["id"].as_str().expect("id"))
         .collect();
-    assert_eq!(ids, ["ev-2", "ev-1"], "{report}");
+    assert_eq!(ids, ["ev-1", "ev-2"], "{report}");
     assert_eq!(report["incompatible"][0]["seq"], json!(2), "{report}");
 
     // Nothing changed: they still wait, and ev-3 continues under the new code.

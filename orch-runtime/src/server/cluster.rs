@@ -2,7 +2,7 @@
 //! deploy check of waiting instances against this node's code (`GET /api/v1/compatibility`).
 
 use super::api::{ApiError, ApiResult, AppState};
-use super::params::{Params, cursor_text, parse_cursor, shown};
+use super::params::{Params, shown};
 use super::views::time_text;
 use crate::compatibility::{CompatibilityQuery, Incompatibility, MAX_CHECK};
 use crate::store::{Millis, NodeRecord};
@@ -93,7 +93,7 @@ pub(crate) struct CheckParams {
     workflow: Option<String>,
     /// Instances to check in this call, 1 to [`MAX_CHECK`] (default [`DEFAULT_CHECK`]).
     limit: Option<String>,
-    /// The `next_cursor` of the previous call.
+    /// The `next_cursor` of the previous call (an instance id).
     cursor: Option<String>,
 }
 
@@ -124,10 +124,9 @@ impl CheckParams {
             }
             other => other,
         };
-        let after = self.cursor.as_deref().map(parse_cursor).transpose()?;
         Ok(CompatibilityQuery {
             workflow,
-            after,
+            after: self.cursor.filter(|c| !c.is_empty()),
             limit,
         })
     }
@@ -155,7 +154,7 @@ pub(crate) async fn compatibility(
         checked: report.checked,
         compatible: report.compatible,
         incompatible: report.incompatible,
-        next_cursor: report.next.as_ref().map(cursor_text),
+        next_cursor: report.next,
     }))
 }
 

@@ -286,11 +286,6 @@ pub(crate) fn cursor_of(rec: &crate::store::InstanceRecord) -> String {
     format!("{}_{}", rec.created_at, rec.id)
 }
 
-/// A cursor as `next_cursor` text (what [`parse_cursor`] reads back).
-pub(crate) fn cursor_text(c: &Cursor) -> String {
-    format!("{}_{}", c.created_at, c.id)
-}
-
 /// A page size: 1 to [`MAX_PAGE`].
 pub(crate) fn parse_limit(raw: &str) -> ApiResult<usize> {
     raw.parse::<usize>()

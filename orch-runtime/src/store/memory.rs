@@ -899,6 +899,28 @@ impl StoreAdmin for MemoryStore {
         Box::pin(async move { Ok(result) })
     }
 
+    fn unfinished(
+        &self,
+        workflow: Option<String>,
+        after: Option<String>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        use std::ops::Bound;
+        let state = self.lock();
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let result = state
+            .instances
+            .range::<String, _>((from, Bound::Unbounded))
+            .filter(|(_, i)| {
+                !i.record.status.is_final()
+                    && workflow.as_ref().is_none_or(|w| *w == i.record.workflow)
+            })
+            .map(|(id, _)| id.clone())
+            .take(if limit == 0 { usize::MAX } else { limit })
+            .collect();
+        Box::pin(async move { Ok(result) })
+    }
+
     fn leases(&self, ids: Vec<String>) -> BoxFuture<'_, Result<Vec<Lease>, StoreError>> {
         let state = self.lock();
         let result = ids

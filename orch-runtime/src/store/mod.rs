@@ -1011,6 +1011,18 @@ pub trait StoreAdmin: Send + Sync + 'static {
     /// finished, released) and missing ids are left out. A lease whose end has passed is still
     /// listed: its instance keeps that owner until another node claims it.
     fn leases(&self, ids: Vec<String>) -> BoxFuture<'_, Result<Vec<Lease>, StoreError>>;
+
+    /// The ids of unfinished (running or suspended) instances — of `workflow` when given —
+    /// after the id `after`, in id order (bytewise), at most `limit` (0: no limit). Paging
+    /// through them with the last id as `after` visits every instance that stays unfinished
+    /// once, at a cost that grows with the instances passed, not with the pages: the deploy
+    /// check (`Runtime::check_compatibility`) walks 100,000 waiting instances this way.
+    fn unfinished(
+        &self,
+        workflow: Option<String>,
+        after: Option<String>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
 }
 
 /// A complete backend: the engine's [`Store`] and the operators' [`StoreAdmin`]. Implemented

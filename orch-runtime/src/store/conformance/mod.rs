@@ -134,6 +134,9 @@ pub const CHECKS: &[(&str, CheckFn)] = &[
     ("queries::leases_name_each_instance_s_owner", |s| {
         Box::pin(queries::leases_name_each_instance_s_owner(s))
     }),
+    ("queries::unfinished_ids_page_in_id_order", |s| {
+        Box::pin(queries::unfinished_ids_page_in_id_order(s))
+    }),
 ];
 
 /// Runs every check, each on a fresh store from `factory`, and panics listing those that
@@ -208,7 +211,8 @@ macro_rules! conformance_tests {
             queries::search_pages_newest_first,
             queries::stats_and_counts_agree,
             queries::nodes_list_heartbeats_and_owned_instances,
-            queries::leases_name_each_instance_s_owner
+            queries::leases_name_each_instance_s_owner,
+            queries::unfinished_ids_page_in_id_order
         );
     };
     (@each $factory:expr; $($module:ident :: $check:ident),*) => {

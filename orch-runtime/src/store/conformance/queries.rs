@@ -155,3 +155,59 @@ pub async fn leases_name_each_instance_s_owner(store: Arc<dyn Backend>) {
         "a suspended instance has no owner: {leases:?}"
     );
 }
+
+/// Unfinished (running or suspended) instances page by id, after a cursor, by workflow;
+/// finished ones are left out.
+pub async fn unfinished_ids_page_in_id_order(store: Arc<dyn Backend>) {
+    for id in ["b", "a", "d", "c"] {
+        create_at(&*store, id, T0).await;
+    }
+    let mut other = record("e");
+    other.workflow = "other".into();
+    store.create(other, None, Vec::new()).await.expect("create");
+    let ops = vec![
+        WriteOp::Finish {
+            instance: "c".into(),
+            status: Status::Completed,
+            output: Some("1".into()),
+            error: None,
+            failed_step: None,
+            at: T0,
+        },
+        WriteOp::SetStatus {
+            instance: "d".into(),
+            status: Status::Suspended,
+            wake_at: None,
+            at: T0,
+        },
+    ];
+    store.submit(None, ops).await.expect("finish c, suspend d");
+    let page = |workflow: Option<&str>, after: Option<&str>, limit: usize| {
+        store.unfinished(workflow.map(String::from), after.map(String::from), limit)
+    };
+    assert_eq!(
+        page(None, None, 0).await.expect("all"),
+        ["a", "b", "d", "e"]
+    );
+    assert_eq!(page(None, None, 2).await.expect("first page"), ["a", "b"]);
+    assert_eq!(
+        page(None, Some("b"), 2).await.expect("second page"),
+        ["d", "e"]
+    );
+    assert!(
+        page(None, Some("e"), 2)
+            .await
+            .expect("past the end")
+            .is_empty()
+    );
+    assert_eq!(
+        page(Some("other"), None, 0).await.expect("by workflow"),
+        ["e"]
+    );
+    assert_eq!(
+        page(Some("wf"), Some("a"), 0)
+            .await
+            .expect("by workflow, after"),
+        ["b", "d"]
+    );
+}

@@ -345,3 +345,38 @@ pub(crate) async fn audit(shared: &Shared, limit: usize) -> Result<Vec<AuditReco
         })
         .collect()
 }
+
+/// See [`StoreAdmin::unfinished`](crate::store::StoreAdmin::unfinished): a walk along the
+/// primary key from `after`.
+pub(crate) async fn unfinished(
+    shared: &Shared,
+    workflow: Option<String>,
+    after: Option<String>,
+    limit: usize,
+) -> Result<Vec<String>, StoreError> {
+    let ctx = "listing unfinished instances";
+    let client = connection(shared, ctx).await?;
+    let mut sql = Sql::default();
+    sql.push(
+        "SELECT id FROM instances WHERE status IN ('running', 'suspended')",
+        vec![],
+    );
+    if let Some(w) = workflow {
+        sql.push(" AND workflow = ?", vec![Box::new(w)]);
+    }
+    if let Some(a) = after {
+        sql.push(" AND id > ?", vec![Box::new(a)]);
+    }
+    sql.push(" ORDER BY id", vec![]);
+    if limit > 0 {
+        sql.push(
+            " LIMIT ?",
+            vec![Box::new(i64::try_from(limit).unwrap_or(i64::MAX))],
+        );
+    }
+    let rows = Tx::new(&client)
+        .query(&sql.text, &sql.refs())
+        .await
+        .map_err(|e| pg_error(ctx, &e))?;
+    rows.iter().map(|r| get(r, 0, ctx)).collect()
+}

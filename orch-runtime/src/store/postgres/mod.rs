@@ -618,6 +618,15 @@ impl StoreAdmin for PostgresStore {
         })
     }
 
+    fn unfinished(
+        &self,
+        workflow: Option<String>,
+        after: Option<String>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        Box::pin(async move { admin::unfinished(&self.shared, workflow, after, limit).await })
+    }
+
     fn leases(&self, ids: Vec<String>) -> BoxFuture<'_, Result<Vec<Lease>, StoreError>> {
         Box::pin(async move {
             let client = read::connection(&self.shared, "reading the owners of instances").await?;

@@ -325,3 +325,36 @@ pub(super) fn audit_records(
     })
     .map_err(|e| backend("reading the audit log", e))
 }
+
+/// See [`StoreAdmin::unfinished`](crate::store::StoreAdmin::unfinished). The scan follows the
+/// primary key from `after` (the `+` keeps the planner off the status indexes, which would sort
+/// every unfinished instance again for each page), so a walk over all pages reads each row once.
+pub(super) fn unfinished(
+    conn: &mut Connection,
+    workflow: Option<String>,
+    after: Option<String>,
+    limit: usize,
+) -> Result<Vec<String>, StoreError> {
+    let mut sql =
+        String::from("SELECT id FROM instances WHERE +status IN ('running', 'suspended')");
+    let mut params = Vec::new();
+    if let Some(w) = workflow {
+        sql.push_str(" AND +workflow = ?");
+        params.push(Value::Text(w));
+    }
+    if let Some(a) = after {
+        sql.push_str(" AND id > ?");
+        params.push(Value::Text(a));
+    }
+    sql.push_str(" ORDER BY id");
+    if limit > 0 {
+        sql.push_str(" LIMIT ?");
+        params.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+    }
+    conn.prepare_cached(&sql)
+        .and_then(|mut s| {
+            s.query_map(rusqlite::params_from_iter(params), |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()
+        })
+        .map_err(|e| backend("listing unfinished instances", e))
+}

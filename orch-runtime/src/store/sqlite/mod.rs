@@ -446,4 +446,13 @@ impl StoreAdmin for SqliteStore {
     fn leases(&self, ids: Vec<String>) -> BoxFuture<'_, Result<Vec<Lease>, StoreError>> {
         self.read(move |conn| ownership::leases(conn, &ids))
     }
+
+    fn unfinished(
+        &self,
+        workflow: Option<String>,
+        after: Option<String>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        self.read(move |conn| admin::unfinished(conn, workflow, after, limit))
+    }
 }
