@@ -18,7 +18,7 @@ use orch_runtime::compatibility::{CompatibilityQuery, CompatibilityReport, Incom
 use orch_runtime::prelude::*;
 use orch_runtime::store::postgres::PostgresStore;
 use orch_runtime::store::sqlite::{SqliteOptions, SqliteStore};
-use orch_runtime::store::{Backend, Store, WriteOp};
+use orch_runtime::store::{Backend, WriteOp};
 use orch_runtime::{InstanceRecord, JournalEntry};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
