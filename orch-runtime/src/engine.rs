@@ -471,9 +471,10 @@ impl Inner {
             }
             let n = claimed.leases.len();
             total += n;
-            self.metrics.claimed(n);
             for lease in claimed.leases {
-                self.schedule_with(&lease.instance, Load::Store, lease.epoch);
+                if self.schedule_with(&lease.instance, Load::Store, lease.epoch) {
+                    self.metrics.claimed(1);
+                }
             }
             // A full batch may leave more.
             if n < limit {

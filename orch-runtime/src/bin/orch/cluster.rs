@@ -86,7 +86,9 @@ pub async fn check(ctx: &Ctx, args: CheckArgs) -> Result<u8, CliError> {
         checked += page.checked;
         compatible += page.compatible;
         incompatible.extend(page.incompatible);
-        let stuck = page.checked == 0 || page.next_cursor == cursor;
+        // The cursor moves on with every page (a page whose instances all finished meanwhile
+        // checks none); one that does not would loop.
+        let stuck = page.next_cursor == cursor;
         cursor = page.next_cursor;
         if cursor.is_none() || stuck {
             break;

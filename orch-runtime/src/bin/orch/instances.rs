@@ -503,3 +503,31 @@ pub async fn fork(ctx: &Ctx, id: &str, from_seq: u64) -> Result<u8, CliError> {
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_owner_shows_its_node_epoch_and_lease() {
+        let now = humantime::parse_rfc3339("2026-11-26T08:00:00Z").expect("time");
+        let owner = |live| api::Owner {
+            node: "web-1".into(),
+            epoch: Some(3),
+            lease_expires_at: Some(if live {
+                "2026-11-26T08:00:09.000Z".into()
+            } else {
+                "2026-11-26T07:55:00.000Z".into()
+            }),
+            live: Some(live),
+        };
+        assert_eq!(
+            owner_word(&owner(true), now),
+            "web-1 (epoch 3, lease ends in 9s)"
+        );
+        assert_eq!(
+            owner_word(&owner(false), now),
+            "web-1 (epoch 3, lease ended 5m ago: another node takes it over)"
+        );
+    }
+}

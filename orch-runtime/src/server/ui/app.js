@@ -1142,7 +1142,7 @@
           totals.compatible += page.compatible;
           bad.push(...(page.incompatible || []));
           progress.textContent = `Checking… ${totals.checked} so far`;
-          cursor = page.checked ? page.next_cursor : null;
+          cursor = page.next_cursor && page.next_cursor !== cursor ? page.next_cursor : null;
         } while (cursor);
         const line = h('p', { 'data-testid': 'compatibility-summary', 'data-checked': totals.checked, 'data-incompatible': bad.length, class: bad.length ? '' : 'o-good' },
           `${plural(totals.checked, 'waiting instance')} checked: ${totals.compatible} compatible, ${bad.length} incompatible.`);
