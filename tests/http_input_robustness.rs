@@ -5,6 +5,8 @@
 
 #[path = "support/http.rs"]
 mod http;
+#[path = "support/wait.rs"]
+mod wait;
 
 use http::{encode, encode_all, open};
 use orch_runtime::prelude::*;
@@ -110,6 +112,17 @@ async fn a_path_segment_that_is_not_utf8_gets_a_json_400() {
 async fn too_many_filters_are_refused_with_a_json_400_that_quotes_no_sql() {
     let s = open().await;
     s.start("parked", json!("a"), "f-1").await;
+    // Parked on its signal before anything is asked, so its status tells whether a refused
+    // request changed it.
+    wait::wait_until("f-1 to suspend on its signal", || async {
+        let inst = s.get("/api/v1/instances/f-1").await.json();
+        if inst["status"] == json!("suspended") {
+            Ok(())
+        } else {
+            Err(inst["status"].clone())
+        }
+    })
+    .await;
     let attrs = |n: usize| {
         (0..n)
             .map(|i| format!("attr.k{i}=v{i}"))
