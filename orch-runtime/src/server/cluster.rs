@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 pub(crate) struct NodesView {
     /// The node that answered.
     this_node: String,
-    /// Every node that ever heartbeat into this store, by id.
+    /// Every node that heartbeat into this store, by id (nodes gone for over a day that own
+    /// nothing are forgotten: see `NODE_RETENTION_MS`).
     nodes: Vec<NodeView>,
 }
 

@@ -134,6 +134,11 @@ impl LeaseTerms {
     }
 }
 
+/// How long a node that stopped (or died) stays listed: a heartbeat of any node forgets the
+/// nodes whose lease ended longer ago than this and that own no instance, so the list of nodes
+/// does not grow with every process ever started (each gets a new id by default).
+pub const NODE_RETENTION_MS: Millis = 24 * 60 * 60 * 1000;
+
 /// The answer of [`Store::renew`](super::Store::renew), the heartbeat.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Renewal {

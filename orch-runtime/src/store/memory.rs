@@ -618,6 +618,15 @@ impl Store for MemoryStore {
             .or_insert((terms.now, terms.now, expires));
         node.1 = terms.now;
         node.2 = expires;
+        let owners: std::collections::HashSet<NodeId> = state
+            .instances
+            .values()
+            .filter_map(|i| i.owner.clone())
+            .collect();
+        let cutoff = terms.now.saturating_sub(super::NODE_RETENTION_MS);
+        state
+            .nodes
+            .retain(|id, n| *id == terms.node || n.2 >= cutoff || owners.contains(id));
         let lost = held
             .into_iter()
             .filter(|(id, epoch)| {

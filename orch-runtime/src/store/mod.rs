@@ -36,7 +36,8 @@ use tokio::sync::oneshot;
 
 pub use crate::journal::{EntryKind, JournalEntry, Millis};
 pub use lease::{
-    Claimed, Fence, Lease, LeaseTerms, NodeId, NodeRecord, Renewal, Wakeup, WakeupHub, Wakeups,
+    Claimed, Fence, Lease, LeaseTerms, NODE_RETENTION_MS, NodeId, NodeRecord, Renewal, Wakeup,
+    WakeupHub, Wakeups,
 };
 
 /// Where an instance stands.
@@ -943,7 +944,8 @@ pub trait Store: Send + Sync + 'static {
     /// The heartbeat: records `terms.node` as alive until `terms.expires_at()` (extending every
     /// lease it holds, in one write) and returns those of `held` (instance, epoch) it no
     /// longer holds at that epoch, and when it should next look for due instances
-    /// ([`Renewal::next_due`]: so an idle node polls nothing between heartbeats). A node
+    /// ([`Renewal::next_due`]: so an idle node polls nothing between heartbeats). It also
+    /// forgets nodes whose lease ended over [`NODE_RETENTION_MS`] ago and that own nothing. A node
     /// renews once before it creates or claims anything: a node the store never heard of has
     /// no live lease.
     fn renew(
@@ -1002,8 +1004,8 @@ pub trait StoreAdmin: Send + Sync + 'static {
     /// The newest `limit` audit records, newest first.
     fn audit(&self, limit: usize) -> BoxFuture<'_, Result<Vec<AuditRecord>, StoreError>>;
 
-    /// Every node that ever renewed a lease, by id, with how many unfinished instances each
-    /// owns now.
+    /// Every node that renewed a lease and was not forgotten since (see
+    /// [`NODE_RETENTION_MS`]), by id, with how many unfinished instances each owns now.
     fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeRecord>, StoreError>>;
 
     /// The current lease of each of `ids` that has an owner (its node, epoch and the node's

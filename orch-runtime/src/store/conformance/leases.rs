@@ -313,3 +313,34 @@ pub async fn concurrent_creations_are_each_owned(store: Arc<dyn Backend>) {
         "only the unowned instance is claimable"
     );
 }
+
+/// A heartbeat forgets nodes whose lease ended over `NODE_RETENTION_MS` ago and that own
+/// nothing; a node that still owns an instance, or ended recently, stays listed.
+pub async fn long_gone_nodes_are_forgotten(store: Arc<dyn Backend>) {
+    use crate::store::NODE_RETENTION_MS;
+    let (gone, owning, recent, a) = (
+        node("node-gone"),
+        node("node-owning"),
+        node("node-recent"),
+        node("node-a"),
+    );
+    register(&*store, &gone, T0, 1_000).await;
+    register(&*store, &owning, T0, 1_000).await;
+    create_owned(&*store, &owning, "held", T0).await;
+    let later = T0 + NODE_RETENTION_MS + 10_000;
+    register(&*store, &recent, later - 5_000, 1_000).await;
+    register(&*store, &a, later, 60_000).await;
+    let mut listed: Vec<String> = store
+        .nodes()
+        .await
+        .expect("nodes")
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        vec!["node-a", "node-owning", "node-recent"],
+        "only the node gone for over a day and owning nothing is forgotten"
+    );
+}

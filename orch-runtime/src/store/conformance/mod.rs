@@ -84,6 +84,9 @@ pub const CHECKS: &[(&str, CheckFn)] = &[
     ("leases::concurrent_creations_are_each_owned", |s| {
         Box::pin(leases::concurrent_creations_are_each_owned(s))
     }),
+    ("leases::long_gone_nodes_are_forgotten", |s| {
+        Box::pin(leases::long_gone_nodes_are_forgotten(s))
+    }),
     ("leases::release_lets_others_claim_at_once", |s| {
         Box::pin(leases::release_lets_others_claim_at_once(s))
     }),
@@ -196,6 +199,7 @@ macro_rules! conformance_tests {
             leases::renew_reports_lost_instances,
             leases::renew_says_when_work_falls_due,
             leases::concurrent_creations_are_each_owned,
+            leases::long_gone_nodes_are_forgotten,
             leases::release_lets_others_claim_at_once,
             leases::suspended_instances_are_claimed_when_due,
             leases::claims_are_bounded,

@@ -54,7 +54,9 @@ const EXPIRY: &str = "SELECT lease_expires FROM nodes WHERE id = $1::text";
 const RENEW: &str = "WITH n AS (INSERT INTO nodes (id, host, pid, started_at, heartbeat_at, \
      lease_expires) VALUES ($1::text, $4::text, $5::bigint, $2::bigint, $2::bigint, $3::bigint) \
      ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, \
-     lease_expires = excluded.lease_expires RETURNING 1) \
+     lease_expires = excluded.lease_expires RETURNING 1), \
+     gone AS (DELETE FROM nodes g WHERE g.id <> $1::text AND g.lease_expires < $8::bigint \
+     AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.owner = g.id)) \
      SELECT ARRAY(SELECT h.id FROM unnest($6::text[], $7::bigint[]) AS h(id, epoch) \
      WHERE NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = h.id AND i.owner = $1::text \
      AND i.lease_epoch = h.epoch)), LEAST((SELECT min(wake_at) FROM instances \
@@ -241,6 +243,7 @@ pub(super) async fn renew(
                 &pid,
                 &ids,
                 &epochs,
+                &terms.now.saturating_sub(crate::store::NODE_RETENTION_MS),
             ],
         )
         .await

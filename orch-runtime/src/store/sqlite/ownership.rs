@@ -146,6 +146,18 @@ pub(super) fn renew(
     )
     .and_then(|mut s| s.execute(params![terms.node.as_str(), terms.now, terms.expires_at()]))
     .map_err(ctx)?;
+    conn.prepare_cached(
+        "DELETE FROM nodes WHERE id <> ?1 AND lease_expires < ?2 \
+         AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.status = 'running' \
+         AND i.owner = nodes.id)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            terms.node.as_str(),
+            terms.now.saturating_sub(crate::store::NODE_RETENTION_MS)
+        ])
+    })
+    .map_err(ctx)?;
     let mut lost = Vec::new();
     let mut stmt = conn
         .prepare_cached("SELECT owner, epoch FROM instances WHERE id = ?1")
