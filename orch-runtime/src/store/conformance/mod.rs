@@ -1,5 +1,5 @@
 //! The checks every store backend must pass: one module per property of the [`Store`] and
-//! [`StoreAdmin`] contract (write semantics, atomicity, leases and their expiry, fencing,
+//! [`StoreAdmin`](crate::store::StoreAdmin) contract (write semantics, atomicity, leases and their expiry, fencing,
 //! wake-ups, retry and fork bookkeeping, queries).
 //!
 //! Enabled by the `conformance` feature. Run them from a backend's tests, each on a fresh,

@@ -6,22 +6,22 @@
 //!   [`deadpool-postgres`](https://docs.rs/deadpool-postgres) (each pooled connection caches its
 //!   prepared statements). Plain TCP: TLS is not supported yet, so use it on a trusted network
 //!   or through a local socket/tunnel.
-//! - **Group commit** ([`writer`]): every write (submissions, instance creation, signals) goes
+//! - **Group commit** (`writer.rs`): every write (submissions, instance creation, signals) goes
 //!   to one writer task over a channel, in order. It takes what is queued (up to
 //!   [`PostgresOptions::max_batch`] commands), applies it in one transaction and acknowledges
 //!   every command after `COMMIT`. Commands for different instances are pipelined on the
 //!   connection; commands for one instance keep their order. When a command fails, the
 //!   transaction is rolled back and run again with each command in its own savepoint, so the
 //!   failing one is refused alone — the same semantics as the SQLite store.
-//! - **Schema** ([`schema`]): versioned migrations in a schema of your choice
+//! - **Schema** (`schema.rs`): versioned migrations in a schema of your choice
 //!   ([`PostgresOptions::schema`], default `orch`); a schema written by a newer orch is refused
 //!   with [`StoreError::TooNew`], a schema holding other tables with [`StoreError::Foreign`].
-//! - **Several nodes per schema** ([`ownership`]): each runtime is a node owning the instances
+//! - **Several nodes per schema** (`ownership.rs`): each runtime is a node owning the instances
 //!   it drives by lease, exactly as on SQLite. Due instances are claimed in bounded batches with
 //!   `FOR UPDATE SKIP LOCKED`; every fenced write is checked, per batch, by one locking read of
 //!   the fenced rows inside the write transaction. Migrations are safe when nodes open the
 //!   schema together (an advisory transaction lock).
-//! - **Wake-ups** ([`notify`]): every write transaction that wakes something sends a `NOTIFY`
+//! - **Wake-ups** (`notify.rs`): every write transaction that wakes something sends a `NOTIFY`
 //!   on the schema's channel before it commits; each store `LISTEN`s on one dedicated
 //!   connection and passes other nodes' wake-ups to its subscribers. No polling.
 //!
