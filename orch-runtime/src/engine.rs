@@ -382,10 +382,19 @@ impl Inner {
         if self.is_closing() {
             return;
         }
+        self.claim_and_drive(id);
+    }
+
+    /// Claims `id` in the background and drives it when the store grants (or confirms) this
+    /// node's lease; otherwise those waiting here for its end read the store. A store error is
+    /// tried again later.
+    fn claim_and_drive(self: &Arc<Self>, id: &str) {
         let inner = self.clone();
         let id = id.to_string();
         self.handle.spawn(async move {
             match inner.store.claim(inner.terms(), &id).await {
+                // `Some` is also this node's own lease, unchanged: counted once, by the call
+                // that starts driving it.
                 Ok(Some(lease)) => {
                     if inner.schedule_with(&id, Load::Store, lease.epoch) {
                         inner.metrics.claimed(1);
@@ -623,25 +632,7 @@ impl Inner {
             self.wait_for_room();
             return;
         }
-        let inner = self.clone();
-        let id = id.to_string();
-        self.handle.spawn(async move {
-            match inner.store.claim(inner.terms(), &id).await {
-                // `Some` is also this node's own lease, unchanged: counted once, by the call
-                // that starts driving it.
-                Ok(Some(lease)) => {
-                    if inner.schedule_with(&id, Load::Store, lease.epoch) {
-                        inner.metrics.claimed(1);
-                    }
-                }
-                Ok(None) => inner.recheck_if_watched(&id),
-                Err(e) => {
-                    tracing::error!(instance = %id, error = %e, "cannot claim; retrying");
-                    let at = inner.clock.now_ms() + RETRY_AFTER_STORE_ERROR.as_millis() as Millis;
-                    inner.add_timer(at, id);
-                }
-            }
-        });
+        self.claim_and_drive(id);
     }
 
     /// Drives `id` under the lease epoch `epoch`, loaded as `load` says (a loaded instance is

@@ -343,22 +343,12 @@ pub(crate) async fn append_fenced(
     let id = fence.instance.as_str();
     let ctx = || format!("appending a journal entry for instance `{id}`");
     let epoch = i64::try_from(fence.epoch).unwrap_or(i64::MAX);
+    let node = fence.node.as_str();
+    let columns = EntryColumns::new(entry);
+    let mut params = columns.params(&id).to_vec();
+    params.extend([&node as Param<'_>, &epoch]);
     let row = tx
-        .query_one(
-            APPEND_FENCED,
-            &[
-                &id,
-                &i64_of(entry.seq),
-                &entry.kind.as_str(),
-                &entry.name,
-                &entry.outcome,
-                &i64_of(entry.attempts),
-                &entry.started_at,
-                &entry.finished_at,
-                &fence.node.as_str(),
-                &epoch,
-            ],
-        )
+        .query_one(APPEND_FENCED, &params)
         .await
         .map_err(|e| pg_error(&ctx(), &e))?;
     let status: Option<String> = row.try_get(0).map_err(|e| pg_error(&ctx(), &e))?;
@@ -382,12 +372,50 @@ pub(crate) async fn append_fenced(
         parse_status(id, &s)?;
     }
     if inserted == 0 {
-        return Err(StoreError::Conflict {
-            instance: id.to_string(),
-            detail: format!("journal entry seq {} already exists", entry.seq),
-        });
+        return Err(seq_taken(id, entry.seq));
     }
     Ok(())
+}
+
+/// The refusal of a journal entry whose (instance, seq) is written already.
+pub(crate) fn seq_taken(instance: &str, seq: u32) -> StoreError {
+    StoreError::Conflict {
+        instance: instance.to_string(),
+        detail: format!("journal entry seq {seq} already exists"),
+    }
+}
+
+/// A journal entry's columns as the append statements take them, after the instance id.
+struct EntryColumns<'a> {
+    seq: i64,
+    kind: &'static str,
+    attempts: i64,
+    entry: &'a JournalEntry,
+}
+
+impl<'a> EntryColumns<'a> {
+    fn new(entry: &'a JournalEntry) -> Self {
+        EntryColumns {
+            seq: i64_of(entry.seq),
+            kind: entry.kind.as_str(),
+            attempts: i64_of(entry.attempts),
+            entry,
+        }
+    }
+
+    /// `$1` … `$8`: the instance, then the entry.
+    fn params(&'a self, id: &'a &'a str) -> [Param<'a>; 8] {
+        [
+            id,
+            &self.seq,
+            &self.kind,
+            &self.entry.name,
+            &self.entry.outcome,
+            &self.attempts,
+            &self.entry.started_at,
+            &self.entry.finished_at,
+        ]
+    }
 }
 
 const ATTEMPT: &str = guarded!(concat!(
@@ -529,28 +557,17 @@ pub(crate) async fn apply(
     let id = op.instance();
     match op {
         WriteOp::Append { entry, .. } => {
+            let columns = EntryColumns::new(entry);
             let (_, inserted) = guarded(
                 tx,
                 APPEND,
-                &[
-                    &id,
-                    &i64_of(entry.seq),
-                    &entry.kind.as_str(),
-                    &entry.name,
-                    &entry.outcome,
-                    &i64_of(entry.attempts),
-                    &entry.started_at,
-                    &entry.finished_at,
-                ],
+                &columns.params(&id),
                 id,
                 "appending a journal entry",
             )
             .await?;
             if inserted == 0 {
-                return Err(StoreError::Conflict {
-                    instance: id.to_string(),
-                    detail: format!("journal entry seq {} already exists", entry.seq),
-                });
+                return Err(seq_taken(id, entry.seq));
             }
         }
         WriteOp::Attempt { record, .. } => {

@@ -31,7 +31,7 @@
 
 use super::apply::{
     Tx, add_signal, append_fenced, append_many, apply_all, create, create_many, finish_many,
-    is_lone_append, probe,
+    is_lone_append, probe, seq_taken,
 };
 use super::notify;
 use super::ownership;
@@ -438,10 +438,7 @@ async fn run_batch(tx: Tx<'_>, batch: &[Command], shared: &Shared) -> (Vec<Outco
             {
                 Outcome::Unit(Ok(()))
             }
-            (Ok(_), Some((id, entry))) => Outcome::Unit(Err(StoreError::Conflict {
-                instance: id.to_string(),
-                detail: format!("journal entry seq {} already exists", entry.seq),
-            })),
+            (Ok(_), Some((id, entry))) => Outcome::Unit(Err(seq_taken(id, entry.seq))),
             (Err(e), _) => Outcome::Unit(Err(e.clone())),
             (Ok(_), None) => Outcome::Unit(Err(StoreError::Backend(
                 "internal error: a bulk append that is not one".into(),
