@@ -50,7 +50,6 @@ use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use display::{OrderState, Progress};
@@ -224,20 +223,10 @@ async fn serve_services(args: &Args) -> Result<ExitCode, BoxError> {
         services.reloaded_keys
     );
     stop_requested().await;
-    let calls: Vec<String> = services::NAMES
-        .iter()
-        .zip(&services.counters)
-        .map(|(name, c)| format!("{name} {}", c.calls.load(Ordering::Relaxed)))
-        .collect();
-    let dedup: u64 = services
-        .counters
-        .iter()
-        .map(|c| c.deduplicated.load(Ordering::Relaxed))
-        .sum();
+    let (calls, dedup) = services.served();
     eprintln!(
-        "checkout: services stopped; requests served: {} ({dedup} answered from the \
-         idempotency memory)",
-        calls.join(" · ")
+        "checkout: services stopped; requests served: {calls} ({dedup} answered from the \
+         idempotency memory)"
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -450,17 +439,8 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
         );
         match &services {
             Some(services) => {
-                let calls: Vec<String> = services::NAMES
-                    .iter()
-                    .zip(&services.counters)
-                    .map(|(name, c)| format!("{name} {}", c.calls.load(Ordering::Relaxed)))
-                    .collect();
-                let dedup: u64 = services
-                    .counters
-                    .iter()
-                    .map(|c| c.deduplicated.load(Ordering::Relaxed))
-                    .sum();
-                println!("service calls this run: {}", calls.join(" · "));
+                let (calls, dedup) = services.served();
+                println!("service calls this run: {calls}");
                 println!(
                     "  {dedup} answered from the idempotency memory ({} keys remembered from earlier runs)",
                     services.reloaded_keys

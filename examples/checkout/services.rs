@@ -389,6 +389,24 @@ pub struct Running {
     pub reloaded_keys: usize,
 }
 
+impl Running {
+    /// The requests each service served so far (`orders 12 · inventory 12 · …`), and how
+    /// many of them were answered from the idempotency memory.
+    pub fn served(&self) -> (String, u64) {
+        let calls: Vec<String> = NAMES
+            .iter()
+            .zip(&self.counters)
+            .map(|(name, c)| format!("{name} {}", c.calls.load(Ordering::Relaxed)))
+            .collect();
+        let dedup = self
+            .counters
+            .iter()
+            .map(|c| c.deduplicated.load(Ordering::Relaxed))
+            .sum();
+        (calls.join(" · "), dedup)
+    }
+}
+
 /// Starts the five services on `config.bind`, each on a port of its own.
 pub async fn start(config: Config<'_>) -> io::Result<Running> {
     let earlier = read_log(config.log)?;
