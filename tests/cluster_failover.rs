@@ -413,6 +413,22 @@ impl Cluster {
     /// Stops `node` (SIGSTOP) in the middle of a write transaction on PostgreSQL, holding row
     /// locks: its session idles in the transaction until the server ends it.
     async fn stop_in_a_write_transaction(&self, node: &str) {
+        // Most writes are one autocommit statement; an instance's end is a transaction that
+        // holds its row locked for a millisecond or two. A trigger of this test's schema makes
+        // each end take 50 ms in the server, so the node is caught inside one every time.
+        if let Db::Postgres { client, schema } = &self.db {
+            let s = &schema.name;
+            client
+                .batch_execute(&format!(
+                    "CREATE FUNCTION {s}.slow_end() RETURNS trigger LANGUAGE plpgsql AS \
+                     $$ BEGIN PERFORM pg_sleep(0.05); RETURN NEW; END $$; \
+                     CREATE TRIGGER slow_end BEFORE UPDATE ON {s}.instances FOR EACH ROW \
+                     WHEN (NEW.status IN ('completed', 'failed', 'cancelled')) \
+                     EXECUTE FUNCTION {s}.slow_end()"
+                ))
+                .await
+                .expect("creating the test's slow-end trigger");
+        }
         let proc = &self.nodes[node];
         let pid = proc.child.id();
         wait_until(
