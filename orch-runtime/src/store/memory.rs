@@ -618,6 +618,7 @@ impl Store for MemoryStore {
             .or_insert((terms.now, terms.now, expires));
         node.1 = terms.now;
         node.2 = expires;
+        // Only unfinished instances have owners (an end clears it).
         let owners: std::collections::HashSet<NodeId> = state
             .instances
             .values()
@@ -642,15 +643,9 @@ impl Store for MemoryStore {
             .values()
             .filter(|i| i.record.status == Status::Suspended)
             .filter_map(|i| i.record.wake_at);
-        let owners: std::collections::HashSet<&NodeId> = state
-            .instances
-            .values()
-            .filter(|i| !i.record.status.is_final())
-            .filter_map(|i| i.owner.as_ref())
-            .filter(|o| **o != terms.node)
-            .collect();
         let leases = owners
-            .into_iter()
+            .iter()
+            .filter(|o| **o != terms.node)
             .map(|o| state.nodes.get(o).map_or(0, |n| n.2));
         let next_due = timers.chain(leases).min();
         Box::pin(async move { Ok(Renewal { lost, next_due }) })

@@ -49,8 +49,9 @@ const TAKE: &str = "UPDATE instances SET owner = $2::text, lease_epoch = lease_e
 const NEXT_WAKE: &str =
     "SELECT MIN(wake_at) FROM instances WHERE status = 'suspended' AND wake_at > $1::bigint";
 const EXPIRY: &str = "SELECT lease_expires FROM nodes WHERE id = $1::text";
-/// The heartbeat (one statement): the node row's new expiry, and those held leases that no
-/// longer hold.
+/// The heartbeat (one statement): the node row's new expiry, forgetting long-gone nodes that
+/// own nothing, those held leases that no longer hold, and `next_due` (see [`Renewal`]; only
+/// unfinished instances have owners: an end clears it).
 const RENEW: &str = "WITH n AS (INSERT INTO nodes (id, host, pid, started_at, heartbeat_at, \
      lease_expires) VALUES ($1::text, $4::text, $5::bigint, $2::bigint, $2::bigint, $3::bigint) \
      ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, \
@@ -61,8 +62,7 @@ const RENEW: &str = "WITH n AS (INSERT INTO nodes (id, host, pid, started_at, he
      WHERE NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = h.id AND i.owner = $1::text \
      AND i.lease_epoch = h.epoch)), LEAST((SELECT min(wake_at) FROM instances \
      WHERE status = 'suspended'), (SELECT min(o.lease_expires) FROM nodes o WHERE o.id <> $1::text \
-     AND EXISTS (SELECT 1 FROM instances i WHERE i.owner = o.id \
-     AND i.status IN ('running', 'suspended')))), (SELECT count(*) FROM n)";
+     AND EXISTS (SELECT 1 FROM instances i WHERE i.owner = o.id))), (SELECT count(*) FROM n)";
 /// The fence check of a whole batch: locks the fenced rows (in id order) until the commit.
 pub(super) const FENCES: &str = "SELECT id, owner, lease_epoch FROM instances WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE";
 

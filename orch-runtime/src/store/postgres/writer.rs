@@ -363,12 +363,14 @@ async fn run_batch(tx: Tx<'_>, batch: &[Command], shared: &Shared) -> (Vec<Outco
     // Lone checkpoints, lone ends and plain creations of instances nothing else in the batch
     // touches go in one statement each, pipelined beside the rest.
     let (bulk, ends, creates) = bulk_writes(batch, &checks, &refused);
-    let mut refused = refused;
+    // What the lanes do not run: the refused, and (with a placeholder outcome, replaced
+    // below by the multi-row statements' results) the bulk-written.
+    let mut decided = refused;
     for &i in bulk.iter().chain(&ends) {
-        refused[i] = Some(Outcome::Unit(Ok(())));
+        decided[i] = Some(Outcome::Unit(Ok(())));
     }
     for &i in &creates {
-        refused[i] = Some(Outcome::Created(Ok(Created::New(None))));
+        decided[i] = Some(Outcome::Created(Ok(Created::New(None))));
     }
     let (created, written, ended, (mut outcomes, mut woken)) = futures_util::future::join4(
         async {
@@ -402,7 +404,7 @@ async fn run_batch(tx: Tx<'_>, batch: &[Command], shared: &Shared) -> (Vec<Outco
             }
             Ok::<_, StoreError>(woken)
         },
-        pipelined(tx, batch, &checks, refused),
+        pipelined(tx, batch, &checks, decided),
     )
     .await;
     for &i in &creates {
@@ -558,14 +560,15 @@ fn is_refused_fence(outcome: &Outcome, cmd: &Command) -> bool {
     fence_of(cmd).is_some() && matches!(outcome.error(), Some(StoreError::LeaseLost { .. }))
 }
 
-/// Runs the commands pipelined by lanes (see the module doc). Stops at the first failure.
+/// Runs the commands pipelined by lanes (see the module doc), except those `decided` already
+/// holds an outcome for. Stops at the first failure.
 async fn pipelined(
     tx: Tx<'_>,
     batch: &[Command],
     checks: &[Check],
-    refused: Vec<Option<Outcome>>,
+    decided: Vec<Option<Outcome>>,
 ) -> (Vec<Outcome>, Vec<Wakeup>) {
-    let mut outcomes: Vec<Option<(Outcome, Vec<Wakeup>)>> = refused
+    let mut outcomes: Vec<Option<(Outcome, Vec<Wakeup>)>> = decided
         .into_iter()
         .map(|o| o.map(|o| (o, Vec::new())))
         .collect();
