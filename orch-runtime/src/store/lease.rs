@@ -226,6 +226,27 @@ pub enum Wakeup {
 /// A subscription to a store's wake-ups. Dropping it unsubscribes.
 pub struct Wakeups(broadcast::Receiver<Wakeup>);
 
+impl Wakeup {
+    /// The wake-up of a signal just stored for `instance` under `id`.
+    pub(crate) fn signal_added(
+        instance: &str,
+        id: i64,
+        name: &str,
+        payload: &str,
+        at: Millis,
+    ) -> Wakeup {
+        Wakeup::Signal {
+            instance: instance.to_string(),
+            signal: super::SignalRecord {
+                id,
+                name: name.to_string(),
+                payload: payload.to_string(),
+                received_at: at,
+            },
+        }
+    }
+}
+
 impl Wakeups {
     /// The next wake-up; [`Wakeup::Changed`] when some were missed; `None` once the store is
     /// gone.

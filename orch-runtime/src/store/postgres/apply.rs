@@ -12,7 +12,7 @@ use super::pg_error;
 use super::read::{get_record, parse_status};
 use crate::store::{
     AttemptRecord, Created, EntryKind, Fence, InstanceRecord, JournalEntry, Lease, LeaseTerms,
-    Millis, SignalRecord, Status, StoreError, Wakeup, WriteOp,
+    Millis, Status, StoreError, Wakeup, WriteOp,
 };
 use deadpool_postgres::ClientWrapper;
 use std::collections::HashMap;
@@ -1043,15 +1043,7 @@ pub(crate) async fn add_signal(
             instance: instance.to_string(),
         });
     }
-    woken.push(Wakeup::Signal {
-        instance: instance.to_string(),
-        signal: SignalRecord {
-            id,
-            name: name.to_string(),
-            payload: payload.to_string(),
-            received_at: at,
-        },
-    });
+    woken.push(Wakeup::signal_added(instance, id, name, payload, at));
     Ok(id)
 }
 

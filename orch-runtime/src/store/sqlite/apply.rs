@@ -7,7 +7,7 @@ use super::ownership;
 use super::read::{INSTANCE_COLUMNS, get_record, parse_status};
 use crate::store::{
     AttemptRecord, Created, EntryKind, InstanceRecord, JournalEntry, Lease, LeaseTerms, Millis,
-    SignalRecord, Status, StoreError, Wakeup, WriteOp,
+    Status, StoreError, Wakeup, WriteOp,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -495,15 +495,7 @@ pub(super) fn add_signal(
     .map_err(|e| backend(&format!("{what} for instance `{instance}`"), e))?;
     let id = conn.last_insert_rowid();
     wake(conn, instance, at, &what, woken)?;
-    woken.push(Wakeup::Signal {
-        instance: instance.to_string(),
-        signal: SignalRecord {
-            id,
-            name: name.to_string(),
-            payload: payload.to_string(),
-            received_at: at,
-        },
-    });
+    woken.push(Wakeup::signal_added(instance, id, name, payload, at));
     Ok(id)
 }
 
