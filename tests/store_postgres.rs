@@ -14,7 +14,7 @@ use orch_runtime::store::postgres::{PostgresOptions, PostgresStore};
 use orch_runtime::store::sqlite::{SqliteOptions, SqliteStore};
 use orch_runtime::store::{
     AttemptRecord, AuditRecord, Backend, Cursor, EntryKind, InstanceRecord, JournalEntry,
-    ListFilter, Query, StatsQuery, Status, Store, StoreError, WriteOp,
+    LeaseTerms, ListFilter, NodeId, Query, StatsQuery, Status, Store, StoreError, Wakeup, WriteOp,
 };
 use std::time::Duration;
 
@@ -839,6 +839,74 @@ async fn nodes_share_a_schema_and_hear_each_others_commits() {
     assert_eq!(got.1.payload, "1");
     // And reads what the first wrote.
     assert!(second.get("a").await.expect("get").is_some());
+
+    // A child of `a` owned by the first node ends under its fence (alone, so in one statement
+    // that announces itself): the second node hears the end and the parent's wake-up. An end
+    // under a stale fence is refused and announces nothing.
+    let node = NodeId::new("node-1").expect("node id");
+    let terms = LeaseTerms {
+        node: node.clone(),
+        now: 1,
+        ttl: 600_000,
+    };
+    first.renew(terms.clone(), vec![]).await.expect("register");
+    let mut child = rec("a/1", "wf", 1);
+    child.parent = Some("a".into());
+    let lease = match first
+        .create(child, Some(terms), vec![])
+        .await
+        .expect("create child")
+    {
+        orch_runtime::store::Created::New(Some(lease)) => lease,
+        other => panic!("expected a new owned child, got {other:?}"),
+    };
+    let mut stale = lease.fence();
+    stale.epoch += 7;
+    let refused = first
+        .submit(Some(stale), vec![finish("a/1", Status::Failed, None, 3)])
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::LeaseLost { .. })),
+        "an end under a stale fence: {refused:?}"
+    );
+    first
+        .submit(
+            Some(lease.fence()),
+            vec![finish("a/1", Status::Completed, None, 3)],
+        )
+        .await
+        .expect("fenced end");
+    let mut want = vec![
+        "end a/1 completed".to_string(),
+        "child a/1 of a".to_string(),
+    ];
+    let mut heard_lines = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !want.is_empty() {
+            let line = match heard.recv().await {
+                Some(Wakeup::Finished { instance, status }) => {
+                    format!("end {instance} {}", status.as_str())
+                }
+                Some(Wakeup::ChildFinished { parent, child }) => {
+                    format!("child {child} of {parent}")
+                }
+                Some(_) => continue,
+                None => panic!("the store went away"),
+            };
+            want.retain(|w| *w != line);
+            heard_lines.push(line);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the second node never heard {want:?}"));
+    assert_eq!(
+        heard_lines,
+        ["end a/1 completed", "child a/1 of a"],
+        "the refused end was announced, or an end twice"
+    );
+    let ended = second.get("a/1").await.expect("get").expect("child exists");
+    assert_eq!(ended.status, Status::Completed);
+    assert_eq!(ended.output.as_deref(), Some("42"));
     first.close().await.expect("close");
     second.close().await.expect("close");
 }

@@ -8,6 +8,7 @@
 //! [`Wakeup`]) goes to `woken`, sent by the writer once the transaction committed. Fencing is
 //! checked by the writer, per batch, before the ops run.
 
+use super::notify;
 use super::pg_error;
 use super::read::{get_record, parse_status};
 use crate::store::{
@@ -377,6 +378,97 @@ pub(crate) async fn append_fenced(
     Ok(())
 }
 
+/// Whether `ops` is a lone end, which [`finish_fenced`] writes (and announces) in one statement.
+pub(crate) fn is_lone_finish(ops: &[WriteOp]) -> bool {
+    matches!(ops, [WriteOp::Finish { .. }])
+}
+
+/// Ends an instance (`ops`, see [`is_lone_finish`]) under `fence` in one statement that also
+/// tells the other nodes (`pg_notify` on `channel`, marked with this store's `token`):
+/// refused with [`StoreError::LeaseLost`] when the fence does not hold, changing nothing and
+/// announcing nothing. Returns what it woke, for this process's subscribers.
+pub(crate) async fn finish_fenced(
+    tx: Tx<'_>,
+    fence: &Fence,
+    ops: &[WriteOp],
+    channel: &str,
+    token: &str,
+) -> Result<Vec<Wakeup>, StoreError> {
+    let [
+        WriteOp::Finish {
+            status,
+            output,
+            error,
+            failed_step,
+            at,
+            ..
+        },
+    ] = ops
+    else {
+        return Err(StoreError::Backend(
+            "internal error: finish_fenced called with something else than one end".into(),
+        ));
+    };
+    let id = fence.instance.as_str();
+    let ctx = || format!("finishing instance `{id}`");
+    let epoch = i64::try_from(fence.epoch).unwrap_or(i64::MAX);
+    let node = fence.node.as_str();
+    let step = failed_step.as_ref().map(|f| f.0.as_str());
+    let seq = failed_step.as_ref().map(|f| i64_of(f.1));
+    let payload = notify::finished_payload(token, id, *status);
+    let row = tx
+        .query_one(
+            FINISH_FENCED,
+            &[
+                &id,
+                &status.as_str(),
+                output,
+                error,
+                at,
+                &step,
+                &seq,
+                &node,
+                &epoch,
+                &channel,
+                &payload,
+            ],
+        )
+        .await
+        .map_err(|e| pg_error(&ctx(), &e))?;
+    let found: Option<String> = row.try_get(0).map_err(|e| pg_error(&ctx(), &e))?;
+    let owner: Option<String> = row.try_get(1).map_err(|e| pg_error(&ctx(), &e))?;
+    let found_epoch: Option<i64> = row.try_get(2).map_err(|e| pg_error(&ctx(), &e))?;
+    let changed: i64 = row.try_get(3).map_err(|e| pg_error(&ctx(), &e))?;
+    let parent: Option<String> = row.try_get(4).map_err(|e| pg_error(&ctx(), &e))?;
+    let found_epoch = found_epoch.and_then(|e| u64::try_from(e).ok()).unwrap_or(0);
+    if found.is_none() || owner.as_deref() != Some(node) || found_epoch != fence.epoch {
+        return Err(StoreError::LeaseLost {
+            instance: id.to_string(),
+            node: fence.node.to_string(),
+            epoch: fence.epoch,
+            current_owner: owner,
+            current_epoch: found_epoch,
+        });
+    }
+    if let Some(raw) = found {
+        parse_status(id, &raw)?;
+    }
+    let mut woken = Vec::new();
+    if changed > 0 {
+        woken.push(Wakeup::Finished {
+            instance: id.to_string(),
+            status: *status,
+        });
+        if let Some(parent) = parent {
+            woken.push(Wakeup::ChildFinished {
+                parent,
+                child: id.to_string(),
+            });
+        }
+    }
+    Ok(woken)
+}
+
 /// The refusal of a journal entry whose (instance, seq) is written already.
 pub(crate) fn seq_taken(instance: &str, seq: u32) -> StoreError {
     StoreError::Conflict {
@@ -455,6 +547,24 @@ const FINISH: &str = concat!(
     "owner = NULL, lease_epoch = lease_epoch + 1 ",
     "WHERE id = $1::text AND status IN ('running', 'suspended') RETURNING parent) ",
     "SELECT (SELECT status FROM i), (SELECT count(*) FROM w), (SELECT parent FROM w)"
+);
+/// An end under its fence, as one statement (one round trip, autocommit) that also announces
+/// it: the instance row is locked (`FOR UPDATE`, as [`APPEND_FENCED`] does), ended only if this
+/// node still holds the lease, and the end (`$11`: the payload's token and end line, from
+/// [`notify::finished_payload`]) with its parent's wake-up (the line `["p", parent, child]`
+/// that `notify` decodes, built here from the row's parent) goes out with `pg_notify` — sent by
+/// PostgreSQL only when the statement commits, and only when it ended the instance.
+const FINISH_FENCED: &str = concat!(
+    "WITH i AS (SELECT status, owner, lease_epoch FROM instances WHERE id = $1::text FOR UPDATE), ",
+    "w AS (UPDATE instances u SET status = $2::text, output = $3::text, error = $4::text, ",
+    "wake_at = NULL, updated_at = $5::bigint, failed_step = $6::text, failed_seq = $7::bigint, ",
+    "owner = NULL, lease_epoch = u.lease_epoch + 1 FROM i WHERE u.id = $1::text ",
+    "AND i.owner = $8::text AND i.lease_epoch = $9::bigint ",
+    "AND i.status IN ('running', 'suspended') RETURNING u.parent), ",
+    "n AS (SELECT pg_notify($10::text, $11::text || coalesce(E'\\n' || ",
+    "json_build_array('p', w.parent, $1::text)::text, '')) FROM w) ",
+    "SELECT (SELECT status FROM i), (SELECT owner FROM i), (SELECT lease_epoch FROM i), ",
+    "(SELECT count(*) FROM w), (SELECT parent FROM w), (SELECT count(*) FROM n)"
 );
 const ATTRIBUTE: &str = guarded!(concat!(
     "INSERT INTO attributes (instance, key, value, num, valid) \

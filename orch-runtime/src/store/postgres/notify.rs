@@ -75,6 +75,17 @@ fn decode(line: &str) -> Option<Wakeup> {
     })
 }
 
+/// The payload announcing that `instance` ended with `status`: the token, then the end's
+/// line. A statement that ends a child appends its parent's line (`["p", parent, child]`, as
+/// [`decode`] reads it) itself. Instance ids are far below the payload limit.
+pub(super) fn finished_payload(token: &str, instance: &str, status: Status) -> String {
+    let line = encode(&Wakeup::Finished {
+        instance: instance.to_string(),
+        status,
+    });
+    format!("{token}\n{line}")
+}
+
 /// The payloads announcing `woken`, each under [`MAX_PAYLOAD`].
 fn payloads(token: &str, woken: &[Wakeup]) -> Vec<String> {
     let mut out = Vec::new();

@@ -14,11 +14,11 @@
 //! transaction (delivered by PostgreSQL only if it commits), and to this process's subscribers
 //! after the commit.
 //!
-//! 0. A batch of one command that is one statement (a lone journal append — fenced too: the
-//!    statement locks the instance row and checks the lease itself —, status change,
-//!    creation, signal…) runs as that statement alone, in autocommit: one round trip, as cheap
-//!    as PostgreSQL's own one-row commit. Such statements check before they write, so a refused
-//!    one changes nothing.
+//! 0. A batch of one command that is one statement (a lone journal append or end — fenced
+//!    too: the statement locks the instance row and checks the lease itself, and an end sends
+//!    its own `pg_notify` —, status change, creation, signal…) runs as that statement alone, in
+//!    autocommit: one round trip, as cheap as PostgreSQL's own one-row commit. Such statements
+//!    check before they write, so a refused one changes nothing.
 //! 1. **Pipelined**: commands are grouped into lanes by the instance they touch; lanes run
 //!    concurrently (tokio-postgres pipelines their statements on the one connection), each lane
 //!    in submission order, so one instance's writes keep their order. A command touching
@@ -30,8 +30,8 @@
 //!    others commit, exactly as in the SQLite store.
 
 use super::apply::{
-    Tx, add_signal, append_fenced, append_many, apply_all, create, create_many, finish_many,
-    is_lone_append, probe, seq_taken,
+    Tx, add_signal, append_fenced, append_many, apply_all, create, create_many, finish_fenced,
+    finish_many, is_lone_append, is_lone_finish, probe, seq_taken,
 };
 use super::notify;
 use super::ownership;
@@ -273,12 +273,14 @@ fn lane_key(cmd: &Command) -> Option<&str> {
     rest.iter().all(|op| key(op) == first).then_some(first)
 }
 
-/// Whether `cmd` is one statement that wakes nothing and needs no fence check (see `apply`):
-/// an unfenced lone write of one row, or an owned creation without extra writes.
+/// Whether `cmd` is one statement that checks its own fence, if any, and tells other nodes
+/// itself what it wakes (see `apply`): an unfenced lone write of one row, a fenced lone
+/// checkpoint or end, or an owned creation without extra writes.
 fn single_statement(cmd: &Command) -> bool {
     match cmd {
-        // A step's checkpoint: the fence is checked by the statement itself (`append_fenced`).
-        Command::Submit(Some(_), ops, _) => is_lone_append(ops),
+        // A step's checkpoint, an instance's end: the fence is checked by the statement itself
+        // (`append_fenced`, `finish_fenced`, which also sends the end's NOTIFY).
+        Command::Submit(Some(_), ops, _) => is_lone_append(ops) || is_lone_finish(ops),
         Command::Submit(None, ops, _) => match ops.as_slice() {
             [op] => matches!(
                 op,
@@ -319,8 +321,15 @@ async fn run_batch(tx: Tx<'_>, batch: &[Command], shared: &Shared) -> (Vec<Outco
     {
         // One statement is a transaction of its own (autocommit): one round trip, like a bare
         // INSERT. It changes nothing when it fails (every such statement checks before it
-        // writes), so the outcome is the same as in a transaction; it wakes nothing.
+        // writes), so the outcome is the same as in a transaction; only an end wakes anything,
+        // and its statement tells the other nodes itself.
         let (outcome, woken) = match only {
+            Command::Submit(Some(fence), ops, _) if is_lone_finish(ops) => {
+                match finish_fenced(tx, fence, ops, &shared.channel, &shared.token).await {
+                    Ok(woken) => (Outcome::Unit(Ok(())), woken),
+                    Err(e) => (Outcome::Unit(Err(e)), Vec::new()),
+                }
+            }
             Command::Submit(Some(fence), ops, _) => (
                 Outcome::Unit(append_fenced(tx, fence, ops).await),
                 Vec::new(),
