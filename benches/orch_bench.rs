@@ -84,7 +84,8 @@ const HELP: &str = "orch_bench [--quick] [--runs N] [--concurrent N] [--sleepers
   --sleepers N    suspended instances for the memory section (default 100,000)
   --dir PATH      where the temporary databases go (default: the system temp dir)
   --postgres URL  also measure the PostgreSQL store (in a temporary schema) and PostgreSQL's
-                  own 1-row commit (default: ORCH_BENCH_DATABASE_URL when set)
+                  own 1-row commit (default: ORCH_BENCH_DATABASE_URL when set); the store's
+                  writer connections per node: ORCH_BENCH_PG_WRITERS (default: the store's)
   sections        any of latency, throughput, memory, cluster (default: all; cluster needs
                   --postgres: 1 vs 3 node processes on one schema, takeover after SIGKILL,
                   idle transactions/s)";
@@ -317,6 +318,18 @@ fn bench_schema() -> String {
     format!("orch_bench_{}", std::process::id())
 }
 
+/// The store's options in `schema`: [`PostgresOptions::writers`] from `ORCH_BENCH_PG_WRITERS`
+/// when set (to compare writer counts; child processes inherit it), else the default.
+fn pg_options(schema: String) -> PostgresOptions {
+    let mut options = PostgresOptions::default().schema(schema);
+    if let Ok(n) = std::env::var("ORCH_BENCH_PG_WRITERS") {
+        options.writers = n
+            .parse()
+            .unwrap_or_else(|_| fail("ORCH_BENCH_PG_WRITERS needs a number"));
+    }
+    options
+}
+
 async fn pg_client(url: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -342,10 +355,9 @@ impl Harness {
                     .clone()
                     .unwrap_or_else(|| fail("--postgres needs a URL"));
                 drop_bench_schema(&url).await;
-                let store =
-                    PostgresStore::open(&url, PostgresOptions::default().schema(bench_schema()))
-                        .await
-                        .unwrap_or_else(|e| fail(&format!("opening the PostgreSQL store: {e}")));
+                let store = PostgresStore::open(&url, pg_options(bench_schema()))
+                    .await
+                    .unwrap_or_else(|e| fail(&format!("opening the PostgreSQL store: {e}")));
                 let store = Arc::new(store);
                 let rt = Runtime::builder()
                     .store(store.clone() as Arc<dyn orch_runtime::store::Backend>)

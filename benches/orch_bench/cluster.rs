@@ -90,7 +90,7 @@ fn with_database(url: &str, db: &str) -> String {
 /// `slow(20)` as `victim-K`, answers `@@STARTED`), `watch KILLED_AT N` (waits until this node
 /// owns some of the victims and until all N finished, answers a `takeover` row).
 pub(super) async fn child_node(url: &str, schema: &str, id: &str, lease_ms: u64) {
-    let store = PostgresStore::open(url, PostgresOptions::default().schema(schema))
+    let store = PostgresStore::open(url, super::pg_options(schema.to_string()))
         .await
         .unwrap_or_else(|e| fail(&format!("node {id}: opening the PostgreSQL store: {e}")));
     let store = Arc::new(store);

@@ -7,10 +7,12 @@
 //!   prepared statements). Plain TCP: TLS is not supported yet, so use it on a trusted network
 //!   or through a local socket/tunnel.
 //! - **Group commit** (`writer.rs`): every write (submissions, instance creation, signals) goes
-//!   to one writer task over a channel, in order. It takes what is queued (up to
-//!   [`PostgresOptions::max_batch`] commands), applies it in one transaction and acknowledges
-//!   every command after `COMMIT`. Commands for different instances are pipelined on the
-//!   connection; commands for one instance keep their order. When a command fails, the
+//!   over a channel to one of [`PostgresOptions::writers`] writer tasks, each with its own
+//!   connection: an instance's writes always to the same one, in order; a write touching
+//!   several instances to the first, while the others wait. A writer takes what is queued (up
+//!   to [`PostgresOptions::max_batch`] commands), applies it in one transaction and
+//!   acknowledges every command after `COMMIT`. Commands for different instances are pipelined
+//!   on the connection; commands for one instance keep their order. When a command fails, the
 //!   transaction is rolled back and run again with each command in its own savepoint, so the
 //!   failing one is refused alone — the same semantics as the SQLite store.
 //! - **Schema** (`schema.rs`): versioned migrations in a schema of your choice
@@ -59,9 +61,16 @@ pub struct PostgresOptions {
     /// `_`, starting with a letter or `_`, at most 63 bytes. Default `orch`. Any number of
     /// runtimes (nodes) may share one schema.
     pub schema: String,
-    /// Connections for reads (the writer and the listener each have one more). Default 4.
+    /// Connections for reads (each writer and the listener have one more). Default 4.
     pub pool_size: usize,
-    /// The most commands the writer puts in one transaction (at least 1 is used). Default 1024.
+    /// Writers: each a task with its own connection that group-commits what is queued for it
+    /// (at least 1 is used). An instance's writes always go to the same writer, so they keep
+    /// their order; a write that touches several instances (a claim round, a release) runs
+    /// while the other writers wait. One connection's transactions run one after the other,
+    /// each waiting for its commit to reach the disk; several overlap, and PostgreSQL flushes
+    /// their commits together. Default 3.
+    pub writers: usize,
+    /// The most commands a writer puts in one transaction (at least 1 is used). Default 1024.
     pub max_batch: usize,
     /// How long connecting may take before it fails, unless the URL sets `connect_timeout`.
     /// Default 10 s.
@@ -80,6 +89,7 @@ impl Default for PostgresOptions {
         PostgresOptions {
             schema: "orch".into(),
             pool_size: 4,
+            writers: 3,
             max_batch: 1024,
             connect_timeout: Duration::from_secs(10),
             idle_in_transaction_timeout: None,
@@ -111,7 +121,11 @@ pub struct Notification {
 /// A [`Store`] in a PostgreSQL schema, with a group-committing writer task.
 pub struct PostgresStore {
     shared: Arc<Shared>,
-    tx: mpsc::UnboundedSender<Command>,
+    /// The writers' queues (see [`PostgresOptions::writers`] and [`writer::route`]).
+    writers: Vec<mpsc::UnboundedSender<writer::Queued>>,
+    /// Held while a barrier is queued on every writer, so that two barriers queue in the same
+    /// order everywhere (else each could wait for the other).
+    barrier: Mutex<()>,
     closed: AtomicBool,
     /// The task listening for other nodes' wake-ups; aborted on close.
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -324,7 +338,7 @@ impl PostgresStore {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(options.pool_size.max(1) + 1)
+            .max_size(options.pool_size.max(1) + options.writers.max(1))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Backend(format!("opening {shown}: building the pool: {e}")))?;
@@ -337,11 +351,17 @@ impl PostgresStore {
             channel,
             token,
         });
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer::run(shared.clone(), rx, options.max_batch.max(1)));
+        let writers = (0..options.writers.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(writer::run(shared.clone(), rx, options.max_batch.max(1)));
+                tx
+            })
+            .collect();
         Ok(PostgresStore {
             shared,
-            tx,
+            writers,
+            barrier: Mutex::new(()),
             closed: AtomicBool::new(false),
             listener: Mutex::new(Some(listener)),
             extra: tokio::sync::Mutex::new(None),
@@ -350,7 +370,7 @@ impl PostgresStore {
         })
     }
 
-    /// How many write transactions the writer has committed since [`PostgresStore::open`].
+    /// How many write transactions the writers have committed since [`PostgresStore::open`].
     pub fn commits(&self) -> u64 {
         self.shared.commits.load(Ordering::Relaxed)
     }
@@ -425,8 +445,33 @@ impl PostgresStore {
         self.notifications.subscribe()
     }
 
+    /// Queues `cmd` on its writer, or, when it touches several instances, on writer 0 behind a
+    /// barrier that every other writer reaches once it committed what was queued before (call
+    /// order is queue order, as with one writer). Whether the writers took it.
     fn send(&self, cmd: Command) -> bool {
-        self.tx.send(cmd).is_ok()
+        let Some(index) = writer::route(&cmd, self.writers.len()) else {
+            let _queued_together = self.barrier.lock().unwrap_or_else(|e| e.into_inner());
+            let (mut reached, mut resume) = (Vec::new(), Vec::new());
+            for w in &self.writers[1..] {
+                let (reached_tx, reached_rx) = oneshot::channel();
+                let (resume_tx, resume_rx) = oneshot::channel();
+                let pause = writer::Queued::Pause {
+                    reached: reached_tx,
+                    resume: resume_rx,
+                };
+                if w.send(pause).is_ok() {
+                    reached.push(reached_rx);
+                    resume.push(resume_tx);
+                }
+            }
+            let alone = writer::Queued::Alone {
+                reached,
+                resume,
+                cmd,
+            };
+            return self.writers[0].send(alone).is_ok();
+        };
+        self.writers[index].send(writer::Queued::Cmd(cmd)).is_ok()
     }
 
     fn command<T: Send + 'static>(
@@ -550,23 +595,34 @@ impl Store for PostgresStore {
 
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         let was_closed = self.closed.swap(true, Ordering::SeqCst);
-        let (tx, rx) = oneshot::channel();
-        let sent = self.send(Command::Close(tx));
+        // Every writer commits what was queued before, then refuses what comes after.
+        let replies: Vec<_> = self
+            .writers
+            .iter()
+            .map(|w| {
+                let (tx, rx) = oneshot::channel();
+                w.send(writer::Queued::Cmd(Command::Close(tx)))
+                    .is_ok()
+                    .then_some(rx)
+            })
+            .collect();
         Box::pin(async move {
-            let result = if !sent {
-                if was_closed {
-                    Ok(())
-                } else {
-                    Err(StoreError::Closed)
+            let mut result = Ok(());
+            for reply in replies {
+                let one = match reply {
+                    None if was_closed => Ok(()),
+                    None => Err(StoreError::Closed),
+                    Some(rx) => match rx.await {
+                        Ok(Err(StoreError::Closed)) if was_closed => Ok(()),
+                        Ok(r) => r,
+                        Err(_) if was_closed => Ok(()),
+                        Err(_) => Err(StoreError::Closed),
+                    },
+                };
+                if result.is_ok() {
+                    result = one;
                 }
-            } else {
-                match rx.await {
-                    Ok(Err(StoreError::Closed)) if was_closed => Ok(()),
-                    Ok(result) => result,
-                    Err(_) if was_closed => Ok(()),
-                    Err(_) => Err(StoreError::Closed),
-                }
-            };
+            }
             let listener = self
                 .listener
                 .lock()

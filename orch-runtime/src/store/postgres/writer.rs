@@ -1,7 +1,10 @@
-//! The writer task: group commit.
+//! The writer tasks: group commit.
 //!
-//! One task owns the write connection. It takes the first queued command, drains whatever
-//! else is queued (up to `max_batch`), and applies the batch in one transaction:
+//! Each writer task owns one write connection and the commands [`route`] sends it (an
+//! instance's always to the same writer; a command over several instances to writer 0, run
+//! alone while the others wait at a barrier, see [`Queued`]). It takes the first queued
+//! command, drains whatever else is queued (up to `max_batch`), and applies the batch in one
+//! transaction:
 //!
 //! Fencing: the fences of a batch's submissions are checked with one query,
 //! `SELECT id, owner, lease_epoch FROM instances WHERE id = ANY($1) ORDER BY id FOR UPDATE`,
@@ -45,41 +48,111 @@ use deadpool_postgres::Object;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-/// The writer task: runs until every sender is gone.
+/// What a writer's queue holds: commands, and the two halves of a barrier between writers
+/// (see [`PostgresStore`](super::PostgresStore)'s routing): a command that touches several
+/// instances runs on writer 0 while every other writer waits, having committed everything
+/// queued before it.
+pub(crate) enum Queued {
+    Cmd(Command),
+    /// Say on `reached` that everything queued before is committed, then wait for `resume`
+    /// (or for its sender to be dropped).
+    Pause {
+        reached: oneshot::Sender<()>,
+        resume: oneshot::Receiver<()>,
+    },
+    /// Wait until every other writer `reached` its pause, run `cmd` alone, then let them go.
+    Alone {
+        reached: Vec<oneshot::Receiver<()>>,
+        resume: Vec<oneshot::Sender<()>>,
+        cmd: Command,
+    },
+}
+
+/// One writer task: runs until every sender is gone.
 pub(crate) async fn run(
     shared: Arc<Shared>,
-    mut rx: mpsc::UnboundedReceiver<Command>,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
     max_batch: usize,
 ) {
-    let mut conn: Option<Object> = None;
-    let hub = shared.hub.clone();
-    let mut closed = false;
-    while let Some(first) = rx.recv().await {
-        if closed {
-            let outcome = Outcome::failed(&first, StoreError::Closed);
-            reply(first, outcome);
-            continue;
-        }
+    let mut writer = Writer {
+        conn: None,
+        closed: false,
+    };
+    let mut pending: Option<Queued> = None;
+    loop {
+        let item = match pending.take() {
+            Some(item) => item,
+            None => match rx.recv().await {
+                Some(item) => item,
+                None => break,
+            },
+        };
+        let first = match item {
+            Queued::Cmd(cmd) => cmd,
+            Queued::Pause { reached, resume } => {
+                let _ = reached.send(());
+                let _ = resume.await;
+                continue;
+            }
+            Queued::Alone {
+                reached,
+                resume,
+                cmd,
+            } => {
+                for r in reached {
+                    let _ = r.await;
+                }
+                writer.write(vec![cmd], &shared).await;
+                drop(resume);
+                continue;
+            }
+        };
         let mut closing = matches!(first, Command::Close(_));
         let mut batch = vec![first];
         while !closing && batch.len() < max_batch {
             match rx.try_recv() {
-                Ok(cmd) => {
+                Ok(Queued::Cmd(cmd)) => {
                     closing = matches!(cmd, Command::Close(_));
                     batch.push(cmd);
+                }
+                Ok(barrier) => {
+                    pending = Some(barrier);
+                    break;
                 }
                 Err(_) => break,
             }
         }
-        // A connection that broke is replaced (PostgreSQL restarted, network blip).
-        if conn.as_ref().is_some_and(|c| c.is_closed()) {
-            conn = None;
+        writer.write(batch, &shared).await;
+    }
+}
+
+/// A writer's connection (taken from the pool when first needed, replaced when it broke) and
+/// whether it was closed.
+struct Writer {
+    conn: Option<Object>,
+    closed: bool,
+}
+
+impl Writer {
+    /// Writes `batch` in one transaction (see the module doc) and answers every command.
+    async fn write(&mut self, batch: Vec<Command>, shared: &Arc<Shared>) {
+        if self.closed {
+            for cmd in batch {
+                let outcome = Outcome::failed(&cmd, StoreError::Closed);
+                reply(cmd, outcome);
+            }
+            return;
         }
-        if conn.is_none() {
+        let closing = batch.iter().any(|c| matches!(c, Command::Close(_)));
+        // A connection that broke is replaced (PostgreSQL restarted, network blip).
+        if self.conn.as_ref().is_some_and(|c| c.is_closed()) {
+            self.conn = None;
+        }
+        if self.conn.is_none() {
             match shared.pool.get().await {
-                Ok(c) => conn = Some(c),
+                Ok(c) => self.conn = Some(c),
                 Err(e) => {
                     let err = StoreError::Backend(format!(
                         "writing to {}: no connection ({e}); check that PostgreSQL is up and \
@@ -90,17 +163,17 @@ pub(crate) async fn run(
                         let outcome = Outcome::failed(&cmd, err.clone());
                         reply(cmd, outcome);
                     }
-                    closed |= closing;
-                    continue;
+                    self.closed |= closing;
+                    return;
                 }
             }
         }
-        let Some(client) = conn.as_ref() else {
-            continue;
+        let Some(client) = self.conn.as_ref() else {
+            return;
         };
         let started = std::time::Instant::now();
         let size = batch.len();
-        let (outcomes, woken) = run_batch(Tx::new(client), &batch, &shared).await;
+        let (outcomes, woken) = run_batch(Tx::new(client), &batch, shared).await;
         shared
             .metrics
             .commit_seconds
@@ -110,10 +183,24 @@ pub(crate) async fn run(
             reply(cmd, outcome);
         }
         for w in woken {
-            hub.send(w);
+            shared.hub.send(w);
         }
-        closed |= closing;
+        self.closed |= closing;
     }
+}
+
+/// The writer (of `writers`) that runs `cmd`, or `None` when it touches several instances and
+/// must run alone (see [`Queued::Alone`]). An instance's commands always go to the same
+/// writer, so they keep their order.
+pub(crate) fn route(cmd: &Command, writers: usize) -> Option<usize> {
+    use std::hash::{Hash, Hasher};
+    if writers <= 1 {
+        return Some(0);
+    }
+    let key = lane_key(cmd)?;
+    let mut h = std::hash::DefaultHasher::new();
+    key.hash(&mut h);
+    Some((h.finish() % writers as u64) as usize)
 }
 
 /// How a submission's fence is checked.
