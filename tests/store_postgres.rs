@@ -1,6 +1,7 @@
 //! The PostgreSQL store keeps the same promises as the SQLite store: every write operation's
 //! semantics, retry and fork bookkeeping, search, stats, aggregates and the audit log answer
-//! the same on the same sequence of operations (a differential test); group commit; schema
+//! the same on the same sequence of operations (a differential test); group commit, and call
+//! order kept across several writer connections; schema
 //! versioning and exclusive ownership; errors that never show the password; LISTEN/NOTIFY on
 //! the store's dedicated connection.
 //!
@@ -1133,4 +1134,68 @@ async fn bad_stored_values_are_errors_not_panics() {
             .signals
             .is_empty()
     );
+}
+
+/// Writes to one instance keep their call order even when a write over several instances (a
+/// release) comes between them and the instances are spread over several writer connections:
+/// checkpoints queued before the release are written under the lease; claims by another node
+/// queued after it find the instances released.
+#[tokio::test]
+async fn a_write_over_several_instances_keeps_call_order_across_writers() {
+    let Some(schema) = PgSchema::new() else {
+        return;
+    };
+    let mut options = schema.options();
+    options.writers = 4;
+    let store = PostgresStore::open(&schema.url, options)
+        .await
+        .expect("open with 4 writers");
+    let terms = |name: &str| LeaseTerms {
+        node: NodeId::new(name).expect("node id"),
+        now: 1,
+        ttl: 600_000,
+    };
+    let (a, b) = (terms("node-a"), terms("node-b"));
+    store.renew(a.clone(), vec![]).await.expect("register a");
+    store.renew(b.clone(), vec![]).await.expect("register b");
+    let ids: Vec<String> = (0..16).map(|k| format!("i{k}")).collect();
+    let mut fences = Vec::new();
+    for id in &ids {
+        match store
+            .create(rec(id, "wf", 1), Some(a.clone()), vec![])
+            .await
+            .expect("create")
+        {
+            orch_runtime::store::Created::New(Some(lease)) => fences.push(lease.fence()),
+            other => panic!("expected a new owned instance, got {other:?}"),
+        }
+    }
+    // Queued in this order, without waiting in between.
+    let checkpoints: Vec<_> = fences
+        .iter()
+        .map(|f| store.submit(Some(f.clone()), vec![append(&f.instance, step(1))]))
+        .collect();
+    let release = store.release(&a.node, Some(ids.clone()));
+    let claims: Vec<_> = ids.iter().map(|id| store.claim(b.clone(), id)).collect();
+    for (id, done) in ids
+        .iter()
+        .zip(futures_util::future::join_all(checkpoints).await)
+    {
+        assert!(
+            done.is_ok(),
+            "{id}: a checkpoint queued before the release was refused: {done:?}"
+        );
+    }
+    release.await.expect("release");
+    for (id, claimed) in ids.iter().zip(futures_util::future::join_all(claims).await) {
+        match claimed.expect("claim") {
+            Some(lease) => assert_eq!(lease.node.as_str(), "node-b", "{id}"),
+            None => panic!("{id}: a claim queued after the release ran before it"),
+        }
+    }
+    for id in &ids {
+        let loaded = store.load(id).await.expect("load").expect("exists");
+        assert_eq!(loaded.journal.len(), 1, "{id}: the checkpoint is kept");
+    }
+    store.close().await.expect("close");
 }
