@@ -5,6 +5,9 @@ use futures_util::future::BoxFuture;
 use orch_runtime::EntryKind;
 use orch_runtime::prelude::*;
 use orch_runtime::store::memory::MemoryStore;
+use orch_runtime::store::task::{
+    Leased, QueueStats, TaskQueue, TaskRecord, TaskResult, WorkerTerms,
+};
 use orch_runtime::store::{
     Aggregate, AttributeMap, AuditRecord, Claimed, Commit, Created, Details, Fence, InstanceRecord,
     JournalEntry, Lease, LeaseTerms, ListFilter, LoadedInstance, Millis, NodeId, NodeRecord, Query,
@@ -146,6 +149,40 @@ impl Store for Faulty {
 }
 
 /// The operators' side is passed through unchanged.
+impl TaskQueue for Faulty {
+    fn lease_tasks(
+        &self,
+        terms: WorkerTerms,
+        queues: Vec<String>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Leased, StoreError>> {
+        self.inner.lease_tasks(terms, queues, limit)
+    }
+    fn heartbeat_task(
+        &self,
+        id: &str,
+        token: u64,
+        terms: WorkerTerms,
+    ) -> BoxFuture<'_, Result<Millis, StoreError>> {
+        self.inner.heartbeat_task(id, token, terms)
+    }
+    fn finish_task(
+        &self,
+        id: &str,
+        token: u64,
+        result: TaskResult,
+        now: Millis,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.inner.finish_task(id, token, result, now)
+    }
+    fn task(&self, id: &str) -> BoxFuture<'_, Result<Option<TaskRecord>, StoreError>> {
+        self.inner.task(id)
+    }
+    fn queue_stats(&self, now: Millis) -> BoxFuture<'_, Result<Vec<QueueStats>, StoreError>> {
+        self.inner.queue_stats(now)
+    }
+}
+
 impl StoreAdmin for Faulty {
     fn search(&self, q: Query) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>> {
         self.inner.search(q)

@@ -720,6 +720,15 @@ impl Inner {
                     self.recheck_watchers(vec![instance]);
                 }
             }
+            // A task's end makes its instance due: one loaded here hears it when it next reads
+            // its task; one suspended here is resumed.
+            Wakeup::TaskFinished { instance, .. } => {
+                if !self.is_loaded(&instance) {
+                    self.resume(&instance);
+                }
+            }
+            // Workers wait for these, not instances.
+            Wakeup::TaskQueued { .. } => {}
             Wakeup::Changed => {
                 self.claim_soon();
                 let watched: Vec<String> = lock(&self.watchers).keys().cloned().collect();

@@ -1,6 +1,7 @@
 //! The commands a group-committing writer (SQLite's writer thread, PostgreSQL's writer task)
 //! receives, and what each produced: one definition for both backends.
 
+use super::task::{Leased, TaskResult, WorkerTerms};
 use super::{
     Claimed, Commit, Created, Fence, InstanceRecord, Lease, LeaseTerms, Millis, NodeId, Renewal,
     StoreError, WriteOp,
@@ -85,6 +86,28 @@ pub(crate) enum Command {
     Close(oneshot::Sender<Result<(), StoreError>>),
     /// Write and delete a page-sized row: fails when the database cannot grow.
     Probe(oneshot::Sender<Result<(), StoreError>>),
+    /// [`TaskQueue::lease_tasks`](super::task::TaskQueue::lease_tasks).
+    LeaseTasks(
+        WorkerTerms,
+        Vec<String>,
+        usize,
+        oneshot::Sender<Result<Leased, StoreError>>,
+    ),
+    /// [`TaskQueue::heartbeat_task`](super::task::TaskQueue::heartbeat_task).
+    HeartbeatTask(
+        String,
+        u64,
+        WorkerTerms,
+        oneshot::Sender<Result<Millis, StoreError>>,
+    ),
+    /// [`TaskQueue::finish_task`](super::task::TaskQueue::finish_task).
+    FinishTask {
+        task: String,
+        token: u64,
+        result: TaskResult,
+        now: Millis,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// What a command produced inside the transaction, sent once the transaction is over.
@@ -95,6 +118,8 @@ pub(crate) enum Outcome {
     Claimed(Result<Claimed, StoreError>),
     Lease(Result<Option<Lease>, StoreError>),
     Lost(Result<Renewal, StoreError>),
+    Tasks(Result<Leased, StoreError>),
+    Until(Result<Millis, StoreError>),
 }
 
 impl Outcome {
@@ -106,6 +131,8 @@ impl Outcome {
             Outcome::Claimed(r) => r.is_ok(),
             Outcome::Lease(r) => r.is_ok(),
             Outcome::Lost(r) => r.is_ok(),
+            Outcome::Tasks(r) => r.is_ok(),
+            Outcome::Until(r) => r.is_ok(),
         }
     }
 
@@ -117,14 +144,20 @@ impl Outcome {
             Outcome::Claimed(r) => r.as_ref().err().cloned(),
             Outcome::Lease(r) => r.as_ref().err().cloned(),
             Outcome::Lost(r) => r.as_ref().err().cloned(),
+            Outcome::Tasks(r) => r.as_ref().err().cloned(),
+            Outcome::Until(r) => r.as_ref().err().cloned(),
         }
     }
 
     pub(crate) fn failed(cmd: &Command, err: StoreError) -> Outcome {
         match cmd {
-            Command::Submit(..) | Command::Close(_) | Command::Probe(_) | Command::Release(..) => {
-                Outcome::Unit(Err(err))
-            }
+            Command::Submit(..)
+            | Command::Close(_)
+            | Command::Probe(_)
+            | Command::Release(..)
+            | Command::FinishTask { .. } => Outcome::Unit(Err(err)),
+            Command::LeaseTasks(..) => Outcome::Tasks(Err(err)),
+            Command::HeartbeatTask(..) => Outcome::Until(Err(err)),
             Command::Create(..) => Outcome::Created(Err(err)),
             Command::AddSignal { .. } => Outcome::Signal(Err(err)),
             Command::ClaimDue(..) => Outcome::Claimed(Err(err)),
@@ -141,9 +174,16 @@ pub(crate) fn reply(cmd: Command, outcome: Outcome) {
             Command::Submit(_, _, tx)
             | Command::Close(tx)
             | Command::Probe(tx)
-            | Command::Release(_, _, tx),
+            | Command::Release(_, _, tx)
+            | Command::FinishTask { reply: tx, .. },
             Outcome::Unit(r),
         ) => {
+            let _ = tx.send(r);
+        }
+        (Command::LeaseTasks(_, _, _, tx), Outcome::Tasks(r)) => {
+            let _ = tx.send(r);
+        }
+        (Command::HeartbeatTask(_, _, _, tx), Outcome::Until(r)) => {
             let _ = tx.send(r);
         }
         (Command::Create(_, _, _, tx), Outcome::Created(r)) => {

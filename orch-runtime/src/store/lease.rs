@@ -217,6 +217,19 @@ pub enum Wakeup {
         /// How it ended.
         status: Status,
     },
+    /// A task was enqueued on `queue`: its workers may lease it.
+    TaskQueued {
+        /// The queue.
+        queue: String,
+    },
+    /// A worker finished (or the instance cancelled) task `task` of `instance`: the step
+    /// waiting for it may go on.
+    TaskFinished {
+        /// The instance.
+        instance: String,
+        /// The task's id.
+        task: String,
+    },
     /// The store changed in a way this process did not see (another process wrote to it, or
     /// wake-ups were dropped because a subscriber fell behind): look again at whatever is
     /// waited for, and claim what is due.

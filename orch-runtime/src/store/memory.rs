@@ -1,5 +1,6 @@
 //! An in-memory [`Store`]: nothing survives the process. For tests and benchmarks.
 
+use super::task::{Leased, QueueStats, TaskQueue, TaskRecord, TaskResult, TaskState, WorkerTerms};
 use super::{
     Aggregate, AttemptRecord, AuditRecord, BucketCount, Claimed, Commit, Created, Details, Fence,
     InstanceRecord, JournalEntry, Lease, LeaseTerms, ListFilter, LoadedInstance, Millis, NodeId,
@@ -60,6 +61,8 @@ struct State {
     audit: Vec<AuditRecord>,
     /// Nodes by id: (first heartbeat, last heartbeat, lease end).
     nodes: BTreeMap<NodeId, (Millis, Millis, Millis)>,
+    /// Tasks by id.
+    tasks: BTreeMap<String, TaskRecord>,
     closed: bool,
 }
 
@@ -332,6 +335,9 @@ fn apply(state: &mut State, op: WriteOp, woken: &mut Vec<Wakeup>) {
                 inst.record.failed_step = failed_step.map(|f| f.0);
                 inst.owner = None;
                 inst.epoch += 1;
+                for t in state.tasks.values_mut().filter(|t| t.task.instance == id) {
+                    t.cancel(at, "its instance ended");
+                }
                 woken.push(Wakeup::Finished {
                     instance: id.clone(),
                     status,
@@ -403,6 +409,23 @@ fn apply(state: &mut State, op: WriteOp, woken: &mut Vec<Wakeup>) {
             r.cancel_seq = None;
             r.wake_at = None;
             r.updated_at = at;
+        }
+        WriteOp::EnqueueTask { task, .. } => {
+            if !inst.record.status.is_final() && !state.tasks.contains_key(&task.id) {
+                woken.push(Wakeup::TaskQueued {
+                    queue: task.queue.clone(),
+                });
+                state
+                    .tasks
+                    .insert(task.id.clone(), TaskRecord::pending(*task));
+            }
+        }
+        WriteOp::CancelTask { task, at, .. } => {
+            if let Some(t) = state.tasks.get_mut(&task)
+                && t.task.instance == id
+            {
+                t.cancel(at, "the instance stopped waiting for it");
+            }
         }
         WriteOp::Fork { .. } | WriteOp::Audit(_) => {}
     }
@@ -1038,5 +1061,136 @@ mod tests {
         assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
         let loaded = store.load("a").await.expect("load").expect("exists");
         assert!(loaded.journal.is_empty(), "{:?}", loaded.journal);
+    }
+}
+
+impl TaskQueue for MemoryStore {
+    fn lease_tasks(
+        &self,
+        terms: WorkerTerms,
+        queues: Vec<String>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Leased, StoreError>> {
+        let mut state = self.lock();
+        let result = if state.closed {
+            Err(StoreError::Closed)
+        } else {
+            let now = terms.now;
+            let mut open: Vec<&mut TaskRecord> = state
+                .tasks
+                .values_mut()
+                .filter(|t| queues.contains(&t.task.queue) && t.leasable_or_later(now).is_some())
+                .collect();
+            open.sort_by_key(|t| (-i64::from(t.task.priority), t.task.created_at));
+            let mut leased = Leased::default();
+            for t in open {
+                match t.leasable_or_later(now) {
+                    Some(None) if leased.tasks.len() < limit => {
+                        leased.tasks.push(t.lease(&terms));
+                    }
+                    Some(Some(later)) => {
+                        leased.next_expiry =
+                            Some(leased.next_expiry.map_or(later, |n: Millis| n.min(later)));
+                    }
+                    _ => {}
+                }
+            }
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(leased)
+        };
+        Box::pin(std::future::ready(result))
+    }
+
+    fn heartbeat_task(
+        &self,
+        id: &str,
+        token: u64,
+        terms: WorkerTerms,
+    ) -> BoxFuture<'_, Result<Millis, StoreError>> {
+        let mut state = self.lock();
+        let result = if state.closed {
+            Err(StoreError::Closed)
+        } else {
+            match state.tasks.get_mut(id) {
+                Some(t) => t.held(token, terms.now).map(|()| {
+                    t.lease_expires_at = Some(terms.expires_at());
+                    terms.expires_at()
+                }),
+                None => Err(TaskRecord::missing(id, token)),
+            }
+        };
+        Box::pin(std::future::ready(result))
+    }
+
+    fn finish_task(
+        &self,
+        id: &str,
+        token: u64,
+        result: TaskResult,
+        now: Millis,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let mut state = self.lock();
+        let outcome = if state.closed {
+            Err(StoreError::Closed)
+        } else {
+            match state.tasks.get_mut(id) {
+                Some(t) => t.held(token, now).map(|()| {
+                    t.finish(result, now);
+                    t.task.instance.clone()
+                }),
+                None => Err(TaskRecord::missing(id, token)),
+            }
+        };
+        let outcome = outcome.map(|instance| {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut woken = Vec::new();
+            if let Some(inst) = state.instances.get_mut(&instance) {
+                wake(&mut inst.record, now, &mut woken);
+            }
+            woken.push(Wakeup::TaskFinished {
+                instance,
+                task: id.to_string(),
+            });
+            for w in woken {
+                self.hub.send(w);
+            }
+        });
+        Box::pin(std::future::ready(outcome))
+    }
+
+    fn task(&self, id: &str) -> BoxFuture<'_, Result<Option<TaskRecord>, StoreError>> {
+        let found = self.lock().tasks.get(id).cloned();
+        Box::pin(std::future::ready(Ok(found)))
+    }
+
+    fn queue_stats(&self, now: Millis) -> BoxFuture<'_, Result<Vec<QueueStats>, StoreError>> {
+        let state = self.lock();
+        let mut by_queue: BTreeMap<String, QueueStats> = BTreeMap::new();
+        for t in state.tasks.values() {
+            let q = by_queue
+                .entry(t.task.queue.clone())
+                .or_insert_with(|| QueueStats {
+                    queue: t.task.queue.clone(),
+                    ..Default::default()
+                });
+            match t.state {
+                TaskState::Completed => q.completed += 1,
+                TaskState::Failed => q.failed += 1,
+                TaskState::Cancelled => {}
+                TaskState::Leased if t.lease_expires_at.is_some_and(|e| e > now) => {
+                    q.in_flight += 1
+                }
+                TaskState::Pending | TaskState::Leased => {
+                    q.waiting += 1;
+                    q.oldest_waiting = Some(
+                        q.oldest_waiting
+                            .map_or(t.task.created_at, |o| o.min(t.task.created_at)),
+                    );
+                }
+            }
+        }
+        Box::pin(std::future::ready(Ok(by_queue.into_values().collect())))
     }
 }

@@ -24,6 +24,7 @@ mod meta;
 pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+pub mod task;
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -333,8 +334,9 @@ pub enum WriteOp {
         /// When it is due.
         at: Millis,
     },
-    /// Finish the instance (completed, failed, cancelled, terminated or incompatible). Does
-    /// nothing to an instance that has finished already.
+    /// Finish the instance (completed, failed, cancelled, terminated or incompatible); its
+    /// pending and leased tasks are cancelled (no worker gets them any more). Does nothing to an
+    /// instance that has finished already.
     Finish {
         /// Instance id.
         instance: String,
@@ -406,6 +408,27 @@ pub enum WriteOp {
         /// Timers among those entries that a cancellation ended early.
         ended_timers: Vec<u32>,
     },
+    /// Enqueues a task for a step of the instance (see [`task`]): stored `pending` and
+    /// announced ([`Wakeup::TaskQueued`]) when the instance is live and no task has its id;
+    /// otherwise nothing changes (enqueueing again after a restart is harmless). A missing
+    /// instance is [`StoreError::NotFound`].
+    EnqueueTask {
+        /// Instance id (the task's).
+        instance: String,
+        /// The task.
+        task: Box<task::NewTask>,
+    },
+    /// The instance stops waiting for task `task` (a timeout, a cancellation): a pending or
+    /// leased task becomes cancelled (its worker's heartbeat and end are refused from now on);
+    /// a finished or missing one is left alone.
+    CancelTask {
+        /// Instance id (the task's).
+        instance: String,
+        /// The task's id.
+        task: String,
+        /// When.
+        at: Millis,
+    },
     /// Appends to the audit log (who did what to which instance).
     Audit(AuditRecord),
 }
@@ -440,7 +463,9 @@ impl WriteOp {
             | WriteOp::EndTimer { instance, .. }
             | WriteOp::RequestCancel { instance, .. }
             | WriteOp::CancelDelivered { instance, .. }
-            | WriteOp::Retry { instance, .. } => instance,
+            | WriteOp::Retry { instance, .. }
+            | WriteOp::EnqueueTask { instance, .. }
+            | WriteOp::CancelTask { instance, .. } => instance,
             WriteOp::Fork { record, .. } => &record.id,
             WriteOp::Audit(a) => &a.target,
         }
@@ -779,6 +804,21 @@ pub enum StoreError {
         /// Its final status.
         status: Status,
     },
+    /// A worker's heartbeat or end of a task was refused: it no longer holds the task's lease
+    /// (its lease ended and the task may have gone to another worker, the instance stopped
+    /// waiting for it, or it is finished). Nothing was changed.
+    #[error(
+        "task `{task}` is no longer leased to this worker (it held token {token}; {now}): \
+         nothing was changed; stop working on it — whoever holds it now finishes it"
+    )]
+    TaskLost {
+        /// The task.
+        task: String,
+        /// The token the worker held.
+        token: u64,
+        /// Where the task is now, in words.
+        now: String,
+    },
     /// The store was closed.
     #[error("the store is closed (the runtime was shut down)")]
     Closed,
@@ -1027,8 +1067,8 @@ pub trait StoreAdmin: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
 }
 
-/// A complete backend: the engine's [`Store`] and the operators' [`StoreAdmin`]. Implemented
-/// for every type that implements both.
-pub trait Backend: Store + StoreAdmin {}
+/// A complete backend: the engine's [`Store`], the operators' [`StoreAdmin`] and the workers'
+/// [`TaskQueue`](task::TaskQueue). Implemented for every type that implements all three.
+pub trait Backend: Store + StoreAdmin + task::TaskQueue {}
 
-impl<T: Store + StoreAdmin> Backend for T {}
+impl<T: Store + StoreAdmin + task::TaskQueue> Backend for T {}

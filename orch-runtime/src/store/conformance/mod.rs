@@ -1,6 +1,7 @@
 //! The checks every store backend must pass: one module per property of the [`Store`] and
 //! [`StoreAdmin`](crate::store::StoreAdmin) contract (write semantics, atomicity, leases and their expiry, fencing,
-//! wake-ups, retry and fork bookkeeping, queries).
+//! wake-ups, retry and fork bookkeeping, queries) and of the
+//! [`TaskQueue`](crate::store::task::TaskQueue) (task leases, fencing of late workers, order).
 //!
 //! Enabled by the `conformance` feature. Run them from a backend's tests, each on a fresh,
 //! empty store made by your factory:
@@ -28,6 +29,7 @@ pub mod fencing;
 pub mod leases;
 pub mod operations;
 pub mod queries;
+pub mod tasks;
 pub mod wakeups;
 pub mod writes;
 
@@ -140,6 +142,31 @@ pub const CHECKS: &[(&str, CheckFn)] = &[
     ("queries::unfinished_ids_page_in_id_order", |s| {
         Box::pin(queries::unfinished_ids_page_in_id_order(s))
     }),
+    ("tasks::a_task_is_enqueued_leased_and_finished", |s| {
+        Box::pin(tasks::a_task_is_enqueued_leased_and_finished(s))
+    }),
+    (
+        "tasks::enqueue_is_idempotent_and_needs_a_live_instance",
+        |s| Box::pin(tasks::enqueue_is_idempotent_and_needs_a_live_instance(s)),
+    ),
+    (
+        "tasks::an_ended_lease_goes_to_another_worker_and_fences_the_first",
+        |s| Box::pin(tasks::an_ended_lease_goes_to_another_worker_and_fences_the_first(s)),
+    ),
+    (
+        "tasks::leases_follow_priority_then_age_within_the_asked_queues",
+        |s| Box::pin(tasks::leases_follow_priority_then_age_within_the_asked_queues(s)),
+    ),
+    (
+        "tasks::cancelled_tasks_and_tasks_of_ended_instances_are_not_handed_out",
+        |s| Box::pin(tasks::cancelled_tasks_and_tasks_of_ended_instances_are_not_handed_out(s)),
+    ),
+    ("tasks::concurrent_leases_never_share_a_task", |s| {
+        Box::pin(tasks::concurrent_leases_never_share_a_task(s))
+    }),
+    ("tasks::queue_stats_count_each_state", |s| {
+        Box::pin(tasks::queue_stats_count_each_state(s))
+    }),
 ];
 
 /// Runs every check, each on a fresh store from `factory`, and panics listing those that
@@ -216,7 +243,14 @@ macro_rules! conformance_tests {
             queries::stats_and_counts_agree,
             queries::nodes_list_heartbeats_and_owned_instances,
             queries::leases_name_each_instance_s_owner,
-            queries::unfinished_ids_page_in_id_order
+            queries::unfinished_ids_page_in_id_order,
+            tasks::a_task_is_enqueued_leased_and_finished,
+            tasks::enqueue_is_idempotent_and_needs_a_live_instance,
+            tasks::an_ended_lease_goes_to_another_worker_and_fences_the_first,
+            tasks::leases_follow_priority_then_age_within_the_asked_queues,
+            tasks::cancelled_tasks_and_tasks_of_ended_instances_are_not_handed_out,
+            tasks::concurrent_leases_never_share_a_task,
+            tasks::queue_stats_count_each_state
         );
     };
     (@each $factory:expr; $($module:ident :: $check:ident),*) => {

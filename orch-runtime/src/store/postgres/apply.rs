@@ -109,6 +109,16 @@ macro_rules! guarded {
     };
 }
 
+/// The CTE that cancels the open tasks of instance `$1` when the end `w` (returning `parent`)
+/// happened at `$5` — no worker gets a task of an ended instance.
+macro_rules! cancel_tasks {
+    () => {
+        "c AS (UPDATE tasks SET state = 'cancelled', error = 'its instance ended', \
+         finished_at = $5::bigint WHERE instance = $1::text AND state IN ('pending', 'leased') \
+         AND EXISTS (SELECT 1 FROM w))"
+    };
+}
+
 const APPEND: &str = guarded!(concat!(
     "INSERT INTO journal (instance, seq, kind, name, outcome, attempts, started_at, \
      finished_at) SELECT $1::text, $2::bigint, $3::text, $4::text, $5::text, $6::bigint, \
@@ -176,12 +186,15 @@ pub(crate) async fn append_many(
 
 /// Many instances' ends in one statement (their fences judged and rows locked by the batch
 /// query): like [`FINISH`] for each; the ids it ended, with their parents.
-const FINISH_MANY: &str = "UPDATE instances u SET status = v.status, output = v.output, \
-     error = v.error, wake_at = NULL, updated_at = v.at, failed_step = v.step, \
+const FINISH_MANY: &str = "WITH w AS (UPDATE instances u SET status = v.status, \
+     output = v.output, error = v.error, wake_at = NULL, updated_at = v.at, failed_step = v.step, \
      failed_seq = v.seq, owner = NULL, lease_epoch = u.lease_epoch + 1 \
      FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], \
      $7::bigint[]) AS v(id, status, output, error, at, step, seq) \
-     WHERE u.id = v.id AND u.status IN ('running', 'suspended') RETURNING u.id, u.parent";
+     WHERE u.id = v.id AND u.status IN ('running', 'suspended') RETURNING u.id, u.parent, v.at), \
+     c AS (UPDATE tasks t SET state = 'cancelled', error = 'its instance ended', \
+     finished_at = w.at FROM w WHERE t.instance = w.id AND t.state IN ('pending', 'leased')) \
+     SELECT id, parent FROM w";
 
 /// Ends the instances of `ends` (each a lone [`WriteOp::Finish`]) with one statement, as
 /// [`apply`] ends one; what it wakes goes to `woken`. An instance already final is left
@@ -545,8 +558,9 @@ const FINISH: &str = concat!(
     "UPDATE instances SET status = $2::text, output = $3::text, error = $4::text, ",
     "wake_at = NULL, updated_at = $5::bigint, failed_step = $6::text, failed_seq = $7::bigint, ",
     "owner = NULL, lease_epoch = lease_epoch + 1 ",
-    "WHERE id = $1::text AND status IN ('running', 'suspended') RETURNING parent) ",
-    "SELECT (SELECT status FROM i), (SELECT count(*) FROM w), (SELECT parent FROM w)"
+    "WHERE id = $1::text AND status IN ('running', 'suspended') RETURNING parent), ",
+    cancel_tasks!(),
+    " SELECT (SELECT status FROM i), (SELECT count(*) FROM w), (SELECT parent FROM w)"
 );
 /// An end under its fence, as one statement (one round trip, autocommit) that also announces
 /// it: the instance row is locked (`FOR UPDATE`, as [`APPEND_FENCED`] does), ended only if this
@@ -561,7 +575,8 @@ const FINISH_FENCED: &str = concat!(
     "owner = NULL, lease_epoch = u.lease_epoch + 1 FROM i WHERE u.id = $1::text ",
     "AND i.owner = $8::text AND i.lease_epoch = $9::bigint ",
     "AND i.status IN ('running', 'suspended') RETURNING u.parent), ",
-    "n AS (SELECT pg_notify($10::text, $11::text || coalesce(E'\\n' || ",
+    cancel_tasks!(),
+    ", n AS (SELECT pg_notify($10::text, $11::text || coalesce(E'\\n' || ",
     "json_build_array('p', w.parent, $1::text)::text, '')) FROM w) ",
     "SELECT (SELECT status FROM i), (SELECT owner FROM i), (SELECT lease_epoch FROM i), ",
     "(SELECT count(*) FROM w), (SELECT parent FROM w), (SELECT count(*) FROM n)"
@@ -769,6 +784,23 @@ pub(crate) async fn apply(
                 "setting the status",
             )
             .await?;
+        }
+        WriteOp::EnqueueTask { task, .. } => {
+            let status = super::tasks::enqueue(tx, task, woken).await?;
+            match status {
+                None => return Err(StoreError::NotFound(id.to_string())),
+                Some(raw) => {
+                    parse_status(id, &raw)?;
+                }
+            }
+        }
+        WriteOp::CancelTask { task, at, .. } => {
+            match super::tasks::cancel(tx, id, task, *at).await? {
+                None => return Err(StoreError::NotFound(id.to_string())),
+                Some(raw) => {
+                    parse_status(id, &raw)?;
+                }
+            }
         }
         WriteOp::Wake { at, .. } => {
             // A missing instance has nothing to wake.
@@ -1050,6 +1082,16 @@ async fn fork(
 }
 
 /// Makes an unfinished instance due at `at` (earlier wake times stay; see [`WriteOp::Wake`]).
+/// Makes an unfinished instance due at `now` because a task of it ended.
+pub(crate) async fn wake_instance(
+    tx: Tx<'_>,
+    id: &str,
+    now: Millis,
+    woken: &mut Vec<Wakeup>,
+) -> Result<(), StoreError> {
+    wake(tx, id, now, woken).await
+}
+
 async fn wake(tx: Tx<'_>, id: &str, at: Millis, woken: &mut Vec<Wakeup>) -> Result<(), StoreError> {
     let changed = tx
         .execute(WAKE, &[&id, &at])

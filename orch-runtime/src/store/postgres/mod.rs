@@ -37,6 +37,7 @@ mod nul;
 mod ownership;
 mod read;
 mod schema;
+mod tasks;
 mod writer;
 
 use super::command::Command;
@@ -633,6 +634,66 @@ impl Store for PostgresStore {
             }
             *self.extra.lock().await = None;
             result
+        })
+    }
+}
+
+impl crate::store::task::TaskQueue for PostgresStore {
+    fn lease_tasks(
+        &self,
+        terms: crate::store::task::WorkerTerms,
+        queues: Vec<String>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<crate::store::task::Leased, StoreError>> {
+        self.command(move |tx| Command::LeaseTasks(terms, queues, limit, tx))
+    }
+
+    fn heartbeat_task(
+        &self,
+        id: &str,
+        token: u64,
+        terms: crate::store::task::WorkerTerms,
+    ) -> BoxFuture<'_, Result<Millis, StoreError>> {
+        let id = id.to_string();
+        self.command(move |tx| Command::HeartbeatTask(id, token, terms, tx))
+    }
+
+    fn finish_task(
+        &self,
+        id: &str,
+        token: u64,
+        mut result: crate::store::task::TaskResult,
+        now: Millis,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        nul::result(&mut result);
+        let task = id.to_string();
+        self.command(move |reply| Command::FinishTask {
+            task,
+            token,
+            result,
+            now,
+            reply,
+        })
+    }
+
+    fn task(
+        &self,
+        id: &str,
+    ) -> BoxFuture<'_, Result<Option<crate::store::task::TaskRecord>, StoreError>> {
+        let id = id.to_string();
+        Box::pin(async move {
+            let client = read::connection(&self.shared, &format!("reading task `{id}`")).await?;
+            tasks::get(apply::Tx::new(&client), &id, false).await
+        })
+    }
+
+    fn queue_stats(
+        &self,
+        now: Millis,
+    ) -> BoxFuture<'_, Result<Vec<crate::store::task::QueueStats>, StoreError>> {
+        Box::pin(async move {
+            let client = read::connection(&self.shared, "reading the queues").await?;
+            tasks::stats(apply::Tx::new(&client), now).await
         })
     }
 }

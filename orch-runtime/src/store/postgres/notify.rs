@@ -40,6 +40,8 @@ fn encode(w: &Wakeup) -> Value {
         Wakeup::Cancel { instance, at } => json!(["c", instance, at]),
         Wakeup::ChildFinished { parent, child } => json!(["p", parent, child]),
         Wakeup::Finished { instance, status } => json!(["f", instance, status.as_str()]),
+        Wakeup::TaskQueued { queue } => json!(["q", queue]),
+        Wakeup::TaskFinished { instance, task } => json!(["t", instance, task]),
         Wakeup::Changed => json!(["x"]),
     }
 }
@@ -70,6 +72,11 @@ fn decode(line: &str) -> Option<Wakeup> {
         "f" => Wakeup::Finished {
             instance: s(1)?,
             status: Status::parse(&s(2)?)?,
+        },
+        "q" => Wakeup::TaskQueued { queue: s(1)? },
+        "t" => Wakeup::TaskFinished {
+            instance: s(1)?,
+            task: s(2)?,
         },
         _ => Wakeup::Changed,
     })
@@ -215,6 +222,8 @@ mod tests {
             (s(), s()).prop_map(|(parent, child)| Wakeup::ChildFinished { parent, child }),
             (s(), prop::sample::select(Status::ALL.to_vec()))
                 .prop_map(|(instance, status)| Wakeup::Finished { instance, status }),
+            s().prop_map(|queue| Wakeup::TaskQueued { queue }),
+            (s(), s()).prop_map(|(instance, task)| Wakeup::TaskFinished { instance, task }),
             Just(Wakeup::Changed),
         ]
     }

@@ -82,8 +82,22 @@ pub(super) fn ops(ops: &mut [WriteOp]) {
             | WriteOp::EndTimer { .. }
             | WriteOp::RequestCancel { .. }
             | WriteOp::CancelDelivered { .. }
-            | WriteOp::Retry { .. } => {}
+            | WriteOp::Retry { .. }
+            | WriteOp::CancelTask { .. } => {}
+            WriteOp::EnqueueTask { task, .. } => {
+                text(&mut task.step);
+                text(&mut task.input);
+                text(&mut task.idempotency_key);
+            }
         }
+    }
+}
+
+/// The free text of a worker's result.
+pub(super) fn result(r: &mut crate::store::task::TaskResult) {
+    match r {
+        crate::store::task::TaskResult::Completed { output } => text(output),
+        crate::store::task::TaskResult::Failed { message, .. } => text(message),
     }
 }
 

@@ -142,6 +142,31 @@ pub(super) const MIGRATIONS: &[&str] = &[
     DROP INDEX IF EXISTS instances_owner;
     ALTER TABLE instances DROP COLUMN lease_expires_at;
     CREATE INDEX instances_owner ON instances (owner);"#,
+    // Version 3: task queues (steps run by workers; see store::task).
+    r#"CREATE TABLE tasks (
+        id               TEXT COLLATE "C" PRIMARY KEY,
+        queue            TEXT COLLATE "C" NOT NULL,
+        instance         TEXT COLLATE "C" NOT NULL REFERENCES instances (id),
+        seq              BIGINT NOT NULL,
+        attempt          BIGINT NOT NULL,
+        step             TEXT NOT NULL,
+        input            TEXT NOT NULL,
+        idempotency_key  TEXT NOT NULL,
+        priority         INTEGER NOT NULL,
+        created_at       BIGINT NOT NULL,
+        deadline         BIGINT,
+        state            TEXT COLLATE "C" NOT NULL,
+        worker           TEXT,
+        token            BIGINT NOT NULL DEFAULT 0,
+        lease_expires_at BIGINT,
+        output           TEXT,
+        error            TEXT,
+        retryable        BOOLEAN NOT NULL DEFAULT false,
+        finished_at      BIGINT
+    );
+    CREATE INDEX tasks_open ON tasks (queue, priority DESC, created_at)
+        WHERE state IN ('pending', 'leased');
+    CREATE INDEX tasks_open_by_instance ON tasks (instance) WHERE state IN ('pending', 'leased');"#,
 ];
 
 /// The schema version this build creates and understands.

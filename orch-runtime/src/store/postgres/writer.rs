@@ -326,6 +326,19 @@ async fn execute(tx: Tx<'_>, cmd: &Command, check: Check) -> (Outcome, Vec<Wakeu
         }
         Command::Close(_) => Outcome::Unit(Ok(())),
         Command::Probe(_) => Outcome::Unit(probe(tx).await),
+        Command::LeaseTasks(terms, queues, limit, _) => {
+            Outcome::Tasks(super::tasks::lease(tx, terms, queues, *limit).await)
+        }
+        Command::HeartbeatTask(id, token, terms, _) => {
+            Outcome::Until(super::tasks::heartbeat(tx, id, *token, terms).await)
+        }
+        Command::FinishTask {
+            task,
+            token,
+            result,
+            now,
+            ..
+        } => Outcome::Unit(super::tasks::finish(tx, task, *token, result, *now, &mut woken).await),
     };
     if !outcome.is_ok() {
         woken.clear();
@@ -355,9 +368,24 @@ fn lane_key(cmd: &Command) -> Option<&str> {
         Command::Close(_) => return Some(""),
         Command::Probe(_) => return Some("\u{0}probe"),
         Command::Renew(..) => return Some("\u{0}renew"),
+        Command::LeaseTasks(..) => return Some("\u{0}tasks"),
+        // A task's heartbeat and end go with its instance's writes (its id starts with it).
+        Command::HeartbeatTask(id, ..) | Command::FinishTask { task: id, .. } => {
+            return Some(task_instance(id));
+        }
         Command::ClaimDue(..) | Command::Release(..) => return None,
     };
     rest.iter().all(|op| key(op) == first).then_some(first)
+}
+
+/// The instance of task `id` (`instance/generation/seq/attempt`, see
+/// [`task_id`](crate::store::task::task_id)); the whole id when it has another form.
+fn task_instance(id: &str) -> &str {
+    let mut parts = id.rsplitn(4, '/');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(_), Some(_), Some(_), Some(instance)) => instance,
+        _ => id,
+    }
 }
 
 /// Whether `cmd` is one statement that checks its own fence, if any, and tells other nodes

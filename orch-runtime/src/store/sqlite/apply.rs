@@ -214,6 +214,7 @@ pub(super) fn apply_known(
                 })
                 .map_err(|e| backend(&ctx("finishing"), e))?;
             if let Some(parent) = finished {
+                super::tasks::cancel_all(conn, id, *at)?;
                 woken.push(Wakeup::Finished {
                     instance: id.to_string(),
                     status: *status,
@@ -281,6 +282,12 @@ pub(super) fn apply_known(
                 instance: id.to_string(),
             });
         }
+        WriteOp::EnqueueTask { task, .. } => {
+            if !current.is_final() {
+                super::tasks::enqueue(conn, task, woken)?;
+            }
+        }
+        WriteOp::CancelTask { task, at, .. } => super::tasks::cancel(conn, id, task, *at)?,
         WriteOp::Fork { .. } | WriteOp::Audit(_) => {}
     }
     Ok(())
@@ -497,6 +504,16 @@ pub(super) fn add_signal(
     wake(conn, instance, at, &what, woken)?;
     woken.push(Wakeup::signal_added(instance, id, name, payload, at));
     Ok(id)
+}
+
+/// Makes an unfinished instance due at `now` because a task of it ended.
+pub(super) fn wake_instance(
+    conn: &Connection,
+    instance: &str,
+    now: Millis,
+    woken: &mut Vec<Wakeup>,
+) -> Result<(), StoreError> {
+    wake(conn, instance, now, "waking after a task ended", woken)
 }
 
 /// Makes an unfinished instance due at `at` (earlier wake times stay; see [`WriteOp::Wake`]).

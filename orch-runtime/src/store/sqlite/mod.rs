@@ -32,6 +32,7 @@ mod apply;
 mod ownership;
 mod read;
 mod schema;
+mod tasks;
 mod writer;
 
 #[cfg(test)]
@@ -288,6 +289,59 @@ impl SqliteStore {
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
     ) -> BoxFuture<'_, Result<T, StoreError>> {
         super::command::request(|cmd| self.send(cmd), make)
+    }
+}
+
+impl crate::store::task::TaskQueue for SqliteStore {
+    fn lease_tasks(
+        &self,
+        terms: crate::store::task::WorkerTerms,
+        queues: Vec<String>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<crate::store::task::Leased, StoreError>> {
+        self.ask(|tx| Command::LeaseTasks(terms, queues, limit, tx))
+    }
+
+    fn heartbeat_task(
+        &self,
+        id: &str,
+        token: u64,
+        terms: crate::store::task::WorkerTerms,
+    ) -> BoxFuture<'_, Result<Millis, StoreError>> {
+        let id = id.to_string();
+        self.ask(|tx| Command::HeartbeatTask(id, token, terms, tx))
+    }
+
+    fn finish_task(
+        &self,
+        id: &str,
+        token: u64,
+        result: crate::store::task::TaskResult,
+        now: Millis,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let task = id.to_string();
+        self.ask(|reply| Command::FinishTask {
+            task,
+            token,
+            result,
+            now,
+            reply,
+        })
+    }
+
+    fn task(
+        &self,
+        id: &str,
+    ) -> BoxFuture<'_, Result<Option<crate::store::task::TaskRecord>, StoreError>> {
+        let id = id.to_string();
+        self.read(move |conn| tasks::get(conn, &id))
+    }
+
+    fn queue_stats(
+        &self,
+        now: Millis,
+    ) -> BoxFuture<'_, Result<Vec<crate::store::task::QueueStats>, StoreError>> {
+        self.read(move |conn| tasks::stats(conn, now))
     }
 }
 

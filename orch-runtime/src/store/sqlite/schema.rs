@@ -121,6 +121,31 @@ const MIGRATIONS: &[&str] = &[
         heartbeat_at  INTEGER NOT NULL,
         lease_expires INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // Version 4: task queues (steps run by workers; see store::task).
+    "CREATE TABLE tasks (
+        id               TEXT PRIMARY KEY,
+        queue            TEXT NOT NULL,
+        instance         TEXT NOT NULL REFERENCES instances (id),
+        seq              INTEGER NOT NULL,
+        attempt          INTEGER NOT NULL,
+        step             TEXT NOT NULL,
+        input            TEXT NOT NULL,
+        idempotency_key  TEXT NOT NULL,
+        priority         INTEGER NOT NULL,
+        created_at       INTEGER NOT NULL,
+        deadline         INTEGER,
+        state            TEXT NOT NULL,
+        worker           TEXT,
+        token            INTEGER NOT NULL DEFAULT 0,
+        lease_expires_at INTEGER,
+        output           TEXT,
+        error            TEXT,
+        retryable        INTEGER NOT NULL DEFAULT 0,
+        finished_at      INTEGER
+    ) WITHOUT ROWID;
+    CREATE INDEX tasks_open ON tasks (queue, priority DESC, created_at)
+        WHERE state IN ('pending', 'leased');
+    CREATE INDEX tasks_open_by_instance ON tasks (instance) WHERE state IN ('pending', 'leased');",
 ];
 
 /// The schema version this build creates and understands.

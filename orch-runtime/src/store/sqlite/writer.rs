@@ -226,6 +226,21 @@ fn execute(conn: &Connection, cmd: &Command, woken: &mut Vec<Wakeup>) -> Outcome
         }
         Command::Close(_) => Outcome::Unit(Ok(())),
         Command::Probe(_) => Outcome::Unit(probe(conn)),
+        Command::LeaseTasks(terms, queues, limit, _) => {
+            Outcome::Tasks(super::tasks::lease(conn, terms, queues, *limit))
+        }
+        Command::HeartbeatTask(id, token, terms, _) => {
+            Outcome::Until(super::tasks::heartbeat(conn, id, *token, terms))
+        }
+        Command::FinishTask {
+            task,
+            token,
+            result,
+            now,
+            ..
+        } => Outcome::Unit(super::tasks::finish(
+            conn, task, *token, result, *now, woken,
+        )),
     }
 }
 
