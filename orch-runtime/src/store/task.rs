@@ -51,15 +51,26 @@ pub fn check_queue(name: &str) -> Result<(), String> {
 
 /// The id of the task that runs `attempt` of the step at `seq` of `instance` in its run number
 /// `generation` (the instance's [`retries`](super::InstanceRecord::retries): a retry from a
-/// failed step runs the step again, as a new task).
+/// failed step runs the step again, as a new task): `instance:generation:seq:attempt`, which
+/// needs no escaping in a URL path segment.
 pub fn task_id(instance: &str, generation: u32, seq: u32, attempt: u32) -> String {
-    format!("{instance}/{generation}/{seq}/{attempt}")
+    format!("{instance}:{generation}:{seq}:{attempt}")
+}
+
+/// The instance of task `id` ([`task_id`]'s first part; instance ids may hold `:` too, the
+/// last three parts are numbers); the whole id when it has another form.
+pub fn task_instance(id: &str) -> &str {
+    let mut parts = id.rsplitn(4, ':');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(_), Some(_), Some(_), Some(instance)) => instance,
+        _ => id,
+    }
 }
 
 /// A task as enqueued.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewTask {
-    /// `instance/generation/seq/attempt` ([`task_id`]).
+    /// `instance:generation:seq:attempt` ([`task_id`]).
     pub id: String,
     /// The queue it waits on.
     pub queue: String,
@@ -380,5 +391,41 @@ impl TaskRecord {
             self.error = Some(why.to_string());
             self.finished_at = Some(at);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The instance comes back out of any task id made from it, whatever `:` it holds.
+        #[test]
+        fn a_task_id_names_its_instance(
+            instance in "[A-Za-z0-9._:-]{1,40}",
+            generation in any::<u32>(),
+            seq in any::<u32>(),
+            attempt in any::<u32>(),
+        ) {
+            let id = task_id(&instance, generation, seq, attempt);
+            prop_assert_eq!(task_instance(&id), instance.as_str());
+        }
+
+        /// Any text is read without panicking.
+        #[test]
+        fn any_text_reads_as_some_instance(id in any::<String>()) {
+            let _ = task_instance(&id);
+        }
+    }
+
+    #[test]
+    fn queue_names_are_checked() {
+        assert!(check_queue("payments").is_ok());
+        assert!(check_queue("eu-west.payments_2").is_ok());
+        assert!(check_queue("").is_err());
+        assert!(check_queue(&"q".repeat(65)).is_err());
+        let err = check_queue("pay ments").unwrap_err();
+        assert!(err.contains("letters, digits"), "{err}");
     }
 }

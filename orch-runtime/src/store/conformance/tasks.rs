@@ -158,7 +158,7 @@ pub async fn a_task_is_enqueued_leased_and_finished(store: Arc<dyn Backend>) {
     );
     lost(
         store
-            .heartbeat_task("i/0/9/1", 1, worker("w1", T0, 30_000))
+            .heartbeat_task("i:0:9:1", 1, worker("w1", T0, 30_000))
             .await,
         "a heartbeat of a task that does not exist",
     );

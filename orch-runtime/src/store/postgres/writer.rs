@@ -371,21 +371,11 @@ fn lane_key(cmd: &Command) -> Option<&str> {
         Command::LeaseTasks(..) => return Some("\u{0}tasks"),
         // A task's heartbeat and end go with its instance's writes (its id starts with it).
         Command::HeartbeatTask(id, ..) | Command::FinishTask { task: id, .. } => {
-            return Some(task_instance(id));
+            return Some(crate::store::task::task_instance(id));
         }
         Command::ClaimDue(..) | Command::Release(..) => return None,
     };
     rest.iter().all(|op| key(op) == first).then_some(first)
-}
-
-/// The instance of task `id` (`instance/generation/seq/attempt`, see
-/// [`task_id`](crate::store::task::task_id)); the whole id when it has another form.
-fn task_instance(id: &str) -> &str {
-    let mut parts = id.rsplitn(4, '/');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(_), Some(_), Some(_), Some(instance)) => instance,
-        _ => id,
-    }
 }
 
 /// Whether `cmd` is one statement that checks its own fence, if any, and tells other nodes
