@@ -983,87 +983,6 @@ fn take(state: &mut State, terms: &LeaseTerms, id: &str) -> Option<Lease> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn duplicate_seq_is_refused_and_changes_nothing() {
-        let store = MemoryStore::new();
-        let rec = InstanceRecord {
-            id: "a".into(),
-            ..Default::default()
-        };
-        assert!(matches!(
-            store.create(rec, None, Vec::new()).await,
-            Ok(Created::New(None))
-        ));
-        let entry = JournalEntry {
-            seq: 1,
-            kind: super::super::EntryKind::Step,
-            name: "s".into(),
-            outcome: "1".into(),
-            attempts: 1,
-            started_at: 0,
-            finished_at: 0,
-        };
-        let op = |e: &JournalEntry| WriteOp::Append {
-            instance: "a".into(),
-            entry: e.clone(),
-        };
-        store
-            .submit(None, vec![op(&entry)])
-            .await
-            .expect("first append");
-        let mut other = entry.clone();
-        other.outcome = "2".into();
-        let err = store
-            .submit(None, vec![op(&other)])
-            .await
-            .expect_err("second append");
-        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
-        let loaded = store.load("a").await.expect("load").expect("exists");
-        assert_eq!(loaded.journal, vec![entry]);
-    }
-
-    #[tokio::test]
-    async fn a_batch_that_cannot_apply_whole_changes_nothing() {
-        let store = MemoryStore::new();
-        let rec = InstanceRecord {
-            id: "a".into(),
-            ..Default::default()
-        };
-        assert!(matches!(
-            store.create(rec, None, Vec::new()).await,
-            Ok(Created::New(None))
-        ));
-        let entry = JournalEntry {
-            seq: 1,
-            kind: super::super::EntryKind::Signal,
-            name: "s".into(),
-            outcome: "1".into(),
-            attempts: 1,
-            started_at: 0,
-            finished_at: 0,
-        };
-        let ops = vec![
-            WriteOp::Append {
-                instance: "a".into(),
-                entry,
-            },
-            WriteOp::ConsumeSignal {
-                instance: "a".into(),
-                signal: 42,
-                seq: 1,
-            },
-        ];
-        let err = store.submit(None, ops).await.expect_err("unknown signal");
-        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
-        let loaded = store.load("a").await.expect("load").expect("exists");
-        assert!(loaded.journal.is_empty(), "{:?}", loaded.journal);
-    }
-}
-
 impl TaskQueue for MemoryStore {
     fn lease_tasks(
         &self,
@@ -1192,5 +1111,86 @@ impl TaskQueue for MemoryStore {
             }
         }
         Box::pin(std::future::ready(Ok(by_queue.into_values().collect())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn duplicate_seq_is_refused_and_changes_nothing() {
+        let store = MemoryStore::new();
+        let rec = InstanceRecord {
+            id: "a".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            store.create(rec, None, Vec::new()).await,
+            Ok(Created::New(None))
+        ));
+        let entry = JournalEntry {
+            seq: 1,
+            kind: super::super::EntryKind::Step,
+            name: "s".into(),
+            outcome: "1".into(),
+            attempts: 1,
+            started_at: 0,
+            finished_at: 0,
+        };
+        let op = |e: &JournalEntry| WriteOp::Append {
+            instance: "a".into(),
+            entry: e.clone(),
+        };
+        store
+            .submit(None, vec![op(&entry)])
+            .await
+            .expect("first append");
+        let mut other = entry.clone();
+        other.outcome = "2".into();
+        let err = store
+            .submit(None, vec![op(&other)])
+            .await
+            .expect_err("second append");
+        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+        let loaded = store.load("a").await.expect("load").expect("exists");
+        assert_eq!(loaded.journal, vec![entry]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_cannot_apply_whole_changes_nothing() {
+        let store = MemoryStore::new();
+        let rec = InstanceRecord {
+            id: "a".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            store.create(rec, None, Vec::new()).await,
+            Ok(Created::New(None))
+        ));
+        let entry = JournalEntry {
+            seq: 1,
+            kind: super::super::EntryKind::Signal,
+            name: "s".into(),
+            outcome: "1".into(),
+            attempts: 1,
+            started_at: 0,
+            finished_at: 0,
+        };
+        let ops = vec![
+            WriteOp::Append {
+                instance: "a".into(),
+                entry,
+            },
+            WriteOp::ConsumeSignal {
+                instance: "a".into(),
+                signal: 42,
+                seq: 1,
+            },
+        ];
+        let err = store.submit(None, ops).await.expect_err("unknown signal");
+        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+        let loaded = store.load("a").await.expect("load").expect("exists");
+        assert!(loaded.journal.is_empty(), "{:?}", loaded.journal);
     }
 }
