@@ -7,7 +7,7 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Expr, ItemFn, Type};
 
-const OPTIONS: &[&str] = &["name", "retry", "timeout", "crate"];
+const OPTIONS: &[&str] = &["name", "retry", "timeout", "queue", "crate"];
 
 struct Step {
     func: ItemFn,
@@ -17,6 +17,8 @@ struct Step {
     error: Option<Type>,
     retry: Option<Expr>,
     timeout: Option<Expr>,
+    /// `queue = "…"`: each attempt is a task on this queue, run by a worker.
+    queue: Option<String>,
     krate: TokenStream,
 }
 
@@ -63,6 +65,26 @@ fn parse(attr: TokenStream, func: &ItemFn) -> Result<Step, syn::Error> {
         .map(|(s, _)| s)
         .unwrap_or_else(|| func.sig.ident.to_string());
     let krate = args.krate(&mut errors);
+    let queue = args.string("queue", &mut errors);
+    if let Some((q, span)) = &queue {
+        check_queue_name(q, *span, &mut errors);
+        if !func.sig.generics.params.is_empty() {
+            errors.push(
+                func.sig.generics.span(),
+                "a queued step cannot be generic: its workers must know the argument and \
+                 output types; use concrete types",
+            );
+        }
+        for p in &params {
+            if let Type::Reference(r) = &p.ty {
+                errors.push(
+                    r.and_token.span,
+                    "a queued step's arguments travel to its worker as JSON, so they cannot be \
+                     references: take an owned value (`String`, not `&str`)",
+                );
+            }
+        }
+    }
     errors.finish()?;
     let ret = args::return_type(func);
     if let Type::Path(tp) = &ret
@@ -85,9 +107,23 @@ fn parse(attr: TokenStream, func: &ItemFn) -> Result<Step, syn::Error> {
         params,
         retry: args.get("retry").cloned(),
         timeout: args.get("timeout").cloned(),
+        queue: queue.map(|(q, _)| q),
         krate,
         func: func.clone(),
     })
+}
+
+/// The rule of `orch_runtime::store::task::check_queue`, checked at compile time.
+fn check_queue_name(name: &str, span: proc_macro2::Span, errors: &mut Errors) {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if name.is_empty() || name.len() > 64 || !ok_chars {
+        errors.push(
+            span,
+            format!("`{name}` is not a queue name: use 1 to 64 letters, digits, `.`, `_` and `-`"),
+        );
+    }
 }
 
 fn generate(step: &Step) -> TokenStream {
@@ -99,6 +135,7 @@ fn generate(step: &Step) -> TokenStream {
         error,
         retry,
         timeout,
+        queue,
         krate,
     } = step;
     let attrs = &func.attrs;
@@ -169,6 +206,20 @@ fn generate(step: &Step) -> TokenStream {
         quote!()
     };
     let fn_token = &func.sig.fn_token;
+    if let Some(queue) = queue {
+        let queued = Queued {
+            name,
+            queue,
+            params,
+            ret,
+            policy: &policy,
+            retry: &retry,
+            timeout: &timeout,
+            serde_check: &serde_check,
+            krate,
+        };
+        return generate_queued(func, &queued);
+    }
     let clones: Vec<TokenStream> = clones.collect();
     let names: Vec<&syn::Ident> = params.iter().map(|p| &p.name).collect();
     let tys: Vec<&Type> = params.iter().map(|p| &p.ty).collect();
@@ -266,5 +317,111 @@ fn generate(step: &Step) -> TokenStream {
                 #krate::__private::MockEntry::new::<#ident, #mock_fn>(#name, __orch_call)
             }
         }
+    }
+}
+
+/// What a queued step's code is made of.
+struct Queued<'a> {
+    name: &'a str,
+    queue: &'a str,
+    params: &'a [Param],
+    ret: &'a Type,
+    policy: &'a TokenStream,
+    retry: &'a TokenStream,
+    timeout: &'a TokenStream,
+    serde_check: &'a TokenStream,
+    krate: &'a TokenStream,
+}
+
+/// A step whose attempts are tasks on a queue: the call enqueues the arguments as one JSON
+/// object and waits for a worker's end; the step's body is registered for workers
+/// (`orch_runtime::worker::QueuedStep`), which call the step outside a workflow (so its body
+/// runs there).
+fn generate_queued(func: &ItemFn, q: &Queued<'_>) -> TokenStream {
+    let Queued {
+        name,
+        queue,
+        params,
+        ret,
+        policy,
+        retry,
+        timeout,
+        serde_check,
+        krate,
+    } = q;
+    let attrs = &func.attrs;
+    let vis = &func.vis;
+    let ident = &func.sig.ident;
+    let fn_token = &func.sig.fn_token;
+    let block = &func.block;
+    let body_ident = format_ident!("__orch_step_body");
+    let body_params = params.iter().map(|p| {
+        let (pat, ty) = (&p.pat, &p.ty);
+        quote!(#pat: #ty)
+    });
+    let outer_params: Vec<TokenStream> = params
+        .iter()
+        .map(|p| {
+            let (name, ty) = (&p.name, &p.ty);
+            quote!(#name: #ty)
+        })
+        .collect();
+    let names: Vec<&syn::Ident> = params.iter().map(|p| &p.name).collect();
+    let tys: Vec<&Type> = params.iter().map(|p| &p.ty).collect();
+    let keys: Vec<String> = params
+        .iter()
+        .map(|p| {
+            let n = p.name.to_string();
+            n.strip_prefix("r#").unwrap_or(&n).to_string()
+        })
+        .collect();
+    let q = quote!(#krate::__private::queued);
+    // The worker's locals must not shadow the step's own function (a parameter may share its
+    // name).
+    let locals: Vec<syn::Ident> = (0..params.len())
+        .map(|i| format_ident!("__orch_arg_{}", i))
+        .collect();
+    quote! {
+        #(#attrs)*
+        #vis #fn_token #ident (#(#outer_params),*) -> impl ::core::future::Future<Output = #ret> {
+            let __orch_call = #krate::__private::begin_step(#name);
+            async move {
+                #serde_check
+                #[allow(clippy::all, unused_mut)]
+                async fn #body_ident (#(#body_params),*) -> #ret #block
+                let __orch_options = #krate::__private::StepOptions { retry: #retry, timeout: #timeout };
+                let __orch_input: ::core::result::Result<::std::string::String, ::std::string::String> = (|| {
+                    #[allow(unused_mut)]
+                    let mut __orch_args = #q::Args::default();
+                    #( __orch_args.put(#keys, &#names)?; )*
+                    ::core::result::Result::Ok(__orch_args.json())
+                })();
+                #krate::__private::run_queued_step(
+                    __orch_call,
+                    __orch_options,
+                    #queue,
+                    __orch_input,
+                    async move || #body_ident(#(#names),*).await,
+                    #policy,
+                ).await
+            }
+        }
+
+        const _: () = {
+            fn __orch_serve(
+                __orch_input: ::std::string::String,
+            ) -> #krate::__private::BoxFuture<'static, ::core::result::Result<::std::string::String, (::std::string::String, bool)>> {
+                ::std::boxed::Box::pin(async move {
+                    #[allow(unused_mut)]
+                    let mut __orch_args = #q::Args::parse(&__orch_input, #name)?;
+                    #( let #locals: #tys = __orch_args.take(#keys, #name)?; )*
+                    let __orch_out = #ident(#(#locals),*).await;
+                    #q::output(&__orch_out, #name)
+                })
+            }
+            #krate::__private::inventory::submit! {
+                #krate::__private::QueuedStep { name: #name, queue: #queue, run: __orch_serve }
+            }
+        };
     }
 }

@@ -168,6 +168,8 @@ pub(crate) struct WorkflowCtx {
     cancel_tx: tokio::sync::watch::Sender<bool>,
     /// The lease this load writes under: every write of the instance is fenced by it.
     fence: Fence,
+    /// Woken when a task of this instance ended: a queued step's attempt waits on it.
+    pub(crate) task_ended: tokio::sync::Notify,
 }
 
 /// Counts an operation that is executing right now (a step, a short timer, background work):
@@ -235,6 +237,7 @@ impl WorkflowCtx {
             state: Mutex::new(st),
             cancel_tx,
             fence,
+            task_ended: tokio::sync::Notify::new(),
         })
     }
 

@@ -720,12 +720,10 @@ impl Inner {
                     self.recheck_watchers(vec![instance]);
                 }
             }
-            // A task's end makes its instance due: one loaded here hears it when it next reads
-            // its task; one suspended here is resumed.
+            // A task's end: the queued step waiting for it reads it; a suspended instance is
+            // resumed (the end made it due).
             Wakeup::TaskFinished { instance, .. } => {
-                if !self.is_loaded(&instance) {
-                    self.resume(&instance);
-                }
+                self.nudge(&instance, |ctx| ctx.task_ended.notify_waiters())
             }
             // Workers wait for these, not instances.
             Wakeup::TaskQueued { .. } => {}
@@ -901,6 +899,12 @@ impl Inner {
     }
 
     /// Stops driving everything and closes the store after it has written what was queued.
+    /// Keeps `task` (a background service of the runtime, e.g. the in-process worker) until
+    /// shutdown, which aborts it.
+    pub(crate) fn adopt(&self, task: tokio::task::AbortHandle) {
+        lock(&self.tasks).push(task);
+    }
+
     pub(crate) async fn shutdown(&self) -> Result<(), Error> {
         if self.closing.swap(true, Ordering::SeqCst) {
             return Ok(());

@@ -74,6 +74,7 @@ pub mod step;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod worker;
 pub mod workflow;
 
 pub use context::StepInfo;
@@ -113,7 +114,9 @@ pub mod __private {
     pub use crate::retry::{Retry, Retryable, StepError};
     pub use crate::step::{
         ErrorPolicy, StepCall, StepOptions, begin as begin_step, run as run_step,
+        run_queued as run_queued_step,
     };
+    pub use crate::worker::{QueuedStep, args as queued};
     pub use crate::workflow::{SignalDef, Workflow, WorkflowDef};
     pub use futures_util::future::BoxFuture;
     pub use inventory;

@@ -53,11 +53,31 @@ pub struct RuntimeBuilder {
     keep_loaded: Duration,
     pub(crate) clock: Clock,
     pub(crate) test: Option<TestHooks>,
+    serve: crate::worker::Serve,
     #[cfg(feature = "http")]
     http: Option<crate::server::HttpConfig>,
 }
 
 impl RuntimeBuilder {
+    /// Serves no queue in this process: the attempts of `#[step(queue = "…")]` steps wait for
+    /// workers elsewhere (other runtimes, the HTTP worker protocol). By default a runtime
+    /// serves the queue of every queued step compiled into its binary.
+    pub fn no_workers(mut self) -> Self {
+        self.serve = crate::worker::Serve::Nothing;
+        self
+    }
+
+    /// Serves only these queues in this process (those of queued steps compiled into its
+    /// binary); the others wait for workers elsewhere.
+    pub fn serve_queues<I, S>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.serve = crate::worker::Serve::Only(queues.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// Stores everything in the SQLite file at `path` (created if missing), with every
     /// checkpoint fsync'd before the workflow continues.
     ///
@@ -272,6 +292,14 @@ impl RuntimeBuilder {
         if resumed > 0 {
             tracing::info!(resumed, node = %inner.node, "resuming due instances");
         }
+        if let Some(worker) = crate::worker::spawn(
+            inner.store.clone(),
+            inner.clock,
+            format!("{}/in-process", inner.node),
+            &self.serve,
+        ) {
+            inner.adopt(worker);
+        }
         let rt = Runtime {
             inner,
             #[cfg(feature = "http")]
@@ -315,6 +343,7 @@ impl Runtime {
             keep_loaded: Duration::from_secs(1),
             clock: Clock::System,
             test: None,
+            serve: crate::worker::Serve::default(),
             #[cfg(feature = "http")]
             http: None,
         }

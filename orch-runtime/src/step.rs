@@ -22,6 +22,26 @@ pub struct StepOptions {
     pub timeout: Option<Duration>,
 }
 
+/// How a step's attempts run: its body here, or a task on a queue that a worker serves.
+pub(crate) enum How<F> {
+    /// `make` starts one attempt of the body.
+    Local(F),
+    /// Each attempt is a task on `queue`; `input` is the arguments as one JSON object (or why
+    /// they could not be serialized).
+    Queued {
+        queue: &'static str,
+        input: Result<String, String>,
+    },
+}
+
+/// What one attempt came to.
+enum Tried<R> {
+    /// The step returned (a value or its own error value, judged by the policy).
+    Value(R),
+    /// It panicked, timed out, or its worker failed it.
+    Failed { message: String, retryable: bool },
+}
+
 /// A step call as decided when the call expression is evaluated.
 pub struct StepCall(Call);
 
@@ -108,7 +128,39 @@ where
             }
             value
         }
-        Call::Fresh { call, name } => execute(call, name, options, make, policy).await,
+        Call::Fresh { call, name } => execute(call, name, options, How::Local(make), policy).await,
+    }
+}
+
+/// Runs a call of a step bound to `queue` to its outcome: each attempt is a task a worker
+/// runs (see [`crate::store::task`]); `input` is the arguments as one JSON object. Replay,
+/// retries, timeouts, cancellation and the journal are those of a local step.
+pub async fn run_queued<R>(
+    call: StepCall,
+    options: StepOptions,
+    queue: &'static str,
+    input: Result<String, String>,
+    local: impl AsyncFnOnce() -> R,
+    policy: ErrorPolicy<R>,
+) -> R
+where
+    R: Serialize + DeserializeOwned,
+{
+    match call.0 {
+        // Outside a workflow (a plain call, a step inside a step) the body runs here.
+        Call::Plain => local().await,
+        Call::Halted => std::future::pending().await,
+        Call::Replay { ctx, entry } => {
+            let value = replay(&ctx, &entry).await;
+            if (policy.judge)(&value).is_some() {
+                ctx.note_failed_step(&entry.name, entry.seq);
+            }
+            value
+        }
+        Call::Fresh { call, name } => {
+            let how = How::<fn() -> std::future::Ready<R>>::Queued { queue, input };
+            execute(call, name, options, how, policy).await
+        }
     }
 }
 
@@ -156,7 +208,7 @@ async fn execute<R, F, Fut>(
     mut call: Fresh,
     name: &'static str,
     options: StepOptions,
-    mut make: F,
+    mut how: How<F>,
     policy: ErrorPolicy<R>,
 ) -> R
 where
@@ -191,29 +243,53 @@ where
             attempt,
         });
         ctx.engine.count_call(name);
-        let body = context::in_scope(Scope::Step(info), AssertUnwindSafe(make()).catch_unwind());
-        let outcome = match options.timeout {
-            Some(limit) => tokio::time::timeout(limit, body).await.map_err(|_| limit),
-            None => Ok(body.await),
+        let tried = match &mut how {
+            How::Local(make) => {
+                let body =
+                    context::in_scope(Scope::Step(info), AssertUnwindSafe(make()).catch_unwind());
+                let outcome = match options.timeout {
+                    Some(limit) => tokio::time::timeout(limit, body).await.map_err(|_| limit),
+                    None => Ok(body.await),
+                };
+                match outcome {
+                    Ok(Ok(value)) => Tried::Value(value),
+                    Ok(Err(panic)) => Tried::Failed {
+                        message: format!(
+                            "step `{name}` panicked: {}",
+                            crate::engine::panic_text(&*panic)
+                        ),
+                        retryable: true,
+                    },
+                    Err(limit) => Tried::Failed {
+                        message: format!(
+                            "step `{name}` timed out after {limit:?} (attempt {attempt})"
+                        ),
+                        retryable: true,
+                    },
+                }
+            }
+            How::Queued { queue, input } => match input {
+                Ok(input) => {
+                    let task = queued_attempt(ctx, seq, name, queue, input, attempt, &options);
+                    match task.await {
+                        Ok(tried) => tried,
+                        Err(halt) => return stop(ctx, halt).await,
+                    }
+                }
+                Err(e) => Tried::Failed {
+                    message: format!(
+                        "step `{name}`: its arguments cannot be sent to a worker as JSON ({e})"
+                    ),
+                    retryable: false,
+                },
+            },
         };
-        let (message, retryable, value) = match outcome {
-            Ok(Ok(value)) => match (policy.judge)(&value) {
+        let (message, retryable, value) = match tried {
+            Tried::Value(value) => match (policy.judge)(&value) {
                 None => break (Ok(value), None),
                 Some((message, retryable)) => (message, retryable, Some(value)),
             },
-            Ok(Err(panic)) => (
-                format!(
-                    "step `{name}` panicked: {}",
-                    crate::engine::panic_text(&*panic)
-                ),
-                true,
-                None,
-            ),
-            Err(limit) => (
-                format!("step `{name}` timed out after {limit:?} (attempt {attempt})"),
-                true,
-                None,
-            ),
+            Tried::Failed { message, retryable } => (message, retryable, None),
         };
         let record = AttemptRecord {
             seq,
@@ -226,7 +302,11 @@ where
         if !retryable || attempt >= max {
             let result = match value {
                 Some(v) => Ok(v),
-                None => match (policy.rescue)(StepError::retryable(&message)) {
+                None => match (policy.rescue)(if retryable {
+                    StepError::retryable(&message)
+                } else {
+                    StepError::permanent(&message)
+                }) {
                     Some(v) => Ok(v),
                     None => Err(format!(
                         "{message}; gave up after {attempt} attempt(s), and the step's error type \
@@ -326,4 +406,123 @@ async fn cancelled<R: Serialize>(
     }
     ctx.note_failed_step(name, seq);
     value
+}
+
+/// One attempt of a queued step: enqueues its task (with the instance's fence; enqueueing again
+/// after a restart changes nothing), then waits until a worker ended it (or the attempt's
+/// timeout passed: the task is cancelled, so the worker's late end is refused).
+async fn queued_attempt<R: DeserializeOwned>(
+    ctx: &Arc<WorkflowCtx>,
+    seq: u32,
+    name: &'static str,
+    queue: &'static str,
+    input: &str,
+    attempt: u32,
+    options: &StepOptions,
+) -> Result<Tried<R>, Halt> {
+    use crate::store::task::{NewTask, TaskState, task_id};
+    let id = task_id(&ctx.id, ctx.retries, seq, attempt);
+    let now = ctx.now_ms();
+    let deadline = options
+        .timeout
+        .map(|t| now.saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX)));
+    let task = NewTask {
+        id: id.clone(),
+        queue: queue.to_string(),
+        instance: ctx.id.clone(),
+        seq,
+        attempt,
+        step: name.to_string(),
+        input: input.to_string(),
+        idempotency_key: format!("{}/{}", ctx.id, seq),
+        priority: 0,
+        created_at: now,
+        deadline,
+    };
+    let enqueue = WriteOp::EnqueueTask {
+        instance: ctx.id.clone(),
+        task: Box::new(task),
+    };
+    ctx.submit(vec![enqueue]).await.map_err(Halt::Store)?;
+    let wait = async {
+        loop {
+            let ended = ctx.task_ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            let record = ctx
+                .engine
+                .store
+                .task(&id)
+                .await
+                .map_err(Halt::Store)?
+                .ok_or_else(|| {
+                    Halt::Store(crate::store::StoreError::Backend(format!(
+                        "task `{id}` of step `{name}` vanished from the store"
+                    )))
+                })?;
+            match record.state {
+                TaskState::Pending | TaskState::Leased => ended.await,
+                TaskState::Completed => {
+                    let output = record.output.unwrap_or_default();
+                    return Ok(decode_output(name, &output));
+                }
+                TaskState::Failed => {
+                    return Ok(Tried::Failed {
+                        message: record
+                            .error
+                            .unwrap_or_else(|| format!("step `{name}` failed in its worker")),
+                        retryable: record.retryable,
+                    });
+                }
+                TaskState::Cancelled => {
+                    return Ok(Tried::Failed {
+                        message: format!(
+                            "the task of step `{name}` (attempt {attempt}) was cancelled: {}",
+                            record.error.unwrap_or_default()
+                        ),
+                        retryable: true,
+                    });
+                }
+            }
+        }
+    };
+    match options.timeout {
+        None => wait.await,
+        Some(limit) => match tokio::time::timeout(limit, wait).await {
+            Ok(done) => done,
+            Err(_) => {
+                let cancel = WriteOp::CancelTask {
+                    instance: ctx.id.clone(),
+                    task: id.clone(),
+                    at: ctx.now_ms(),
+                };
+                ctx.submit(vec![cancel]).await.map_err(Halt::Store)?;
+                Ok(Tried::Failed {
+                    message: format!(
+                        "step `{name}` timed out after {limit:?} (attempt {attempt}) waiting \
+                         for a worker of queue `{queue}`"
+                    ),
+                    retryable: true,
+                })
+            }
+        },
+    }
+}
+
+/// A worker's output as the step's return value: as `R` itself, or, for a step returning
+/// `Result<T, E>`, as the `T` of `Ok` (what a worker in another language sends).
+fn decode_output<R: DeserializeOwned>(name: &str, output: &str) -> Tried<R> {
+    match serde_json::from_str::<R>(output) {
+        Ok(v) => Tried::Value(v),
+        Err(first) => match serde_json::from_str::<R>(&format!("{{\"Ok\":{output}}}")) {
+            Ok(v) => Tried::Value(v),
+            Err(_) => Tried::Failed {
+                message: format!(
+                    "the worker's output for step `{name}` does not deserialize into the \
+                     step's return type ({first}); fix the worker"
+                ),
+                retryable: false,
+            },
+        },
+    }
 }

@@ -1,0 +1,263 @@
+//! Steps bound to a queue (`#[step(queue = "…")]`): each attempt is a durable task that a
+//! worker runs — the runtime's own in-process worker, or one elsewhere that leases the task
+//! from the store — and the step's outcome, retries, timeouts and journal are those of a local
+//! step.
+
+use orch_runtime::prelude::*;
+use orch_runtime::store::Backend;
+use orch_runtime::store::task::{TaskResult, TaskState, WorkerTerms, task_id};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+struct Charge {
+    order: String,
+    cents: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+struct Receipt {
+    order: String,
+    cents: u64,
+    key: String,
+}
+
+static CHARGES: AtomicU32 = AtomicU32::new(0);
+
+#[step(queue = "payments")]
+async fn charge(charge: Charge, note: String) -> Result<Receipt, StepError> {
+    let n = CHARGES.fetch_add(1, Ordering::SeqCst);
+    if note == "flaky" && n == 0 {
+        return Err(StepError::retryable("card network timeout"));
+    }
+    Ok(Receipt {
+        order: charge.order,
+        cents: charge.cents,
+        key: orch::idempotency_key(),
+    })
+}
+
+#[workflow]
+async fn pay(order: String) -> Result<Receipt, StepError> {
+    charge(
+        Charge {
+            order: order.clone(),
+            cents: 1250,
+        },
+        if order.starts_with("flaky") {
+            "flaky".to_string()
+        } else {
+            "once".to_string()
+        },
+    )
+    .await
+}
+
+#[step(queue = "nobody-serves-this", timeout = Duration::from_millis(300), retry = Retry::none())]
+async fn unserved(x: u32) -> Result<u32, StepError> {
+    Ok(x)
+}
+
+#[workflow]
+async fn wait_for_unserved(x: u32) -> Result<u32, StepError> {
+    unserved(x).await
+}
+
+/// Which queues the runtime serves itself.
+enum Serve {
+    All,
+    Only(&'static str),
+    Nothing,
+}
+
+async fn sqlite_runtime(dir: &tempfile::TempDir, serve: Serve) -> (Runtime, Arc<dyn Backend>) {
+    let store: Arc<dyn Backend> = Arc::new(
+        orch_runtime::store::sqlite::SqliteStore::open(
+            dir.path().join("orch.db"),
+            Default::default(),
+        )
+        .expect("open"),
+    );
+    let b = Runtime::builder().store(store.clone());
+    let b = match serve {
+        Serve::All => b,
+        Serve::Only(queue) => b.serve_queues([queue]),
+        Serve::Nothing => b.no_workers(),
+    };
+    (b.build().await.expect("runtime"), store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_serves_its_own_queued_steps_and_journals_the_outcome() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (rt, store) = sqlite_runtime(&dir, Serve::All).await;
+    let run = rt
+        .start_with_id(Pay, "order-1", "order-1".to_string())
+        .await
+        .expect("start");
+    let receipt = tokio::time::timeout(Duration::from_secs(60), run.result())
+        .await
+        .expect("the queued step finished")
+        .expect("result")
+        .expect("paid");
+    assert_eq!(receipt.order, "order-1");
+    assert_eq!(
+        receipt.key, "order-1/1",
+        "the body sees the step's idempotency key"
+    );
+    let journal = rt.journal("order-1").await.expect("journal");
+    assert_eq!(journal.len(), 1, "one checkpoint: {journal:?}");
+    assert_eq!(journal[0].name, "charge");
+    let task = store
+        .task(&task_id("order-1", 0, 1, 1))
+        .await
+        .expect("task")
+        .expect("the attempt's task is stored");
+    assert_eq!(task.state, TaskState::Completed);
+    assert_eq!(task.task.queue, "payments");
+    assert_eq!(
+        task.task.input, r#"{"charge":{"cents":1250,"order":"order-1"},"note":"once"}"#,
+        "the arguments, as one JSON object keyed by parameter name"
+    );
+    assert!(
+        task.worker
+            .as_deref()
+            .is_some_and(|w| w.ends_with("/in-process")),
+        "served in-process: {:?}",
+        task.worker
+    );
+    rt.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_attempt_is_retried_as_a_new_task() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (rt, store) = sqlite_runtime(&dir, Serve::All).await;
+    CHARGES.store(0, Ordering::SeqCst);
+    let run = rt
+        .start_with_id(Pay, "flaky-1", "flaky-1".to_string())
+        .await
+        .expect("start");
+    let receipt = tokio::time::timeout(Duration::from_secs(60), run.result())
+        .await
+        .expect("finished")
+        .expect("result");
+    assert!(receipt.is_ok(), "{receipt:?}");
+    let first = store
+        .task(&task_id("flaky-1", 0, 1, 1))
+        .await
+        .expect("task")
+        .expect("attempt 1");
+    assert!(
+        first
+            .output
+            .as_deref()
+            .is_some_and(|o| o.contains("card network timeout")),
+        "the first attempt's task holds the step's error: {:?}",
+        first.output
+    );
+    let second = store
+        .task(&task_id("flaky-1", 0, 1, 2))
+        .await
+        .expect("task")
+        .expect("attempt 2 is a new task");
+    assert_eq!(second.state, TaskState::Completed);
+    let attempts = rt.attempts("flaky-1").await.expect("attempts");
+    assert_eq!(
+        attempts.len(),
+        1,
+        "one failed attempt recorded: {attempts:?}"
+    );
+    rt.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_elsewhere_leases_the_task_and_its_output_is_the_step_s_value() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (rt, store) = sqlite_runtime(&dir, Serve::Nothing).await;
+    let run = rt
+        .start_with_id(Pay, "order-2", "order-2".to_string())
+        .await
+        .expect("start");
+    // A worker in another language: it polls the queue, reads the arguments and answers with
+    // the step's value (the `T` of `Result<T, E>`).
+    let leased = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let terms = WorkerTerms {
+                worker: "python-1".into(),
+                now: now_ms(),
+                ttl: 30_000,
+            };
+            let got = store
+                .lease_tasks(terms, vec!["payments".into()], 1)
+                .await
+                .expect("lease");
+            if let Some(t) = got.tasks.into_iter().next() {
+                break t;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the step's task was enqueued");
+    assert_eq!(leased.task.step, "charge");
+    assert_eq!(leased.task.idempotency_key, "order-2/1");
+    let output = r#"{"order":"order-2","cents":1250,"key":"from-python"}"#;
+    store
+        .finish_task(
+            &leased.task.id,
+            leased.token,
+            TaskResult::Completed {
+                output: output.into(),
+            },
+            now_ms(),
+        )
+        .await
+        .expect("complete");
+    let receipt = tokio::time::timeout(Duration::from_secs(60), run.result())
+        .await
+        .expect("finished")
+        .expect("result")
+        .expect("paid");
+    assert_eq!(receipt.key, "from-python");
+    rt.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_nobody_serves_times_out_and_its_task_is_cancelled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (rt, store) = sqlite_runtime(&dir, Serve::Only("payments")).await;
+    let run = rt
+        .start_with_id(WaitForUnserved, "u-1", 7)
+        .await
+        .expect("start");
+    let out = tokio::time::timeout(Duration::from_secs(60), run.result())
+        .await
+        .expect("finished")
+        .expect("result");
+    let err = out.expect_err("no worker serves the queue");
+    assert!(
+        err.to_string().contains("timed out"),
+        "the step's error says why: {err}"
+    );
+    let task = store
+        .task(&task_id("u-1", 0, 1, 1))
+        .await
+        .expect("task")
+        .expect("stored");
+    assert_eq!(
+        task.state,
+        TaskState::Cancelled,
+        "a late worker cannot finish it"
+    );
+    rt.shutdown().await.expect("shutdown");
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
