@@ -261,3 +261,190 @@ fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+// ---------------------------------------------------------------------------------------------
+// Real processes: a worker killed with `kill -9` in the middle of a task.
+
+/// Appends `line` to the call log at `log`.
+fn log_line(log: &str, line: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("call log");
+    writeln!(f, "{line}").expect("write call log");
+}
+
+/// Logs its start (with the idempotency key and this process's id), waits until the file `go`
+/// exists, logs its end.
+#[step(queue = "slow-payments")]
+async fn slow_charge(log: String, go: String) -> Result<String, StepError> {
+    let key = orch::idempotency_key();
+    log_line(&log, &format!("start {key} {}", std::process::id()));
+    while !std::path::Path::new(&go).exists() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    log_line(&log, &format!("done {key} {}", std::process::id()));
+    Ok(format!("charged by {}", std::process::id()))
+}
+
+#[workflow]
+async fn pay_slowly(log: String, go: String) -> Result<String, StepError> {
+    slow_charge(log, go).await
+}
+
+/// The child side, run only when a test re-executes this binary with `ORCH_QUEUED_CHILD`:
+/// `worker` serves `slow-payments` until killed; `orchestrator` serves nothing, starts
+/// `pay_slowly` as `pay-1` and exits once it finished.
+#[test]
+fn queued_child() {
+    let Ok(role) = std::env::var("ORCH_QUEUED_CHILD") else {
+        return;
+    };
+    let env = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k}"));
+    let (db, log, go) = (env("ORCH_DB"), env("ORCH_CALL_LOG"), env("ORCH_GO"));
+    let rt = tokio::runtime::Runtime::new().expect("tokio");
+    rt.block_on(async move {
+        let b = Runtime::builder()
+            .sqlite(&db)
+            .lease_ttl(Duration::from_millis(1_000));
+        if role == "worker" {
+            let _orch = b
+                .serve_queues(["slow-payments"])
+                .build()
+                .await
+                .expect("worker runtime");
+            return std::future::pending::<()>().await;
+        }
+        let orch = b.no_workers().build().await.expect("orchestrator runtime");
+        let run = orch
+            .start_with_id(PaySlowly, "pay-1", (log, go))
+            .await
+            .expect("start");
+        let out = run.result().await.expect("result");
+        println!("RESULT {out:?}");
+        orch.shutdown().await.expect("shutdown");
+    });
+}
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_child(
+    role: &str,
+    db: &std::path::Path,
+    log: &std::path::Path,
+    go: &std::path::Path,
+) -> Child {
+    let child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["queued_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env("ORCH_QUEUED_CHILD", role)
+        .env("ORCH_DB", db)
+        .env("ORCH_CALL_LOG", log)
+        .env("ORCH_GO", go)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn child");
+    Child(child)
+}
+
+fn log_lines(log: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn wait_for_log(log: &std::path::Path, what: &str, ready: impl Fn(&[String]) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let lines = log_lines(log);
+        if ready(&lines) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never {what}: {lines:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_worker_killed_mid_task_loses_its_lease_and_another_worker_finishes_the_task() {
+    if std::env::var("ORCH_QUEUED_CHILD").is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, log, go) = (
+        dir.path().join("orch.db"),
+        dir.path().join("calls.log"),
+        dir.path().join("go"),
+    );
+    let mut orchestrator = spawn_child("orchestrator", &db, &log, &go);
+    let first = spawn_child("worker", &db, &log, &go);
+    let first_pid = first.0.id();
+    wait_for_log(&log, "a worker started the task", |l| {
+        l.iter().any(|x| x.starts_with("start "))
+    });
+    // kill -9, in the middle of the task.
+    let status = std::process::Command::new("kill")
+        .args(["-9", &first_pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    drop(first);
+    let second = spawn_child("worker", &db, &log, &go);
+    let second_pid = second.0.id();
+    wait_for_log(&log, "the second worker took the task over", |l| {
+        l.iter()
+            .any(|x| x.starts_with("start ") && x.ends_with(&format!(" {second_pid}")))
+    });
+    std::fs::write(&go, "go").expect("go");
+    wait_for_log(&log, "the task finished", |l| {
+        l.iter().any(|x| x.starts_with("done "))
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = orchestrator.0.try_wait().expect("orchestrator") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the orchestrator never heard that the task finished: {:#?}",
+            log_lines(&log)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut out = String::new();
+    if let Some(mut stdout) = orchestrator.0.stdout.take() {
+        use std::io::Read;
+        let _ = stdout.read_to_string(&mut out);
+    }
+    assert!(status.success(), "the orchestrator failed: {out}");
+    assert!(
+        out.contains(&format!("RESULT Ok(\"charged by {second_pid}\")")),
+        "the workflow's result is the second worker's: {out}"
+    );
+    let lines = log_lines(&log);
+    let starts: Vec<&String> = lines.iter().filter(|l| l.starts_with("start ")).collect();
+    assert_eq!(starts.len(), 2, "one start per worker: {lines:#?}");
+    assert!(
+        starts.iter().all(|l| l.starts_with("start pay-1/1 ")),
+        "both deliveries carry the same idempotency key: {lines:#?}"
+    );
+    let dones: Vec<&String> = lines.iter().filter(|l| l.starts_with("done ")).collect();
+    assert_eq!(dones.len(), 1, "the task finished once: {lines:#?}");
+    assert!(dones[0].ends_with(&format!(" {second_pid}")));
+    drop(second);
+}

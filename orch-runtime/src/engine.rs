@@ -160,7 +160,7 @@ pub(crate) struct Inner {
     pub(crate) node: NodeId,
     /// How long this node's leases last without a heartbeat; `None`: they never end (the test
     /// runtime, whose clock is virtual).
-    lease_ttl: Option<Duration>,
+    pub(crate) lease_ttl: Option<Duration>,
     pub(crate) registry: Registry,
     pub(crate) clock: Clock,
     pub(crate) test: Option<TestHooks>,
@@ -729,6 +729,12 @@ impl Inner {
             Wakeup::TaskQueued { .. } => {}
             Wakeup::Changed => {
                 self.claim_soon();
+                // A task of a loaded instance may have ended elsewhere: its step reads it again.
+                for slot in lock(&self.loaded).values() {
+                    if let Some(ctx) = &slot.ctx {
+                        ctx.task_ended.notify_waiters();
+                    }
+                }
                 let watched: Vec<String> = lock(&self.watchers).keys().cloned().collect();
                 if !watched.is_empty() {
                     self.recheck_watchers(watched);

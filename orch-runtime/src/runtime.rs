@@ -297,6 +297,7 @@ impl RuntimeBuilder {
             inner.clock,
             format!("{}/in-process", inner.node),
             &self.serve,
+            inner.lease_ttl,
         ) {
             inner.adopt(worker);
         }

@@ -408,6 +408,9 @@ async fn cancelled<R: Serialize>(
     value
 }
 
+/// How often a queued step reads its task again when no wake-up came.
+const TASK_RECHECK: Duration = Duration::from_secs(30);
+
 /// One attempt of a queued step: enqueues its task (with the instance's fence; enqueueing again
 /// after a restart changes nothing), then waits until a worker ended it (or the attempt's
 /// timeout passed: the task is cancelled, so the worker's late end is refused).
@@ -461,7 +464,10 @@ async fn queued_attempt<R: DeserializeOwned>(
                     )))
                 })?;
             match record.state {
-                TaskState::Pending | TaskState::Leased => ended.await,
+                // Wake-ups are hints: look again now and then even if none comes.
+                TaskState::Pending | TaskState::Leased => {
+                    let _ = tokio::time::timeout(TASK_RECHECK, ended).await;
+                }
                 TaskState::Completed => {
                     let output = record.output.unwrap_or_default();
                     return Ok(decode_output(name, &output));

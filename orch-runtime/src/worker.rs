@@ -107,7 +107,8 @@ pub(crate) enum Serve {
     Nothing,
 }
 
-/// How long a task is leased to this process at a time (renewed while it runs).
+/// How long a task is leased to this process at a time (renewed while it runs), when the
+/// runtime's leases never end (the test runtime); else the runtime's lease time-to-live.
 const LEASE: Duration = Duration::from_secs(30);
 /// How many tasks this process runs at once.
 const CONCURRENCY: usize = 64;
@@ -133,6 +134,7 @@ pub(crate) fn spawn(
     clock: Clock,
     worker: String,
     serve: &Serve,
+    lease: Option<Duration>,
 ) -> Option<tokio::task::AbortHandle> {
     let steps = servable(serve);
     if steps.is_empty() {
@@ -142,7 +144,15 @@ pub(crate) fn spawn(
     queues.sort();
     queues.dedup();
     tracing::debug!(worker = %worker, ?queues, "serving queued steps in-process");
-    let task = tokio::spawn(serve_loop(store, clock, worker, queues, Arc::new(steps)));
+    let lease = lease.unwrap_or(LEASE).max(Duration::from_millis(30));
+    let task = tokio::spawn(serve_loop(
+        store,
+        clock,
+        worker,
+        queues,
+        Arc::new(steps),
+        lease,
+    ));
     Some(task.abort_handle())
 }
 
@@ -152,6 +162,7 @@ async fn serve_loop(
     worker: String,
     queues: Vec<String>,
     steps: Arc<HashMap<&'static str, &'static QueuedStep>>,
+    lease: Duration,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
     let mut wakeups = store.wakeups();
@@ -162,7 +173,7 @@ async fn serve_loop(
             let terms = WorkerTerms {
                 worker: worker.clone(),
                 now: clock.now_ms(),
-                ttl: LEASE.as_millis() as i64,
+                ttl: lease.as_millis() as i64,
             };
             match store.lease_tasks(terms, queues.clone(), room).await {
                 Ok(leased) => {
@@ -175,7 +186,7 @@ async fn serve_loop(
                         let (store, clock, worker, steps) =
                             (store.clone(), clock, worker.clone(), steps.clone());
                         tokio::spawn(async move {
-                            run_task(&*store, &clock, &worker, &steps, task).await;
+                            run_task(&*store, &clock, &worker, &steps, task, lease).await;
                             drop(permit);
                         });
                     }
@@ -229,9 +240,10 @@ async fn run_task(
     clock: &Clock,
     worker: &str,
     steps: &HashMap<&'static str, &'static QueuedStep>,
-    lease: TaskLease,
+    leased: TaskLease,
+    lease: Duration,
 ) {
-    let task = &lease.task;
+    let task = &leased.task;
     let Some(step) = steps.get(task.step.as_str()) else {
         let result = TaskResult::Failed {
             message: format!(
@@ -241,7 +253,7 @@ async fn run_task(
             retryable: true,
         };
         let _ = store
-            .finish_task(&task.id, lease.token, result, clock.now_ms())
+            .finish_task(&task.id, leased.token, result, clock.now_ms())
             .await;
         return;
     };
@@ -256,7 +268,7 @@ async fn run_task(
         AssertUnwindSafe((step.run)(task.input.clone())).catch_unwind(),
     );
     tokio::pin!(body);
-    let mut beat = tokio::time::interval(LEASE / 3);
+    let mut beat = tokio::time::interval(lease / 3);
     beat.tick().await;
     let outcome = loop {
         tokio::select! {
@@ -265,9 +277,9 @@ async fn run_task(
                 let terms = WorkerTerms {
                     worker: worker.to_string(),
                     now: clock.now_ms(),
-                    ttl: LEASE.as_millis() as i64,
+                    ttl: lease.as_millis() as i64,
                 };
-                if let Err(e) = store.heartbeat_task(&task.id, lease.token, terms).await {
+                if let Err(e) = store.heartbeat_task(&task.id, leased.token, terms).await {
                     tracing::warn!(task = %task.id, error = %e, "stopped a queued step: its lease is lost");
                     return;
                 }
@@ -283,7 +295,7 @@ async fn run_task(
         },
     };
     if let Err(e) = store
-        .finish_task(&task.id, lease.token, result, clock.now_ms())
+        .finish_task(&task.id, leased.token, result, clock.now_ms())
         .await
     {
         tracing::warn!(task = %task.id, error = %e, "a queued step's end was refused");
