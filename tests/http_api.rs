@@ -19,13 +19,13 @@ use wait::wait_until;
 // Workflows.
 
 // A step-only flow with a nested input (for "wrong type inside a nested field").
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 struct Parcel {
     sku: String,
     dims: Dims,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 struct Dims {
     weight_g: u32,
     qty: u32,
@@ -82,7 +82,7 @@ async fn fragile_flow(key: String) -> Result<u32, StepError> {
 }
 
 // Waits for a signal.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 struct Approver {
     by: String,
 }
@@ -145,7 +145,7 @@ async fn held(key: String) -> Result<(), StepError> {
 }
 
 // Sets searchable attributes.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 struct Basket {
     customer: String,
     items: u32,
