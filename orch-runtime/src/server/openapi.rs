@@ -27,7 +27,14 @@ pub(crate) fn document(defs: &[&'static WorkflowDef]) -> Value {
         .as_object()
         .map(|m| m.keys().cloned().collect())
         .unwrap_or_default();
-    let mut op_ids: BTreeSet<String> = BTreeSet::new();
+    let mut op_ids: BTreeSet<String> = doc["paths"]
+        .as_object()
+        .into_iter()
+        .flat_map(|paths| paths.values())
+        .filter_map(Value::as_object)
+        .flat_map(|item| item.values())
+        .filter_map(|op| op["operationId"].as_str().map(String::from))
+        .collect();
     let mut g = SchemaSettings::draft2020_12()
         .with(|s| {
             s.definitions_path = "/components/schemas".into();
@@ -150,13 +157,6 @@ pub(crate) fn document(defs: &[&'static WorkflowDef]) -> Value {
         (doc["paths"].as_object_mut(), added["paths"].take())
     {
         doc_paths.extend(p);
-    }
-    if let Some(tags) = doc["tags"].as_array_mut() {
-        tags.push(json!({
-            "name": "workflows",
-            "description": "Typed operations for each workflow of this server, generated from \
-                its Rust types."
-        }));
     }
     doc
 }
