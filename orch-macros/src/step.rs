@@ -207,7 +207,7 @@ fn generate(step: &Step) -> TokenStream {
         let ty = &p.ty;
         quote_spanned!(ty.span()=> (#name, #krate::__private::TypeSchema::of::<#ty>()))
     });
-    let output_type = quote_spanned!(ret.span()=> #krate::__private::TypeSchema::of::<#ret>());
+    let output_type = args::output_schema(ret, krate);
     let twin_doc = format!(
         "Test doubles for step `{name}` (see `orch_runtime::testing`): \
          `{ident}::mock(…)` replaces it, `{ident}::fail_first(k, …)` fails its first k attempts."

@@ -176,7 +176,7 @@ fn generate(wf: &Workflow) -> TokenStream {
     let arg_types = tys
         .iter()
         .map(|t| quote_spanned!(t.span()=> #krate::__private::TypeSchema::of::<#t>()));
-    let output_type = quote_spanned!(ret.span()=> #krate::__private::TypeSchema::of::<#ret>());
+    let output_type = args::output_schema(ret, krate);
     let marker_doc = format!(
         "The workflow `{name}` (from `fn {ident}`): pass it to `Runtime::start` to run it durably."
     );

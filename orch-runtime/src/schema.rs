@@ -44,6 +44,12 @@ impl TypeSchema {
         }
     }
 
+    /// The schema of `Result<T, E>` (`{"Ok": T}` or `{"Err": E}`); its bounds name `T` and `E`
+    /// so a missing schema is reported on them.
+    pub const fn result<T: Described, E: Described>() -> TypeSchema {
+        TypeSchema::of::<Result<T, E>>()
+    }
+
     /// The Rust type's full name.
     pub fn type_name(&self) -> &'static str {
         (self.name)()
