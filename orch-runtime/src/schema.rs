@@ -1,6 +1,6 @@
 //! JSON Schema for what crosses orch's boundary: workflow inputs and outputs, step arguments and
 //! outputs, signal payloads. `#[workflow]` and `#[step]` require each of these types to implement
-//! [`JsonSchema`](schemars::JsonSchema) (derive it with `#[derive(JsonSchema)]`, in the prelude)
+//! [`JsonSchema`] (derive it with `#[derive(JsonSchema)]`, in the prelude)
 //! and record a [`TypeSchema`] for it, so the HTTP API's definitions and its OpenAPI document
 //! describe them and a client or worker generated from the document gets real models.
 //!
