@@ -2905,7 +2905,7 @@ fn documented_keys(doc: &Value, schema: &Value) -> Option<BTreeSet<String>> {
         .and_then(Value::as_object)
         .map(|p| p.keys().cloned().collect())
         .unwrap_or_default();
-    for branch in ["allOf", "oneOf"] {
+    for branch in ["allOf", "oneOf", "anyOf"] {
         for s in schema
             .get(branch)
             .and_then(Value::as_array)
@@ -2919,7 +2919,7 @@ fn documented_keys(doc: &Value, schema: &Value) -> Option<BTreeSet<String>> {
 }
 
 /// Checks `value` against a JSON Schema of the OpenAPI document (the subset it uses: `$ref`,
-/// `allOf`, `oneOf`, `type`, `enum`, `required`, `properties`, `additionalProperties`,
+/// `allOf`, `oneOf`, `anyOf`, `type`, `enum`, `required`, `properties`, `additionalProperties`,
 /// `items`, `minimum`), and that every key of an object is documented; returns what does not
 /// match.
 fn schema_errors(doc: &Value, schema: &Value, value: &Value, at: &str, out: &mut Vec<String>) {
@@ -2945,8 +2945,11 @@ fn check_schema(doc: &Value, schema: &Value, value: &Value, at: &str, out: &mut 
             check_schema(doc, s, value, at, out);
         }
     }
-    if let Some(one) = schema.get("oneOf").and_then(Value::as_array) {
-        let matching = one
+    for (keyword, exactly_one) in [("oneOf", true), ("anyOf", false)] {
+        let Some(options) = schema.get(keyword).and_then(Value::as_array) else {
+            continue;
+        };
+        let matching = options
             .iter()
             .filter(|s| {
                 let mut errs = Vec::new();
@@ -2954,8 +2957,10 @@ fn check_schema(doc: &Value, schema: &Value, value: &Value, at: &str, out: &mut 
                 errs.is_empty()
             })
             .count();
-        if matching == 0 {
-            out.push(format!("{at}: matches none of oneOf: {value}"));
+        if matching == 0 || (exactly_one && matching > 1) {
+            out.push(format!(
+                "{at}: matches {matching} of the {keyword} options: {value}"
+            ));
         }
     }
     if let Some(ty) = schema.get("type") {

@@ -603,7 +603,17 @@ async fn start(
     let workflow = opt_string(&body, "workflow")?.ok_or_else(|| {
         ApiError::bad_request("missing `workflow`: the name of the workflow to start")
     })?;
-    let def = state.rt.definition(&workflow)?;
+    start_instance(&state.rt, c, workflow, &body).await
+}
+
+/// Starts `workflow` with the body's `input` and optional `id`.
+async fn start_instance(
+    rt: &Runtime,
+    c: Option<axum::Extension<Caller>>,
+    workflow: String,
+    body: &Map<String, Value>,
+) -> ApiResult {
+    let def = rt.definition(&workflow)?;
     let Some(input) = body.get("input") else {
         return Err(ApiError::bad_request(format!(
             "missing `input`: the JSON input of workflow `{}` (type {}); use null for a \
@@ -612,11 +622,10 @@ async fn start(
             short_type((def.input_type)())
         )));
     };
-    let id = opt_string(&body, "id")?;
+    let id = opt_string(body, "id")?;
     let input = input.to_string();
     let actor = caller(c).name;
-    let (new_id, created) = state
-        .rt
+    let (new_id, created) = rt
         .start_json_as(&workflow, id.as_deref(), &input, Some(&actor))
         .await?;
     let status = if created {
@@ -637,11 +646,9 @@ async fn start_typed(
     Segment(workflow): Segment,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let mut body = body_object(body)?;
+    let body = body_object(body)?;
     only_fields(&body, &["input", "id"])?;
-    body.insert("workflow".into(), json!(workflow));
-    let bytes = Bytes::from(Value::Object(body).to_string());
-    start(State(state), c, Ok(bytes)).await
+    start_instance(&state.rt, c, workflow, &body).await
 }
 
 /// The instance `id` when it is an instance of workflow `name` (else 404).

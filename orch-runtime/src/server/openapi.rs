@@ -85,7 +85,8 @@ pub(crate) fn document(defs: &[&'static WorkflowDef]) -> Value {
                             "output": {
                                 "description": "The return value; null while running or when \
                                     it ended without one.",
-                                "oneOf": [output, {"type": "null"}]
+                                // anyOf: an output type that is itself nullable fits both.
+                                "anyOf": [output, {"type": "null"}]
                             }
                         }
                     }
