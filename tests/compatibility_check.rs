@@ -50,7 +50,7 @@ async fn ship() -> Result<u32, StepError> {
 }
 
 /// Where an instance is when the new code arrives.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, JsonSchema)]
 enum Mode {
     /// Charged (seq 2), waits for `continue`: v2 calls `ship` at seq 2.
     Charged,

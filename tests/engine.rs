@@ -193,7 +193,7 @@ async fn a_panic_the_step_type_cannot_hold_fails_the_instance_visibly() {
 
 static RELEASED: AtomicU32 = AtomicU32::new(0);
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, thiserror::Error)]
 enum ShopError {
     #[error("card declined")]
     Declined,
@@ -405,7 +405,7 @@ async fn starting_an_existing_id_returns_the_existing_instance() {
 
 // ---------- signals, timers, custom status, recorded values ----------
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 struct Approver {
     by: String,
 }
@@ -499,7 +499,7 @@ async fn wait_for_status(rt: &Runtime, id: &str, status: Status) {
 
 // ---------- bad input ----------
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 struct TypedInput {
     qty: u32,
     sku: String,

@@ -326,7 +326,7 @@ fn mermaid_and_dot_name_every_node_and_edge() {
 
 // ---------- runs: a checkout with compensation ----------
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 struct Order {
     id: u32,
     declined: bool,

@@ -19,13 +19,13 @@ use wait::wait_until;
 // Workflows.
 
 // A step-only flow with a nested input (for "wrong type inside a nested field").
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 struct Parcel {
     sku: String,
     dims: Dims,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 struct Dims {
     weight_g: u32,
     qty: u32,
@@ -82,7 +82,7 @@ async fn fragile_flow(key: String) -> Result<u32, StepError> {
 }
 
 // Waits for a signal.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 struct Approver {
     by: String,
 }
@@ -145,7 +145,7 @@ async fn held(key: String) -> Result<(), StepError> {
 }
 
 // Sets searchable attributes.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 struct Basket {
     customer: String,
     items: u32,
@@ -568,7 +568,7 @@ async fn a_definitions_steps_are_listed_once_each() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_definition_has_its_args_and_traced_schemas() {
+async fn a_definition_has_its_args_json_schemas_and_traces() {
     let api = open().await;
     let args = json!([{"name": "parcel", "type": "Parcel"}]);
     let all = api.ok("/api/v1/definitions").await;
@@ -580,20 +580,68 @@ async fn a_definition_has_its_args_and_traced_schemas() {
         .expect("pack");
     assert_eq!(listed["args"], args);
     assert!(
-        listed.get("input_schema").is_none(),
+        listed.get("input_schema").is_none() && listed.get("input_trace").is_none(),
         "schemas only on the one definition"
     );
     let one = api.ok("/api/v1/definitions/pack").await;
     assert_eq!(one["args"], args);
+    // JSON Schema 2020-12, self-contained: the nested type is in its own $defs.
+    let input = &one["input_schema"];
     assert_eq!(
-        one["input_schema"],
+        input["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
+    assert_eq!(input["type"], "object", "{input}");
+    assert_eq!(input["required"], json!(["sku", "dims"]), "{input}");
+    assert_eq!(input["properties"]["sku"], json!({"type": "string"}));
+    assert_eq!(
+        input["properties"]["dims"],
+        json!({"$ref": "#/$defs/Dims"}),
+        "{input}"
+    );
+    assert_eq!(
+        input["$defs"]["Dims"]["properties"]["qty"]["type"], "integer",
+        "{input}"
+    );
+    let output = &one["output_schema"];
+    assert_eq!(
+        output["oneOf"][0]["properties"]["Ok"],
+        json!({"type": "string"}),
+        "{output}"
+    );
+    assert_eq!(
+        output["$defs"]["StepError"]["required"],
+        json!(["message", "permanent"]),
+        "{output}"
+    );
+    // Each step the workflow calls, its arguments as one object keyed by parameter name.
+    let steps = one["step_schemas"].as_array().expect("step_schemas");
+    let names: Vec<&str> = steps.iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(names, ["weigh", "print_label"], "{one}");
+    let label = &steps[1]["input_schema"];
+    assert_eq!(label["required"], json!(["sku", "grams"]), "{label}");
+    assert_eq!(label["properties"]["grams"]["type"], "integer", "{label}");
+    assert_eq!(label["additionalProperties"], json!(false), "{label}");
+    assert_eq!(
+        steps[0]["input_schema"]["properties"]["parcel"],
+        json!({"$ref": "#/$defs/Parcel"}),
+        "{steps:?}"
+    );
+    assert!(steps[0]["input_schema"]["$defs"]["Dims"].is_object());
+    assert_eq!(
+        steps[1]["output_schema"]["oneOf"][0]["properties"]["Ok"]["type"],
+        "string"
+    );
+    // The serde-reflection traces stay beside them (the web UI reads these).
+    assert_eq!(
+        one["input_trace"],
         json!({"root": {"TYPENAME": "Parcel"}, "types": {
             "Parcel": {"STRUCT": [{"sku": "STR"}, {"dims": {"TYPENAME": "Dims"}}]},
             "Dims": {"STRUCT": [{"weight_g": "U32"}, {"qty": "U32"}]}}})
     );
-    assert_eq!(one["output_schema"]["root"], json!({"TYPENAME": "Result"}));
+    assert_eq!(one["output_trace"]["root"], json!({"TYPENAME": "Result"}));
     assert_eq!(
-        one["output_schema"]["types"]["StepError"],
+        one["output_trace"]["types"]["StepError"],
         json!({"STRUCT": [{"message": "STR"}, {"permanent": "BOOL"}, {"cancelled": "BOOL"}]})
     );
     let approval = api.ok("/api/v1/definitions/approval").await;
@@ -601,7 +649,102 @@ async fn a_definition_has_its_args_and_traced_schemas() {
         approval["args"],
         json!([{"name": "timeout_ms", "type": "u64"}])
     );
-    assert_eq!(approval["input_schema"]["root"], json!("U64"), "{approval}");
+    assert_eq!(approval["input_trace"]["root"], json!("U64"), "{approval}");
+    assert_eq!(approval["input_schema"]["type"], "integer", "{approval}");
+    assert_eq!(approval["input_schema"]["format"], "uint64", "{approval}");
+    let approve = &approval["signals"][0];
+    assert_eq!(approve["name"], "approve");
+    assert_eq!(
+        approve["schema"]["properties"]["by"],
+        json!({"type": "string"}),
+        "{approve}"
+    );
+    assert_eq!(
+        approve["trace"]["types"]["Approver"]["STRUCT"][0]["by"],
+        "STR"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_workflow_routes_start_read_and_signal_only_their_own_workflow() {
+    let api = open().await;
+    let (status, started) = api
+        .post(
+            "/api/v1/definitions/approval/instances",
+            json!({"input": 60_000, "id": "typed-1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    assert_eq!(
+        started,
+        json!({"id": "typed-1", "workflow": "approval", "created": true})
+    );
+    api.wait_status("typed-1", "suspended").await;
+    // The same id and input again is idempotent, as through POST /api/v1/instances.
+    let (status, again) = api
+        .post(
+            "/api/v1/definitions/approval/instances",
+            json!({"input": 60_000, "id": "typed-1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    // The body names no workflow: the path does.
+    let (status, body) = api
+        .post(
+            "/api/v1/definitions/approval/instances",
+            json!({"input": 1, "workflow": "pack"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = api
+        .post(
+            "/api/v1/definitions/approval/instances",
+            json!({"input": "soon"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, body) = api
+        .post("/api/v1/definitions/nope/instances", json!({"input": 1}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    let one = api
+        .ok("/api/v1/definitions/approval/instances/typed-1")
+        .await;
+    assert_eq!(one, api.instance("typed-1").await);
+    let (status, body) = api.get("/api/v1/definitions/pack/instances/typed-1").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`approval`")),
+        "{body}"
+    );
+
+    // A typed signal: the body is the payload, checked against the wait's type.
+    let (status, body) = api
+        .post(
+            "/api/v1/definitions/approval/instances/typed-1/signals/approve",
+            json!({"by": 7}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, body) = api
+        .post(
+            "/api/v1/definitions/pack/instances/typed-1/signals/approve",
+            json!({"by": "ann"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = api
+        .post(
+            "/api/v1/definitions/approval/instances/typed-1/signals/approve",
+            json!({"by": "ann"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let done = api.wait_status("typed-1", "completed").await;
+    assert_eq!(done["output"], json!("ann"), "{done}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2546,7 +2689,11 @@ fn registered_routes() -> Vec<(String, Vec<String>)> {
     ))
     .expect("api.rs");
     let mut out = Vec::new();
-    for chunk in src.split(".route(\"").skip(1) {
+    for chunk in src.split(".route(").skip(1) {
+        // rustfmt puts a long route's path on a line of its own.
+        let Some(chunk) = chunk.trim_start().strip_prefix('"') else {
+            continue;
+        };
         let (path, rest) = chunk.split_once('"').expect("a closing quote");
         // The handlers: `get(x)`, `post(y)`, `get(x).post(y)` up to the closing parenthesis.
         let call = rest.split_once("))").map_or(rest, |(c, _)| c);
@@ -2633,8 +2780,18 @@ async fn the_openapi_document_covers_every_route() {
 
     // Every documented operation answers (not the fallback) for its documented method.
     for (path, item) in paths {
+        // A workflow's typed operations are documented under its name
+        // (`/api/v1/definitions/pack/instances`), served by the `{name}` route.
+        let fits = |route: &str| {
+            let (r, p): (Vec<&str>, Vec<&str>) =
+                (route.split('/').collect(), path.split('/').collect());
+            r.len() == p.len()
+                && r.iter()
+                    .zip(&p)
+                    .all(|(r, p)| r == p || (r.starts_with('{') && !p.starts_with('{')))
+        };
         assert!(
-            routes.iter().any(|(r, _)| r == path),
+            routes.iter().any(|(r, _)| fits(r)),
             "{path} is documented but not registered in api.rs"
         );
         for (method, op) in item.as_object().expect("path item") {
@@ -2645,7 +2802,10 @@ async fn the_openapi_document_covers_every_route() {
                 continue;
             }
             assert!(op["responses"].is_object(), "{method} {path}: no responses");
-            let concrete = path.replace("{name}", "fragile_flow").replace("{id}", &id);
+            let concrete = path
+                .replace("{name}", "fragile_flow")
+                .replace("{id}", &id)
+                .replace("{signal}", "go");
             let body = (m == Method::POST).then(|| b"{}".to_vec());
             let r = api.send(m.clone(), &concrete, None, body).await;
             assert_ne!(
@@ -2745,7 +2905,7 @@ fn documented_keys(doc: &Value, schema: &Value) -> Option<BTreeSet<String>> {
         .and_then(Value::as_object)
         .map(|p| p.keys().cloned().collect())
         .unwrap_or_default();
-    for branch in ["allOf", "oneOf"] {
+    for branch in ["allOf", "oneOf", "anyOf"] {
         for s in schema
             .get(branch)
             .and_then(Value::as_array)
@@ -2759,7 +2919,7 @@ fn documented_keys(doc: &Value, schema: &Value) -> Option<BTreeSet<String>> {
 }
 
 /// Checks `value` against a JSON Schema of the OpenAPI document (the subset it uses: `$ref`,
-/// `allOf`, `oneOf`, `type`, `enum`, `required`, `properties`, `additionalProperties`,
+/// `allOf`, `oneOf`, `anyOf`, `type`, `enum`, `required`, `properties`, `additionalProperties`,
 /// `items`, `minimum`), and that every key of an object is documented; returns what does not
 /// match.
 fn schema_errors(doc: &Value, schema: &Value, value: &Value, at: &str, out: &mut Vec<String>) {
@@ -2785,8 +2945,11 @@ fn check_schema(doc: &Value, schema: &Value, value: &Value, at: &str, out: &mut 
             check_schema(doc, s, value, at, out);
         }
     }
-    if let Some(one) = schema.get("oneOf").and_then(Value::as_array) {
-        let matching = one
+    for (keyword, exactly_one) in [("oneOf", true), ("anyOf", false)] {
+        let Some(options) = schema.get(keyword).and_then(Value::as_array) else {
+            continue;
+        };
+        let matching = options
             .iter()
             .filter(|s| {
                 let mut errs = Vec::new();
@@ -2794,8 +2957,10 @@ fn check_schema(doc: &Value, schema: &Value, value: &Value, at: &str, out: &mut 
                 errs.is_empty()
             })
             .count();
-        if matching == 0 {
-            out.push(format!("{at}: matches none of oneOf: {value}"));
+        if matching == 0 || (exactly_one && matching > 1) {
+            out.push(format!(
+                "{at}: matches {matching} of the {keyword} options: {value}"
+            ));
         }
     }
     if let Some(ty) = schema.get("type") {
@@ -2908,6 +3073,18 @@ async fn the_openapi_schemas_match_real_responses() {
         ("/api/v1/instances/{id}", "/api/v1/instances/sx-1".into()),
         ("/api/v1/instances/{id}", "/api/v1/instances/sx-2".into()),
         ("/api/v1/instances/{id}", "/api/v1/instances/sx-3".into()),
+        (
+            "/api/v1/definitions/fragile_flow/instances/{id}",
+            "/api/v1/definitions/fragile_flow/instances/sx-1".into(),
+        ),
+        (
+            "/api/v1/definitions/tally/instances/{id}",
+            "/api/v1/definitions/tally/instances/sx-2".into(),
+        ),
+        (
+            "/api/v1/definitions/approval/instances/{id}",
+            "/api/v1/definitions/approval/instances/sx-3".into(),
+        ),
         (
             "/api/v1/instances/{id}/journal",
             "/api/v1/instances/sx-1/journal".into(),

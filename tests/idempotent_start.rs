@@ -8,7 +8,7 @@ use orch_runtime::{Error, HttpConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 struct Order {
     sku: String,
     qty: u32,

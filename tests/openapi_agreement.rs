@@ -3,10 +3,13 @@
 //! into `Record<string, never>`), `TracedSchema`'s options are named components (inline ones
 //! crash openapi-python-client's getDefinition), the `attr` search filter is described and
 //! accepted as written by OpenAPI's deepObject style, and a bulk filter's `updated_after` in
-//! epoch milliseconds — allowed by the document — is accepted by the server.
+//! epoch milliseconds — allowed by the document — is accepted by the server. Each workflow has
+//! typed operations whose bodies reference its Rust types as components (a type named like one
+//! of orch's own components is renamed, never replacing it), and they work as documented.
 
 use orch_runtime::HttpConfig;
 use orch_runtime::prelude::*;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -14,6 +17,45 @@ use std::time::{Duration, Instant};
 async fn tagged(customer: String) -> Option<bool> {
     orch::set_attribute("customer", customer).await;
     orch::signal_with_timeout("go", Duration::from_secs(3600)).await
+}
+
+/// Named like orch's own `Status` component.
+#[derive(Serialize, Deserialize, JsonSchema)]
+struct Status {
+    level: u8,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema)]
+struct Parcel {
+    grams: u32,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema)]
+struct Shipment {
+    parcels: Vec<Parcel>,
+    priority: Status,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema)]
+struct Signature {
+    by: String,
+}
+
+#[workflow]
+async fn ship(shipment: Shipment) -> Result<u32, StepError> {
+    let signed: Signature = orch::signal("signed").await;
+    let _ = signed.by;
+    Ok(shipment.parcels.iter().map(|p| p.grams).sum())
+}
+
+/// The schema `$ref` points at.
+fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str() {
+        Some(r) => doc
+            .pointer(r.trim_start_matches('#'))
+            .unwrap_or_else(|| panic!("$ref {r} does not resolve")),
+        None => schema,
+    }
 }
 
 fn bare_objects(v: &Value, path: &str, out: &mut Vec<String>) {
@@ -39,7 +81,7 @@ fn bare_objects(v: &Value, path: &str, out: &mut Vec<String>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_document_describes_what_the_server_accepts() {
+async fn the_document_describes_what_the_server_accepts_with_each_workflows_types() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = Runtime::builder()
         .sqlite(dir.path().join("orch.db"))
@@ -76,6 +118,115 @@ async fn the_document_describes_what_the_server_accepts() {
         let name = r.trim_start_matches("#/components/schemas/");
         assert!(doc["components"]["schemas"][name].is_object(), "{r}");
     }
+    // The typed start of `ship` takes a `Shipment` whose fields have their real types.
+    let schemas = &doc["components"]["schemas"];
+    let start_op = &doc["paths"]["/api/v1/definitions/ship/instances"]["post"];
+    assert_eq!(start_op["operationId"], "startShipInstance", "{start_op}");
+    let body = resolve(
+        &doc,
+        &start_op["requestBody"]["content"]["application/json"]["schema"],
+    );
+    assert_eq!(body["required"], json!(["input"]), "{body}");
+    assert_eq!(
+        body["properties"]["input"],
+        json!({"$ref": "#/components/schemas/Shipment"})
+    );
+    let shipment = &schemas["Shipment"];
+    assert_eq!(
+        shipment["properties"]["parcels"],
+        json!({"type": "array", "items": {"$ref": "#/components/schemas/Parcel"}}),
+        "{shipment}"
+    );
+    assert_eq!(schemas["Parcel"]["properties"]["grams"]["type"], "integer");
+    // The user's `Status` does not replace orch's: it is `Status2`, and referenced so.
+    assert_eq!(
+        shipment["properties"]["priority"],
+        json!({"$ref": "#/components/schemas/Status2"}),
+        "{shipment}"
+    );
+    assert_eq!(schemas["Status2"]["properties"]["level"]["type"], "integer");
+    assert!(
+        schemas["Status"]["enum"]
+            .as_array()
+            .is_some_and(|e| e.contains(&json!("suspended"))),
+        "orch's Status: {}",
+        schemas["Status"]
+    );
+    // The typed read: input and output (a Result) reference the workflow's types.
+    let get_op = &doc["paths"]["/api/v1/definitions/ship/instances/{id}"]["get"];
+    let view = resolve(
+        &doc,
+        &get_op["responses"]["200"]["content"]["application/json"]["schema"],
+    );
+    let typed = &view["allOf"][1]["properties"];
+    assert_eq!(
+        typed["input"],
+        json!({"$ref": "#/components/schemas/Shipment"})
+    );
+    let result = resolve(&doc, &typed["output"]["anyOf"][0]);
+    assert_eq!(
+        result["oneOf"][0]["properties"]["Ok"]["type"], "integer",
+        "{result}"
+    );
+    assert_eq!(
+        result["oneOf"][1]["properties"]["Err"],
+        json!({"$ref": "#/components/schemas/StepError"}),
+        "{result}"
+    );
+    // The typed signal's body is the payload type.
+    let signal_op = &doc["paths"]["/api/v1/definitions/ship/instances/{id}/signals/signed"]["post"];
+    assert_eq!(
+        signal_op["requestBody"]["content"]["application/json"]["schema"],
+        json!({"$ref": "#/components/schemas/Signature"}),
+        "{signal_op}"
+    );
+    // Every reference resolves.
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => m.iter().for_each(|(k, v)| match (k.as_str(), v) {
+                ("$ref", Value::String(r)) => out.push(r.clone()),
+                _ => refs(v, out),
+            }),
+            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    for r in &all {
+        resolve(&doc, &json!({"$ref": r}));
+    }
+
+    // The typed operations work as documented: start, read, signal.
+    let shipment = json!({"parcels": [{"grams": 300}, {"grams": 200}], "priority": {"level": 2}});
+    let res = http
+        .post(format!("{api}/definitions/ship/instances"))
+        .json(&json!({"input": shipment, "id": "s-1"}))
+        .send()
+        .await
+        .expect("typed start");
+    assert_eq!(res.status(), 201);
+    let res = http
+        .post(format!(
+            "{api}/definitions/ship/instances/s-1/signals/signed"
+        ))
+        .json(&json!({"by": "ann"}))
+        .send()
+        .await
+        .expect("typed signal");
+    assert_eq!(res.status(), 202);
+    let end = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let one = get(format!("{api}/definitions/ship/instances/s-1")).await;
+        if one["status"] == "completed" {
+            break one;
+        }
+        assert!(Instant::now() < end, "ship never completed: {one}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(done["input"], shipment);
+    assert_eq!(done["output"], json!({"Ok": 500}));
+
     let params = doc["paths"]["/api/v1/instances"]["get"]["parameters"]
         .as_array()
         .expect("parameters");

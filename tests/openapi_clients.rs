@@ -1,7 +1,10 @@
 //! Clients generated from the served OpenAPI document work: `tests/clients/run.sh` generates a
 //! Python client (openapi-python-client) and a TypeScript client (openapi-typescript +
 //! openapi-fetch) from the document the checkout example serves, and runs a start → get →
-//! search → journal → retry flow through each (tools pinned, cached under target/clients).
+//! search → journal → retry flow through each (tools pinned, cached under target/clients). The
+//! checkout workflow's typed operations give real models: the Python client's
+//! `StartCheckoutRequest.input_` is an `Order` with typed fields, and `tests/clients/typed.ts`
+//! compiles against the TypeScript types only if the input and output are the Rust types.
 //!
 //! Needs python3 (with venv), npm/node and curl, and the package registries the first time.
 //! Without them the test says so loudly and passes, unless `ORCH_REQUIRE_CLIENTS=1` (set by
@@ -40,7 +43,7 @@ impl Drop for Example {
 }
 
 #[test]
-fn generated_python_and_typescript_clients_run_a_flow() {
+fn generated_python_and_typescript_clients_run_a_flow_with_the_workflows_models() {
     let missing = missing_tools();
     if !missing.is_empty() {
         let msg = format!(
@@ -115,7 +118,11 @@ fn generated_python_and_typescript_clients_run_a_flow() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "tests/clients/run.sh failed:\n{text}");
-    for line in ["python client flow: ok", "typescript client flow: ok"] {
+    for line in [
+        "python client flow: ok",
+        "typescript models: ok",
+        "typescript client flow: ok",
+    ] {
         assert!(text.contains(line), "missing `{line}`:\n{text}");
     }
     drop(example);

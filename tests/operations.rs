@@ -413,7 +413,7 @@ async fn retry_runs_a_failed_instance_again_from_its_failed_step_keeping_the_old
 
 // ---------- attributes, search, stats ----------
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 struct Cart {
     customer: String,
     items: u32,

@@ -94,7 +94,7 @@ async fn fork_after_cancel_rewaits_a_sleep_that_ended_early() {
 // ------------------------------------------------------------------------------------------
 // 2. Attribute search: SQLite and the memory store disagree on object values.
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 struct Address {
     // Declared out of alphabetical order: serde writes fields in declaration order.
     zip: String,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::time::Duration;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 struct Approval {
     by: String,
     amount: u32,
@@ -185,7 +185,14 @@ async fn http_refuses_a_payload_that_does_not_fit_with_422_and_lists_signals_in_
         .expect("json");
     assert_eq!(one["signals"][0]["name"], "approve");
     assert!(
-        one["signals"][0]["schema"]["types"]["Approval"].is_object(),
+        one["signals"][0]["trace"]["types"]["Approval"].is_object(),
+        "{one}"
+    );
+    // The payload's JSON Schema, self-contained.
+    assert_eq!(one["signals"][0]["schema"]["title"], "Approval", "{one}");
+    assert_eq!(
+        one["signals"][0]["schema"]["required"],
+        json!(["by", "amount"]),
         "{one}"
     );
     rt.shutdown().await.expect("shutdown");

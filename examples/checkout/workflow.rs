@@ -13,7 +13,7 @@ use crate::services::{CATALOG, DECLINED_CARD};
 pub const GOOD_CARD: &str = "4242-4242-4242-4242";
 
 /// One line of an order.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct LineItem {
     /// Product.
     pub sku: String,
@@ -22,7 +22,7 @@ pub struct LineItem {
 }
 
 /// What the customer asked for: the workflow's input, stored with the instance.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Order {
     /// `order-<n>`; also the workflow instance id.
     pub id: String,
@@ -67,7 +67,7 @@ impl Order {
 }
 
 /// The orders service's answer.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Placed {
     /// The order's reference in the orders service.
     pub order_ref: String,
@@ -76,14 +76,14 @@ pub struct Placed {
 }
 
 /// The inventory service's answer.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Reservation {
     /// Identifies the reservation (to release it).
     pub reservation_id: String,
 }
 
 /// The payment service's answer.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Charge {
     /// Identifies the charge.
     pub charge_id: String,
@@ -92,14 +92,14 @@ pub struct Charge {
 }
 
 /// The shipping service's answer.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Shipment {
     /// Where to follow the parcel.
     pub tracking: String,
 }
 
 /// A finished checkout.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Receipt {
     /// The order.
     pub order: String,
@@ -112,7 +112,7 @@ pub struct Receipt {
 }
 
 /// Why a checkout did not complete.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, thiserror::Error)]
 pub enum CheckoutError {
     /// The card was declined; the reservation was released.
     #[error("card declined ({0}); reservation released")]

@@ -5,7 +5,7 @@ use orch_runtime::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// One line to restock.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Line {
     /// Product.
     pub sku: String,
@@ -14,7 +14,7 @@ pub struct Line {
 }
 
 /// What to restock.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Request {
     /// Warehouse.
     pub warehouse: String,

@@ -1,7 +1,7 @@
 //! Attribute arguments (`key = value, …`) and the checks shared by both macros.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{ToTokens, quote};
+use quote::{ToTokens, quote, quote_spanned};
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
@@ -226,8 +226,8 @@ pub fn params(func: &ItemFn, kind: &str, errors: &mut Errors) -> Vec<Param> {
     out
 }
 
-/// `Result<T, E>` → `Some(E)` when the type is spelled as a two-argument `Result`.
-pub fn result_error_type(ty: &Type) -> Option<Type> {
+/// `Result<T, E>` → `Some((T, E))` when the type is spelled as a two-argument `Result`.
+pub fn result_types(ty: &Type) -> Option<(Type, Type)> {
     let Type::Path(tp) = ty else { return None };
     let last = tp.path.segments.last()?;
     if last.ident != "Result" {
@@ -245,9 +245,29 @@ pub fn result_error_type(ty: &Type) -> Option<Type> {
         })
         .collect();
     match types.as_slice() {
-        [_, e] => Some((*e).clone()),
+        [t, e] => Some(((*t).clone(), (*e).clone())),
         _ => None,
     }
+}
+
+/// The JSON Schema of a workflow's or step's return type (`TypeSchema::of`, which is also the
+/// check that it has one). A `Result<T, E>` is described from `T` and `E`, so a missing schema
+/// is reported on `T` or `E` with orch's message (through `Result`'s own impl rustc reports the
+/// bare trait bound).
+pub fn output_schema(ret: &Type, krate: &TokenStream) -> TokenStream {
+    match result_types(ret) {
+        Some((t, e)) => {
+            let t = quote_spanned!(t.span()=> #t);
+            let e = quote_spanned!(e.span()=> #e);
+            quote_spanned!(ret.span()=> #krate::__private::TypeSchema::result::<#t, #e>())
+        }
+        None => quote_spanned!(ret.span()=> #krate::__private::TypeSchema::of::<#ret>()),
+    }
+}
+
+/// `Result<T, E>` → `Some(E)` when the type is spelled as a two-argument `Result`.
+pub fn result_error_type(ty: &Type) -> Option<Type> {
+    result_types(ty).map(|(_, e)| e)
 }
 
 /// The declared return type, `()` when omitted.

@@ -5,7 +5,8 @@
 
 use crate::names::{self, Meaning, Scope};
 use proc_macro2::TokenStream;
-use quote::{ToTokens, quote};
+use quote::{ToTokens, quote, quote_spanned};
+use syn::spanned::Spanned;
 use syn::visit::{self, Visit};
 use syn::{Expr, ExprCall, GenericArgument, ItemFn, Lit, PathArguments, Type};
 
@@ -32,7 +33,10 @@ pub fn tokens(waits: &[Wait], krate: &TokenStream) -> TokenStream {
     let defs = waits.iter().map(|w| {
         let name = &w.name;
         match &w.ty {
-            Some(ty) => quote!(#krate::__private::SignalDef::typed::<#ty>(#name)),
+            // Spanned at the type: one without a JSON Schema is reported there.
+            Some(ty) => {
+                quote_spanned!(ty.span()=> #krate::__private::SignalDef::typed::<#ty>(#name))
+            }
             None => quote!(#krate::__private::SignalDef::untyped(#name)),
         }
     });

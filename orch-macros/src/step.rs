@@ -247,6 +247,18 @@ fn generate(step: &Step) -> TokenStream {
         dyn ::core::ops::Fn(#(#tys),*) -> ::core::option::Option<#krate::__private::BoxFuture<'static, #ret>>
             + ::core::marker::Send + ::core::marker::Sync
     };
+    // The step's JSON Schemas, registered for the API's definitions; `TypeSchema::of` is also
+    // the check that each type has one, reported on the user's type.
+    let arg_types = params.iter().map(|p| {
+        // The key a worker reads the argument under: the parameter's name (`arg<i>` for a
+        // destructuring pattern), without `r#`.
+        let name = p.name.to_string();
+        let name = name.strip_prefix("r#").unwrap_or(&name);
+        let name = name.strip_prefix("__orch_").unwrap_or(name);
+        let ty = &p.ty;
+        quote_spanned!(ty.span()=> (#name, #krate::__private::TypeSchema::of::<#ty>()))
+    });
+    let output_type = args::output_schema(ret, krate);
     let twin_doc = format!(
         "Test doubles for step `{name}` (see `orch_runtime::testing`): \
          `{ident}::mock(…)` replaces it, `{ident}::fail_first(k, …)` fails its first k attempts."
@@ -279,6 +291,18 @@ fn generate(step: &Step) -> TokenStream {
         #[doc = #twin_doc]
         #[allow(non_camel_case_types, dead_code)]
         #vis struct #ident {}
+
+        const _: () = {
+            const __ORCH_ARG_TYPES: &[(&str, #krate::__private::TypeSchema)] = &[#(#arg_types),*];
+            const __ORCH_OUTPUT_TYPE: #krate::__private::TypeSchema = #output_type;
+            #krate::__private::inventory::submit! {
+                #krate::__private::StepDef {
+                    name: #name,
+                    args: __ORCH_ARG_TYPES,
+                    output: __ORCH_OUTPUT_TYPE,
+                }
+            }
+        };
 
         #[allow(dead_code)]
         impl #ident {

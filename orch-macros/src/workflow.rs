@@ -171,6 +171,12 @@ fn generate(wf: &Workflow) -> TokenStream {
         .chain(std::iter::once(
             quote_spanned!(ret.span()=> #krate::__private::assert_serde::<#ret>();),
         ));
+    // Each type's JSON Schema; `TypeSchema::of` is also the check that it has one, reported
+    // on the user's type.
+    let arg_types = tys
+        .iter()
+        .map(|t| quote_spanned!(t.span()=> #krate::__private::TypeSchema::of::<#t>()));
+    let output_type = args::output_schema(ret, krate);
     let marker_doc = format!(
         "The workflow `{name}` (from `fn {ident}`): pass it to `Runtime::start` to run it durably."
     );
@@ -222,8 +228,12 @@ fn generate(wf: &Workflow) -> TokenStream {
                 pub const SIGNALS: &'static [#krate::__private::SignalDef] = #signal_defs;
             }
 
+            const __ORCH_ARG_TYPES: &[#krate::__private::TypeSchema] = &[#(#arg_types),*];
+            const __ORCH_OUTPUT_TYPE: #krate::__private::TypeSchema = #output_type;
+
             #krate::__private::inventory::submit! {
                 #krate::__private::WorkflowDef::of::<#marker>()
+                    .with_types(__ORCH_ARG_TYPES, __ORCH_OUTPUT_TYPE)
                     .with_shape(#marker::SHAPE)
                     .with_args(&[#(#arg_docs),*])
                     .with_signals(#marker::SIGNALS)

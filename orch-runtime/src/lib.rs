@@ -10,7 +10,7 @@
 //! use orch_runtime::prelude::*;
 //! use serde::{Deserialize, Serialize};
 //!
-//! #[derive(Serialize, Deserialize)]
+//! #[derive(Serialize, Deserialize, JsonSchema)]
 //! struct Order { id: u64, cents: u64 }
 //!
 //! #[step(retry = Retry::exponential(ms(100)).max_attempts(5), timeout = secs(10))]
@@ -68,6 +68,7 @@ mod replay;
 mod replayer;
 pub mod retry;
 mod runtime;
+pub mod schema;
 #[cfg(feature = "http")]
 pub mod server;
 pub mod step;
@@ -82,6 +83,11 @@ pub use error::Error;
 pub use orch_macros::{step, workflow};
 pub use retry::{Retry, Retryable, StepError, ms, secs};
 pub use runtime::{Run, Runtime, RuntimeBuilder};
+/// The `schemars` crate orch describes types with; `#[derive(JsonSchema)]` finds it through this
+/// re-export when `schemars` (or the prelude) is in scope, so a direct dependency is optional.
+pub use schemars;
+/// Derives a type's JSON Schema (schemars' derive; its trait of the same name comes with it).
+pub use schemars::JsonSchema;
 #[cfg(feature = "http")]
 pub use server::HttpConfig;
 pub use store::{AttemptRecord, EntryKind, InstanceRecord, JournalEntry, ListFilter, Status};
@@ -100,8 +106,8 @@ pub mod orch {
 pub mod prelude {
     pub use crate::orch;
     pub use crate::{
-        Error as OrchError, Retry, Retryable, Run, Runtime, Status, StepError, Workflow, ms, secs,
-        step, workflow,
+        Error as OrchError, JsonSchema, Retry, Retryable, Run, Runtime, Status, StepError,
+        Workflow, ms, schemars, secs, step, workflow,
     };
     pub use tokio::{join, try_join};
 }
@@ -112,6 +118,7 @@ pub mod __private {
     pub use crate::durable::call_workflow;
     pub use crate::graph::{Arm, Node};
     pub use crate::retry::{Retry, Retryable, StepError};
+    pub use crate::schema::{StepDef, TypeSchema};
     pub use crate::step::{
         ErrorPolicy, StepCall, StepOptions, begin as begin_step, run as run_step,
         run_queued as run_queued_step,

@@ -122,7 +122,9 @@ impl Retry {
 ///
 /// Steps may return any serde error type; this one also receives panics and timeouts, so a
 /// workflow can handle them (any error type with `From<StepError>` does).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, thiserror::Error,
+)]
 #[error("{message}")]
 pub struct StepError {
     /// What went wrong.

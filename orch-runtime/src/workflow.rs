@@ -2,6 +2,7 @@
 
 use crate::error::Error;
 use crate::graph::{Drawing, Node};
+use crate::schema::{Described, TypeSchema};
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -49,9 +50,21 @@ pub struct WorkflowDef {
     /// The shapes of the input and output types, traced through their serde impls (see
     /// [`type_schema`]).
     pub schemas: fn() -> (serde_json::Value, serde_json::Value),
+    /// The JSON Schemas of the arguments and the output, recorded by `#[workflow]` (`None` for
+    /// a definition made without it); see [`WorkflowDef::input_schema`].
+    pub types: Option<WorkflowTypes>,
     /// The signals the body waits for by a literal name (`orch::signal::<T>("name")`), found
     /// by `#[workflow]`; see [`WorkflowDef::signal_check`].
     pub signals: &'static [SignalDef],
+}
+
+/// The JSON Schemas of a workflow's arguments and output.
+#[derive(Clone, Copy, Debug)]
+pub struct WorkflowTypes {
+    /// Each argument's type, in order.
+    pub args: &'static [TypeSchema],
+    /// The return type.
+    pub output: TypeSchema,
 }
 
 /// A signal a workflow waits for, as `#[workflow]` found it in the body.
@@ -72,17 +85,20 @@ pub struct SignalType {
     pub check: fn(&serde_json::Value) -> Result<(), String>,
     /// The type's shape, traced through its serde impl (see [`type_schema`]).
     pub schema: fn() -> serde_json::Value,
+    /// The type's JSON Schema.
+    pub json: TypeSchema,
 }
 
 impl SignalDef {
     /// A wait whose payload type is `T`.
-    pub const fn typed<T: DeserializeOwned>(name: &'static str) -> SignalDef {
+    pub const fn typed<T: DeserializeOwned + Described>(name: &'static str) -> SignalDef {
         SignalDef {
             name,
             payload: Some(SignalType {
                 type_name: std::any::type_name::<T>,
                 check: check_value::<T>,
                 schema: type_schema::<T>,
+                json: TypeSchema::of::<T>(),
             }),
         }
     }
@@ -137,6 +153,7 @@ impl WorkflowDef {
             input_type: std::any::type_name::<W::Input>,
             output_type: std::any::type_name::<W::Output>,
             schemas: schemas::<W>,
+            types: None,
             args: &[],
             signals: &[],
         }
@@ -165,6 +182,28 @@ impl WorkflowDef {
             }
             _ => SignalCheck::Unchecked,
         }
+    }
+
+    /// The same definition with the JSON Schemas of its arguments and output (the macro's output
+    /// uses this).
+    pub const fn with_types(mut self, args: &'static [TypeSchema], output: TypeSchema) -> Self {
+        self.types = Some(WorkflowTypes { args, output });
+        self
+    }
+
+    /// The input's JSON Schema (self-contained, 2020-12): the one argument's, `null` for none,
+    /// an array with one item per argument for several.
+    pub fn input_schema(&self) -> Option<serde_json::Value> {
+        let types = self.types?;
+        Some(match types.args {
+            [one] => one.document(),
+            args => crate::schema::document(|g| crate::schema::arguments_tuple(g, args)),
+        })
+    }
+
+    /// The output's JSON Schema (self-contained, 2020-12).
+    pub fn output_schema(&self) -> Option<serde_json::Value> {
+        Some(self.types?.output.document())
     }
 
     /// The same definition with the body's shape (the macro's output uses this).

@@ -193,7 +193,7 @@ fn usage_errors_exit_2_and_say_what_is_wrong() {
 
 // ---------- a real server ----------
 
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
 struct Parcel {
     id: String,
     items: u64,

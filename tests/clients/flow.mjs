@@ -1,5 +1,6 @@
 // start -> get -> search -> journal -> retry through openapi-fetch, typed by the paths that
-// openapi-typescript generated from the served document. Usage: node flow.mjs <base> <failed-id>
+// openapi-typescript generated from the served document, and a start -> get through the
+// checkout's typed operations. Usage: node flow.mjs <base> <failed-id>
 import createClient from 'openapi-fetch';
 import assert from 'node:assert/strict';
 
@@ -17,6 +18,11 @@ const started = ok(await client.POST('/api/v1/instances', { body: { workflow: 'c
 assert.equal(started.id, 'ts-order');
 const got = ok(await client.GET('/api/v1/instances/{id}', { params: { path: { id: 'ts-order' } } }), 'get');
 assert.equal(got.workflow, 'checkout');
+// The checkout's typed operations (their types are checked by typed.ts).
+const typed = { id: 'typed-ts', customer: 'typed-ts-customer', items: [{ sku: 'mug', qty: 2 }], card: '4242', address: '1 Typed Way' };
+ok(await client.POST('/api/v1/definitions/checkout/instances', { body: { input: typed, id: 'typed-ts' } }), 'typed start');
+const typedGot = ok(await client.GET('/api/v1/definitions/checkout/instances/{id}', { params: { path: { id: 'typed-ts' } } }), 'typed get');
+assert.equal(typedGot.input.items[0].qty, 2);
 let page = ok(await client.GET('/api/v1/instances', { params: { query: { workflow: 'checkout', id_prefix: 'ts-' } } }), 'search');
 assert.deepEqual(page.instances.map((i) => i.id), ['ts-order']);
 const end = Date.now() + 30000;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Generates a Python client (openapi-python-client) and a TypeScript client (openapi-typescript
 # + openapi-fetch) from the OpenAPI document a running orch server serves, and runs a
-# start -> get -> search -> journal -> retry flow through each.
+# start -> get -> search -> journal -> retry flow through each; checks that the checkout
+# workflow's input and output are real models in both (not Any/unknown).
 # Usage: tests/clients/run.sh <base-url> <id-of-a-failed-checkout-instance>
 # Tools are installed once, pinned, under target/clients (set ORCH_CLIENTS_DIR to move it).
 set -euo pipefail
@@ -43,6 +44,11 @@ if grep -n "Record<string, never>" "$work/ts/schema.d.ts" |
   echo "openapi-typescript typed a schema as Record<string, never> (a bare object schema)" >&2
   exit 1
 fi
+# The checkout's models are its Rust types: typed.ts compiles only if they are (its
+# @ts-expect-error lines fail to compile when the input is `unknown` or `any`).
+cp "$here/typed.ts" "$work/ts/typed.ts"
+(cd "$work/ts" && npx --no-install tsc --noEmit --strict --skipLibCheck typed.ts)
+echo "typescript models: ok"
 cp "$here/flow.mjs" "$work/ts/flow.mjs"
 (cd "$work/ts" && node flow.mjs "$base" "$failed")
 echo "generated clients: ok"

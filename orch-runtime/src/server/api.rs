@@ -2,8 +2,8 @@
 
 use super::auth::{Auth, Caller, Refused, Role};
 use super::params::{
-    Pairs, Segment, check_workflow, cursor_of, duration_param, graph_format, query_from_json,
-    query_from_params,
+    Pairs, Segment, Segments, check_workflow, cursor_of, duration_param, graph_format,
+    query_from_json, query_from_params,
 };
 use super::views::{self, json_text, time};
 use crate::error::Error;
@@ -38,8 +38,6 @@ impl AppState {
     }
 }
 
-const OPENAPI: &str = include_str!("openapi.json");
-
 pub(crate) fn routes(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/v1/openapi.json", get(openapi))
@@ -47,6 +45,15 @@ pub(crate) fn routes(state: AppState) -> Router {
         .route("/api/v1/definitions", get(definitions))
         .route("/api/v1/definitions/{name}", get(definition))
         .route("/api/v1/definitions/{name}/graph", get(definition_graph))
+        .route("/api/v1/definitions/{name}/instances", post(start_typed))
+        .route(
+            "/api/v1/definitions/{name}/instances/{id}",
+            get(instance_typed),
+        )
+        .route(
+            "/api/v1/definitions/{name}/instances/{id}/signals/{signal}",
+            post(signal_typed),
+        )
         .route("/api/v1/instances", get(search).post(start))
         .route("/api/v1/instances/{id}", get(instance))
         .route("/api/v1/instances/{id}/journal", get(journal))
@@ -292,6 +299,29 @@ fn body_object(body: Result<Bytes, BytesRejection>) -> ApiResult<Map<String, Val
     }
 }
 
+/// Any JSON body (an empty body counts as `null`).
+fn body_value(body: Result<Bytes, BytesRejection>) -> ApiResult<Value> {
+    let bytes = body.map_err(|rej| {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                rej.status(),
+                "payload_too_large",
+                format!(
+                    "the request body is over the limit of {} bytes",
+                    super::MAX_BODY
+                ),
+            )
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {}", rej.body_text()))
+        }
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+}
+
 pub(crate) fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -409,8 +439,9 @@ async fn metrics(State(state): State<AppState>) -> ApiResult {
     ))
 }
 
-async fn openapi() -> Response {
-    text(OPENAPI.to_string(), "application/json")
+async fn openapi(State(state): State<AppState>) -> Response {
+    let doc = super::openapi::document(&state.rt.definitions());
+    text(doc.to_string(), "application/json")
 }
 
 async fn whoami(State(state): State<AppState>, c: Option<axum::Extension<Caller>>) -> Response {
@@ -496,11 +527,14 @@ async fn definition(State(state): State<AppState>, Segment(name): Segment) -> Ap
     let counts = counts_by_workflow(&state.rt).await?;
     let mut v = definition_json(def, counts.get(def.name).unwrap_or(&Map::new()));
     if let Value::Object(m) = &mut v {
+        // JSON Schemas, and beside them the serde-reflection traces the web UI reads.
         let (input, output) = (def.schemas)();
-        m.insert("input_schema".into(), input);
-        m.insert("output_schema".into(), output);
+        m.insert("input_schema".into(), json!(def.input_schema()));
+        m.insert("output_schema".into(), json!(def.output_schema()));
+        m.insert("input_trace".into(), input);
+        m.insert("output_trace".into(), output);
         m.insert("shape".into(), crate::graph::shape_json(def.shape));
-        // Each signal with its payload type's full path and traced shape.
+        // Each signal with its payload type's full path, JSON Schema and traced shape.
         m.insert(
             "signals".into(),
             def.signals
@@ -510,7 +544,27 @@ async fn definition(State(state): State<AppState>, Segment(name): Segment) -> Ap
                         "name": s.name,
                         "type": s.payload.map(|p| short_type((p.type_name)())),
                         "type_path": s.payload.map(|p| (p.type_name)()),
-                        "schema": s.payload.map(|p| (p.schema)()),
+                        "schema": s.payload.map(|p| p.json.document()),
+                        "trace": s.payload.map(|p| (p.schema)()),
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into(),
+        );
+        // The steps whose name one `#[step]` function of this binary has, with its types.
+        let mut steps = def.shape.calls();
+        let mut seen = std::collections::HashSet::new();
+        steps.retain(|s| seen.insert(*s));
+        m.insert(
+            "step_schemas".into(),
+            steps
+                .into_iter()
+                .filter_map(crate::schema::StepDef::named)
+                .map(|s| {
+                    json!({
+                        "name": s.name,
+                        "input_schema": s.input_schema(),
+                        "output_schema": s.output_schema(),
                     })
                 })
                 .collect::<Vec<_>>()
@@ -549,7 +603,17 @@ async fn start(
     let workflow = opt_string(&body, "workflow")?.ok_or_else(|| {
         ApiError::bad_request("missing `workflow`: the name of the workflow to start")
     })?;
-    let def = state.rt.definition(&workflow)?;
+    start_instance(&state.rt, c, workflow, &body).await
+}
+
+/// Starts `workflow` with the body's `input` and optional `id`.
+async fn start_instance(
+    rt: &Runtime,
+    c: Option<axum::Extension<Caller>>,
+    workflow: String,
+    body: &Map<String, Value>,
+) -> ApiResult {
+    let def = rt.definition(&workflow)?;
     let Some(input) = body.get("input") else {
         return Err(ApiError::bad_request(format!(
             "missing `input`: the JSON input of workflow `{}` (type {}); use null for a \
@@ -558,11 +622,10 @@ async fn start(
             short_type((def.input_type)())
         )));
     };
-    let id = opt_string(&body, "id")?;
+    let id = opt_string(body, "id")?;
     let input = input.to_string();
     let actor = caller(c).name;
-    let (new_id, created) = state
-        .rt
+    let (new_id, created) = rt
         .start_json_as(&workflow, id.as_deref(), &input, Some(&actor))
         .await?;
     let status = if created {
@@ -573,6 +636,64 @@ async fn start(
     Ok(reply(
         status,
         json!({"id": new_id, "workflow": workflow, "created": created}),
+    ))
+}
+
+/// `POST /api/v1/definitions/{name}/instances`: starts workflow `name` with `{input, id}`.
+async fn start_typed(
+    State(state): State<AppState>,
+    c: Option<axum::Extension<Caller>>,
+    Segment(workflow): Segment,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let body = body_object(body)?;
+    only_fields(&body, &["input", "id"])?;
+    start_instance(&state.rt, c, workflow, &body).await
+}
+
+/// The instance `id` when it is an instance of workflow `name` (else 404).
+async fn instance_of(rt: &Runtime, name: &str, id: &str) -> ApiResult<()> {
+    rt.definition(name)?;
+    match rt.instance(id).await? {
+        Some(r) if r.workflow == name => Ok(()),
+        Some(r) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "instance `{id}` is an instance of workflow `{}`, not of `{name}`",
+                r.workflow
+            ),
+        )),
+        None => Err(Error::NotFound(id.to_string()).into()),
+    }
+}
+
+/// `GET /api/v1/definitions/{name}/instances/{id}`: the instance, when it is one of `name`.
+async fn instance_typed(
+    State(state): State<AppState>,
+    Segments((name, id)): Segments<(String, String)>,
+) -> ApiResult {
+    instance_of(&state.rt, &name, &id).await?;
+    instance(State(state), Segment(id)).await
+}
+
+/// `POST /api/v1/definitions/{name}/instances/{id}/signals/{signal}`: the body is the payload.
+async fn signal_typed(
+    State(state): State<AppState>,
+    c: Option<axum::Extension<Caller>>,
+    Segments((name, id, signal)): Segments<(String, String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let payload = body_value(body)?;
+    instance_of(&state.rt, &name, &id).await?;
+    let actor = caller(c).name;
+    let signal_id = state
+        .rt
+        .signal_as(&id, &signal, &payload, Some(&actor))
+        .await?;
+    Ok(reply(
+        StatusCode::ACCEPTED,
+        json!({"id": id, "signal_id": signal_id}),
     ))
 }
 

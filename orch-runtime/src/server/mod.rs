@@ -9,6 +9,7 @@ mod cluster;
 mod headers;
 mod health;
 mod limits;
+mod openapi;
 mod origin;
 mod params;
 mod views;

@@ -38,6 +38,21 @@ impl<S: Send + Sync> FromRequestParts<S> for Segment {
     }
 }
 
+/// Several path segments (`(name, id)`), percent-decoded, with the same rejection as
+/// [`Segment`].
+pub(crate) struct Segments<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for Segments<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(s)) => Ok(Segments(s)),
+            Err(rej) => Err(path_error(&rej)),
+        }
+    }
+}
+
 fn path_error(rej: &PathRejection) -> ApiError {
     match rej {
         PathRejection::FailedToDeserializePathParams(e) => ApiError::bad_request(format!(

@@ -748,8 +748,8 @@
         countPills(counts, d.name),
         h('p', {}, h('a', { href: instancesHref({ workflow: d.name }), 'data-testid': 'definition-instances' }, `All instances of ${d.name} →`)))),
       card('Steps', h('ol', { class: 'o-steps' }, [...new Set(d.steps || [])].map((st) => h('li', { class: 'o-mono' }, st)))),
-      d.input_schema ? card(`Input: ${d.input_type}`, schemaView(d.input_schema), { testid: 'input-schema' }) : null,
-      d.output_schema ? card(`Output: ${d.output_type}`, schemaView(d.output_schema), { testid: 'output-schema' }) : null);
+      d.input_trace ? card(`Input: ${d.input_type}`, schemaView(d.input_trace), { testid: 'input-schema' }) : null,
+      d.output_trace ? card(`Output: ${d.output_type}`, schemaView(d.output_trace), { testid: 'output-schema' }) : null);
     show(ctx, h('div', { class: 'o-page', 'data-testid': 'definition-page', 'data-workflow': d.name },
       h('div', { class: 'o-crumbs' }, h('a', { href: '#/definitions' }, 'Definitions'), ' / ', d.name),
       pageHead(d.name, `${d.input_type} → ${d.output_type}`, startBtn),
@@ -867,7 +867,7 @@
 
   function startDialog(d) {
     const id = h('input', { name: 'id', placeholder: 'leave empty for a generated id', 'data-testid': 'start-id', autocomplete: 'off' });
-    const input = jsonField('Input (JSON)', 'input', JSON.stringify(sampleOf(d.input_schema), null, 2), 'start-input');
+    const input = jsonField('Input (JSON)', 'input', JSON.stringify(sampleOf(d.input_trace), null, 2), 'start-input');
     openDialog({
       title: `Start ${d.name}`,
       intro: `The input must deserialize into ${d.input_type}. Starting with an id that exists returns that instance.`,
