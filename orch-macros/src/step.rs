@@ -206,6 +206,30 @@ fn generate(step: &Step) -> TokenStream {
         quote!()
     };
     let fn_token = &func.sig.fn_token;
+    let arg_types = params.iter().map(|p| {
+        // The key a worker reads the argument under: the parameter's name (`arg<i>` for a
+        // destructuring pattern), without `r#`.
+        let name = p.name.to_string();
+        let name = name.strip_prefix("r#").unwrap_or(&name);
+        let name = name.strip_prefix("__orch_").unwrap_or(name);
+        let ty = &p.ty;
+        quote_spanned!(ty.span()=> (#name, #krate::__private::TypeSchema::of::<#ty>()))
+    });
+    let output_type = args::output_schema(ret, krate);
+    // The step's JSON Schemas, registered for the API's definitions (queued or not).
+    let step_def = quote! {
+        const _: () = {
+            const __ORCH_ARG_TYPES: &[(&str, #krate::__private::TypeSchema)] = &[#(#arg_types),*];
+            const __ORCH_OUTPUT_TYPE: #krate::__private::TypeSchema = #output_type;
+            #krate::__private::inventory::submit! {
+                #krate::__private::StepDef {
+                    name: #name,
+                    args: __ORCH_ARG_TYPES,
+                    output: __ORCH_OUTPUT_TYPE,
+                }
+            }
+        };
+    };
     if let Some(queue) = queue {
         let queued = Queued {
             name,
@@ -216,6 +240,7 @@ fn generate(step: &Step) -> TokenStream {
             retry: &retry,
             timeout: &timeout,
             serde_check: &serde_check,
+            step_def: &step_def,
             krate,
         };
         return generate_queued(func, &queued);
@@ -249,16 +274,6 @@ fn generate(step: &Step) -> TokenStream {
     };
     // The step's JSON Schemas, registered for the API's definitions; `TypeSchema::of` is also
     // the check that each type has one, reported on the user's type.
-    let arg_types = params.iter().map(|p| {
-        // The key a worker reads the argument under: the parameter's name (`arg<i>` for a
-        // destructuring pattern), without `r#`.
-        let name = p.name.to_string();
-        let name = name.strip_prefix("r#").unwrap_or(&name);
-        let name = name.strip_prefix("__orch_").unwrap_or(name);
-        let ty = &p.ty;
-        quote_spanned!(ty.span()=> (#name, #krate::__private::TypeSchema::of::<#ty>()))
-    });
-    let output_type = args::output_schema(ret, krate);
     let twin_doc = format!(
         "Test doubles for step `{name}` (see `orch_runtime::testing`): \
          `{ident}::mock(…)` replaces it, `{ident}::fail_first(k, …)` fails its first k attempts."
@@ -292,17 +307,7 @@ fn generate(step: &Step) -> TokenStream {
         #[allow(non_camel_case_types, dead_code)]
         #vis struct #ident {}
 
-        const _: () = {
-            const __ORCH_ARG_TYPES: &[(&str, #krate::__private::TypeSchema)] = &[#(#arg_types),*];
-            const __ORCH_OUTPUT_TYPE: #krate::__private::TypeSchema = #output_type;
-            #krate::__private::inventory::submit! {
-                #krate::__private::StepDef {
-                    name: #name,
-                    args: __ORCH_ARG_TYPES,
-                    output: __ORCH_OUTPUT_TYPE,
-                }
-            }
-        };
+        #step_def
 
         #[allow(dead_code)]
         impl #ident {
@@ -354,6 +359,7 @@ struct Queued<'a> {
     retry: &'a TokenStream,
     timeout: &'a TokenStream,
     serde_check: &'a TokenStream,
+    step_def: &'a TokenStream,
     krate: &'a TokenStream,
 }
 
@@ -371,6 +377,7 @@ fn generate_queued(func: &ItemFn, q: &Queued<'_>) -> TokenStream {
         retry,
         timeout,
         serde_check,
+        step_def,
         krate,
     } = q;
     let attrs = &func.attrs;
@@ -430,6 +437,8 @@ fn generate_queued(func: &ItemFn, q: &Queued<'_>) -> TokenStream {
                 ).await
             }
         }
+
+        #step_def
 
         const _: () = {
             fn __orch_serve(
