@@ -121,13 +121,7 @@ where
             make().await
         }
         Call::Halted => std::future::pending().await,
-        Call::Replay { ctx, entry } => {
-            let value = replay(&ctx, &entry).await;
-            if (policy.judge)(&value).is_some() {
-                ctx.note_failed_step(&entry.name, entry.seq);
-            }
-            value
-        }
+        Call::Replay { ctx, entry } => replayed(&ctx, &entry, &policy).await,
         Call::Fresh { call, name } => execute(call, name, options, How::Local(make), policy).await,
     }
 }
@@ -150,18 +144,25 @@ where
         // Outside a workflow (a plain call, a step inside a step) the body runs here.
         Call::Plain => local().await,
         Call::Halted => std::future::pending().await,
-        Call::Replay { ctx, entry } => {
-            let value = replay(&ctx, &entry).await;
-            if (policy.judge)(&value).is_some() {
-                ctx.note_failed_step(&entry.name, entry.seq);
-            }
-            value
-        }
+        Call::Replay { ctx, entry } => replayed(&ctx, &entry, &policy).await,
         Call::Fresh { call, name } => {
             let how = How::<fn() -> std::future::Ready<R>>::Queued { queue, input };
             execute(call, name, options, how, policy).await
         }
     }
+}
+
+/// A journaled call's recorded outcome; an error value marks the step failed (for retry).
+async fn replayed<R: DeserializeOwned>(
+    ctx: &WorkflowCtx,
+    entry: &JournalEntry,
+    policy: &ErrorPolicy<R>,
+) -> R {
+    let value = replay(ctx, entry).await;
+    if (policy.judge)(&value).is_some() {
+        ctx.note_failed_step(&entry.name, entry.seq);
+    }
+    value
 }
 
 /// Never returns: parks the operation after a halt (the engine stops polling the instance),

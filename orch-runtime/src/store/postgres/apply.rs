@@ -336,6 +336,23 @@ pub(crate) async fn create_many(
         .collect()
 }
 
+/// Judges `fence` against the first columns a fenced statement returns (the instance's status,
+/// owner and epoch as its row lock saw them): [`StoreError::LeaseLost`] unless it holds.
+fn fence_held(row: &Row, fence: &Fence, ctx: &str) -> Result<(), StoreError> {
+    let status: Option<String> = row.try_get(0).map_err(|e| pg_error(ctx, &e))?;
+    let owner: Option<String> = row.try_get(1).map_err(|e| pg_error(ctx, &e))?;
+    let epoch: Option<i64> = row.try_get(2).map_err(|e| pg_error(ctx, &e))?;
+    let found = status.as_ref().map(|_| {
+        let epoch = epoch.and_then(|e| u64::try_from(e).ok()).unwrap_or(0);
+        (owner, epoch)
+    });
+    super::ownership::judge(fence, found.as_ref())?;
+    if let Some(raw) = status {
+        parse_status(&fence.instance, &raw)?;
+    }
+    Ok(())
+}
+
 /// Whether `ops` is a lone journal append, which [`append_fenced`] writes in one statement.
 pub(crate) fn is_lone_append(ops: &[WriteOp]) -> bool {
     matches!(ops, [WriteOp::Append { .. }])
@@ -365,26 +382,8 @@ pub(crate) async fn append_fenced(
         .query_one(APPEND_FENCED, &params)
         .await
         .map_err(|e| pg_error(&ctx(), &e))?;
-    let status: Option<String> = row.try_get(0).map_err(|e| pg_error(&ctx(), &e))?;
-    let owner: Option<String> = row.try_get(1).map_err(|e| pg_error(&ctx(), &e))?;
-    let found_epoch: Option<i64> = row.try_get(2).map_err(|e| pg_error(&ctx(), &e))?;
+    fence_held(&row, fence, &ctx())?;
     let inserted: i64 = row.try_get(3).map_err(|e| pg_error(&ctx(), &e))?;
-    let found_epoch = found_epoch.and_then(|e| u64::try_from(e).ok()).unwrap_or(0);
-    if status.is_none()
-        || owner.as_deref() != Some(fence.node.as_str())
-        || found_epoch != fence.epoch
-    {
-        return Err(StoreError::LeaseLost {
-            instance: id.to_string(),
-            node: fence.node.to_string(),
-            epoch: fence.epoch,
-            current_owner: owner,
-            current_epoch: found_epoch,
-        });
-    }
-    if let Some(s) = status {
-        parse_status(id, &s)?;
-    }
     if inserted == 0 {
         return Err(seq_taken(id, entry.seq));
     }
@@ -448,24 +447,9 @@ pub(crate) async fn finish_fenced(
         )
         .await
         .map_err(|e| pg_error(&ctx(), &e))?;
-    let found: Option<String> = row.try_get(0).map_err(|e| pg_error(&ctx(), &e))?;
-    let owner: Option<String> = row.try_get(1).map_err(|e| pg_error(&ctx(), &e))?;
-    let found_epoch: Option<i64> = row.try_get(2).map_err(|e| pg_error(&ctx(), &e))?;
+    fence_held(&row, fence, &ctx())?;
     let changed: i64 = row.try_get(3).map_err(|e| pg_error(&ctx(), &e))?;
     let parent: Option<String> = row.try_get(4).map_err(|e| pg_error(&ctx(), &e))?;
-    let found_epoch = found_epoch.and_then(|e| u64::try_from(e).ok()).unwrap_or(0);
-    if found.is_none() || owner.as_deref() != Some(node) || found_epoch != fence.epoch {
-        return Err(StoreError::LeaseLost {
-            instance: id.to_string(),
-            node: fence.node.to_string(),
-            epoch: fence.epoch,
-            current_owner: owner,
-            current_epoch: found_epoch,
-        });
-    }
-    if let Some(raw) = found {
-        parse_status(id, &raw)?;
-    }
     let mut woken = Vec::new();
     if changed > 0 {
         woken.push(Wakeup::Finished {
