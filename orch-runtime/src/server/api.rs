@@ -25,11 +25,21 @@ use std::collections::{BTreeMap, HashMap};
 pub(crate) struct AppState {
     rt: Runtime,
     auth: Auth,
+    workers: std::sync::Arc<super::tasks::Workers>,
 }
 
 impl AppState {
     pub(crate) fn new(rt: Runtime, auth: Auth) -> AppState {
-        AppState { rt, auth }
+        AppState {
+            rt,
+            auth,
+            workers: Default::default(),
+        }
+    }
+
+    /// The workers this node served recently.
+    pub(crate) fn workers(&self) -> &super::tasks::Workers {
+        &self.workers
     }
 
     /// The runtime this server serves.
@@ -71,6 +81,14 @@ pub(crate) fn routes(state: AppState) -> Router {
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/nodes", get(super::cluster::nodes))
         .route("/api/v1/compatibility", get(super::cluster::compatibility))
+        .route("/api/v1/tasks/lease", post(super::tasks::lease))
+        .route(
+            "/api/v1/tasks/{id}/heartbeat",
+            post(super::tasks::heartbeat),
+        )
+        .route("/api/v1/tasks/{id}/complete", post(super::tasks::complete))
+        .route("/api/v1/tasks/{id}/fail", post(super::tasks::fail))
+        .route("/api/v1/queues", get(super::tasks::queues))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
@@ -159,6 +177,8 @@ impl From<Error> for ApiError {
             | Error::Store(StoreError::Finished { .. } | StoreError::Conflict { .. }) => {
                 (StatusCode::CONFLICT, "conflict")
             }
+            // The message says what happened and that the worker should drop the task.
+            Error::Store(StoreError::TaskLost { .. }) => (StatusCode::CONFLICT, "task_lost"),
             Error::ShutDown | Error::Store(StoreError::Closed) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
@@ -269,21 +289,7 @@ fn caller(req_caller: Option<axum::Extension<Caller>>) -> Caller {
 
 /// A JSON object body (an empty body counts as `{}`).
 fn body_object(body: Result<Bytes, BytesRejection>) -> ApiResult<Map<String, Value>> {
-    let bytes = body.map_err(|rej| {
-        let status = rej.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                status,
-                "payload_too_large",
-                format!(
-                    "the request body is over the limit of {} bytes",
-                    super::MAX_BODY
-                ),
-            )
-        } else {
-            ApiError::bad_request(format!("cannot read the request body: {}", rej.body_text()))
-        }
-    })?;
+    let bytes = body.map_err(body_unread)?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
@@ -301,25 +307,29 @@ fn body_object(body: Result<Bytes, BytesRejection>) -> ApiResult<Map<String, Val
 
 /// Any JSON body (an empty body counts as `null`).
 fn body_value(body: Result<Bytes, BytesRejection>) -> ApiResult<Value> {
-    let bytes = body.map_err(|rej| {
-        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                rej.status(),
-                "payload_too_large",
-                format!(
-                    "the request body is over the limit of {} bytes",
-                    super::MAX_BODY
-                ),
-            )
-        } else {
-            ApiError::bad_request(format!("cannot read the request body: {}", rej.body_text()))
-        }
-    })?;
+    let bytes = body.map_err(body_unread)?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+}
+
+/// A request body that could not be read: over [`MAX_BODY`](super::MAX_BODY), or cut off.
+pub(crate) fn body_unread(rej: BytesRejection) -> ApiError {
+    let status = rej.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            status,
+            "payload_too_large",
+            format!(
+                "the request body is over the limit of {} bytes",
+                super::MAX_BODY
+            ),
+        )
+    } else {
+        ApiError::bad_request(format!("cannot read the request body: {}", rej.body_text()))
+    }
 }
 
 pub(crate) fn kind_of(v: &Value) -> &'static str {

@@ -12,6 +12,7 @@ mod limits;
 mod openapi;
 mod origin;
 mod params;
+mod tasks;
 mod views;
 
 use crate::error::Error;
@@ -29,6 +30,10 @@ pub use limits::{
     MAX_URI_BYTES,
 };
 pub use params::{MAX_ATTR_FILTERS, MAX_PAGE};
+pub use tasks::{
+    LEASE_MS, MAX_MESSAGE_BYTES, MAX_QUEUES_PER_LEASE, MAX_TASKS_PER_LEASE, MAX_WAIT_MS,
+    MAX_WORKER_LEN,
+};
 
 /// Largest request body the API reads.
 pub const MAX_BODY: usize = 2 * 1024 * 1024;

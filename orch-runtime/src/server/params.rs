@@ -3,12 +3,13 @@
 //! each one refuses bad text with a clean [`ApiError`] and never panics (property-tested
 //! below over arbitrary strings).
 
-use super::api::{ApiError, ApiResult, kind_of, list, only_fields};
+use super::api::{ApiError, ApiResult, body_unread, kind_of, list, only_fields};
 use crate::limits::{MAX_ATTR_KEY_BYTES, MAX_ATTR_VALUE_BYTES, MAX_ID_LEN};
 use crate::runtime::Runtime;
 use crate::store::{Cursor, Millis, Query, Status};
+use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{FromRequestParts, Path};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -97,6 +98,29 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Par
             .map_err(|e: QueryRejection| {
                 ApiError::bad_request(format!("bad query string: {}", e.body_text()))
             })
+    }
+}
+
+/// The JSON request body as the typed request `T` (a struct that denies unknown fields; an
+/// empty body counts as `{}`). A body that does not fit is a `bad_request` with the JSON error
+/// body, naming the field; one over [`MAX_BODY`](super::MAX_BODY) is a `payload_too_large`.
+pub(crate) struct Body<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(body_unread)?;
+        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(text).map(Body).map_err(|e| {
+            // serde quotes an unknown field whole: keep the message short whatever was sent.
+            let e: String = e.to_string().chars().take(300).collect();
+            ApiError::bad_request(format!("bad request body: {e}"))
+        })
     }
 }
 
