@@ -3105,6 +3105,7 @@ async fn the_openapi_schemas_match_real_responses() {
             "/api/v1/compatibility",
             "/api/v1/compatibility?workflow=approval&limit=1".into(),
         ),
+        ("/api/v1/queues", "/api/v1/queues".into()),
         ("/healthz", "/healthz".into()),
     ] {
         let body = api.ok(&concrete).await;

@@ -289,7 +289,8 @@ fn arbitrary_request_text_is_answered_cleanly_everywhere() {
 
     // Bodies: every free-text or number field of the mutating calls, as any JSON string.
     type Body = fn(String) -> Value;
-    let posts: [(&str, Body); 9] = [
+    // The worker protocol: `wait_ms` is 0 so a lease that is accepted answers at once.
+    let posts: [(&str, Body); 17] = [
         ("/api/v1/instances/p-1/signal", |t| json!({"name": t})),
         ("/api/v1/instances/{}/cancel", |t| json!({"reason": t})),
         ("/api/v1/instances/p-1/retry", |t| json!({"from_seq": t})),
@@ -307,6 +308,35 @@ fn arbitrary_request_text_is_answered_cleanly_everywhere() {
         (
             "/api/v1/bulk/retry",
             |t| json!({"filter": {"attr": {t.clone(): t}}}),
+        ),
+        (
+            "/api/v1/tasks/lease",
+            |t| json!({"worker": t, "queues": ["q"], "wait_ms": 0}),
+        ),
+        (
+            "/api/v1/tasks/lease",
+            |t| json!({"worker": "w", "queues": [t], "wait_ms": 0}),
+        ),
+        (
+            "/api/v1/tasks/lease",
+            |t| json!({"worker": "w", "queues": ["q"], "wait_ms": 0, "max_tasks": t}),
+        ),
+        (
+            "/api/v1/tasks/{}/heartbeat",
+            |t| json!({"token": 1, "lease_ms": t}),
+        ),
+        (
+            "/api/v1/tasks/{}/complete",
+            |t| json!({"token": 1, "output": t}),
+        ),
+        ("/api/v1/tasks/p-1:0:1:1/complete", |t| json!({"token": t})),
+        (
+            "/api/v1/tasks/{}/fail",
+            |t| json!({"token": 1, "message": t, "retryable": false}),
+        ),
+        (
+            "/api/v1/tasks/p-1:0:1:1/fail",
+            |t| json!({"token": 1, "message": "m", "retryable": t}),
         ),
     ];
     let mut runner = TestRunner::new(Config {
@@ -328,6 +358,66 @@ fn arbitrary_request_text_is_answered_cleanly_everywhere() {
             if r.status.is_success() && path.ends_with("/cancel") {
                 return Err(TestCaseError::fail("cancelled an instance named by junk"));
             }
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // Whole bodies of arbitrary bytes, and arbitrary JSON, on the worker protocol's calls.
+    let worker_posts = [
+        "/api/v1/tasks/lease",
+        "/api/v1/tasks/p-1:0:1:1/heartbeat",
+        "/api/v1/tasks/p-1:0:1:1/complete",
+        "/api/v1/tasks/p-1:0:1:1/fail",
+    ];
+    let json_leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_map(Value::from),
+        any::<String>().prop_map(Value::from),
+    ];
+    let any_json = json_leaf.prop_recursive(3, 24, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+            proptest::collection::btree_map(
+                prop_oneof![
+                    Just("worker".to_string()),
+                    Just("queues".to_string()),
+                    Just("token".to_string()),
+                    Just("output".to_string()),
+                    Just("message".to_string()),
+                    Just("retryable".to_string()),
+                    Just("max_tasks".to_string()),
+                    Just("lease_ms".to_string()),
+                    any::<String>(),
+                ],
+                inner,
+                0..6
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    });
+    let bodies = prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..64),
+        any_json.prop_map(|v| {
+            // A lease that is accepted must not wait: its wait_ms is 0 whatever was drawn.
+            let mut v = v;
+            if let Some(m) = v.as_object_mut() {
+                m.insert("wait_ms".into(), json!(0));
+            }
+            v.to_string().into_bytes()
+        }),
+    ];
+    let mut runner = TestRunner::new(Config {
+        cases: 256,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&(0..worker_posts.len(), bodies), |(i, bytes)| {
+            let path = worker_posts[i];
+            let r = tokio.block_on(s.send(Method::POST, path, Some(bytes)));
+            answered_cleanly(path, &r);
             Ok(())
         })
         .unwrap_or_else(|e| panic!("{e}"));

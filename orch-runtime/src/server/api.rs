@@ -5,6 +5,7 @@ use super::params::{
     Pairs, Segment, Segments, check_workflow, cursor_of, duration_param, graph_format,
     query_from_json, query_from_params,
 };
+use super::tasks;
 use super::views::{self, json_text, time};
 use crate::error::Error;
 use crate::graph::Trace;
@@ -25,7 +26,7 @@ use std::collections::{BTreeMap, HashMap};
 pub(crate) struct AppState {
     rt: Runtime,
     auth: Auth,
-    workers: std::sync::Arc<super::tasks::Workers>,
+    workers: std::sync::Arc<tasks::Workers>,
 }
 
 impl AppState {
@@ -38,7 +39,7 @@ impl AppState {
     }
 
     /// The workers this node served recently.
-    pub(crate) fn workers(&self) -> &super::tasks::Workers {
+    pub(crate) fn workers(&self) -> &tasks::Workers {
         &self.workers
     }
 
@@ -81,14 +82,11 @@ pub(crate) fn routes(state: AppState) -> Router {
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/nodes", get(super::cluster::nodes))
         .route("/api/v1/compatibility", get(super::cluster::compatibility))
-        .route("/api/v1/tasks/lease", post(super::tasks::lease))
-        .route(
-            "/api/v1/tasks/{id}/heartbeat",
-            post(super::tasks::heartbeat),
-        )
-        .route("/api/v1/tasks/{id}/complete", post(super::tasks::complete))
-        .route("/api/v1/tasks/{id}/fail", post(super::tasks::fail))
-        .route("/api/v1/queues", get(super::tasks::queues))
+        .route("/api/v1/tasks/lease", post(tasks::lease))
+        .route("/api/v1/tasks/{id}/heartbeat", post(tasks::heartbeat))
+        .route("/api/v1/tasks/{id}/complete", post(tasks::complete))
+        .route("/api/v1/tasks/{id}/fail", post(tasks::fail))
+        .route("/api/v1/queues", get(tasks::queues))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
