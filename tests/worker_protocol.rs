@@ -4,6 +4,7 @@
 //! HTTP: a waiting long-poll answers as soon as a task is enqueued, heartbeats extend the
 //! lease, an end is stored and wakes the instance, a worker whose lease ended is refused (409
 //! `task_lost`) and changes nothing, and bad bodies are refused with the API's JSON errors.
+//! End to end, a workflow's `#[step(queue = "…")]` is served by such a worker.
 
 #[path = "support/backends.rs"]
 mod backends;
@@ -11,13 +12,14 @@ mod backends;
 mod wait;
 
 use orch_runtime::HttpConfig;
-use orch_runtime::Runtime;
+use orch_runtime::prelude::*;
 use orch_runtime::store::sqlite::{SqliteOptions, SqliteStore};
 use orch_runtime::store::task::{NewTask, TaskRecord, TaskState, task_id};
 use orch_runtime::store::{
     Backend, Created, Fence, InstanceRecord, LeaseTerms, NodeId, Wakeup, WriteOp,
 };
 use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -99,6 +101,7 @@ async fn world_with(
     };
     let rt = Runtime::builder()
         .store(store.clone())
+        .no_workers()
         .http_with(config)
         .build()
         .await
@@ -754,4 +757,103 @@ async fn queues_show_depth_in_flight_ends_and_the_workers_seen() {
         workers[1]
     );
     assert_eq!(workers[0]["last_heartbeat"], Value::Null);
+}
+
+// ---------------------------------------------------------------------------------------------
+// End to end: a workflow's queued step served over HTTP.
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+struct Receipt {
+    charge: String,
+    cents: u64,
+}
+
+/// Served by the test's HTTP worker: the runtime runs no worker of its own (`no_workers`).
+#[step(queue = "http-payments", retry = Retry::none())]
+async fn charge_card(order: String, cents: u64) -> Result<Receipt, StepError> {
+    Err(StepError::permanent(format!(
+        "this binary does not charge {order} ({cents}): an HTTP worker does"
+    )))
+}
+
+#[workflow]
+async fn http_checkout(order: String) -> Result<Receipt, StepError> {
+    charge_card(order, 1250).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_step_is_served_by_a_worker_that_speaks_only_http() {
+    let Some(w) = world("sqlite").await else {
+        return;
+    };
+    let lease = || async {
+        let a = w
+            .post(
+                "/api/v1/tasks/lease",
+                json!({"worker": "py-1", "queues": ["http-payments"], "wait_ms": 60_000}),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        let tasks = a.body["tasks"].as_array().cloned().unwrap_or_default();
+        assert_eq!(tasks.len(), 1, "{}", a.body);
+        tasks[0].clone()
+    };
+    let instance = |id: &'static str| {
+        let w = &w;
+        move || async move {
+            let i = w.get(&format!("/api/v1/instances/{id}")).await.body;
+            match i["status"].as_str() {
+                Some("completed" | "failed") => Ok(i),
+                _ => Err(i),
+            }
+        }
+    };
+
+    for (id, order) in [("hc-1", "order-9"), ("hc-2", "order-10")] {
+        let a = w
+            .post(
+                "/api/v1/instances",
+                json!({"workflow": "http_checkout", "input": order, "id": id}),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    }
+    let first = lease().await;
+    let second = lease().await;
+    let (paid, declined) = if first["instance"] == "hc-1" {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!(paid["step"], "charge_card");
+    assert_eq!(paid["input"], json!({"order": "order-9", "cents": 1250}));
+    assert_eq!(paid["idempotency_key"], "hc-1/1");
+
+    let a = w
+        .post(
+            &format!("/api/v1/tasks/{}/complete", id_of(&paid)),
+            json!({"token": token_of(&paid), "output": {"charge": "ch_1", "cents": 1250}}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let done = wait::wait_until("hc-1 to finish", instance("hc-1")).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(
+        done["output"],
+        json!({"Ok": {"charge": "ch_1", "cents": 1250}})
+    );
+
+    let a = w
+        .post(
+            &format!("/api/v1/tasks/{}/fail", id_of(&declined)),
+            json!({"token": token_of(&declined), "message": "card declined", "retryable": false}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let failed = wait::wait_until("hc-2 to finish", instance("hc-2")).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(
+        failed.to_string().contains("card declined"),
+        "the worker's message is the step's error: {failed}"
+    );
 }
