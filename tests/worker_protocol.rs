@@ -762,7 +762,7 @@ async fn queues_show_depth_in_flight_ends_and_the_workers_seen() {
 // ---------------------------------------------------------------------------------------------
 // End to end: a workflow's queued step served over HTTP.
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
 struct Receipt {
     charge: String,
     cents: u64,
