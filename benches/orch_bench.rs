@@ -19,7 +19,7 @@ use orch_runtime::store::postgres::{PostgresOptions, PostgresStore};
 use orch_runtime::store::sqlite::{SqliteOptions, SqliteStore, Synchronous};
 use orch_runtime::store::{
     Backend as StoreBackend, Created, EntryKind, InstanceRecord, JournalEntry, LeaseTerms, NodeId,
-    Store, WriteOp,
+    WriteOp,
 };
 use orch_runtime::{ListFilter, Status};
 use serde_json::{Value, json};
@@ -542,7 +542,7 @@ fn child_pg_floor(o: &Opts) {
 
 /// Times the store operations a W(n) is made of, one at a time, through orch's own
 /// `SqliteStore` (writer thread and blocking-pool reads included): the parts of a W(5).
-async fn store_breakdown(store: &SqliteStore, runs: usize) -> Value {
+async fn store_breakdown(store: &dyn StoreBackend, label: &str, runs: usize) -> Value {
     let mut create = Vec::with_capacity(runs);
     let mut submit = Vec::with_capacity(runs);
     let mut get = Vec::with_capacity(runs);
@@ -609,7 +609,7 @@ async fn store_breakdown(store: &SqliteStore, runs: usize) -> Value {
         v.sort();
     }
     json!({
-        "kind": "breakdown",
+        "kind": "breakdown", "store": label,
         "create": pct(&create, 50.0), "submit": pct(&submit, 50.0),
         "get": pct(&get, 50.0), "load": pct(&load, 50.0),
     })
@@ -651,7 +651,10 @@ async fn child_latency(o: &Opts, backend: Backend) {
         }));
     }
     if let Some(store) = &h.sqlite {
-        emit(store_breakdown(store, o.runs()).await);
+        emit(store_breakdown(&**store, backend.label(), o.runs()).await);
+    }
+    if let Some(store) = &h.postgres {
+        emit(store_breakdown(&**store, backend.label(), o.runs()).await);
     }
     h.finish(o).await;
 }
@@ -1041,16 +1044,15 @@ fn main() {
             }
         }
         println!("  floor p50 = commits/wf × raw fsync'd commit p50 (what the commits alone cost)");
-        if let Some(b) = latency.iter().find(|r| r["kind"] == "breakdown") {
+        for b in latency.iter().filter(|r| r["kind"] == "breakdown") {
+            let store = b["store"].as_str().unwrap_or("?");
             let (c, s, g, l) = (f(b, "create"), f(b, "submit"), f(b, "get"), f(b, "load"));
             let w5 = latency
                 .iter()
-                .find(|r| r["kind"] == "latency" && r["store"] == "sqlite FULL" && r["n"] == 5)
+                .find(|r| r["kind"] == "latency" && r["store"] == store && r["n"] == 5)
                 .map_or(f64::NAN, |r| f(r, "p50"));
             println!();
-            println!(
-                "== Where a W(5) on sqlite FULL goes: orch's store operations alone, p50 (ms) =="
-            );
+            println!("== Where a W(5) on {store} goes: orch's store operations alone, p50 (ms) ==");
             println!(
                 "  create {c:.3} | submit (1 journal append, awaited) {s:.3} | get {g:.3} | \
                  load {l:.3}"
@@ -1062,10 +1064,15 @@ fn main() {
                 "  W(5) = create + 5 step submits + finish submit = {sum:.3} ms vs measured \
                  p50 {w5:.3} ms (the rest: task hand-offs and the workflow's own work)"
             );
-            if let Some(p) = floor_p50 {
+            let (floor, what) = if store == "postgres" {
+                (pg_floor_p50, "writer task and connection hand-offs, reply")
+            } else {
+                (floor_p50, "writer-thread hand-off and reply")
+            };
+            if let Some(p) = floor {
                 println!(
                     "  per durable write: orch submit {s:.3} ms vs raw commit {p:.3} ms \
-                     (+{:.3} ms: writer-thread hand-off and reply)",
+                     (+{:.3} ms: {what})",
                     s - p
                 );
             }
