@@ -145,14 +145,8 @@ fn generate(step: &Step) -> TokenStream {
     let where_clause = &generics.where_clause;
     let block = &func.block;
     let body_ident = format_ident!("__orch_step_body");
-    let body_params = params.iter().map(|p| {
-        let (pat, ty) = (&p.pat, &p.ty);
-        quote!(#pat: #ty)
-    });
-    let outer_params = params.iter().map(|p| {
-        let (name, ty) = (&p.name, &p.ty);
-        quote!(#name: #ty)
-    });
+    let body_params = body_params(params);
+    let outer_params = outer_params(params);
     // Each attempt gets its own copy of the arguments; references copy for free.
     let clones = params.iter().map(|p| {
         let (name, ty) = (&p.name, &p.ty);
@@ -349,6 +343,28 @@ fn generate(step: &Step) -> TokenStream {
     }
 }
 
+/// `pattern: Type` for each parameter: the body's signature (as the user wrote it).
+fn body_params(params: &[Param]) -> Vec<TokenStream> {
+    params
+        .iter()
+        .map(|p| {
+            let (pat, ty) = (&p.pat, &p.ty);
+            quote!(#pat: #ty)
+        })
+        .collect()
+}
+
+/// `name: Type` for each parameter: the generated function's signature.
+fn outer_params(params: &[Param]) -> Vec<TokenStream> {
+    params
+        .iter()
+        .map(|p| {
+            let (name, ty) = (&p.name, &p.ty);
+            quote!(#name: #ty)
+        })
+        .collect()
+}
+
 /// What a queued step's code is made of.
 struct Queued<'a> {
     name: &'a str,
@@ -386,17 +402,8 @@ fn generate_queued(func: &ItemFn, q: &Queued<'_>) -> TokenStream {
     let fn_token = &func.sig.fn_token;
     let block = &func.block;
     let body_ident = format_ident!("__orch_step_body");
-    let body_params = params.iter().map(|p| {
-        let (pat, ty) = (&p.pat, &p.ty);
-        quote!(#pat: #ty)
-    });
-    let outer_params: Vec<TokenStream> = params
-        .iter()
-        .map(|p| {
-            let (name, ty) = (&p.name, &p.ty);
-            quote!(#name: #ty)
-        })
-        .collect();
+    let body_params = body_params(params);
+    let outer_params = outer_params(params);
     let names: Vec<&syn::Ident> = params.iter().map(|p| &p.name).collect();
     let tys: Vec<&Type> = params.iter().map(|p| &p.ty).collect();
     let keys: Vec<String> = params

@@ -128,6 +128,20 @@ fn servable(serve: &Serve) -> HashMap<&'static str, &'static QueuedStep> {
         .collect()
 }
 
+/// Waits until a wake-up says a task of `queues` may be leasable: one was enqueued there, or
+/// the store changed in a way this process did not see. `false`: the store is gone. (The
+/// in-process worker and the HTTP long-poll both wait with it.)
+pub(crate) async fn queue_stirred(wakeups: &mut crate::store::Wakeups, queues: &[String]) -> bool {
+    loop {
+        match wakeups.recv().await {
+            Some(Wakeup::TaskQueued { queue }) if queues.contains(&queue) => return true,
+            Some(Wakeup::Changed) => return true,
+            Some(_) => {}
+            None => return false,
+        }
+    }
+}
+
 /// Starts serving in a task of its own (none when there is nothing to serve).
 pub(crate) fn spawn(
     store: Arc<dyn Backend>,
@@ -208,16 +222,7 @@ async fn serve_loop(
             .map(|at| Duration::from_millis((at - clock.now_ms()).max(0) as u64))
             .unwrap_or(SAFETY_POLL)
             .min(SAFETY_POLL);
-        let wait = async {
-            loop {
-                match wakeups.recv().await {
-                    Some(Wakeup::TaskQueued { queue }) if queues.contains(&queue) => return true,
-                    Some(Wakeup::Changed) => return true,
-                    Some(_) => {}
-                    None => return false,
-                }
-            }
-        };
+        let wait = queue_stirred(&mut wakeups, &queues);
         let free = async {
             if room == 0 {
                 let _ = slots.acquire().await;

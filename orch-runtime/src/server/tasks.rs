@@ -9,8 +9,9 @@ use super::api::{ApiError, ApiResult, AppState};
 use super::params::{Body, Segment};
 use super::views::{json_text, time};
 use crate::error::Error;
+use crate::store::Millis;
 use crate::store::task::{QueueStats, TaskLease, TaskResult, WorkerTerms, check_queue};
-use crate::store::{Millis, Wakeup, Wakeups};
+use crate::worker::queue_stirred;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -287,19 +288,6 @@ fn task_json(l: &TaskLease) -> Value {
         "lease_expires_at": time(l.expires_at),
         "deadline": l.task.deadline.map(time),
     })
-}
-
-/// Waits until a wake-up says a task of `queues` may be leasable: one was enqueued there, or
-/// the store changed in a way this process did not see. `false`: the store is gone.
-async fn queue_stirred(wakeups: &mut Wakeups, queues: &[String]) -> bool {
-    loop {
-        match wakeups.recv().await {
-            Some(Wakeup::TaskQueued { queue }) if queues.contains(&queue) => return true,
-            Some(Wakeup::Changed) => return true,
-            Some(_) => {}
-            None => return false,
-        }
-    }
 }
 
 /// `POST /api/v1/tasks/lease`: leases up to `max_tasks` tasks of `queues`, waiting up to

@@ -59,17 +59,10 @@ pub(super) async fn get(
     lock: bool,
 ) -> Result<Option<TaskRecord>, StoreError> {
     let ctx = format!("reading task `{id}`");
-    let sql = if lock {
-        "SELECT id, queue, instance, seq, attempt, step, input, idempotency_key, priority, \
-         created_at, deadline, state, worker, token, lease_expires_at, output, error, retryable, \
-         finished_at FROM tasks WHERE id = $1::text FOR UPDATE"
-    } else {
-        "SELECT id, queue, instance, seq, attempt, step, input, idempotency_key, priority, \
-         created_at, deadline, state, worker, token, lease_expires_at, output, error, retryable, \
-         finished_at FROM tasks WHERE id = $1::text"
-    };
+    let lock = if lock { " FOR UPDATE" } else { "" };
+    let sql = format!("SELECT {COLUMNS} FROM tasks WHERE id = $1::text{lock}");
     let row = tx
-        .query_opt(sql, &[&id])
+        .query_opt(&sql, &[&id])
         .await
         .map_err(|e| pg_error(&ctx, &e))?;
     row.map(|r| task_from(&r, &ctx)).transpose()
