@@ -255,6 +255,196 @@ async fn an_attempt_nobody_serves_times_out_and_its_task_is_cancelled() {
     rt.shutdown().await.expect("shutdown");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_waiting_long_for_a_worker_is_unloaded_and_its_task_s_end_resumes_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = || async {
+        let store: Arc<dyn Backend> = Arc::new(
+            orch_runtime::store::sqlite::SqliteStore::open(
+                dir.path().join("orch.db"),
+                Default::default(),
+            )
+            .expect("open"),
+        );
+        let rt = Runtime::builder()
+            .store(store.clone())
+            .no_workers()
+            .keep_loaded_below(Duration::from_millis(20))
+            .build()
+            .await
+            .expect("runtime");
+        (rt, store)
+    };
+    let (rt, _) = open().await;
+    rt.start_with_id(Pay, "order-3", "order-3".to_string())
+        .await
+        .expect("start");
+    // Nobody serves the queue: the waiting instance is unloaded (suspended in the store),
+    // not kept in memory.
+    let suspended = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let rec = rt.instance("order-3").await.expect("read").expect("stored");
+            if rec.status == Status::Suspended {
+                return rec;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the instance waiting for its task is suspended");
+    assert_eq!(suspended.wake_at, None, "no timer: the task's end wakes it");
+    // The process goes away meanwhile; a new one has nothing loaded.
+    rt.shutdown().await.expect("shutdown");
+    let (rt, store) = open().await;
+    let terms = WorkerTerms {
+        worker: "elsewhere".into(),
+        now: now_ms(),
+        ttl: 30_000,
+    };
+    let leased = store
+        .lease_tasks(terms, vec!["payments".into()], 10)
+        .await
+        .expect("lease");
+    assert_eq!(leased.tasks.len(), 1, "one task: {:?}", leased.tasks);
+    let leased = &leased.tasks[0];
+    assert_eq!(leased.task.id, task_id("order-3", 0, 1, 1));
+    let output = r#"{"order":"order-3","cents":1250,"key":"late"}"#;
+    store
+        .finish_task(
+            &leased.task.id,
+            leased.token,
+            TaskResult::Completed {
+                output: output.into(),
+            },
+            now_ms(),
+        )
+        .await
+        .expect("complete");
+    let run = rt.handle(Pay, "order-3").await.expect("handle");
+    let receipt = tokio::time::timeout(Duration::from_secs(60), run.result())
+        .await
+        .expect("the task's end resumed the instance")
+        .expect("result")
+        .expect("paid");
+    assert_eq!(receipt.key, "late");
+    let journal = rt.journal("order-3").await.expect("journal");
+    assert_eq!(journal.len(), 1, "one checkpoint: {journal:?}");
+    let second = store
+        .task(&task_id("order-3", 0, 1, 2))
+        .await
+        .expect("task");
+    assert!(
+        second.is_none(),
+        "no second attempt was enqueued: {second:?}"
+    );
+    rt.shutdown().await.expect("shutdown");
+}
+
+static REFUNDS: AtomicU32 = AtomicU32::new(0);
+
+#[step]
+async fn refund(order: String) -> Result<(), StepError> {
+    let _ = order;
+    REFUNDS.fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}
+
+#[workflow]
+async fn pay_or_refund(order: String) -> Result<Receipt, StepError> {
+    let c = Charge {
+        order: order.clone(),
+        cents: 500,
+    };
+    match charge(c, "cancellable".into()).await {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            refund(order).await?;
+            Err(e)
+        }
+    }
+}
+
+/// Cancels an instance whose queued step waits for a worker, kept loaded (`keep_loaded` long)
+/// or unloaded (short): the step receives the cancellation, its compensation runs, and the
+/// task is cancelled so no worker runs it later.
+async fn cancel_while_waiting_for_a_worker(id: &str, keep_loaded: Duration) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Backend> = Arc::new(
+        orch_runtime::store::sqlite::SqliteStore::open(
+            dir.path().join("orch.db"),
+            Default::default(),
+        )
+        .expect("open"),
+    );
+    let rt = Runtime::builder()
+        .store(store.clone())
+        .no_workers()
+        .keep_loaded_below(keep_loaded)
+        .build()
+        .await
+        .expect("runtime");
+    let run = rt
+        .start_with_id(PayOrRefund, id, id.to_string())
+        .await
+        .expect("start");
+    let task = task_id(id, 0, 1, 1);
+    let want = if keep_loaded > Duration::from_secs(60) {
+        Status::Running
+    } else {
+        Status::Suspended
+    };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let queued = store.task(&task).await.expect("task").is_some();
+            let rec = rt.instance(id).await.expect("read").expect("stored");
+            if queued && rec.status == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the task is queued and the instance waits");
+    let refunds = REFUNDS.load(Ordering::SeqCst);
+    rt.cancel(id, "ops", "customer left").await.expect("cancel");
+    let err = tokio::time::timeout(Duration::from_secs(60), run.result())
+        .await
+        .expect("the cancellation ended the wait")
+        .expect("result")
+        .expect_err("cancelled");
+    assert!(err.is_cancelled(), "{err:?}");
+    assert_eq!(
+        REFUNDS.load(Ordering::SeqCst),
+        refunds + 1,
+        "the compensation ran once"
+    );
+    let t = store.task(&task).await.expect("task").expect("stored");
+    assert_eq!(t.state, TaskState::Cancelled, "no worker may run it now");
+    let terms = WorkerTerms {
+        worker: "late".into(),
+        now: now_ms(),
+        ttl: 30_000,
+    };
+    let leased = store
+        .lease_tasks(terms, vec!["payments".into()], 10)
+        .await
+        .expect("lease");
+    assert!(leased.tasks.is_empty(), "{:?}", leased.tasks);
+    let rec = rt.instance(id).await.expect("read").expect("stored");
+    assert_eq!(rec.status, Status::Cancelled);
+    rt.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_workflow_whose_queued_step_waits_loaded_cancels_the_task_and_compensates() {
+    cancel_while_waiting_for_a_worker("cancel-loaded", Duration::from_secs(3600)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_workflow_whose_queued_step_waits_unloaded_cancels_the_task_and_compensates() {
+    cancel_while_waiting_for_a_worker("cancel-unloaded", Duration::from_millis(20)).await;
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -194,6 +194,22 @@ impl Drop for InflightGuard {
     }
 }
 
+/// An executing operation that turned into a durable wait (a queued step whose task waits
+/// long for a worker): it stops counting as busy, so the instance may be unloaded while it
+/// waits; dropping it makes the operation busy again and removes its waiter.
+pub(crate) struct Parked {
+    ctx: Arc<WorkflowCtx>,
+    seq: u32,
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        let mut st = self.ctx.lock();
+        st.inflight += 1;
+        st.waiters.remove(&self.seq);
+    }
+}
+
 /// Removes a waiter when the waiting future completes or is dropped.
 pub(crate) struct WaiterGuard {
     ctx: Arc<WorkflowCtx>,
@@ -606,6 +622,18 @@ impl WorkflowCtx {
                 waker: waker.clone(),
             },
         );
+    }
+
+    /// The executing operation at `seq` (holding an [`InflightGuard`]) stops counting as busy
+    /// until the returned guard is dropped; meanwhile it registers as a waiter with
+    /// [`wait`](Self::wait) like any durable wait.
+    pub(crate) fn park(self: &Arc<Self>, seq: u32) -> Parked {
+        let mut st = self.lock();
+        st.inflight = st.inflight.saturating_sub(1);
+        Parked {
+            ctx: self.clone(),
+            seq,
+        }
     }
 
     pub(crate) fn waiter_guard(self: &Arc<Self>, seq: u32) -> WaiterGuard {

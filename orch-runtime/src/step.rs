@@ -40,6 +40,9 @@ enum Tried<R> {
     Value(R),
     /// It panicked, timed out, or its worker failed it.
     Failed { message: String, retryable: bool },
+    /// The workflow's cancellation reached a queued step waiting for its task: these writes
+    /// (the delivery, the task's cancellation) go with the step's cancelled outcome.
+    Cancelled(Vec<WriteOp>),
 }
 
 /// A step call as decided when the call expression is evaluated.
@@ -233,7 +236,17 @@ where
     call.started_at = Some(started);
     if let Some(delivered) = ctx.receive_cancel(seq) {
         call.attempts = attempt - 1;
-        return cancelled(&call, name, delivered, &policy).await;
+        let mut ops = vec![delivered];
+        if let How::Queued { .. } = how {
+            // Its task may wait in the queue (enqueued before a restart or an unload): no
+            // worker may run it now.
+            ops.push(WriteOp::CancelTask {
+                instance: ctx.id.clone(),
+                task: crate::store::task::task_id(&ctx.id, ctx.retries, seq, attempt),
+                at: ctx.now_ms(),
+            });
+        }
+        return cancelled(&call, name, ops, &policy).await;
     }
     let (result, last_failure) = loop {
         let attempt_start = ctx.now_ms();
@@ -291,6 +304,10 @@ where
                 Some((message, retryable)) => (message, retryable, Some(value)),
             },
             Tried::Failed { message, retryable } => (message, retryable, None),
+            Tried::Cancelled(ops) => {
+                call.attempts = attempt;
+                return cancelled(&call, name, ops, &policy).await;
+            }
         };
         let record = AttemptRecord {
             seq,
@@ -340,7 +357,7 @@ where
         }
         if let Some(delivered) = ctx.receive_cancel(seq) {
             call.attempts = attempt;
-            return cancelled(&call, name, delivered, &policy).await;
+            return cancelled(&call, name, vec![delivered], &policy).await;
         }
         attempt += 1;
     };
@@ -383,7 +400,7 @@ where
 async fn cancelled<R: Serialize>(
     call: &Fresh,
     name: &'static str,
-    delivered: WriteOp,
+    delivered: Vec<WriteOp>,
     policy: &ErrorPolicy<R>,
 ) -> R {
     let (ctx, seq) = (call.ctx(), call.seq);
@@ -402,7 +419,7 @@ async fn cancelled<R: Serialize>(
             return stop(ctx, Halt::Failed(msg)).await;
         }
     };
-    if let Err(halt) = call.checkpoint(Ok(outcome), vec![delivered]).await {
+    if let Err(halt) = call.checkpoint(Ok(outcome), delivered).await {
         return stop(ctx, halt).await;
     }
     ctx.note_failed_step(name, seq);
@@ -448,71 +465,122 @@ async fn queued_attempt<R: DeserializeOwned>(
         task: Box::new(task),
     };
     ctx.submit(vec![enqueue]).await.map_err(Halt::Store)?;
-    let wait = async {
-        loop {
-            let ended = ctx.task_ended.notified();
-            tokio::pin!(ended);
-            ended.as_mut().enable();
-            let record = ctx
-                .engine
-                .store
-                .task(&id)
-                .await
-                .map_err(Halt::Store)?
-                .ok_or_else(|| {
-                    Halt::Store(crate::store::StoreError::Backend(format!(
-                        "task `{id}` of step `{name}` vanished from the store"
-                    )))
-                })?;
-            match record.state {
-                // Wake-ups are hints: look again now and then even if none comes.
-                TaskState::Pending | TaskState::Leased => {
-                    let _ = tokio::time::timeout(TASK_RECHECK, ended).await;
-                }
-                TaskState::Completed => {
-                    let output = record.output.unwrap_or_default();
-                    return Ok(decode_output(name, &output));
-                }
-                TaskState::Failed => {
-                    return Ok(Tried::Failed {
-                        message: record
-                            .error
-                            .unwrap_or_else(|| format!("step `{name}` failed in its worker")),
-                        retryable: record.retryable,
-                    });
-                }
-                TaskState::Cancelled => {
-                    return Ok(Tried::Failed {
-                        message: format!(
-                            "the task of step `{name}` (attempt {attempt}) was cancelled: {}",
-                            record.error.unwrap_or_default()
-                        ),
-                        retryable: true,
-                    });
-                }
+    // A wait longer than the engine keeps instances loaded for parks the step: the instance
+    // may then be unloaded, and the task's end (or its deadline) loads it again, when this
+    // attempt finds the task ended. Background steps run outside the instance's own future
+    // and stay loaded.
+    let waiting_since = ctx.now_ms();
+    let may_park = !context::in_background();
+    let mut parked = None;
+    // Cleared once a cancellation went to another operation (it stays requested).
+    let mut watch_cancel = true;
+    let mut cancel_fired = false;
+    loop {
+        let ended = ctx.task_ended.notified();
+        tokio::pin!(ended);
+        ended.as_mut().enable();
+        let record = ctx
+            .engine
+            .store
+            .task(&id)
+            .await
+            .map_err(Halt::Store)?
+            .ok_or_else(|| {
+                Halt::Store(crate::store::StoreError::Backend(format!(
+                    "task `{id}` of step `{name}` vanished from the store"
+                )))
+            })?;
+        match record.state {
+            TaskState::Pending | TaskState::Leased => {}
+            TaskState::Completed => {
+                let output = record.output.unwrap_or_default();
+                return Ok(decode_output(name, &output));
+            }
+            TaskState::Failed => {
+                return Ok(Tried::Failed {
+                    message: record
+                        .error
+                        .unwrap_or_else(|| format!("step `{name}` failed in its worker")),
+                    retryable: record.retryable,
+                });
+            }
+            TaskState::Cancelled => {
+                return Ok(Tried::Failed {
+                    message: format!(
+                        "the task of step `{name}` (attempt {attempt}) was cancelled: {}",
+                        record.error.unwrap_or_default()
+                    ),
+                    retryable: true,
+                });
             }
         }
-    };
-    match options.timeout {
-        None => wait.await,
-        Some(limit) => match tokio::time::timeout(limit, wait).await {
-            Ok(done) => done,
-            Err(_) => {
+        // Still waiting. The deadline is the stored task's: the attempt's timeout counts
+        // from its first enqueue, across unloads and restarts.
+        let now = ctx.now_ms();
+        let ms = |d: i64| Duration::from_millis(d.max(0) as u64);
+        let mut until = TASK_RECHECK;
+        if let Some(deadline) = record.task.deadline {
+            if now >= deadline {
+                drop(parked);
                 let cancel = WriteOp::CancelTask {
                     instance: ctx.id.clone(),
                     task: id.clone(),
-                    at: ctx.now_ms(),
+                    at: now,
                 };
                 ctx.submit(vec![cancel]).await.map_err(Halt::Store)?;
-                Ok(Tried::Failed {
+                let limit = options
+                    .timeout
+                    .map(|t| format!(" after {t:?}"))
+                    .unwrap_or_default();
+                return Ok(Tried::Failed {
                     message: format!(
-                        "step `{name}` timed out after {limit:?} (attempt {attempt}) waiting \
-                         for a worker of queue `{queue}`"
+                        "step `{name}` timed out{limit} (attempt {attempt}) waiting for a \
+                         worker of queue `{queue}`"
                     ),
                     retryable: true,
-                })
+                });
             }
-        },
+            until = until.min(ms(deadline - now));
+        }
+        if parked.is_none() && may_park {
+            let waited = ms(now - waiting_since);
+            match ctx.engine.keep_loaded.checked_sub(waited) {
+                Some(left) if !left.is_zero() => until = until.min(left),
+                _ => parked = Some(ctx.park(seq)),
+            }
+        }
+        // The workflow's cancellation ends the wait: the task is cancelled (a worker's late
+        // end is refused) and the step receives the cancellation.
+        if let Some(delivered) = ctx.receive_cancel(seq) {
+            drop(parked);
+            let cancel = WriteOp::CancelTask {
+                instance: ctx.id.clone(),
+                task: id.clone(),
+                at: now,
+            };
+            return Ok(Tried::Cancelled(vec![delivered, cancel]));
+        }
+        if cancel_fired {
+            watch_cancel = false;
+        }
+        // Wake-ups are hints: look again now and then even if none comes.
+        let mut alarm = Box::pin(tokio::time::sleep(until));
+        let mut cancel = Box::pin(ctx.cancelled());
+        std::future::poll_fn(|cx| {
+            if parked.is_some() {
+                // Registered before looking (see `WorkflowCtx::wait`).
+                ctx.wait(seq, record.task.deadline, cx.waker());
+            }
+            if watch_cancel && cancel.as_mut().poll(cx).is_ready() {
+                cancel_fired = true;
+                return std::task::Poll::Ready(());
+            }
+            if ended.as_mut().poll(cx).is_ready() || alarm.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+            std::task::Poll::Pending
+        })
+        .await;
     }
 }
 
