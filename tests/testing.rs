@@ -249,3 +249,60 @@ async fn a_child_instance_export_replays_without_its_parent() {
     assert!(report.finished);
     assert_eq!(report.same_output, Some(true));
 }
+
+static PAID_BY_WORKER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+#[step(queue = "payments", retry = Retry::fixed(ms(10)).max_attempts(3))]
+async fn pay_on_queue(cents: u32) -> Result<u32, StepError> {
+    PAID_BY_WORKER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    Ok(cents)
+}
+
+#[workflow]
+async fn checkout_on_queue(cents: u32) -> Result<u32, StepError> {
+    pay_on_queue(cents).await
+}
+
+#[tokio::test]
+async fn a_queued_step_is_replaced_by_its_mock_and_no_task_is_enqueued() {
+    let t = TestRuntime::builder()
+        .mock(pay_on_queue::mock(|cents| async move { Ok(cents * 2) }))
+        .build()
+        .await
+        .expect("test runtime");
+    let before = PAID_BY_WORKER.load(std::sync::atomic::Ordering::SeqCst);
+    let run = t
+        .start_with_id(CheckoutOnQueue, "mocked", 21)
+        .await
+        .expect("start");
+    assert_eq!(run.result().await.expect("result").expect("ok"), 42);
+    assert_eq!(
+        PAID_BY_WORKER.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "the real body never ran"
+    );
+    assert_eq!(t.calls("pay_on_queue"), 1);
+}
+
+#[tokio::test]
+async fn a_queued_step_s_first_attempts_fail_by_its_double_then_a_worker_serves_it() {
+    let t = TestRuntime::builder()
+        .mock(pay_on_queue::fail_first(2, || {
+            Err(StepError::retryable("card network down"))
+        }))
+        .build()
+        .await
+        .expect("test runtime");
+    let run = t
+        .start_with_id(CheckoutOnQueue, "flaky", 7)
+        .await
+        .expect("start");
+    assert_eq!(run.result().await.expect("result").expect("ok"), 7);
+    let attempts = t.attempts("flaky").await.expect("attempts");
+    assert_eq!(attempts.len(), 2, "two failed attempts: {attempts:?}");
+    assert!(
+        attempts[0].error.contains("card network down"),
+        "{attempts:?}"
+    );
+    assert_eq!(t.calls("pay_on_queue"), 3);
+}

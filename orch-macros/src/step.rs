@@ -224,8 +224,19 @@ fn generate(step: &Step) -> TokenStream {
             }
         };
     };
+    let clones: Vec<TokenStream> = clones.collect();
+    let names: Vec<&syn::Ident> = params.iter().map(|p| &p.name).collect();
+    let tys: Vec<&Type> = params.iter().map(|p| &p.ty).collect();
+    let mock_fn = quote! {
+        dyn ::core::ops::Fn(#(#tys),*) -> ::core::option::Option<#krate::__private::BoxFuture<'static, #ret>>
+            + ::core::marker::Send + ::core::marker::Sync
+    };
+    let doubles = doubles(ident, &func.vis, name, &names, &tys, ret, &mock_fn, krate);
     if let Some(queue) = queue {
         let queued = Queued {
+            clones: &clones,
+            mock_fn: &mock_fn,
+            doubles: &doubles,
             name,
             queue,
             params,
@@ -239,9 +250,6 @@ fn generate(step: &Step) -> TokenStream {
         };
         return generate_queued(func, &queued);
     }
-    let clones: Vec<TokenStream> = clones.collect();
-    let names: Vec<&syn::Ident> = params.iter().map(|p| &p.name).collect();
-    let tys: Vec<&Type> = params.iter().map(|p| &p.ty).collect();
     // Generic steps get no test doubles: the double's type would need the generics.
     if !generics.params.is_empty() {
         return quote! {
@@ -262,16 +270,6 @@ fn generate(step: &Step) -> TokenStream {
             }
         };
     }
-    let mock_fn = quote! {
-        dyn ::core::ops::Fn(#(#tys),*) -> ::core::option::Option<#krate::__private::BoxFuture<'static, #ret>>
-            + ::core::marker::Send + ::core::marker::Sync
-    };
-    // The step's JSON Schemas, registered for the API's definitions; `TypeSchema::of` is also
-    // the check that each type has one, reported on the user's type.
-    let twin_doc = format!(
-        "Test doubles for step `{name}` (see `orch_runtime::testing`): \
-         `{ident}::mock(…)` replaces it, `{ident}::fail_first(k, …)` fails its first k attempts."
-    );
     quote! {
         #(#attrs)*
         #vis #fn_token #ident (#(#outer_params),*) -> impl ::core::future::Future<Output = #ret> {
@@ -297,11 +295,33 @@ fn generate(step: &Step) -> TokenStream {
             }
         }
 
+        #step_def
+
+        #doubles
+    }
+}
+
+/// The step's twin type and its test doubles (`step::mock(…)`, `step::fail_first(…)`), for
+/// local and queued steps alike.
+#[allow(clippy::too_many_arguments)]
+fn doubles(
+    ident: &syn::Ident,
+    vis: &syn::Visibility,
+    name: &str,
+    names: &[&syn::Ident],
+    tys: &[&Type],
+    ret: &Type,
+    mock_fn: &TokenStream,
+    krate: &TokenStream,
+) -> TokenStream {
+    let twin_doc = format!(
+        "Test doubles for step `{name}` (see `orch_runtime::testing`): \
+         `{ident}::mock(…)` replaces it, `{ident}::fail_first(k, …)` fails its first k attempts."
+    );
+    quote! {
         #[doc = #twin_doc]
         #[allow(non_camel_case_types, dead_code)]
         #vis struct #ident {}
-
-        #step_def
 
         #[allow(dead_code)]
         impl #ident {
@@ -367,6 +387,9 @@ fn outer_params(params: &[Param]) -> Vec<TokenStream> {
 
 /// What a queued step's code is made of.
 struct Queued<'a> {
+    clones: &'a [TokenStream],
+    mock_fn: &'a TokenStream,
+    doubles: &'a TokenStream,
     name: &'a str,
     queue: &'a str,
     params: &'a [Param],
@@ -385,6 +408,9 @@ struct Queued<'a> {
 /// runs there).
 fn generate_queued(func: &ItemFn, q: &Queued<'_>) -> TokenStream {
     let Queued {
+        clones,
+        mock_fn,
+        doubles,
         name,
         queue,
         params,
@@ -434,18 +460,25 @@ fn generate_queued(func: &ItemFn, q: &Queued<'_>) -> TokenStream {
                     #( __orch_args.put(#keys, &#names)?; )*
                     ::core::result::Result::Ok(__orch_args.json())
                 })();
+                let __orch_mock = #krate::__private::find_mock::<#ident, #mock_fn>(&__orch_call);
                 #krate::__private::run_queued_step(
                     __orch_call,
                     __orch_options,
                     #queue,
                     __orch_input,
-                    async move || #body_ident(#(#names),*).await,
+                    async || #body_ident(#(#clones),*).await,
+                    || match &__orch_mock {
+                        ::core::option::Option::Some(__orch_m) => __orch_m(#(#clones),*),
+                        ::core::option::Option::None => ::core::option::Option::None,
+                    },
                     #policy,
                 ).await
             }
         }
 
         #step_def
+
+        #doubles
 
         const _: () = {
             fn __orch_serve(

@@ -23,11 +23,11 @@ pub struct StepOptions {
 }
 
 /// How a step's attempts run: its body here, or a task on a queue that a worker serves.
-pub(crate) enum How<F> {
-    /// `make` starts one attempt of the body.
-    Local(F),
-    /// Each attempt is a task on `queue`; `input` is the arguments as one JSON object (or why
-    /// they could not be serialized).
+pub(crate) enum How {
+    /// Each attempt runs the body here.
+    Local,
+    /// Each attempt is a task on `queue` (unless a test double takes it); `input` is the
+    /// arguments as one JSON object (or why they could not be serialized).
     Queued {
         queue: &'static str,
         input: Result<String, String>,
@@ -125,23 +125,30 @@ where
         }
         Call::Halted => std::future::pending().await,
         Call::Replay { ctx, entry } => replayed(&ctx, &entry, &policy).await,
-        Call::Fresh { call, name } => execute(call, name, options, How::Local(make), policy).await,
+        Call::Fresh { call, name } => {
+            let mut make = make;
+            execute(call, name, options, How::Local, || Some(make()), policy).await
+        }
     }
 }
 
 /// Runs a call of a step bound to `queue` to its outcome: each attempt is a task a worker
 /// runs (see [`crate::store::task`]); `input` is the arguments as one JSON object. Replay,
-/// retries, timeouts, cancellation and the journal are those of a local step.
-pub async fn run_queued<R>(
+/// retries, timeouts, cancellation and the journal are those of a local step. `double` is the
+/// test runtime's double for one attempt, when it takes that attempt (it runs here then).
+pub async fn run_queued<R, D, Fut>(
     call: StepCall,
     options: StepOptions,
     queue: &'static str,
     input: Result<String, String>,
     local: impl AsyncFnOnce() -> R,
+    double: D,
     policy: ErrorPolicy<R>,
 ) -> R
 where
     R: Serialize + DeserializeOwned,
+    D: FnMut() -> Option<Fut>,
+    Fut: Future<Output = R>,
 {
     match call.0 {
         // Outside a workflow (a plain call, a step inside a step) the body runs here.
@@ -149,8 +156,8 @@ where
         Call::Halted => std::future::pending().await,
         Call::Replay { ctx, entry } => replayed(&ctx, &entry, &policy).await,
         Call::Fresh { call, name } => {
-            let how = How::<fn() -> std::future::Ready<R>>::Queued { queue, input };
-            execute(call, name, options, how, policy).await
+            let how = How::Queued { queue, input };
+            execute(call, name, options, how, double, policy).await
         }
     }
 }
@@ -212,12 +219,13 @@ async fn execute<R, F, Fut>(
     mut call: Fresh,
     name: &'static str,
     options: StepOptions,
-    mut how: How<F>,
+    how: How,
+    mut make: F,
     policy: ErrorPolicy<R>,
 ) -> R
 where
     R: Serialize + DeserializeOwned,
-    F: FnMut() -> Fut,
+    F: FnMut() -> Option<Fut>,
     Fut: Future<Output = R>,
 {
     let ctx = &call.ctx().clone();
@@ -257,10 +265,12 @@ where
             attempt,
         });
         ctx.engine.count_call(name);
-        let tried = match &mut how {
-            How::Local(make) => {
-                let body =
-                    context::in_scope(Scope::Step(info), AssertUnwindSafe(make()).catch_unwind());
+        let tried = match (make(), &how) {
+            (Some(attempt_body), _) => {
+                let body = context::in_scope(
+                    Scope::Step(info),
+                    AssertUnwindSafe(attempt_body).catch_unwind(),
+                );
                 let outcome = match options.timeout {
                     Some(limit) => tokio::time::timeout(limit, body).await.map_err(|_| limit),
                     None => Ok(body.await),
@@ -282,7 +292,7 @@ where
                     },
                 }
             }
-            How::Queued { queue, input } => match input {
+            (None, How::Queued { queue, input }) => match input {
                 Ok(input) => {
                     let task = queued_attempt(ctx, seq, name, queue, input, attempt, &options);
                     match task.await {
@@ -296,6 +306,11 @@ where
                     ),
                     retryable: false,
                 },
+            },
+            // A local step always has a body to run.
+            (None, How::Local) => Tried::Failed {
+                message: format!("step `{name}` has no body to run"),
+                retryable: false,
             },
         };
         let (message, retryable, value) = match tried {
