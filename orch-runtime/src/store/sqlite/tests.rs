@@ -596,3 +596,53 @@ async fn bad_stored_values_are_errors_not_panics() {
         "{err}"
     );
 }
+
+/// The writer remembers fences it checked; a claim committed by another process (another
+/// connection to the file) must still fence out the old owner's next write.
+#[tokio::test]
+async fn a_claim_by_another_process_fences_out_a_write_the_old_owner_checked_before() {
+    use crate::store::{LeaseTerms, NodeId};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("orch.db");
+    let (a, b) = (open(&path), open(&path));
+    let node = |n: &str| NodeId::new(n).expect("node id");
+    let terms = |n: &NodeId, now: Millis, ttl: Millis| LeaseTerms {
+        node: n.clone(),
+        now,
+        ttl,
+    };
+    let (na, nb) = (node("node-a"), node("node-b"));
+    let t0: Millis = 1_800_000_000_000;
+    a.renew(terms(&na, t0, 1_000), Vec::new()).await.expect("a");
+    b.renew(terms(&nb, t0, 60_000), Vec::new())
+        .await
+        .expect("b");
+    let fence = match a
+        .create(rec("i"), Some(terms(&na, t0, 1_000)), Vec::new())
+        .await
+        .expect("create")
+    {
+        Created::New(Some(lease)) => lease.fence(),
+        other => panic!("expected a new owned instance, got {other:?}"),
+    };
+    // Checked and remembered by a's writer.
+    a.submit(Some(fence.clone()), vec![append("i", 1)])
+        .await
+        .expect("the owner writes");
+    let lease = b
+        .claim(terms(&nb, t0 + 5_000, 60_000), "i")
+        .await
+        .expect("claim")
+        .expect("a's lease ended");
+    match a.submit(Some(fence), vec![append("i", 2)]).await {
+        Err(StoreError::LeaseLost { current_owner, .. }) => {
+            assert_eq!(current_owner.as_deref(), Some("node-b"));
+        }
+        other => panic!("a write under a lease lost to another process: {other:?}"),
+    }
+    b.submit(Some(lease.fence()), vec![append("i", 2)])
+        .await
+        .expect("the new owner writes");
+    let loaded = a.load("i").await.expect("load").expect("exists");
+    assert_eq!(loaded.journal.len(), 2);
+}

@@ -11,7 +11,9 @@ use super::ownership::{self, check_fence};
 use super::{CHANGE_POLL, backend};
 use crate::store::command::{Command, Outcome, reply};
 use crate::store::{Created, StoreError, StoreMetrics, Wakeup, WakeupHub, WriteOp};
+use crate::store::{Fence, Status};
 use rusqlite::Connection;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
@@ -26,6 +28,7 @@ pub(super) struct Writer<'a> {
 
 impl Writer<'_> {
     pub(super) fn run(self, rx: mpsc::Receiver<Command>) {
+        let mut fences = Fences::default();
         // After a Close every command is refused, but the connection stays open until the
         // store is dropped: closing it last lets SQLite fold the WAL into the database file.
         let mut closed = false;
@@ -73,7 +76,7 @@ impl Writer<'_> {
             }
             let started = std::time::Instant::now();
             let size = batch.len();
-            run_batch(&self.conn, batch, self.commits, &self.hub);
+            run_batch(&self.conn, &mut fences, batch, self.commits, &self.hub);
             self.metrics
                 .commit_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -89,9 +92,85 @@ impl Writer<'_> {
     }
 }
 
+/// The fences this writer checked, with the instance's status then: a fenced write whose
+/// fence is here needs no read of the instance row.
+///
+/// Exact, not a guess: an entry is what the row holds. Other processes' commits change the
+/// connection's `PRAGMA data_version` (read once the transaction holds the write lock, so none
+/// can commit after it), which empties the cache; this writer's own writes that may change an
+/// instance's owner, epoch or status drop its entry (every command but a fenced submit of
+/// ops that touch none of them drops them all); a rollback empties it, since an entry read
+/// after a rolled-back write would describe that write.
+#[derive(Default)]
+struct Fences {
+    version: Option<i64>,
+    held: HashMap<String, (String, u64, Status)>,
+}
+
+impl Fences {
+    /// At the start of a write transaction.
+    fn begin(&mut self, conn: &Connection) -> Result<(), StoreError> {
+        let now: i64 = conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(|e| backend("reading the data version", e))?;
+        if self.version != Some(now) {
+            self.held.clear();
+            self.version = Some(now);
+        }
+        Ok(())
+    }
+
+    /// The instance's status if `fence` still holds; a read of the row unless known.
+    fn check(&mut self, conn: &Connection, fence: &Fence) -> Result<Status, StoreError> {
+        if let Some((node, epoch, status)) = self.held.get(&fence.instance)
+            && node == fence.node.as_str()
+            && *epoch == fence.epoch
+        {
+            return Ok(*status);
+        }
+        let status = check_fence(conn, fence)?;
+        self.held.insert(
+            fence.instance.clone(),
+            (fence.node.to_string(), fence.epoch, status),
+        );
+        Ok(status)
+    }
+
+    /// After `op` was applied: forgets its instance unless `op` leaves owner, epoch and
+    /// status alone.
+    fn applied(&mut self, op: &WriteOp) {
+        let keeps = matches!(
+            op,
+            WriteOp::Append { .. }
+                | WriteOp::Attempt { .. }
+                | WriteOp::ConsumeSignal { .. }
+                | WriteOp::CustomStatus { .. }
+                | WriteOp::EndTimer { .. }
+                | WriteOp::Attribute { .. }
+                | WriteOp::CancelDelivered { .. }
+                | WriteOp::EnqueueTask { .. }
+                | WriteOp::CancelTask { .. }
+                | WriteOp::Audit(_)
+        );
+        if !keeps {
+            self.held.remove(op.instance());
+        }
+    }
+
+    fn forget(&mut self) {
+        self.held.clear();
+    }
+}
+
 /// Runs `batch` in one transaction, replies to every command after it ended and sends the
 /// wake-ups of the commands that took effect.
-fn run_batch(conn: &Connection, batch: Vec<Command>, commits: &AtomicU64, hub: &WakeupHub) {
+fn run_batch(
+    conn: &Connection,
+    fences: &mut Fences,
+    batch: Vec<Command>,
+    commits: &AtomicU64,
+    hub: &WakeupHub,
+) {
     let size = batch.len();
     let mut outcomes = Vec::with_capacity(size);
     let mut woken = Vec::new();
@@ -102,12 +181,14 @@ fn run_batch(conn: &Connection, batch: Vec<Command>, commits: &AtomicU64, hub: &
                 .map_err(|e| backend(what, e))
         };
         run("BEGIN IMMEDIATE", "beginning a write transaction")?;
+        fences.begin(conn)?;
         if let [only] = batch.as_slice() {
             // One command: the transaction is its unit; a failure rolls it back alone.
-            let outcome = execute(conn, only, &mut woken);
+            let outcome = execute(conn, fences, only, &mut woken);
             if outcome.is_ok() {
                 run("COMMIT", "committing a write transaction")?;
             } else {
+                fences.forget();
                 woken.clear();
                 if !conn.is_autocommit() {
                     // (SQLite rolls back on its own after some errors, e.g. a full disk.)
@@ -120,7 +201,7 @@ fn run_batch(conn: &Connection, batch: Vec<Command>, commits: &AtomicU64, hub: &
         for cmd in &batch {
             run("SAVEPOINT orch_cmd", "opening a savepoint")?;
             let mark = woken.len();
-            let outcome = execute(conn, cmd, &mut woken);
+            let outcome = execute(conn, fences, cmd, &mut woken);
             if outcome.is_ok() {
                 run("RELEASE orch_cmd", "releasing a savepoint")?;
             } else if conn.is_autocommit() {
@@ -130,6 +211,7 @@ fn run_batch(conn: &Connection, batch: Vec<Command>, commits: &AtomicU64, hub: &
                     StoreError::Backend("a write failed and SQLite rolled back the batch".into())
                 }));
             } else {
+                fences.forget();
                 woken.truncate(mark);
                 run("ROLLBACK TO orch_cmd", "rolling back a failed write")?;
                 run("RELEASE orch_cmd", "releasing a savepoint")?;
@@ -145,6 +227,7 @@ fn run_batch(conn: &Connection, batch: Vec<Command>, commits: &AtomicU64, hub: &
             tracing::trace!(commands = size, "committed a batch");
         }
         Err(err) => {
+            fences.forget();
             tracing::error!(error = %err, commands = size, "SQLite write batch failed");
             let rollback = if conn.is_autocommit() {
                 Ok(())
@@ -168,13 +251,23 @@ fn run_batch(conn: &Connection, batch: Vec<Command>, commits: &AtomicU64, hub: &
 }
 
 /// Runs one command inside the current savepoint; what it wakes goes to `woken`.
-fn execute(conn: &Connection, cmd: &Command, woken: &mut Vec<Wakeup>) -> Outcome {
+fn execute(
+    conn: &Connection,
+    fences: &mut Fences,
+    cmd: &Command,
+    woken: &mut Vec<Wakeup>,
+) -> Outcome {
+    match cmd {
+        Command::Submit(..) => {}
+        // Anything else may change owners, epochs or statuses.
+        _ => fences.forget(),
+    }
     match cmd {
         Command::Submit(fence, ops, _) => Outcome::Unit((|| {
             // The fence check reads the fenced instance's status too: its ops need no read of
             // their own (until one of them changes the status).
             let mut known = match fence {
-                Some(fence) => Some((fence.instance.as_str(), check_fence(conn, fence)?)),
+                Some(fence) => Some((fence.instance.as_str(), fences.check(conn, fence)?)),
                 None => None,
             };
             ops.iter().try_for_each(|op| {
@@ -187,6 +280,7 @@ fn execute(conn: &Connection, cmd: &Command, woken: &mut Vec<Wakeup>) -> Outcome
                 ) {
                     known = None;
                 }
+                fences.applied(op);
                 apply_known(conn, op, woken, status)
             })
         })()),
