@@ -267,12 +267,10 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
         return serve_services(&args).await;
     }
     if args.payment_queue && args.no_http {
-        return Err(
-            "--payment-queue: payment workers lease their tasks through this node's \
-                    HTTP API, so it needs the HTTP server: drop --no-http (and give --http \
-                    ADDR to choose where it listens)"
-                .into(),
-        );
+        let why = "--payment-queue: payment workers lease their tasks through this node's HTTP \
+                   API, so it needs the HTTP server: drop --no-http (and give --http ADDR to \
+                   choose where it listens)";
+        return Err(why.into());
     }
     let live = !args.json && std::io::stdout().is_terminal();
     let quiet = args.json;
@@ -401,19 +399,14 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
         }
     }
     if other_way > 0 {
+        let (started, charged) = if args.payment_queue {
+            ("without", "in this process")
+        } else {
+            ("with", "through the queue, served in this process")
+        };
         say(format!(
-            "  {other_way} of these orders were started {} --payment-queue and charge the \
-             way they started{}",
-            if args.payment_queue {
-                "without"
-            } else {
-                "with"
-            },
-            if args.payment_queue {
-                " (in this process)"
-            } else {
-                " (through the queue, served in this process)"
-            }
+            "  {other_way} of these orders were started {started} --payment-queue and charge \
+             the way they started ({charged})"
         ));
     }
 
