@@ -123,6 +123,47 @@ fn payments(log: &[Value]) -> Vec<&Value> {
     log.iter().filter(|e| e["service"] == "payment").collect()
 }
 
+/// A task of queue `payments` as the store holds it.
+#[derive(Debug)]
+struct Task {
+    instance: String,
+    key: String,
+    input: String,
+    state: String,
+    worker: Option<String>,
+    token: i64,
+    error: Option<String>,
+    retryable: bool,
+}
+
+/// The tasks of queue `payments` in the example's SQLite store (read once it has exited).
+fn payment_tasks(db: &Path) -> Vec<Task> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT instance, idempotency_key, input, state, worker, token, error, retryable \
+             FROM tasks WHERE queue = 'payments' ORDER BY id",
+        )
+        .unwrap();
+    stmt.query_map([], |r| {
+        Ok(Task {
+            instance: r.get(0)?,
+            key: r.get(1)?,
+            input: r.get(2)?,
+            state: r.get(3)?,
+            worker: r.get(4)?,
+            token: r.get(5)?,
+            error: r.get(6)?,
+            retryable: r.get(7)?,
+        })
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
 fn python3_missing() -> bool {
     !Command::new("python3")
         .arg("--version")
@@ -277,10 +318,34 @@ async fn a_payment_worker_killed_mid_batch_is_replaced_and_no_card_is_charged_tw
         let count = |op: &str| per_op.get(&("payment", id.as_str(), op)).copied();
         assert_eq!(count("charge"), (!declined(n)).then_some(1), "{id} charge");
         assert_eq!(count("decline"), declined(n).then_some(1), "{id} decline");
-        // A declined card fails the task for good: no retries (each would send it again).
+    }
+    // One task per order (a task taken over after the kill is the same task, leased again):
+    // it carried what the worker needed, and ended as the in-process step would, a declined
+    // card failed for good (no retry, so no second task).
+    let payment_url = std::fs::read_to_string(&example.stderr)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("payment service: ").map(str::to_string))
+        .expect("the example names its payment service");
+    let tasks = payment_tasks(&dir.path().join("orch.db"));
+    for n in 1..=ORDERS {
+        let id = format!("order-{n}");
+        let of_order: Vec<&Task> = tasks.iter().filter(|t| t.instance == id).collect();
+        assert_eq!(of_order.len(), 1, "{id}'s tasks: {of_order:?}");
+        let task = of_order[0];
+        let input: Value = serde_json::from_str(&task.input).unwrap();
+        assert_eq!(input["payment_url"], payment_url.as_str(), "{task:?}");
+        assert_eq!(input["charge"]["order"], id.as_str(), "{task:?}");
+        assert!(
+            input["charge"]["amount_cents"].as_u64().unwrap() > 0,
+            "{task:?}"
+        );
         if declined(n) {
-            let sent = pay.iter().filter(|e| e["order"] == id.as_str()).count();
-            assert!(sent <= 2, "{id}'s declined charge was sent {sent} times");
+            assert_eq!(task.state, "failed", "{task:?}");
+            assert!(!task.retryable, "a declined card is final: {task:?}");
+            assert_eq!(task.error.as_deref(), Some("card declined"), "{task:?}");
+        } else {
+            assert_eq!(task.state, "completed", "{task:?}");
         }
     }
     // The killed worker held a task whose charge it had applied: it went to py-2 when its
@@ -306,6 +371,12 @@ async fn a_payment_worker_killed_mid_batch_is_replaced_and_no_card_is_charged_tw
             .any(|e| e["node"] == "py-2" && e["applied"] == true),
         "py-2 charged nothing after the kill"
     );
+    // Those tasks were leased again (a new fencing token) and ended by py-2.
+    for key in &taken_over {
+        let task = tasks.iter().find(|t| t.key == *key).unwrap();
+        assert!(task.token >= 2, "{task:?}");
+        assert_eq!(task.worker.as_deref(), Some("py-2"), "{task:?}");
+    }
 
     // SIGTERM stops the worker cleanly (it is waiting in a long-poll).
     py2.signal("-TERM");
