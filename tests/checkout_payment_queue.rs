@@ -164,48 +164,60 @@ fn payment_tasks(db: &Path) -> Vec<Task> {
     .collect()
 }
 
+/// Whether python3 is missing, after saying so loudly (and failing the test when
+/// `ORCH_REQUIRE_CLIENTS=1`).
 fn python3_missing() -> bool {
-    !Command::new("python3")
+    let found = Command::new("python3")
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn worker(dir: &Path, url: &str, name: &str) -> Proc {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
-        .join("workers")
-        .join("python")
-        .join("payment_worker.py");
-    Proc::spawn(
-        dir,
-        name,
-        Command::new("python3").arg(script).args([
-            "--url",
-            url,
-            "--worker",
-            name,
-            "--concurrency",
-            "4",
-            "--lease-ms",
-            &LEASE_MS.to_string(),
-            "--wait-ms",
-            "5000",
-        ]),
-    )
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_payment_worker_killed_mid_batch_is_replaced_and_no_card_is_charged_twice() {
-    if python3_missing() {
+        .is_ok_and(|s| s.success());
+    if !found {
         let msg = "python3 not found: the Python payment worker test did NOT run";
         if std::env::var("ORCH_REQUIRE_CLIENTS").as_deref() == Ok("1") {
             panic!("{msg}, and ORCH_REQUIRE_CLIENTS=1 requires it");
         }
         let bar = "!".repeat(100);
         let _ = writeln!(std::io::stderr(), "\n{bar}\n!!! {msg}\n{bar}\n");
+    }
+    !found
+}
+
+/// A file of `examples/workers/python/`.
+fn python_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join("workers")
+        .join("python")
+        .join(name)
+}
+
+fn worker(dir: &Path, url: &str, name: &str) -> Proc {
+    Proc::spawn(
+        dir,
+        name,
+        Command::new("python3")
+            .arg("-B")
+            .arg(python_file("payment_worker.py"))
+            .args([
+                "--url",
+                url,
+                "--worker",
+                name,
+                "--concurrency",
+                "4",
+                "--lease-ms",
+                &LEASE_MS.to_string(),
+                "--wait-ms",
+                "5000",
+            ]),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_worker_killed_mid_batch_is_replaced_and_no_card_is_charged_twice() {
+    if python3_missing() {
         return;
     }
     let started = std::time::Instant::now();
@@ -389,6 +401,23 @@ async fn a_payment_worker_killed_mid_batch_is_replaced_and_no_card_is_charged_tw
         taken_over.len(),
         started.elapsed().as_secs_f64()
     );
+}
+
+#[test]
+fn the_worker_ends_each_kind_of_service_answer_as_the_in_process_step_does() {
+    if python3_missing() {
+        return;
+    }
+    // examples/workers/python/test_payment_worker.py: a stand-in payment service on loopback
+    // answers a charge, a decline, 400, 503, 408, 429, garbage and nothing at all.
+    let out = Command::new("python3")
+        .args(["-B", "-m", "unittest", "-v"])
+        .arg(python_file("test_payment_worker.py"))
+        .output()
+        .expect("run python3");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("Ran 7 tests"), "{said}");
 }
 
 /// Runs the example with `args` in `dir` to its end; returns (success, stdout, stderr).

@@ -194,7 +194,7 @@ def charge(task, worker, service_timeout):
     except urllib.error.HTTPError as e:
         try:
             answer = json.loads(e.read().decode("utf-8"))
-        except (ValueError, OSError):
+        except (ValueError, OSError, http.client.HTTPException):
             answer = None
         message = answer.get("error") if isinstance(answer, dict) else None
         if not isinstance(message, str):
@@ -204,11 +204,25 @@ def charge(task, worker, service_timeout):
         return ("fail", message, retryable)
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         return ("fail", "payment: %s: %s" % (request.full_url, getattr(e, "reason", e)), True)
+    # The answer must be the step's `Charge`, as the in-process step decodes it.
     try:
         output = json.loads(raw.decode("utf-8"))
     except ValueError as e:
         return ("fail", "payment: bad answer: %s" % e, True)
-    return ("complete", output)
+    if not (isinstance(output, dict) and isinstance(output.get("charge_id"), str)
+            and isinstance(output.get("amount_cents"), int)
+            and not isinstance(output.get("amount_cents"), bool)
+            and output["amount_cents"] >= 0):
+        return ("fail", "payment: bad answer: not a charge {\"charge_id\", \"amount_cents\"}: "
+                "%s" % raw[:200].decode("utf-8", "replace"), True)
+    return ("complete", {"charge_id": output["charge_id"],
+                         "amount_cents": output["amount_cents"]})
+
+
+def clip(message):
+    """A failure message the server takes: at most 60,000 bytes of UTF-8, no NUL."""
+    data = message.replace("\0", " ").encode("utf-8")[:60000]
+    return data.decode("utf-8", "ignore")
 
 
 class Lease:
@@ -253,7 +267,7 @@ def run_task(orch, task, worker, lease_ms, service_timeout):
             told = "charged %s: %s" % (what, json.dumps(result[1]))
         else:
             action = "fail"
-            body = {"message": result[1][:60000], "retryable": result[2]}
+            body = {"message": clip(result[1]), "retryable": result[2]}
             told = "failed %s (%s): %s" % (
                 what, "retryable" if result[2] else "permanent", result[1])
         # The lease may have ended while the service answered: then the task is not ours.
