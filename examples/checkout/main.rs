@@ -28,6 +28,17 @@
 //! checkout --postgres URL --node n1 --services orders=http://…,…   # and n2, n3 alike
 //! ```
 //!
+//! With a payment worker: `--payment-queue` charges every card through the `payments` queue
+//! instead of in this process. This node serves no queue itself; it prints the command that
+//! starts a worker against its HTTP API, and orders wait at "charging payment" until one runs.
+//! The task carries what the worker needs (the payment service's URL, the charge, the
+//! idempotency key), so a worker in any language can do it.
+//!
+//! ```text
+//! checkout --payment-queue --http 127.0.0.1:8080   # prints the worker's command, then waits
+//! python3 examples/workers/python/payment_worker.py --url http://127.0.0.1:8080/
+//! ```
+//!
 //! The runtime's and the HTTP server's logs go to stderr, filtered by `RUST_LOG` (default:
 //! warnings and errors only).
 //!
@@ -87,7 +98,7 @@ struct Args {
     /// `services: VALUE` on stdout, then serves until Ctrl-C or SIGTERM.
     #[arg(long, conflicts_with_all = [
         "services", "postgres", "schema", "node", "lease_ms", "json", "serve", "http",
-        "no_http", "concurrency", "orders",
+        "no_http", "concurrency", "orders", "payment_queue",
     ])]
     services_only: bool,
     /// With `--services-only`: the address the services listen on and announce (default
@@ -129,6 +140,12 @@ struct Args {
     /// Keep running after the batch (serving the UI and resuming retried orders) until Ctrl-C.
     #[arg(long)]
     serve: bool,
+    /// Charge the cards through the `payments` queue: each charge is a task that a payment
+    /// worker serves over the HTTP API (e.g. `python3 examples/workers/python/payment_worker.py
+    /// --url URL`, URL printed at start), not this process. Needs the HTTP server (not
+    /// `--no-http`). Orders started earlier keep charging the way they were started.
+    #[arg(long)]
+    payment_queue: bool,
 }
 
 const DEFAULT_HTTP: &str = "127.0.0.1:8080";
@@ -249,6 +266,12 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
     if args.services_only {
         return serve_services(&args).await;
     }
+    if args.payment_queue && args.no_http {
+        let why = "--payment-queue: payment workers lease their tasks through this node's HTTP \
+                   API, so it needs the HTTP server: drop --no-http (and give --http ADDR to \
+                   choose where it listens)";
+        return Err(why.into());
+    }
     let live = !args.json && std::io::stdout().is_terminal();
     let quiet = args.json;
     let log_path = service_log(&args);
@@ -344,11 +367,47 @@ async fn run(args: Args) -> Result<ExitCode, BoxError> {
         }
     }
 
+    if args.payment_queue {
+        // (--no-http was refused above, so the server runs.)
+        let url = rt.http_url().unwrap_or_default();
+        say(format!(
+            "payment queue: this node charges no card itself; orders wait at `{}` for a \
+             payment worker. Start one (or several) with:\n  \
+             python3 examples/workers/python/payment_worker.py --url {url}",
+            workflow::PHASES[2]
+        ));
+    }
     let clock = Instant::now();
+    let mut other_way = 0;
     for n in 1..=args.orders {
+        let mut order = Order::demo(n);
+        order.payment_queue = args.payment_queue;
         // Idempotent: an order that exists already is returned as it is, never started twice.
-        rt.start_with_id(Checkout, format!("order-{n}"), Order::demo(n))
-            .await?;
+        match rt
+            .start_with_id(Checkout, order.id.clone(), order.clone())
+            .await
+        {
+            Ok(_) => {}
+            // Started by an earlier run (or another node) with the other `--payment-queue`:
+            // it keeps charging the way it started.
+            Err(OrchError::AlreadyStarted { .. }) => {
+                order.payment_queue = !order.payment_queue;
+                rt.start_with_id(Checkout, order.id.clone(), order).await?;
+                other_way += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if other_way > 0 {
+        let (started, charged) = if args.payment_queue {
+            ("without", "in this process")
+        } else {
+            ("with", "through the queue, served in this process")
+        };
+        say(format!(
+            "  {other_way} of these orders were started {started} --payment-queue and charge \
+             the way they started ({charged})"
+        ));
     }
 
     let progress = Progress::new(live, args.orders);
@@ -493,6 +552,10 @@ async fn open_runtime(args: &Args, node: NodeId) -> Result<Runtime, BoxError> {
         }
         .node_id(node.as_str())
         .max_running(args.concurrency.max(1));
+        if args.payment_queue {
+            // The charges wait for payment workers elsewhere.
+            b = b.no_workers();
+        }
         if let Some(ms) = args.lease_ms {
             b = b.lease_ttl(Duration::from_millis(ms));
         }

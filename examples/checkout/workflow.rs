@@ -34,6 +34,12 @@ pub struct Order {
     pub card: String,
     /// Where it goes.
     pub address: String,
+    /// Charge the card through the `payments` queue, by a payment worker that may run
+    /// anywhere (`checkout --payment-queue`), instead of in the process that drives the
+    /// order. Part of the input, so an order charges the same way however often it is
+    /// replayed or resumed, by whichever node and flags.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub payment_queue: bool,
 }
 
 impl Order {
@@ -62,6 +68,7 @@ impl Order {
             }
             .to_string(),
             address: format!("{n} Loopback Lane, 127.0.0.1"),
+            payment_queue: false,
         }
     }
 }
@@ -80,6 +87,28 @@ pub struct Placed {
 pub struct Reservation {
     /// Identifies the reservation (to release it).
     pub reservation_id: String,
+}
+
+/// A charge as the payment service takes it (`POST <payment service>/charges`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ChargeRequest {
+    /// The order it pays for.
+    pub order: String,
+    /// The card to charge.
+    pub card: String,
+    /// How much.
+    pub amount_cents: u64,
+}
+
+impl ChargeRequest {
+    /// The charge of `amount_cents` for `order`.
+    pub fn of(order: &Order, amount_cents: u64) -> ChargeRequest {
+        ChargeRequest {
+            order: order.id.clone(),
+            card: order.card.clone(),
+            amount_cents,
+        }
+    }
 }
 
 /// The payment service's answer.
@@ -153,7 +182,14 @@ pub async fn checkout(order: Order) -> Result<Receipt, CheckoutError> {
     let reservation = reserve_inventory(&order).await?;
 
     orch::set_status(PHASES[2]).await;
-    let charge = match charge_payment(&order, placed.total_cents).await {
+    let charged = if order.payment_queue {
+        // A payment worker charges the card; its task carries all it needs to.
+        let charge = ChargeRequest::of(&order, placed.total_cents);
+        charge_payment_queued(service_url("payment"), charge).await
+    } else {
+        charge_payment(&order, placed.total_cents).await
+    };
+    let charge = match charged {
         Ok(charge) => charge,
         Err(failure) => {
             // Compensation: the goods will not ship, so give the stock back.
@@ -213,6 +249,23 @@ pub async fn release_inventory(
 pub async fn charge_payment(order: &Order, amount_cents: u64) -> Result<Charge, StepError> {
     let body = json!({ "order": order.id, "card": order.card, "amount_cents": amount_cents });
     call("payment", "/charges", body).await
+}
+
+/// Charges the card as a task on queue `payments`, served by a payment worker
+/// (`examples/workers/python/payment_worker.py`, or any process with this body): the task's
+/// input is `{"payment_url": …, "charge": {"order", "card", "amount_cents"}}` and its
+/// idempotency key, so the worker can `POST <payment_url>/charges` itself. A worker answers
+/// the [`Charge`], or fails: permanently for a declined card (no retry), retryably for a
+/// service or network failure. No timeout: an order waits for a worker as long as it takes
+/// (a worker that dies loses its lease, and the task goes to the next one).
+#[step(queue = "payments", retry = Retry::exponential(ms(50)).max_attempts(5))]
+pub async fn charge_payment_queued(
+    payment_url: String,
+    charge: ChargeRequest,
+) -> Result<Charge, StepError> {
+    let body = serde_json::to_value(&charge)
+        .map_err(|e| StepError::permanent(format!("payment: cannot encode the charge: {e}")))?;
+    post("payment", &payment_url, "/charges", body).await
 }
 
 /// Ships the order.
@@ -280,20 +333,52 @@ pub fn requests_sent() -> Vec<(&'static str, u64)> {
     })
 }
 
+/// The base URL of `service` (e.g. `http://127.0.0.1:41003`), or an empty string before
+/// [`connect`].
+pub fn service_url(service: &str) -> String {
+    ENDPOINTS
+        .get()
+        .and_then(|e| e.urls.iter().find(|(name, _)| *name == service))
+        .map(|(_, url)| url.clone())
+        .unwrap_or_default()
+}
+
 /// POSTs `body` to `service` with the step's idempotency key and decodes the answer.
 /// Connection failures and 5xx answers are worth retrying; 4xx answers are not.
 async fn call<T: DeserializeOwned>(service: &str, path: &str, body: Value) -> Result<T, StepError> {
     let endpoints = ENDPOINTS
         .get()
         .ok_or_else(|| StepError::retryable("the services are not connected yet"))?;
-    let (base, sent) = endpoints
+    let base = endpoints
+        .urls
+        .iter()
+        .find(|(name, _)| *name == service)
+        .map(|(_, url)| url.clone())
+        .ok_or_else(|| StepError::permanent(format!("unknown service `{service}`")))?;
+    post(service, &base, path, body).await
+}
+
+/// POSTs `body` to `<base><path>` (service `service`, as counted and named in errors) with the
+/// step's idempotency key and decodes the answer. Connection failures and 5xx answers are
+/// worth retrying; 4xx answers are not.
+async fn post<T: DeserializeOwned>(
+    service: &str,
+    base: &str,
+    path: &str,
+    body: Value,
+) -> Result<T, StepError> {
+    let endpoints = ENDPOINTS
+        .get()
+        .ok_or_else(|| StepError::retryable("the services are not connected yet"))?;
+    if let Some(sent) = endpoints
         .urls
         .iter()
         .zip(&endpoints.sent)
         .find(|((name, _), _)| *name == service)
-        .map(|((_, url), sent)| (url, sent))
-        .ok_or_else(|| StepError::permanent(format!("unknown service `{service}`")))?;
-    sent.fetch_add(1, Ordering::Relaxed);
+        .map(|(_, sent)| sent)
+    {
+        sent.fetch_add(1, Ordering::Relaxed);
+    }
     let response = endpoints
         .client
         .post(format!("{base}{path}"))

@@ -25,6 +25,8 @@ assert definition.input_schema["title"] == "Order", definition.input_schema
 assert StartCheckoutRequest.__annotations__["input_"] == "Order", StartCheckoutRequest.__annotations__
 assert {k: v for k, v in Order.__annotations__.items() if k != "additional_properties"} == {
     "id": "str", "customer": "str", "items": "list[LineItem]", "card": "str", "address": "str",
+    # Optional (serde default): the example's --payment-queue.
+    "payment_queue": "bool | Unset",
 }, Order.__annotations__
 assert LineItem.__annotations__["qty"] == "int", LineItem.__annotations__
 typed = start_checkout_instance.sync(client=client, body=StartCheckoutRequest(
