@@ -187,6 +187,12 @@ pub(crate) struct Inner {
     pub(crate) metrics: crate::metrics::Metrics,
     /// When this node's last heartbeat went through (0: none yet).
     last_heartbeat: std::sync::atomic::AtomicI64,
+    /// Workflow queues may hold instances waiting for room: ends of instances make this node
+    /// admit (see [`admit_soon`](Self::admit_soon)).
+    queues_active: AtomicBool,
+    /// An admission round is running; `admit_again`: another was asked for meanwhile.
+    admitting: AtomicBool,
+    admit_again: AtomicBool,
 }
 
 enum Event {
@@ -247,6 +253,9 @@ pub(crate) const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 /// At most this many instances are claimed in one store call.
 const CLAIM_BATCH: usize = 256;
 
+/// At most this many queued instances are admitted in one store call.
+const ADMIT_BATCH: usize = 256;
+
 /// How often a node looks for due instances nobody announced, at most: a safety net (each
 /// heartbeat says when to look next, see `TimerMsg::Watch`).
 const CLAIM_POLL: Duration = Duration::from_secs(60);
@@ -295,6 +304,9 @@ impl Inner {
             handle: tokio::runtime::Handle::current(),
             metrics,
             last_heartbeat: std::sync::atomic::AtomicI64::new(0),
+            queues_active: AtomicBool::new(true),
+            admitting: AtomicBool::new(false),
+            admit_again: AtomicBool::new(false),
         });
         let scheduler =
             inner
@@ -455,7 +467,142 @@ impl Inner {
         // node's to take again at once, without waiting for that run's lease to end.
         self.store.release(&self.node, None).await?;
         self.renew().await?;
-        Ok(self.claim_round().await?)
+        let claimed = self.claim_round().await?;
+        // Queued instances a stopped node left waiting for room.
+        self.admit_soon();
+        Ok(claimed)
+    }
+
+    /// Runs an admission round of the workflow queues in the background (one at a time; one
+    /// asked for meanwhile runs after it). Admitted instances are announced as due, and
+    /// claimed like any other.
+    pub(crate) fn admit_soon(self: &Arc<Self>) {
+        if self.is_closing() || self.replay_only() {
+            return;
+        }
+        self.admit_again.store(true, Ordering::SeqCst);
+        if self.admitting.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let inner = self.clone();
+        self.handle.spawn(async move {
+            while inner.admit_again.swap(false, Ordering::SeqCst) {
+                if let Err(e) = inner.admit_round().await {
+                    tracing::error!(error = %e, "cannot admit queued instances; trying again later");
+                    let at = inner.clock.now_ms() + RETRY_AFTER_STORE_ERROR.as_millis() as Millis;
+                    let _ = inner.timers.send(TimerMsg::Admit(at));
+                }
+            }
+            inner.admitting.store(false, Ordering::SeqCst);
+            if inner.admit_again.load(Ordering::SeqCst) {
+                inner.admit_soon();
+            }
+        });
+    }
+
+    /// Admits queued instances in bounded batches; remembers when a rate limit lets a queue
+    /// admit again.
+    async fn admit_round(self: &Arc<Self>) -> Result<(), StoreError> {
+        loop {
+            if self.is_closing() {
+                return Ok(());
+            }
+            let admitted = self.store.admit(self.clock.now_ms(), ADMIT_BATCH).await?;
+            if let Some(at) = admitted.next_at {
+                let _ = self.timers.send(TimerMsg::Admit(at));
+            }
+            self.queues_active
+                .store(admitted.waiting > 0, Ordering::SeqCst);
+            if !admitted.instances.is_empty() {
+                tracing::debug!(admitted = admitted.instances.len(), waiting = admitted.waiting,
+                    "admitted queued instances");
+            }
+            if admitted.instances.len() < ADMIT_BATCH || admitted.waiting == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Stores an instance queued on `entry.queue` and asks for an admission round; returns
+    /// its id and whether this call stored it (`false`: an instance with that id, or holding
+    /// the queue's deduplication key, exists and is returned).
+    pub(crate) async fn enqueue(
+        self: &Arc<Self>,
+        def: &'static WorkflowDef,
+        id: Option<String>,
+        input: String,
+        entry: crate::store::flow::QueueEntry,
+        extra: impl FnOnce(&str) -> Vec<WriteOp>,
+    ) -> Result<(String, bool), Error> {
+        use crate::store::flow::Enqueued;
+        if self.is_closing() {
+            return Err(Error::ShutDown);
+        }
+        limits::check_payload("workflow input", &input)?;
+        crate::store::task::check_queue(&entry.queue).map_err(Error::InvalidArgument)?;
+        if let Some(k) = &entry.key {
+            crate::store::flow::check_key("concurrency key", k).map_err(Error::InvalidArgument)?;
+        }
+        if let Some(k) = &entry.dedup {
+            crate::store::flow::check_key("deduplication key", k)
+                .map_err(Error::InvalidArgument)?;
+        }
+        let id = match id {
+            Some(id) => {
+                limits::check_id(&id)?;
+                id
+            }
+            None => uuid::Uuid::new_v4().simple().to_string(),
+        };
+        let now = self.clock.now_ms();
+        let record = InstanceRecord {
+            status: Status::Queued,
+            ..InstanceRecord::new(id.clone(), def.name, def.version, input, now)
+        };
+        let input_copy = record.input.clone();
+        let queue = entry.queue.clone();
+        match self
+            .store
+            .enqueue_instance(record, entry, extra(&id))
+            .await?
+        {
+            Enqueued::New => {
+                self.metrics.started(def.name);
+                self.queues_active.store(true, Ordering::SeqCst);
+                self.admit_soon();
+                Ok((id, true))
+            }
+            Enqueued::Existing(existing) => {
+                if existing.workflow != def.name || existing.parent.is_some() {
+                    return Err(Error::IdConflict {
+                        id,
+                        existing: existing.workflow,
+                        requested: def.name.to_string(),
+                    });
+                }
+                if !same_json(&existing.input, &input_copy) {
+                    return Err(Error::AlreadyStarted {
+                        id,
+                        workflow: existing.workflow,
+                        existing: shorten(&existing.input, 200),
+                    });
+                }
+                Ok((id, false))
+            }
+            Enqueued::Duplicate(existing) => {
+                if existing.workflow != def.name {
+                    return Err(Error::Conflict {
+                        action: "enqueue",
+                        id: existing.id.clone(),
+                        reason: format!(
+                            "its deduplication key is held on queue `{queue}` by instance `{}`                              of workflow `{}`, not `{}`; use another key, or wait until that                              instance finishes",
+                            existing.id, existing.workflow, def.name
+                        ),
+                    });
+                }
+                Ok((existing.id, false))
+            }
+        }
     }
 
     /// Claims due instances in bounded batches, no more than this node has room for, and
@@ -714,6 +861,10 @@ impl Inner {
                 self.nudge(&parent, |ctx| ctx.child_finished(&child))
             }
             Wakeup::Finished { instance, .. } => {
+                // Its queue (if it came through one) may have room now.
+                if self.queues_active.load(Ordering::SeqCst) {
+                    self.admit_soon();
+                }
                 // An instance driven here announces its own end, with its outcome; only ends
                 // written elsewhere (another node, an operator) need a read.
                 if !self.is_loaded(&instance) && lock(&self.watchers).contains_key(&instance) {
@@ -729,6 +880,9 @@ impl Inner {
             Wakeup::TaskQueued { .. } => {}
             Wakeup::Changed => {
                 self.claim_soon();
+                if self.queues_active.load(Ordering::SeqCst) {
+                    self.admit_soon();
+                }
                 // A task of a loaded instance may have ended elsewhere: its step reads it again.
                 for slot in lock(&self.loaded).values() {
                     if let Some(ctx) = &slot.ctx {
@@ -952,6 +1106,8 @@ enum TimerMsg {
     /// Run a claim round at this time unless a later heartbeat says otherwise (see
     /// [`Renewal::next_due`](crate::store::Renewal::next_due)): replaces the previous one.
     Watch(Option<Millis>),
+    /// Run an admission round at this time (a rate limit lets a queue admit again).
+    Admit(Millis),
     /// Fire whatever is due now.
     Tick,
 }
@@ -971,6 +1127,8 @@ async fn run_scheduler(
     let mut round: Option<Millis> = None;
     // When the last heartbeat said something falls due that nobody will announce.
     let mut watch: Option<Millis> = None;
+    // The earliest admission round asked for (a rate limit's next slot).
+    let mut admit: Option<Millis> = None;
     // A safety net only: the heartbeat's `next_due` and the store's wake-ups tell a node
     // everything it must act on, so an idle node sends nothing but its heartbeats.
     let poll = inner
@@ -986,6 +1144,7 @@ async fn run_scheduler(
             .into_iter()
             .chain(round)
             .chain(watch)
+            .chain(admit)
             .min();
         let now = clock.now_ms();
         let wait = next.map(|at| Duration::from_millis(at.saturating_sub(now).max(0) as u64));
@@ -998,6 +1157,7 @@ async fn run_scheduler(
                 }
                 Some(TimerMsg::Round(at)) => round = Some(round.map_or(at, |r| r.min(at))),
                 Some(TimerMsg::Watch(at)) => watch = at,
+                Some(TimerMsg::Admit(at)) => admit = Some(admit.map_or(at, |a| a.min(at))),
                 Some(TimerMsg::Tick) => {}
                 None => return,
             },
@@ -1023,9 +1183,15 @@ async fn run_scheduler(
                 next_poll = poll.map(|p| tokio::time::Instant::now() + p);
                 let Some(inner) = inner.upgrade() else { return };
                 inner.claim_soon();
+                inner.admit_soon();
             }
         }
         let now = clock.now_ms();
+        if admit.is_some_and(|at| at <= now) {
+            admit = None;
+            let Some(inner) = inner.upgrade() else { return };
+            inner.admit_soon();
+        }
         if round.is_some_and(|at| at <= now) || watch.is_some_and(|at| at <= now) {
             round = round.filter(|at| *at > now);
             watch = watch.filter(|at| *at > now);

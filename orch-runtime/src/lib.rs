@@ -60,6 +60,7 @@ mod context;
 pub mod durable;
 mod engine;
 pub mod error;
+pub mod flow;
 pub mod graph;
 pub mod journal;
 pub mod limits;

@@ -54,6 +54,7 @@ pub struct RuntimeBuilder {
     pub(crate) clock: Clock,
     pub(crate) test: Option<TestHooks>,
     serve: crate::worker::Serve,
+    queues: Vec<(String, crate::flow::QueueConfig)>,
     #[cfg(feature = "http")]
     http: Option<crate::server::HttpConfig>,
 }
@@ -128,6 +129,15 @@ impl RuntimeBuilder {
         options: crate::store::postgres::PostgresOptions,
     ) -> Self {
         self.store = StoreChoice::Postgres(url.into(), options);
+        self
+    }
+
+    /// Configures workflow queue `name` (see [`Runtime::enqueue`]): the runtime writes
+    /// `config` to the store when it starts, so it replaces what is stored (an earlier
+    /// deployment's, or one set through the API) and applies on every node sharing the store.
+    /// A queue not configured anywhere has no limits.
+    pub fn queue(mut self, name: impl Into<String>, config: crate::flow::QueueConfig) -> Self {
+        self.queues.push((name.into(), config));
         self
     }
 
@@ -272,6 +282,14 @@ impl RuntimeBuilder {
                 }
             }
         };
+        for (name, config) in &self.queues {
+            crate::store::task::check_queue(name)
+                .and_then(|()| config.check())
+                .map_err(|e| Error::InvalidArgument(format!("queue `{name}`: {e}")))?;
+        }
+        for (name, config) in self.queues {
+            store.set_queue_config(name, config).await?;
+        }
         let inner = Inner::new(
             store,
             node,
@@ -345,6 +363,7 @@ impl Runtime {
             clock: Clock::System,
             test: None,
             serve: crate::worker::Serve::default(),
+            queues: Vec::new(),
             #[cfg(feature = "http")]
             http: None,
         }
@@ -456,6 +475,13 @@ impl Runtime {
             });
         }
         Ok(self.handle_unchecked(id.to_string()))
+    }
+
+    /// A typed handle on `id`, saying whether the call that returned it created it.
+    pub(crate) fn run_handle<W: Workflow>(&self, id: String, created: bool) -> Run<W> {
+        let mut run = self.handle_unchecked(id);
+        run.created = created;
+        run
     }
 
     fn handle_unchecked<W: Workflow>(&self, id: String) -> Run<W> {

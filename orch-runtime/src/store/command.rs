@@ -1,6 +1,7 @@
 //! The commands a group-committing writer (SQLite's writer thread, PostgreSQL's writer task)
 //! receives, and what each produced: one definition for both backends.
 
+use super::flow::{Admitted, Enqueued, QueueConfig, QueueEntry};
 use super::task::{Leased, TaskResult, WorkerTerms};
 use super::{
     Claimed, Commit, Created, Fence, InstanceRecord, Lease, LeaseTerms, Millis, NodeId, Renewal,
@@ -108,6 +109,17 @@ pub(crate) enum Command {
         now: Millis,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// [`WorkflowQueues::enqueue_instance`](super::flow::WorkflowQueues::enqueue_instance).
+    Enqueue(
+        Box<InstanceRecord>,
+        QueueEntry,
+        Vec<WriteOp>,
+        oneshot::Sender<Result<Enqueued, StoreError>>,
+    ),
+    /// [`WorkflowQueues::admit`](super::flow::WorkflowQueues::admit).
+    Admit(Millis, usize, oneshot::Sender<Result<Admitted, StoreError>>),
+    /// [`WorkflowQueues::set_queue_config`](super::flow::WorkflowQueues::set_queue_config).
+    SetQueueConfig(String, QueueConfig, oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// What a command produced inside the transaction, sent once the transaction is over.
@@ -120,6 +132,8 @@ pub(crate) enum Outcome {
     Lost(Result<Renewal, StoreError>),
     Tasks(Result<Leased, StoreError>),
     Until(Result<Millis, StoreError>),
+    Enqueued(Result<Enqueued, StoreError>),
+    Admitted(Result<Admitted, StoreError>),
 }
 
 impl Outcome {
@@ -133,6 +147,8 @@ impl Outcome {
             Outcome::Lost(r) => r.is_ok(),
             Outcome::Tasks(r) => r.is_ok(),
             Outcome::Until(r) => r.is_ok(),
+            Outcome::Enqueued(r) => r.is_ok(),
+            Outcome::Admitted(r) => r.is_ok(),
         }
     }
 
@@ -146,6 +162,8 @@ impl Outcome {
             Outcome::Lost(r) => r.as_ref().err().cloned(),
             Outcome::Tasks(r) => r.as_ref().err().cloned(),
             Outcome::Until(r) => r.as_ref().err().cloned(),
+            Outcome::Enqueued(r) => r.as_ref().err().cloned(),
+            Outcome::Admitted(r) => r.as_ref().err().cloned(),
         }
     }
 
@@ -155,7 +173,10 @@ impl Outcome {
             | Command::Close(_)
             | Command::Probe(_)
             | Command::Release(..)
-            | Command::FinishTask { .. } => Outcome::Unit(Err(err)),
+            | Command::FinishTask { .. }
+            | Command::SetQueueConfig(..) => Outcome::Unit(Err(err)),
+            Command::Enqueue(..) => Outcome::Enqueued(Err(err)),
+            Command::Admit(..) => Outcome::Admitted(Err(err)),
             Command::LeaseTasks(..) => Outcome::Tasks(Err(err)),
             Command::HeartbeatTask(..) => Outcome::Until(Err(err)),
             Command::Create(..) => Outcome::Created(Err(err)),
@@ -175,9 +196,16 @@ pub(crate) fn reply(cmd: Command, outcome: Outcome) {
             | Command::Close(tx)
             | Command::Probe(tx)
             | Command::Release(_, _, tx)
-            | Command::FinishTask { reply: tx, .. },
+            | Command::FinishTask { reply: tx, .. }
+            | Command::SetQueueConfig(_, _, tx),
             Outcome::Unit(r),
         ) => {
+            let _ = tx.send(r);
+        }
+        (Command::Enqueue(_, _, _, tx), Outcome::Enqueued(r)) => {
+            let _ = tx.send(r);
+        }
+        (Command::Admit(_, _, tx), Outcome::Admitted(r)) => {
             let _ = tx.send(r);
         }
         (Command::LeaseTasks(_, _, _, tx), Outcome::Tasks(r)) => {

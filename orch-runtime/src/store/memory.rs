@@ -1,5 +1,8 @@
 //! An in-memory [`Store`]: nothing survives the process. For tests and benchmarks.
 
+use super::flow::{
+    plan, Admitted, Enqueued, QueueConfig, QueueEntry, QueueState, WorkflowQueueStats, WorkflowQueues,
+};
 use super::task::{Leased, QueueStats, TaskQueue, TaskRecord, TaskResult, TaskState, WorkerTerms};
 use super::{
     Aggregate, AttemptRecord, AuditRecord, BucketCount, Claimed, Commit, Created, Details, Fence,
@@ -63,7 +66,21 @@ struct State {
     nodes: BTreeMap<NodeId, (Millis, Millis, Millis)>,
     /// Tasks by id.
     tasks: BTreeMap<String, TaskRecord>,
+    /// Workflow queue entries by instance.
+    entries: BTreeMap<String, MemEntry>,
+    /// Workflow queue configurations by queue.
+    queue_configs: BTreeMap<String, QueueConfig>,
+    next_entry: u64,
     closed: bool,
+}
+
+/// An instance's place in its workflow queue.
+struct MemEntry {
+    entry: QueueEntry,
+    /// Order of enqueueing.
+    seq: u64,
+    enqueued_at: Millis,
+    admitted_at: Option<Millis>,
 }
 
 impl State {
@@ -1108,6 +1125,198 @@ impl TaskQueue for MemoryStore {
                             .map_or(t.task.created_at, |o| o.min(t.task.created_at)),
                     );
                 }
+            }
+        }
+        Box::pin(std::future::ready(Ok(by_queue.into_values().collect())))
+    }
+}
+
+impl State {
+    /// Whether the entry's instance is unfinished (a missing one is finished).
+    fn live(&self, instance: &str) -> bool {
+        self.instances
+            .get(instance)
+            .is_some_and(|i| !i.record.status.is_final())
+    }
+}
+
+impl WorkflowQueues for MemoryStore {
+    fn enqueue_instance(
+        &self,
+        record: InstanceRecord,
+        entry: QueueEntry,
+        extra: Vec<WriteOp>,
+    ) -> BoxFuture<'_, Result<Enqueued, StoreError>> {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut state = self.lock();
+        let result = (|| {
+            if state.closed {
+                return Err(StoreError::Closed);
+            }
+            if let Some(existing) = state.instances.get(&record.id) {
+                return Ok(Enqueued::Existing(Box::new(existing.record.clone())));
+            }
+            if let Some(dedup) = &entry.dedup {
+                let holder = state.entries.iter().find(|(id, e)| {
+                    e.entry.queue == entry.queue
+                        && e.entry.dedup.as_ref() == Some(dedup)
+                        && state.live(id)
+                });
+                if let Some((id, _)) = holder
+                    && let Some(inst) = state.instances.get(id)
+                {
+                    return Ok(Enqueued::Duplicate(Box::new(inst.record.clone())));
+                }
+            }
+            let id = record.id.clone();
+            let at = record.created_at;
+            state.instances.insert(
+                id.clone(),
+                Instance {
+                    record,
+                    ..Default::default()
+                },
+            );
+            if let Err(e) = check(&state, &extra) {
+                state.instances.remove(&id);
+                return Err(e);
+            }
+            self.apply_all(&mut state, extra);
+            state.next_entry += 1;
+            let seq = state.next_entry;
+            state
+                .queue_configs
+                .entry(entry.queue.clone())
+                .or_default();
+            state.entries.insert(
+                id,
+                MemEntry {
+                    entry,
+                    seq,
+                    enqueued_at: at,
+                    admitted_at: None,
+                },
+            );
+            Ok(Enqueued::New)
+        })();
+        Box::pin(std::future::ready(result))
+    }
+
+    fn admit(&self, now: Millis, limit: usize) -> BoxFuture<'_, Result<Admitted, StoreError>> {
+        let mut state = self.lock();
+        if state.closed {
+            return Box::pin(std::future::ready(Err(StoreError::Closed)));
+        }
+        let mut queues: BTreeMap<String, QueueState> = BTreeMap::new();
+        let mut queued: Vec<(&String, &MemEntry)> = Vec::new();
+        for (id, e) in &state.entries {
+            let status = state.instances.get(id).map(|i| i.record.status);
+            let q = queues.entry(e.entry.queue.clone()).or_default();
+            match (status, e.admitted_at) {
+                (Some(super::Status::Queued), None) => queued.push((id, e)),
+                (Some(st), Some(at)) => {
+                    if !st.is_final() {
+                        q.running += 1;
+                        if let Some(k) = &e.entry.key {
+                            *q.running_by_key.entry(k.clone()).or_default() += 1;
+                        }
+                    }
+                    q.recent.push(at);
+                }
+                _ => {}
+            }
+        }
+        queued.sort_by_key(|(_, e)| (-i64::from(e.entry.priority), e.seq));
+        for (id, e) in &queued {
+            if let Some(q) = queues.get_mut(&e.entry.queue) {
+                q.candidates.push(((*id).clone(), e.entry.key.clone()));
+            }
+        }
+        let mut admitted = Admitted::default();
+        let mut left = queued.len() as u64;
+        for (name, q) in &mut queues {
+            q.config = state.queue_configs.get(name).copied().unwrap_or_default();
+            if let Some(r) = q.config.rate {
+                let from = now.saturating_sub(r.period_ms);
+                q.recent.retain(|t| *t > from);
+                q.recent.sort_unstable();
+            }
+            let room = limit.saturating_sub(admitted.instances.len());
+            let (ids, next) = plan(q, now, room);
+            left -= ids.len() as u64;
+            admitted.instances.extend(ids);
+            if let Some(n) = next {
+                admitted.next_at = Some(admitted.next_at.map_or(n, |a: Millis| a.min(n)));
+            }
+        }
+        admitted.waiting = left;
+        for id in &admitted.instances {
+            if let Some(e) = state.entries.get_mut(id) {
+                e.admitted_at = Some(now);
+            }
+            if let Some(inst) = state.instances.get_mut(id) {
+                inst.record.status = super::Status::Running;
+                inst.record.updated_at = now;
+                inst.record.wake_at = None;
+            }
+        }
+        if !admitted.instances.is_empty() {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        for id in &admitted.instances {
+            self.hub.send(Wakeup::Due {
+                instance: id.clone(),
+            });
+        }
+        Box::pin(std::future::ready(Ok(admitted)))
+    }
+
+    fn set_queue_config(
+        &self,
+        queue: String,
+        config: QueueConfig,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let mut state = self.lock();
+        let result = if state.closed {
+            Err(StoreError::Closed)
+        } else {
+            state.queue_configs.insert(queue, config);
+            Ok(())
+        };
+        Box::pin(std::future::ready(result))
+    }
+
+    fn workflow_queues(&self) -> BoxFuture<'_, Result<Vec<WorkflowQueueStats>, StoreError>> {
+        let state = self.lock();
+        let mut by_queue: BTreeMap<String, WorkflowQueueStats> = state
+            .queue_configs
+            .iter()
+            .map(|(name, config)| {
+                let stats = WorkflowQueueStats {
+                    queue: name.clone(),
+                    config: *config,
+                    ..Default::default()
+                };
+                (name.clone(), stats)
+            })
+            .collect();
+        for (id, e) in &state.entries {
+            let q = by_queue
+                .entry(e.entry.queue.clone())
+                .or_insert_with(|| WorkflowQueueStats {
+                    queue: e.entry.queue.clone(),
+                    ..Default::default()
+                });
+            let status = state.instances.get(id).map(|i| i.record.status);
+            match status {
+                Some(super::Status::Queued) => {
+                    q.queued += 1;
+                    q.oldest_queued = Some(q.oldest_queued.map_or(e.enqueued_at, |o| o.min(e.enqueued_at)));
+                }
+                Some(st) if !st.is_final() && e.admitted_at.is_some() => q.running += 1,
+                _ => {}
             }
         }
         Box::pin(std::future::ready(Ok(by_queue.into_values().collect())))

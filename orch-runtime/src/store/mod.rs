@@ -16,6 +16,7 @@
 pub(crate) mod command;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod flow;
 pub mod lease;
 pub mod memory;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -45,6 +46,9 @@ pub use lease::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// Enqueued on a workflow queue (see [`flow`]) and not admitted yet: stored, but nothing
+    /// runs until its queue has room.
+    Queued,
     /// Loaded (or waiting to be loaded) and making progress.
     Running,
     /// Waiting for a timer, a signal or a child workflow; unloaded from memory.
@@ -64,7 +68,8 @@ pub enum Status {
 
 impl Status {
     /// Every status, in display order.
-    pub const ALL: [Status; 7] = [
+    pub const ALL: [Status; 8] = [
+        Status::Queued,
         Status::Running,
         Status::Suspended,
         Status::Completed,
@@ -107,6 +112,7 @@ impl Status {
     /// The lower-case name used in storage and output.
     pub fn as_str(self) -> &'static str {
         match self {
+            Status::Queued => "queued",
             Status::Running => "running",
             Status::Suspended => "suspended",
             Status::Completed => "completed",
@@ -1067,8 +1073,9 @@ pub trait StoreAdmin: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
 }
 
-/// A complete backend: the engine's [`Store`], the operators' [`StoreAdmin`] and the workers'
-/// [`TaskQueue`](task::TaskQueue). Implemented for every type that implements all three.
-pub trait Backend: Store + StoreAdmin + task::TaskQueue {}
+/// A complete backend: the engine's [`Store`], the operators' [`StoreAdmin`], the workers'
+/// [`TaskQueue`](task::TaskQueue) and the [`WorkflowQueues`](flow::WorkflowQueues).
+/// Implemented for every type that implements all four.
+pub trait Backend: Store + StoreAdmin + task::TaskQueue + flow::WorkflowQueues {}
 
-impl<T: Store + StoreAdmin + task::TaskQueue> Backend for T {}
+impl<T: Store + StoreAdmin + task::TaskQueue + flow::WorkflowQueues> Backend for T {}

@@ -22,7 +22,8 @@ pub const FINAL_STATUSES: [&str; 5] = [
 ];
 
 /// Every status, in the order tables show them.
-pub const STATUSES: [&str; 7] = [
+pub const STATUSES: [&str; 8] = [
+    "queued",
     "running",
     "suspended",
     "completed",

@@ -6,7 +6,7 @@
 
 (() => {
   const API = '/api/v1';
-  const STATUSES = ['running', 'suspended', 'completed', 'failed', 'cancelled', 'terminated', 'incompatible'];
+  const STATUSES = ['queued', 'running', 'suspended', 'completed', 'failed', 'cancelled', 'terminated', 'incompatible'];
   const FINAL = new Set(['completed', 'failed', 'cancelled', 'terminated', 'incompatible']);
   const MAJOR_KINDS = new Set(['step', 'sleep', 'deadline', 'signal', 'child']);
   const POLL_MS = 1000;

@@ -32,6 +32,7 @@
 
 mod admin;
 mod apply;
+mod flow;
 mod notify;
 mod nul;
 mod ownership;
@@ -694,6 +695,42 @@ impl crate::store::task::TaskQueue for PostgresStore {
         Box::pin(async move {
             let client = read::connection(&self.shared, "reading the queues").await?;
             tasks::stats(apply::Tx::new(&client), now).await
+        })
+    }
+}
+
+impl crate::store::flow::WorkflowQueues for PostgresStore {
+    fn enqueue_instance(
+        &self,
+        record: InstanceRecord,
+        entry: crate::store::flow::QueueEntry,
+        extra: Vec<WriteOp>,
+    ) -> BoxFuture<'_, Result<crate::store::flow::Enqueued, StoreError>> {
+        self.command(|tx| Command::Enqueue(Box::new(record), entry, extra, tx))
+    }
+
+    fn admit(
+        &self,
+        now: Millis,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<crate::store::flow::Admitted, StoreError>> {
+        self.command(|tx| Command::Admit(now, limit, tx))
+    }
+
+    fn set_queue_config(
+        &self,
+        queue: String,
+        config: crate::store::flow::QueueConfig,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.command(|tx| Command::SetQueueConfig(queue, config, tx))
+    }
+
+    fn workflow_queues(
+        &self,
+    ) -> BoxFuture<'_, Result<Vec<crate::store::flow::WorkflowQueueStats>, StoreError>> {
+        Box::pin(async move {
+            let client = read::connection(&self.shared, "reading the workflow queues").await?;
+            flow::stats(apply::Tx::new(&client)).await
         })
     }
 }

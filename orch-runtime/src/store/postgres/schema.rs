@@ -167,6 +167,32 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX tasks_open ON tasks (queue, priority DESC, created_at)
         WHERE state IN ('pending', 'leased');
     CREATE INDEX tasks_open_by_instance ON tasks (instance) WHERE state IN ('pending', 'leased');"#,
+    // Version 4: workflow queues (flow control for starting workflows; see store::flow).
+    r#"CREATE TABLE workflow_queues (
+        name           TEXT COLLATE "C" PRIMARY KEY,
+        concurrency    BIGINT,
+        per_key        BIGINT,
+        rate_limit     BIGINT,
+        rate_period_ms BIGINT
+    );
+    CREATE TABLE queue_entries (
+        instance    TEXT COLLATE "C" PRIMARY KEY REFERENCES instances (id),
+        queue       TEXT COLLATE "C" NOT NULL,
+        priority    INTEGER NOT NULL,
+        ckey        TEXT COLLATE "C",
+        dedup       TEXT COLLATE "C",
+        seq         BIGINT GENERATED ALWAYS AS IDENTITY,
+        enqueued_at BIGINT NOT NULL,
+        admitted_at BIGINT,
+        state       TEXT COLLATE "C" NOT NULL
+    );
+    CREATE INDEX queue_entries_waiting ON queue_entries (queue, priority DESC, seq)
+        WHERE state = 'queued';
+    CREATE INDEX queue_entries_running ON queue_entries (queue, ckey) WHERE state = 'admitted';
+    CREATE INDEX queue_entries_admitted ON queue_entries (queue, admitted_at)
+        WHERE admitted_at IS NOT NULL;
+    CREATE UNIQUE INDEX queue_entries_dedup ON queue_entries (queue, dedup)
+        WHERE dedup IS NOT NULL AND state <> 'done';"#,
 ];
 
 /// The schema version this build creates and understands.

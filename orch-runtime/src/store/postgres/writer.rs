@@ -247,13 +247,15 @@ fn plan(batch: &[Command]) -> (Vec<Check>, Vec<String>) {
                         })
                         .map(WriteOp::instance),
                 ),
-                Command::Create(rec, ..) => {
+                Command::Create(rec, ..) | Command::Enqueue(rec, ..) => {
                     moved.insert(&rec.id);
                 }
                 Command::Claim(_, id, _) => {
                     moved.insert(id);
                 }
-                Command::ClaimDue(..) | Command::Release(..) => all_moved = true,
+                Command::ClaimDue(..) | Command::Release(..) | Command::Admit(..) => {
+                    all_moved = true
+                }
                 _ => {}
             }
             check
@@ -339,6 +341,15 @@ async fn execute(tx: Tx<'_>, cmd: &Command, check: Check) -> (Outcome, Vec<Wakeu
             now,
             ..
         } => Outcome::Unit(super::tasks::finish(tx, task, *token, result, *now, &mut woken).await),
+        Command::Enqueue(record, entry, extra, _) => Outcome::Enqueued(
+            super::flow::enqueue(tx, record, entry, extra, &mut woken).await,
+        ),
+        Command::Admit(now, limit, _) => {
+            Outcome::Admitted(super::flow::admit(tx, *now, *limit, &mut woken).await)
+        }
+        Command::SetQueueConfig(queue, config, _) => {
+            Outcome::Unit(super::flow::set_config(tx, queue, config).await)
+        }
     };
     if !outcome.is_ok() {
         woken.clear();
@@ -360,7 +371,8 @@ fn lane_key(cmd: &Command) -> Option<&str> {
             Some((op, rest)) => (key(op), rest),
             None => return Some(""),
         },
-        Command::Create(rec, _, extra, _) => (&rec.id, extra),
+        Command::Create(rec, _, extra, _) | Command::Enqueue(rec, _, extra, _) => (&rec.id, extra),
+        Command::SetQueueConfig(..) => return Some("\u{0}queues"),
         Command::AddSignal {
             instance, extra, ..
         } => (instance, extra),
@@ -373,7 +385,7 @@ fn lane_key(cmd: &Command) -> Option<&str> {
         Command::HeartbeatTask(id, ..) | Command::FinishTask { task: id, .. } => {
             return Some(crate::store::task::task_instance(id));
         }
-        Command::ClaimDue(..) | Command::Release(..) => return None,
+        Command::ClaimDue(..) | Command::Release(..) | Command::Admit(..) => return None,
     };
     rest.iter().all(|op| key(op) == first).then_some(first)
 }

@@ -29,6 +29,7 @@
 
 mod admin;
 mod apply;
+mod flow;
 mod ownership;
 mod read;
 mod schema;
@@ -342,6 +343,39 @@ impl crate::store::task::TaskQueue for SqliteStore {
         now: Millis,
     ) -> BoxFuture<'_, Result<Vec<crate::store::task::QueueStats>, StoreError>> {
         self.read(move |conn| tasks::stats(conn, now))
+    }
+}
+
+impl crate::store::flow::WorkflowQueues for SqliteStore {
+    fn enqueue_instance(
+        &self,
+        record: InstanceRecord,
+        entry: crate::store::flow::QueueEntry,
+        extra: Vec<WriteOp>,
+    ) -> BoxFuture<'_, Result<crate::store::flow::Enqueued, StoreError>> {
+        self.ask(|tx| Command::Enqueue(Box::new(record), entry, extra, tx))
+    }
+
+    fn admit(
+        &self,
+        now: Millis,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<crate::store::flow::Admitted, StoreError>> {
+        self.ask(|tx| Command::Admit(now, limit, tx))
+    }
+
+    fn set_queue_config(
+        &self,
+        queue: String,
+        config: crate::store::flow::QueueConfig,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.ask(|tx| Command::SetQueueConfig(queue, config, tx))
+    }
+
+    fn workflow_queues(
+        &self,
+    ) -> BoxFuture<'_, Result<Vec<crate::store::flow::WorkflowQueueStats>, StoreError>> {
+        self.read(flow::stats_mut)
     }
 }
 

@@ -146,6 +146,33 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX tasks_open ON tasks (queue, priority DESC, created_at)
         WHERE state IN ('pending', 'leased');
     CREATE INDEX tasks_open_by_instance ON tasks (instance) WHERE state IN ('pending', 'leased');",
+    // Version 5: workflow queues (flow control for starting workflows; see store::flow).
+    "CREATE TABLE workflow_queues (
+        name           TEXT PRIMARY KEY,
+        concurrency    INTEGER,
+        per_key        INTEGER,
+        rate_limit     INTEGER,
+        rate_period_ms INTEGER
+    ) WITHOUT ROWID;
+    CREATE TABLE queue_entries (
+        instance    TEXT PRIMARY KEY REFERENCES instances (id),
+        queue       TEXT NOT NULL,
+        priority    INTEGER NOT NULL,
+        ckey        TEXT,
+        dedup       TEXT,
+        seq         INTEGER NOT NULL,
+        enqueued_at INTEGER NOT NULL,
+        admitted_at INTEGER,
+        state       TEXT NOT NULL
+    );
+    CREATE INDEX queue_entries_waiting ON queue_entries (queue, priority DESC, seq)
+        WHERE state = 'queued';
+    CREATE INDEX queue_entries_running ON queue_entries (queue, ckey) WHERE state = 'admitted';
+    CREATE INDEX queue_entries_admitted ON queue_entries (queue, admitted_at)
+        WHERE admitted_at IS NOT NULL;
+    CREATE INDEX queue_entries_dedup ON queue_entries (queue, dedup)
+        WHERE dedup IS NOT NULL AND state <> 'done';
+    CREATE INDEX queue_entries_seq ON queue_entries (seq);",
 ];
 
 /// The schema version this build creates and understands.

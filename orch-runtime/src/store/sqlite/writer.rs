@@ -335,6 +335,15 @@ fn execute(
         } => Outcome::Unit(super::tasks::finish(
             conn, task, *token, result, *now, woken,
         )),
+        Command::Enqueue(record, entry, extra, _) => {
+            Outcome::Enqueued(super::flow::enqueue(conn, record, entry, extra, woken))
+        }
+        Command::Admit(now, limit, _) => {
+            Outcome::Admitted(super::flow::admit(conn, *now, *limit, woken))
+        }
+        Command::SetQueueConfig(queue, config, _) => {
+            Outcome::Unit(super::flow::set_config(conn, queue, config))
+        }
     }
 }
 
