@@ -514,8 +514,11 @@ impl Inner {
             self.queues_active
                 .store(admitted.waiting > 0, Ordering::SeqCst);
             if !admitted.instances.is_empty() {
-                tracing::debug!(admitted = admitted.instances.len(), waiting = admitted.waiting,
-                    "admitted queued instances");
+                tracing::debug!(
+                    admitted = admitted.instances.len(),
+                    waiting = admitted.waiting,
+                    "admitted queued instances"
+                );
             }
             if admitted.instances.len() < ADMIT_BATCH || admitted.waiting == 0 {
                 return Ok(());

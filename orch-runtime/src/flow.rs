@@ -19,8 +19,8 @@
 use crate::error::Error;
 use crate::runtime::{Run, Runtime};
 use crate::store::WriteOp;
-pub use crate::store::flow::{DEFAULT_QUEUE, QueueConfig, Rate, WorkflowQueueStats};
 use crate::store::flow::QueueEntry;
+pub use crate::store::flow::{DEFAULT_QUEUE, QueueConfig, Rate, WorkflowQueueStats};
 use crate::workflow::Workflow;
 use futures_util::future::BoxFuture;
 use std::future::IntoFuture;
@@ -118,9 +118,13 @@ impl<'a, W: Workflow> IntoFuture for Enqueue<'a, W> {
             let (id, created) = self
                 .rt
                 .inner
-                .enqueue(def, self.options.id.clone(), json, self.options.entry(), |_| {
-                    Vec::new()
-                })
+                .enqueue(
+                    def,
+                    self.options.id.clone(),
+                    json,
+                    self.options.entry(),
+                    |_| Vec::new(),
+                )
                 .await?;
             Ok(self.rt.run_handle(id, created))
         })

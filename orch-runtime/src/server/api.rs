@@ -1,6 +1,7 @@
 //! The JSON API handlers (`/api/v1`), `/metrics` and `/healthz`.
 
 use super::auth::{Auth, Caller, Refused, Role};
+use super::flow;
 use super::params::{
     Pairs, Segment, Segments, check_workflow, cursor_of, duration_param, graph_format,
     query_from_json, query_from_params,
@@ -18,7 +19,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
 
@@ -87,6 +88,8 @@ pub(crate) fn routes(state: AppState) -> Router {
         .route("/api/v1/tasks/{id}/complete", post(tasks::complete))
         .route("/api/v1/tasks/{id}/fail", post(tasks::fail))
         .route("/api/v1/queues", get(tasks::queues))
+        .route("/api/v1/queues/{queue}/instances", post(flow::enqueue))
+        .route("/api/v1/queues/{queue}/config", put(flow::set_config))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
@@ -278,7 +281,7 @@ async fn count_requests(State(state): State<AppState>, req: Request, next: Next)
 // ---------------------------------------------------------------------------------------------
 // Request parts.
 
-fn caller(req_caller: Option<axum::Extension<Caller>>) -> Caller {
+pub(crate) fn caller(req_caller: Option<axum::Extension<Caller>>) -> Caller {
     req_caller.map(|c| c.0).unwrap_or(Caller {
         name: "local".into(),
         role: Role::Admin,

@@ -6,6 +6,7 @@
 mod api;
 mod auth;
 mod cluster;
+mod flow;
 mod headers;
 mod health;
 mod limits;

@@ -434,10 +434,11 @@ pub(crate) async fn queues(State(state): State<AppState>) -> ApiResult {
             ..QueueStats::default()
         });
     }
-    let queues: Vec<Value> = by_name
+    let mut queues: Vec<Value> = by_name
         .into_values()
         .map(|s| {
             json!({
+                "kind": "task",
                 "queue": s.queue,
                 "waiting": s.waiting,
                 "in_flight": s.in_flight,
@@ -447,6 +448,18 @@ pub(crate) async fn queues(State(state): State<AppState>) -> ApiResult {
             })
         })
         .collect();
+    // Workflow queues (instances waiting to start; see crate::flow) beside the task queues.
+    let workflow_queues = rt.workflow_queues().await?;
+    queues.extend(workflow_queues.into_iter().map(|q| {
+        json!({
+            "kind": "workflow",
+            "queue": q.queue,
+            "waiting": q.queued,
+            "in_flight": q.running,
+            "oldest_waiting": q.oldest_queued.map(time),
+            "limits": super::flow::config_json(&q.config),
+        })
+    }));
     let workers = state.workers().list(now);
     Ok(axum::Json(json!({"queues": queues, "workers": workers})).into_response())
 }

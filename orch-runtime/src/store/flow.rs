@@ -98,9 +98,11 @@ impl QueueConfig {
     pub fn check(&self) -> Result<(), String> {
         if let Some(r) = self.rate {
             if r.limit == 0 {
-                return Err("a rate limit admits at least 1 instance per period; to stop the \
+                return Err(
+                    "a rate limit admits at least 1 instance per period; to stop the \
                      queue set its concurrency to 0"
-                    .into());
+                        .into(),
+                );
             }
             if r.period_ms <= 0 {
                 return Err("a rate limit's period is at least 1 ms".into());
@@ -258,7 +260,10 @@ pub(crate) fn plan(q: &mut QueueState, now: Millis, limit: usize) -> (Vec<String
         admitted.push(id);
     }
     let next_at = match cfg.rate {
-        Some(r) if rate_blocked || (admitted.len() < total && q.recent.len() as u64 >= u64::from(r.limit)) => {
+        Some(r)
+            if rate_blocked
+                || (admitted.len() < total && q.recent.len() as u64 >= u64::from(r.limit)) =>
+        {
             // The window frees its oldest admission first.
             let over = q.recent.len() - r.limit as usize;
             q.recent.get(over).map(|t| t.saturating_add(r.period_ms))

@@ -1,7 +1,8 @@
 //! An in-memory [`Store`]: nothing survives the process. For tests and benchmarks.
 
 use super::flow::{
-    plan, Admitted, Enqueued, QueueConfig, QueueEntry, QueueState, WorkflowQueueStats, WorkflowQueues,
+    Admitted, Enqueued, QueueConfig, QueueEntry, QueueState, WorkflowQueueStats, WorkflowQueues,
+    plan,
 };
 use super::task::{Leased, QueueStats, TaskQueue, TaskRecord, TaskResult, TaskState, WorkerTerms};
 use super::{
@@ -1185,10 +1186,7 @@ impl WorkflowQueues for MemoryStore {
             self.apply_all(&mut state, extra);
             state.next_entry += 1;
             let seq = state.next_entry;
-            state
-                .queue_configs
-                .entry(entry.queue.clone())
-                .or_default();
+            state.queue_configs.entry(entry.queue.clone()).or_default();
             state.entries.insert(
                 id,
                 MemEntry {
@@ -1313,7 +1311,10 @@ impl WorkflowQueues for MemoryStore {
             match status {
                 Some(super::Status::Queued) => {
                     q.queued += 1;
-                    q.oldest_queued = Some(q.oldest_queued.map_or(e.enqueued_at, |o| o.min(e.enqueued_at)));
+                    q.oldest_queued = Some(
+                        q.oldest_queued
+                            .map_or(e.enqueued_at, |o| o.min(e.enqueued_at)),
+                    );
                 }
                 Some(st) if !st.is_final() && e.admitted_at.is_some() => q.running += 1,
                 _ => {}

@@ -1,7 +1,9 @@
 //! The checks every store backend must pass: one module per property of the [`Store`] and
 //! [`StoreAdmin`](crate::store::StoreAdmin) contract (write semantics, atomicity, leases and their expiry, fencing,
 //! wake-ups, retry and fork bookkeeping, queries) and of the
-//! [`TaskQueue`](crate::store::task::TaskQueue) (task leases, fencing of late workers, order).
+//! [`TaskQueue`](crate::store::task::TaskQueue) (task leases, fencing of late workers, order)
+//! and of the [`WorkflowQueues`](crate::store::flow::WorkflowQueues) (admission under limits,
+//! deduplication).
 //!
 //! Enabled by the `conformance` feature. Run them from a backend's tests, each on a fresh,
 //! empty store made by your factory:
@@ -26,6 +28,7 @@ use std::sync::Arc;
 
 pub mod atomicity;
 pub mod fencing;
+pub mod flow;
 pub mod leases;
 pub mod operations;
 pub mod queries;
@@ -167,6 +170,28 @@ pub const CHECKS: &[(&str, CheckFn)] = &[
     ("tasks::queue_stats_count_each_state", |s| {
         Box::pin(tasks::queue_stats_count_each_state(s))
     }),
+    ("flow::enqueued_instances_wait_until_admitted", |s| {
+        Box::pin(flow::enqueued_instances_wait_until_admitted(s))
+    }),
+    (
+        "flow::admission_follows_priority_within_the_concurrency_limit",
+        |s| Box::pin(flow::admission_follows_priority_within_the_concurrency_limit(s)),
+    ),
+    ("flow::a_busy_key_is_passed_over", |s| {
+        Box::pin(flow::a_busy_key_is_passed_over(s))
+    }),
+    ("flow::a_held_deduplication_key_returns_its_holder", |s| {
+        Box::pin(flow::a_held_deduplication_key_returns_its_holder(s))
+    }),
+    ("flow::a_rate_limit_admits_n_per_period", |s| {
+        Box::pin(flow::a_rate_limit_admits_n_per_period(s))
+    }),
+    ("flow::concurrent_admissions_never_pass_the_limit", |s| {
+        Box::pin(flow::concurrent_admissions_never_pass_the_limit(s))
+    }),
+    ("flow::configurations_are_stored_and_listed", |s| {
+        Box::pin(flow::configurations_are_stored_and_listed(s))
+    }),
 ];
 
 /// Runs every check, each on a fresh store from `factory`, and panics listing those that
@@ -250,7 +275,14 @@ macro_rules! conformance_tests {
             tasks::leases_follow_priority_then_age_within_the_asked_queues,
             tasks::cancelled_tasks_and_tasks_of_ended_instances_are_not_handed_out,
             tasks::concurrent_leases_never_share_a_task,
-            tasks::queue_stats_count_each_state
+            tasks::queue_stats_count_each_state,
+            flow::enqueued_instances_wait_until_admitted,
+            flow::admission_follows_priority_within_the_concurrency_limit,
+            flow::a_busy_key_is_passed_over,
+            flow::a_held_deduplication_key_returns_its_holder,
+            flow::a_rate_limit_admits_n_per_period,
+            flow::concurrent_admissions_never_pass_the_limit,
+            flow::configurations_are_stored_and_listed
         );
     };
     (@each $factory:expr; $($module:ident :: $check:ident),*) => {

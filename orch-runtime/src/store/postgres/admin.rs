@@ -358,7 +358,7 @@ pub(crate) async fn unfinished(
     let client = connection(shared, ctx).await?;
     let mut sql = Sql::default();
     sql.push(
-        "SELECT id FROM instances WHERE status IN ('running', 'suspended')",
+        "SELECT id FROM instances WHERE status IN ('queued', 'running', 'suspended')",
         vec![],
     );
     if let Some(w) = workflow {

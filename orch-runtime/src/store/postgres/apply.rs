@@ -94,7 +94,7 @@ pub(crate) use final_in;
 /// the stored status is unknown (a damaged row), so the error it then reports changed nothing.
 macro_rules! known {
     () => {
-        "('running', 'suspended', 'completed', 'failed', 'cancelled', 'terminated', 'incompatible')"
+        "('queued', 'running', 'suspended', 'completed', 'failed', 'cancelled', 'terminated', 'incompatible')"
     };
 }
 
@@ -191,7 +191,7 @@ const FINISH_MANY: &str = "WITH w AS (UPDATE instances u SET status = v.status, 
      failed_seq = v.seq, owner = NULL, lease_epoch = u.lease_epoch + 1 \
      FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], \
      $7::bigint[]) AS v(id, status, output, error, at, step, seq) \
-     WHERE u.id = v.id AND u.status IN ('running', 'suspended') RETURNING u.id, u.parent, v.at), \
+     WHERE u.id = v.id AND u.status IN ('queued', 'running', 'suspended') RETURNING u.id, u.parent, v.at), \
      c AS (UPDATE tasks t SET state = 'cancelled', error = 'its instance ended', \
      finished_at = w.at FROM w WHERE t.instance = w.id AND t.state IN ('pending', 'leased')) \
      SELECT id, parent FROM w";
@@ -530,19 +530,19 @@ const SUSPEND: &str = concat!(
     "WITH i AS (SELECT status FROM instances WHERE id = $1::text), w AS (",
     "UPDATE instances SET status = 'suspended', owner = NULL, ",
     "wake_at = LEAST(wake_at, $2::bigint), updated_at = $3::bigint ",
-    "WHERE id = $1::text AND status IN ('running', 'suspended') RETURNING wake_at) ",
+    "WHERE id = $1::text AND status IN ('queued', 'running', 'suspended') RETURNING wake_at) ",
     "SELECT (SELECT status FROM i), (SELECT count(*) FROM w), (SELECT wake_at FROM w)"
 );
 const SET_STATUS: &str = guarded!(concat!(
     "UPDATE instances SET status = $2::text, wake_at = $3::bigint, updated_at = $4::bigint ",
-    "WHERE id = $1::text AND status IN ('running', 'suspended')"
+    "WHERE id = $1::text AND status IN ('queued', 'running', 'suspended')"
 ));
 const FINISH: &str = concat!(
     "WITH i AS (SELECT status FROM instances WHERE id = $1::text), w AS (",
     "UPDATE instances SET status = $2::text, output = $3::text, error = $4::text, ",
     "wake_at = NULL, updated_at = $5::bigint, failed_step = $6::text, failed_seq = $7::bigint, ",
     "owner = NULL, lease_epoch = lease_epoch + 1 ",
-    "WHERE id = $1::text AND status IN ('running', 'suspended') RETURNING parent), ",
+    "WHERE id = $1::text AND status IN ('queued', 'running', 'suspended') RETURNING parent), ",
     cancel_tasks!(),
     " SELECT (SELECT status FROM i), (SELECT count(*) FROM w), (SELECT parent FROM w)"
 );
@@ -558,7 +558,7 @@ const FINISH_FENCED: &str = concat!(
     "wake_at = NULL, updated_at = $5::bigint, failed_step = $6::text, failed_seq = $7::bigint, ",
     "owner = NULL, lease_epoch = u.lease_epoch + 1 FROM i WHERE u.id = $1::text ",
     "AND i.owner = $8::text AND i.lease_epoch = $9::bigint ",
-    "AND i.status IN ('running', 'suspended') RETURNING u.parent), ",
+    "AND i.status IN ('queued', 'running', 'suspended') RETURNING u.parent), ",
     cancel_tasks!(),
     ", n AS (SELECT pg_notify($10::text, $11::text || coalesce(E'\\n' || ",
     "json_build_array('p', w.parent, $1::text)::text, '')) FROM w) ",
@@ -583,14 +583,14 @@ const END_TIMER: &str = guarded!(concat!(
 const REQUEST_CANCEL: &str = guarded!(concat!(
     "UPDATE instances SET cancel_requested = COALESCE(cancel_requested, $2::bigint), ",
     "updated_at = $2::bigint, wake_at = LEAST(wake_at, $2::bigint) ",
-    "WHERE id = $1::text AND status IN ('running', 'suspended')"
+    "WHERE id = $1::text AND status IN ('queued', 'running', 'suspended')"
 ));
 const CANCEL_DELIVERED: &str = guarded!(concat!(
     "UPDATE instances SET cancel_seq = $2::bigint WHERE id = $1::text AND status IN ",
     known!()
 ));
 const WAKE: &str = "UPDATE instances SET wake_at = LEAST(wake_at, $2::bigint) \
-     WHERE id = $1::text AND status IN ('running', 'suspended')";
+     WHERE id = $1::text AND status IN ('queued', 'running', 'suspended')";
 const AUDIT: &str =
     "INSERT INTO audit (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)";
 const CREATE: &str = "WITH n AS (INSERT INTO instances (id, workflow, version, input, status, \
@@ -603,9 +603,9 @@ const ADD_SIGNAL: &str = concat!(
     "WITH i AS (SELECT status FROM instances WHERE id = $1::text), ",
     "s AS (INSERT INTO signals (instance, name, payload, received_at) ",
     "SELECT $1::text, $2::text, $3::text, $4::bigint FROM i ",
-    "WHERE i.status IN ('running', 'suspended') RETURNING id), ",
+    "WHERE i.status IN ('queued', 'running', 'suspended') RETURNING id), ",
     "w AS (UPDATE instances SET wake_at = LEAST(wake_at, $4::bigint) ",
-    "WHERE id = $1::text AND status IN ('running', 'suspended') AND EXISTS (SELECT 1 FROM s) ",
+    "WHERE id = $1::text AND status IN ('queued', 'running', 'suspended') AND EXISTS (SELECT 1 FROM s) ",
     "RETURNING 1) ",
     "SELECT (SELECT status FROM i), (SELECT id FROM s), (SELECT count(*) FROM w)"
 );

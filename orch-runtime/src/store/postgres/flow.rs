@@ -29,7 +29,12 @@ pub(super) async fn enqueue(
     extra: &[WriteOp],
     woken: &mut Vec<Wakeup>,
 ) -> Result<Enqueued, StoreError> {
-    let ctx = || format!("enqueueing instance `{}` on queue `{}`", record.id, entry.queue);
+    let ctx = || {
+        format!(
+            "enqueueing instance `{}` on queue `{}`",
+            record.id, entry.queue
+        )
+    };
     let e = |err: tokio_postgres::Error| pg_error(&ctx(), &err);
     if let Some(existing) = get_record(tx, &record.id).await? {
         return Ok(Enqueued::Existing(Box::new(existing)));
@@ -217,7 +222,12 @@ pub(super) async fn admit(
                 .await
                 .map_err(e)?
                 .iter()
-                .map(|r| (r.get::<_, String>(0), u64::try_from(r.get::<_, i64>(1)).unwrap_or(0)))
+                .map(|r| {
+                    (
+                        r.get::<_, String>(0),
+                        u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
+                    )
+                })
                 .collect();
         }
         if let Some(r) = config.rate {

@@ -341,9 +341,9 @@ async fn execute(tx: Tx<'_>, cmd: &Command, check: Check) -> (Outcome, Vec<Wakeu
             now,
             ..
         } => Outcome::Unit(super::tasks::finish(tx, task, *token, result, *now, &mut woken).await),
-        Command::Enqueue(record, entry, extra, _) => Outcome::Enqueued(
-            super::flow::enqueue(tx, record, entry, extra, &mut woken).await,
-        ),
+        Command::Enqueue(record, entry, extra, _) => {
+            Outcome::Enqueued(super::flow::enqueue(tx, record, entry, extra, &mut woken).await)
+        }
         Command::Admit(now, limit, _) => {
             Outcome::Admitted(super::flow::admit(tx, *now, *limit, &mut woken).await)
         }

@@ -335,8 +335,9 @@ pub(super) fn unfinished(
     after: Option<String>,
     limit: usize,
 ) -> Result<Vec<String>, StoreError> {
-    let mut sql =
-        String::from("SELECT id FROM instances WHERE +status IN ('running', 'suspended')");
+    let mut sql = String::from(
+        "SELECT id FROM instances WHERE +status IN ('queued', 'running', 'suspended')",
+    );
     let mut params = Vec::new();
     if let Some(w) = workflow {
         sql.push_str(" AND +workflow = ?");

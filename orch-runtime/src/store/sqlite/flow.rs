@@ -31,7 +31,12 @@ pub(super) fn enqueue(
     extra: &[WriteOp],
     woken: &mut Vec<Wakeup>,
 ) -> Result<Enqueued, StoreError> {
-    let ctx = || format!("enqueueing instance `{}` on queue `{}`", record.id, entry.queue);
+    let ctx = || {
+        format!(
+            "enqueueing instance `{}` on queue `{}`",
+            record.id, entry.queue
+        )
+    };
     if let Some(existing) = get_record(conn, &record.id)? {
         return Ok(Enqueued::Existing(Box::new(existing)));
     }
@@ -78,8 +83,7 @@ pub(super) fn enqueue(
 
 fn config_from(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<QueueConfig> {
     let n = |i: usize| -> rusqlite::Result<Option<u32>> {
-        Ok(r
-            .get::<_, Option<i64>>(at + i)?
+        Ok(r.get::<_, Option<i64>>(at + i)?
             .map(|v| u32::try_from(v).unwrap_or(u32::MAX)))
     };
     let rate = match (n(2)?, r.get::<_, Option<i64>>(at + 3)?) {
