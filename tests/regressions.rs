@@ -183,6 +183,36 @@ impl TaskQueue for Faulty {
     }
 }
 
+impl orch_runtime::store::flow::WorkflowQueues for Faulty {
+    fn enqueue_instance(
+        &self,
+        record: InstanceRecord,
+        entry: orch_runtime::store::flow::QueueEntry,
+        extra: Vec<WriteOp>,
+    ) -> BoxFuture<'_, Result<orch_runtime::store::flow::Enqueued, StoreError>> {
+        self.inner.enqueue_instance(record, entry, extra)
+    }
+    fn admit(
+        &self,
+        now: Millis,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<orch_runtime::store::flow::Admitted, StoreError>> {
+        self.inner.admit(now, limit)
+    }
+    fn set_queue_config(
+        &self,
+        queue: String,
+        config: orch_runtime::store::flow::QueueConfig,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.inner.set_queue_config(queue, config)
+    }
+    fn workflow_queues(
+        &self,
+    ) -> BoxFuture<'_, Result<Vec<orch_runtime::store::flow::WorkflowQueueStats>, StoreError>> {
+        self.inner.workflow_queues()
+    }
+}
+
 impl StoreAdmin for Faulty {
     fn search(&self, q: Query) -> BoxFuture<'_, Result<Vec<InstanceRecord>, StoreError>> {
         self.inner.search(q)
