@@ -517,6 +517,7 @@ async fn definitions_list_every_workflow_with_counts() {
     assert_eq!(
         statuses,
         BTreeSet::from([
+            "queued",
             "running",
             "suspended",
             "completed",
