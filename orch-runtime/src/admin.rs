@@ -173,19 +173,28 @@ impl Runtime {
         }
         let at = self.inner.clock.now_ms();
         let audit = self.audit_record(actor, "cancel", id, serde_json::json!({ "reason": reason }));
+        let mut ops = vec![
+            WriteOp::RequestCancel {
+                instance: id.to_string(),
+                at,
+            },
+            WriteOp::Audit(audit),
+        ];
+        if rec.status == Status::Queued {
+            // Nothing of it ran yet: it ends now instead of taking its queue's room to cancel.
+            ops.push(WriteOp::Finish {
+                instance: id.to_string(),
+                status: Status::Cancelled,
+                output: None,
+                error: Some(format!("cancelled while queued: {reason}")),
+                failed_step: None,
+                at,
+            });
+        }
         // The store's wake-up tells the node that drives it (or makes one claim it).
         self.inner
             .store
-            .submit(
-                None,
-                vec![
-                    WriteOp::RequestCancel {
-                        instance: id.to_string(),
-                        at,
-                    },
-                    WriteOp::Audit(audit),
-                ],
-            )
+            .submit(None, ops)
             .await
             .map_err(|e| match e {
                 crate::store::StoreError::Finished { status, .. } => Error::Conflict {

@@ -1166,3 +1166,51 @@ async fn nodes_are_listed_and_check_reports_what_new_code_cannot_run() {
     assert_eq!(bad.code, 2, "{bad:?}");
     rt.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_set_changes_a_workflow_queue_s_limits_live() {
+    let (rt, url) = server().await;
+    let out = ok(
+        &url,
+        &[
+            "queue",
+            "set",
+            "checkout",
+            "--concurrency",
+            "5",
+            "--per-key",
+            "1",
+            "--rate",
+            "100",
+            "--per-ms",
+            "60000",
+        ],
+    )
+    .await;
+    assert_eq!(
+        out.stdout, "queue checkout: concurrency 5, per key 1, 100 per 60000 ms\n",
+        "{out:?}"
+    );
+    let queues = rt.workflow_queues().await.expect("queues");
+    let q = queues
+        .iter()
+        .find(|q| q.queue == "checkout")
+        .expect("stored");
+    assert_eq!(q.config.concurrency, Some(5));
+    assert_eq!(q.config.per_key, Some(1));
+    assert_eq!(
+        q.config.rate.map(|r| (r.limit, r.period_ms)),
+        Some((100, 60_000))
+    );
+    // Without a limit, the queue has none.
+    let out = ok(&url, &["queue", "set", "checkout"]).await;
+    assert_eq!(out.stdout, "queue checkout: no limits\n", "{out:?}");
+    // A rate without its window is a usage error, and a bad name the server's refusal.
+    let out = orch(&url, &["queue", "set", "checkout", "--rate", "5"]).await;
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("--per-ms"), "{out:?}");
+    let out = orch(&url, &["queue", "set", "no spaces", "--concurrency", "1"]).await;
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("letters, digits"), "{out:?}");
+    rt.shutdown().await.expect("shutdown");
+}

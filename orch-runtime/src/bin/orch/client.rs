@@ -134,6 +134,14 @@ impl Client {
         json_body(response).await
     }
 
+    /// PUT a JSON body, read a JSON answer.
+    pub async fn put(&self, url: Url, body: &Value) -> Result<Value, CliError> {
+        let response = self
+            .send(self.http.put(url.clone()).json(body), &url)
+            .await?;
+        json_body(response).await
+    }
+
     async fn send(
         &self,
         request: reqwest::RequestBuilder,

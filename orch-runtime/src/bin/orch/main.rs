@@ -8,6 +8,7 @@ mod client;
 mod cluster;
 mod definitions;
 mod display;
+mod flow;
 mod graph;
 mod instances;
 mod output;
@@ -118,6 +119,8 @@ enum Command {
     /// Check every waiting instance against the server's code (the deploy check): lists those
     /// it cannot run and exits 1 when there is any. Calls no step, changes nothing.
     Check(cluster::CheckArgs),
+    /// Workflow queues: `orch queue set NAME --concurrency 5` changes a queue's limits live.
+    Queue(flow::QueueArgs),
 }
 
 /// What every command gets: the client and the output mode.
@@ -177,6 +180,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Whoami => definitions::whoami(&ctx).await.map(|()| 0),
         Command::Nodes => cluster::nodes(&ctx).await.map(|()| 0),
         Command::Check(args) => cluster::check(&ctx, args).await,
+        Command::Queue(args) => flow::queue(&ctx, args).await.map(|()| 0),
     }
 }
 

@@ -868,18 +868,22 @@
   function startDialog(d) {
     const id = h('input', { name: 'id', placeholder: 'leave empty for a generated id', 'data-testid': 'start-id', autocomplete: 'off' });
     const input = jsonField('Input (JSON)', 'input', JSON.stringify(sampleOf(d.input_trace), null, 2), 'start-input');
+    const queue = h('input', { name: 'queue', placeholder: 'leave empty to start at once', 'data-testid': 'start-queue', autocomplete: 'off' });
     openDialog({
       title: `Start ${d.name}`,
-      intro: `The input must deserialize into ${d.input_type}. Starting with an id that exists returns that instance.`,
-      fields: [field('Instance id', id), input.node],
+      intro: `The input must deserialize into ${d.input_type}. Starting with an id that exists returns that instance. With a workflow queue, the instance waits (queued) until the queue has room under its limits.`,
+      fields: [field('Instance id', id), field('Workflow queue', queue), input.node],
       submitLabel: 'Start',
       testid: 'start-dialog',
       valid: () => input.valid(),
       submit: async () => {
         const body = { workflow: d.name, input: JSON.parse(input.area.value) };
         if (id.value.trim()) body.id = id.value.trim();
-        const r = await api('/instances', { method: 'POST', body });
-        toast(r.created ? `Started ${r.id}` : `${r.id} existed already`);
+        const q = queue.value.trim();
+        const r = q
+          ? await api(`/queues/${enc(q)}/instances`, { method: 'POST', body })
+          : await api('/instances', { method: 'POST', body });
+        toast(r.created ? (q ? `Enqueued ${r.id} on ${q}` : `Started ${r.id}`) : `${r.id} existed already`);
         location.hash = `#/instances/${enc(r.id)}`;
       },
     });

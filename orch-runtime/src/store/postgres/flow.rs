@@ -8,7 +8,7 @@
 
 use super::apply::{Param, Tx, create};
 use super::pg_error;
-use super::read::get_record;
+use super::read::{get, get_record};
 use crate::store::flow::{
     Admitted, Enqueued, QueueConfig, QueueEntry, QueueState, Rate, WorkflowQueueStats, plan,
 };
@@ -92,7 +92,7 @@ pub(super) async fn enqueue(
             )
             .await
             .map_err(e)?;
-        let holder: Option<String> = holder.map(|r| r.get(0));
+        let holder: Option<String> = holder.map(|r| get(&r, 0, &ctx())).transpose()?;
         if let Some(holder) = holder
             && let Some(rec) = get_record(tx, &holder).await?
         {
@@ -107,20 +107,23 @@ pub(super) async fn enqueue(
     Ok(Enqueued::New)
 }
 
-fn config_from(r: &Row, at: usize) -> QueueConfig {
-    let n = |i: usize| -> Option<u32> {
-        r.get::<_, Option<i64>>(at + i)
-            .map(|v| u32::try_from(v).unwrap_or(u32::MAX))
+fn config_from(r: &Row, at: usize, ctx: &str) -> Result<QueueConfig, StoreError> {
+    let n = |i: usize| -> Result<Option<u32>, StoreError> {
+        Ok(get::<Option<i64>>(r, at + i, ctx)?.map(|v| u32::try_from(v).unwrap_or(u32::MAX)))
     };
-    let rate = match (n(2), r.get::<_, Option<i64>>(at + 3)) {
+    let rate = match (n(2)?, get::<Option<i64>>(r, at + 3, ctx)?) {
         (Some(limit), Some(period_ms)) => Some(Rate { limit, period_ms }),
         _ => None,
     };
-    QueueConfig {
-        concurrency: n(0),
-        per_key: n(1),
+    Ok(QueueConfig {
+        concurrency: n(0)?,
+        per_key: n(1)?,
         rate,
-    }
+    })
+}
+
+fn count(r: &Row, i: usize, ctx: &str) -> Result<u64, StoreError> {
+    Ok(u64::try_from(get::<i64>(r, i, ctx)?).unwrap_or(0))
 }
 
 /// [`WorkflowQueues::set_queue_config`](crate::store::flow::WorkflowQueues::set_queue_config).
@@ -160,7 +163,8 @@ pub(super) async fn admit(
     limit: usize,
     woken: &mut Vec<Wakeup>,
 ) -> Result<Admitted, StoreError> {
-    let e = |err: tokio_postgres::Error| pg_error("admitting queued instances", &err);
+    const CTX: &str = "admitting queued instances";
+    let e = |err: tokio_postgres::Error| pg_error(CTX, &err);
     let queues: Vec<String> = tx
         .query(
             "SELECT DISTINCT queue FROM queue_entries WHERE state = 'queued' ORDER BY queue",
@@ -169,8 +173,8 @@ pub(super) async fn admit(
         .await
         .map_err(e)?
         .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .map(|r| get(r, 0, CTX))
+        .collect::<Result<_, _>>()?;
     let mut admitted = Admitted::default();
     for queue in queues {
         let room = limit.saturating_sub(admitted.instances.len());
@@ -186,7 +190,8 @@ pub(super) async fn admit(
             )
             .await
             .map_err(e)?
-            .map(|r| config_from(&r, 0))
+            .map(|r| config_from(&r, 0, CTX))
+            .transpose()?
             .unwrap_or_default();
         // Admitted instances that finished since give their room back.
         tx.execute(
@@ -203,15 +208,14 @@ pub(super) async fn admit(
             config,
             ..QueueState::default()
         };
-        let running: i64 = tx
+        let running = tx
             .query_one(
                 "SELECT COUNT(*) FROM queue_entries WHERE queue = $1::text AND state = 'admitted'",
                 &[&queue],
             )
             .await
-            .map_err(e)?
-            .get(0);
-        q.running = u64::try_from(running).unwrap_or(0);
+            .map_err(e)?;
+        q.running = count(&running, 0, CTX)?;
         if config.per_key.is_some() {
             q.running_by_key = tx
                 .query(
@@ -222,13 +226,8 @@ pub(super) async fn admit(
                 .await
                 .map_err(e)?
                 .iter()
-                .map(|r| {
-                    (
-                        r.get::<_, String>(0),
-                        u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
-                    )
-                })
-                .collect();
+                .map(|r| Ok((get::<String>(r, 0, CTX)?, count(r, 1, CTX)?)))
+                .collect::<Result<_, StoreError>>()?;
         }
         if let Some(r) = config.rate {
             let from = now.saturating_sub(r.period_ms);
@@ -241,8 +240,8 @@ pub(super) async fn admit(
                 .await
                 .map_err(e)?
                 .iter()
-                .map(|r| r.get(0))
-                .collect();
+                .map(|r| get(r, 0, CTX))
+                .collect::<Result<_, _>>()?;
         }
         let want = i64::try_from(room.saturating_mul(4).saturating_add(16)).unwrap_or(i64::MAX);
         let per_key = n32(config.per_key);
@@ -259,8 +258,8 @@ pub(super) async fn admit(
             .await
             .map_err(e)?
             .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
+            .map(|r| Ok((get(r, 0, CTX)?, get(r, 1, CTX)?)))
+            .collect::<Result<_, StoreError>>()?;
         let (ids, next) = plan(&mut q, now, room);
         if !ids.is_empty() {
             tx.execute(
@@ -286,16 +285,15 @@ pub(super) async fn admit(
             admitted.next_at = Some(admitted.next_at.map_or(n, |a: Millis| a.min(n)));
         }
     }
-    let waiting: i64 = tx
+    let waiting = tx
         .query_one(
             "SELECT COUNT(*) FROM queue_entries e JOIN instances i ON i.id = e.instance \
              WHERE e.state = 'queued' AND i.status = 'queued'",
             &[],
         )
         .await
-        .map_err(e)?
-        .get(0);
-    admitted.waiting = u64::try_from(waiting).unwrap_or(0);
+        .map_err(e)?;
+    admitted.waiting = count(&waiting, 0, CTX)?;
     Ok(admitted)
 }
 
@@ -318,14 +316,16 @@ pub(super) async fn stats(tx: Tx<'_>) -> Result<Vec<WorkflowQueueStats>, StoreEr
         )
         .await
         .map_err(|e| pg_error("reading the workflow queues", &e))?;
-    Ok(rows
-        .iter()
-        .map(|r| WorkflowQueueStats {
-            queue: r.get(0),
-            config: config_from(r, 1),
-            queued: u64::try_from(r.get::<_, i64>(5)).unwrap_or(0),
-            running: u64::try_from(r.get::<_, i64>(6)).unwrap_or(0),
-            oldest_queued: r.get(7),
+    const STATS: &str = "reading the workflow queues";
+    rows.iter()
+        .map(|r| {
+            Ok(WorkflowQueueStats {
+                queue: get(r, 0, STATS)?,
+                config: config_from(r, 1, STATS)?,
+                queued: count(r, 5, STATS)?,
+                running: count(r, 6, STATS)?,
+                oldest_queued: get(r, 7, STATS)?,
+            })
         })
-        .collect())
+        .collect()
 }
