@@ -1,7 +1,7 @@
-//! Workflow queues ([`WorkflowQueues`]): enqueued instances wait unclaimable until admitted;
-//! admission follows priority then order of enqueueing, and never passes a queue's
-//! concurrency, per-key or rate limit, even when admissions run at once; deduplication keys;
-//! stored configurations.
+//! Workflow queues ([`WorkflowQueues`](crate::store::flow::WorkflowQueues)): enqueued
+//! instances wait unclaimable until admitted; admission follows priority then order of
+//! enqueueing, and never passes a queue's concurrency, per-key or rate limit, even when
+//! admissions run at once; deduplication keys; stored configurations.
 
 use super::{T0, node, register, terms};
 use crate::store::flow::{Admitted, Enqueued, QueueConfig, QueueEntry};
