@@ -48,6 +48,7 @@ fn build_with(env: &[(&str, &str)]) -> Result<(), String> {
     for var in [
         "ORCH_ADMIN_TOKENS",
         "ORCH_READ_TOKENS",
+        "ORCH_WORKER_TOKENS",
         CHILD_BUILDER_SECRET,
     ] {
         cmd.env_remove(var);
@@ -98,8 +99,26 @@ fn malformed_or_duplicated_tokens_fail_build_naming_the_entry() {
         build_with(&[
             ("ORCH_ADMIN_TOKENS", "ops:admin-secret-1, ci:admin-secret-2"),
             ("ORCH_READ_TOKENS", "viewer:read-secret-1"),
+            ("ORCH_WORKER_TOKENS", "payments:worker-secret-1"),
         ]),
         Ok(())
+    );
+    refused(
+        &[("ORCH_WORKER_TOKENS", "payments:worker-secret-1,nosecret")],
+        &["ORCH_WORKER_TOKENS entry 2", "`:`"],
+        &["worker-secret-1"],
+    );
+    refused(
+        &[
+            ("ORCH_WORKER_TOKENS", "payments:shared-secret-3"),
+            ("ORCH_READ_TOKENS", "viewer:shared-secret-3"),
+        ],
+        &[
+            "ORCH_READ_TOKENS entry 1",
+            "ORCH_WORKER_TOKENS entry 1",
+            "same secret",
+        ],
+        &["shared-secret-3"],
     );
     // A space after the colon would make the secret unsendable: a silent lockout.
     refused(

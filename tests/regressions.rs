@@ -181,6 +181,19 @@ impl TaskQueue for Faulty {
     fn queue_stats(&self, now: Millis) -> BoxFuture<'_, Result<Vec<QueueStats>, StoreError>> {
         self.inner.queue_stats(now)
     }
+    fn record_workers(
+        &self,
+        seen: Vec<orch_runtime::store::task::WorkerRecord>,
+        forget_before: Millis,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.inner.record_workers(seen, forget_before)
+    }
+    fn workers(
+        &self,
+        since: Millis,
+    ) -> BoxFuture<'_, Result<Vec<orch_runtime::store::task::WorkerRecord>, StoreError>> {
+        self.inner.workers(since)
+    }
 }
 
 impl orch_runtime::store::flow::WorkflowQueues for Faulty {

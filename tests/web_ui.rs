@@ -3,7 +3,9 @@
 //! coloured from its journal, and retries an order that failed during a payment outage from the
 //! instance page until it completes. Then, on a server of its own, the cluster view: the Nodes
 //! page lists the node with what it owns, an instance page names the node that drives it (and
-//! none for a suspended one), and the deploy check lists the instance new code cannot run.
+//! none for a suspended one), and the deploy check lists the instance new code cannot run. And
+//! the Queues page: a queue's depth, in flight, oldest waiting and workers, and the worker that
+//! polls with its last heartbeat.
 //!
 //! Needs `chromedriver` and Chromium (Debian: `apt-get install chromium chromium-driver`;
 //! `.ci/run` installs them). Without chromedriver the test says so loudly and passes, unless
@@ -551,5 +553,100 @@ async fn ui_shows_the_nodes_each_instance_s_owner_and_the_deploy_check() {
     browser.close().await;
     drop(driver);
     LET_GO.store(true, Ordering::SeqCst);
+    rt.shutdown().await.unwrap();
+}
+
+#[step(queue = "ui-payments")]
+async fn ui_charge(n: u32) -> Result<u32, StepError> {
+    Ok(n)
+}
+
+#[workflow(name = "ui.pay")]
+async fn ui_pay(n: u32) -> Result<u32, StepError> {
+    ui_charge(n).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ui_shows_the_queues_and_the_workers_with_their_last_heartbeat() {
+    let Some(driver_bin) = browser::chromedriver_or_skip("the browser test of the Queues page")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::builder()
+        .sqlite(dir.path().join("orch.db"))
+        .no_workers()
+        .http("127.0.0.1:0")
+        .build()
+        .await
+        .unwrap();
+    let ui = rt.http_url().unwrap();
+    rt.start_with_id(UiPay, "pay-1", 1).await.unwrap();
+    rt.start_with_id(UiPay, "pay-2", 2).await.unwrap();
+    // A worker speaking HTTP leases one task (once both are enqueued) and heartbeats it.
+    let http = reqwest::Client::new();
+    let end = Instant::now() + WAIT;
+    loop {
+        let q: Value = http
+            .get(format!("{ui}api/v1/queues"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if q["queues"][0]["waiting"] == json!(2) {
+            break;
+        }
+        assert!(Instant::now() < end, "both tasks enqueued: {q}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let leased: Value = http
+        .post(format!("{ui}api/v1/tasks/lease"))
+        .json(&json!({"worker": "ui-w", "queues": ["ui-payments"], "wait_ms": 0}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let task = &leased["tasks"][0];
+    let beat = http
+        .post(format!(
+            "{ui}api/v1/tasks/{}/heartbeat",
+            task["id"].as_str().unwrap()
+        ))
+        .json(&json!({"token": task["token"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(beat.status(), 200);
+
+    let driver = ChromeDriver::start(&driver_bin);
+    let browser = Browser::open(&driver.url).await;
+    browser.goto(&ui).await;
+    browser.click("[data-testid=nav-queues]").await;
+    let row = browser
+        .wait_js(
+            "the ui-payments row on the Queues page",
+            "const r = document.querySelector('[data-testid=queue-row][data-queue=\"ui-payments\"]');
+             if (!r) return null;
+             const t = (id) => r.querySelector(`[data-testid=${id}]`).textContent;
+             return [r.dataset.kind, t('queue-waiting'), t('queue-in-flight'), t('queue-workers'),
+                     t('queue-completed'), !!r.querySelector('[data-testid=queue-oldest] time')];",
+        )
+        .await;
+    assert_eq!(row, json!(["task", "1", "1", "1", "0", true]));
+    let worker = browser
+        .wait_js(
+            "the worker's row",
+            "const r = document.querySelector('[data-testid=worker-row][data-id=\"ui-w\"]');
+             return r && [r.dataset.connected,
+                          !!r.querySelector('[data-testid=worker-heartbeat] time')];",
+        )
+        .await;
+    assert_eq!(worker, json!(["true", true]));
+    browser.close().await;
+    drop(driver);
     rt.shutdown().await.unwrap();
 }

@@ -43,6 +43,7 @@
 //! | `testing`     | no      | `orch_runtime::testing`: virtual clock, step mocks, crash-point exploration, replay. Turns on tokio's `test-util`: enable it in dev-dependencies only. |
 //! | `conformance` | no      | `store::conformance`: the checks every store backend must pass, for a backend's own tests. |
 //! | `cli`         | no      | The `orch` command-line client (the `orch` binary; talks to a running server). |
+//! | `worker`      | no      | `worker::client::Worker`: serves this binary's `#[step(queue = "…")]` bodies for a remote orch server over HTTP. |
 //!
 //! A PostgreSQL-only build does not compile SQLite: `orch-runtime = { version = "0.1",
 //! default-features = false, features = ["postgres", "http"] }`. Whatever the features,

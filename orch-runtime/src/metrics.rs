@@ -1,6 +1,7 @@
 //! Counters and histograms exported in the Prometheus text format (`GET /metrics`).
 
-use crate::store::{Status, StatusCount, StoreMetrics};
+use crate::store::task::QueueStats;
+use crate::store::{Millis, Status, StatusCount, StoreMetrics};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -66,6 +67,13 @@ pub(crate) struct Metrics {
     node_lost: Counter,
     node_heartbeats: Family<Labels, Counter>,
     node_heartbeat_age: Gauge<f64, AtomicU64>,
+    /// Task queues, by queue: read from the store when `/metrics` is rendered.
+    queue_waiting: Family<Labels, Gauge>,
+    queue_in_flight: Family<Labels, Gauge>,
+    queue_oldest_age: Family<Labels, Gauge<f64, AtomicU64>>,
+    queue_completed: Family<Labels, Counter>,
+    queue_failed: Family<Labels, Counter>,
+    queue_workers: Family<Labels, Gauge>,
     /// Handles of each (workflow, step)'s histogram and retry counter: a step's hot path
     /// looks them up by two pointers instead of building a label set.
     step_handles: std::sync::RwLock<FastMap<StepKey, (Histogram, Counter)>>,
@@ -178,6 +186,42 @@ impl Metrics {
             "How long this node's leases last without a heartbeat (+Inf: they never end)",
             node_lease_ttl.clone(),
         );
+        let queue_waiting = Family::<Labels, Gauge>::default();
+        registry.register(
+            "orch_queue_waiting",
+            "Tasks waiting for a worker, by queue (pending, or leased with an ended lease)",
+            queue_waiting.clone(),
+        );
+        let queue_in_flight = Family::<Labels, Gauge>::default();
+        registry.register(
+            "orch_queue_in_flight",
+            "Tasks leased to a worker now, by queue",
+            queue_in_flight.clone(),
+        );
+        let queue_oldest_age = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "orch_queue_oldest_waiting_seconds",
+            "Age of the oldest waiting task, by queue (0 when none waits)",
+            queue_oldest_age.clone(),
+        );
+        let queue_completed = Family::<Labels, Counter>::default();
+        registry.register(
+            "orch_queue_tasks_completed",
+            "Tasks workers completed, by queue (all of the store's, as of this node's last look)",
+            queue_completed.clone(),
+        );
+        let queue_failed = Family::<Labels, Counter>::default();
+        registry.register(
+            "orch_queue_tasks_failed",
+            "Tasks workers failed, by queue (all of the store's, as of this node's last look)",
+            queue_failed.clone(),
+        );
+        let queue_workers = Family::<Labels, Gauge>::default();
+        registry.register(
+            "orch_queue_workers",
+            "Workers connected (seen by any node in the last 90 s) that serve the queue",
+            queue_workers.clone(),
+        );
         if let Some(store) = store {
             registry.register(
                 "orch_store_commit_seconds",
@@ -203,6 +247,12 @@ impl Metrics {
             node_lost,
             node_heartbeats,
             node_heartbeat_age,
+            queue_waiting,
+            queue_in_flight,
+            queue_oldest_age,
+            queue_completed,
+            queue_failed,
+            queue_workers,
             step_handles: std::sync::RwLock::new(FastMap::default()),
             counters: std::sync::RwLock::new(FastMap::default()),
         }
@@ -319,6 +369,40 @@ impl Metrics {
                 ("code", code.to_string()),
             ])
             .inc();
+    }
+
+    /// Sets the task queues' gauges and counters from the store's `stats` at `now`, with how
+    /// many connected workers serve each queue.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn queues(&self, stats: &[(QueueStats, u64)], now: Millis) {
+        for (s, workers) in stats {
+            let labels = vec![("queue", s.queue.clone())];
+            let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            self.queue_waiting
+                .get_or_create(&labels)
+                .set(gauge(s.waiting));
+            self.queue_in_flight
+                .get_or_create(&labels)
+                .set(gauge(s.in_flight));
+            let age = s
+                .oldest_waiting
+                .map_or(0.0, |at| (now - at).max(0) as f64 / 1000.0);
+            self.queue_oldest_age.get_or_create(&labels).set(age);
+            // Counters only go up: add what the store counts beyond what was shown.
+            for (family, total) in [
+                (&self.queue_completed, s.completed),
+                (&self.queue_failed, s.failed),
+            ] {
+                let c = family.get_or_create(&labels);
+                let shown = c.get();
+                if total > shown {
+                    c.inc_by(total - shown);
+                }
+            }
+            self.queue_workers
+                .get_or_create(&labels)
+                .set(gauge(*workers));
+        }
     }
 
     /// The text exposition, with the instance gauges set from `counts` (read from the store,

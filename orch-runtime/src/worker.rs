@@ -5,6 +5,9 @@
 //! [`serve_queues`](crate::RuntimeBuilder::serve_queues)); workers in other processes and
 //! languages use the HTTP worker protocol.
 
+#[cfg(feature = "worker")]
+pub mod client;
+
 use crate::context::{self, Scope, StepInfo};
 use crate::engine::{Clock, panic_text};
 use crate::store::task::{TaskLease, TaskResult, WorkerTerms};
@@ -238,8 +241,8 @@ async fn serve_loop(
     }
 }
 
-/// Runs one leased task to its end, renewing its lease meanwhile; a lease lost on the way
-/// stops the body (another worker has the task now).
+/// Runs one leased task to its end on the store, renewing its lease meanwhile; a lease lost on
+/// the way stops the body (another worker has the task now).
 async fn run_task(
     store: &dyn Backend,
     clock: &Clock,
@@ -249,60 +252,202 @@ async fn run_task(
     lease: Duration,
 ) {
     let task = &leased.task;
-    let Some(step) = steps.get(task.step.as_str()) else {
+    let holder = StoreLease {
+        store,
+        clock,
+        worker,
+        id: &task.id,
+        token: leased.token,
+        lease,
+    };
+    let job = Job {
+        step: &task.step,
+        queue: &task.queue,
+        instance: &task.instance,
+        seq: task.seq,
+        attempt: task.attempt,
+        input: task.input.clone(),
+    };
+    run_leased(steps, job, lease, &holder).await;
+}
+
+/// A task's lease held in this process's store.
+struct StoreLease<'a> {
+    store: &'a dyn Backend,
+    clock: &'a Clock,
+    worker: &'a str,
+    id: &'a str,
+    token: u64,
+    lease: Duration,
+}
+
+impl LeaseHolder for StoreLease<'_> {
+    fn renew(&self) -> BoxFuture<'_, Renewed> {
+        Box::pin(async move {
+            let terms = WorkerTerms {
+                worker: self.worker.to_string(),
+                now: self.clock.now_ms(),
+                ttl: self.lease.as_millis() as i64,
+            };
+            match self.store.heartbeat_task(self.id, self.token, terms).await {
+                Ok(_) => Renewed::Yes,
+                Err(e) => Renewed::Lost(e.to_string()),
+            }
+        })
+    }
+
+    fn finish(&self, result: TaskResult) -> BoxFuture<'_, Ended> {
+        Box::pin(async move {
+            match self
+                .store
+                .finish_task(self.id, self.token, result, self.clock.now_ms())
+                .await
+            {
+                Ok(()) => Ended::Done,
+                Err(e) => Ended::Lost(e.to_string()),
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running a leased task: shared by the in-process worker and the HTTP worker client.
+
+/// One leased task as a worker runs it.
+pub(crate) struct Job<'a> {
+    /// The step's name.
+    pub(crate) step: &'a str,
+    /// Its queue.
+    pub(crate) queue: &'a str,
+    /// The instance whose step it runs.
+    pub(crate) instance: &'a str,
+    /// The step's seq in the instance's journal.
+    pub(crate) seq: u32,
+    /// 1-based attempt.
+    pub(crate) attempt: u32,
+    /// The arguments: a JSON object keyed by parameter name.
+    pub(crate) input: String,
+}
+
+/// What renewing a lease came to.
+#[cfg_attr(not(feature = "worker"), allow(dead_code))]
+pub(crate) enum Renewed {
+    /// The lease is extended.
+    Yes,
+    /// The lease is gone (another worker may have the task, or the instance stopped waiting).
+    Lost(String),
+    /// No answer (the server is unreachable): the lease may still be held until it ends.
+    Unsure(String),
+}
+
+/// How a task ended for its worker.
+pub(crate) enum Ended {
+    /// The end was stored.
+    Done,
+    /// The end was refused: the lease was gone.
+    Lost(String),
+}
+
+/// What ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "worker"), allow(dead_code))]
+pub(crate) enum Outcome {
+    /// The body returned and its end was stored as completed.
+    Completed,
+    /// The body failed (or panicked, or this binary has no such step) and the failure was
+    /// stored.
+    Failed,
+    /// The lease was lost: the body was stopped or its end refused.
+    Lost,
+}
+
+/// Whoever granted a task's lease: the store (in-process) or the server (HTTP).
+pub(crate) trait LeaseHolder: Sync {
+    /// Extends the lease by the lease time from now.
+    fn renew(&self) -> BoxFuture<'_, Renewed>;
+    /// Stores the task's end.
+    fn finish(&self, result: TaskResult) -> BoxFuture<'_, Ended>;
+}
+
+/// Runs `job` with its step's body from `steps`, renewing the lease through `holder` every
+/// third of `lease`, and stores its end. A lease lost on the way stops the body (another
+/// worker has the task now); so does a lease that may have ended because no renewal got an
+/// answer for `lease`. A step this binary lacks fails the task as retryable (another worker
+/// may have it); a panic fails it as retryable with the panic's message.
+pub(crate) async fn run_leased(
+    steps: &HashMap<&'static str, &'static QueuedStep>,
+    job: Job<'_>,
+    lease: Duration,
+    holder: &dyn LeaseHolder,
+) -> Outcome {
+    let Some(step) = steps.get(job.step) else {
         let result = TaskResult::Failed {
             message: format!(
                 "this worker has no step `{}` for queue `{}`",
-                task.step, task.queue
+                job.step, job.queue
             ),
             retryable: true,
         };
-        let _ = store
-            .finish_task(&task.id, leased.token, result, clock.now_ms())
-            .await;
-        return;
+        return match holder.finish(result).await {
+            Ended::Done => Outcome::Failed,
+            Ended::Lost(_) => Outcome::Lost,
+        };
     };
     let info = Arc::new(StepInfo {
-        instance: task.instance.clone(),
-        seq: task.seq,
+        instance: job.instance.to_string(),
+        seq: job.seq,
         name: step.name,
-        attempt: task.attempt,
+        attempt: job.attempt,
     });
     let body = context::in_scope(
         Scope::Step(info),
-        AssertUnwindSafe((step.run)(task.input.clone())).catch_unwind(),
+        AssertUnwindSafe((step.run)(job.input)).catch_unwind(),
     );
     tokio::pin!(body);
     let mut beat = tokio::time::interval(lease / 3);
     beat.tick().await;
+    let mut renewed_at = tokio::time::Instant::now();
     let outcome = loop {
         tokio::select! {
             done = &mut body => break done,
-            _ = beat.tick() => {
-                let terms = WorkerTerms {
-                    worker: worker.to_string(),
-                    now: clock.now_ms(),
-                    ttl: lease.as_millis() as i64,
-                };
-                if let Err(e) = store.heartbeat_task(&task.id, leased.token, terms).await {
-                    tracing::warn!(task = %task.id, error = %e, "stopped a queued step: its lease is lost");
-                    return;
+            _ = beat.tick() => match holder.renew().await {
+                Renewed::Yes => renewed_at = tokio::time::Instant::now(),
+                Renewed::Lost(why) => {
+                    tracing::warn!(step = step.name, instance = job.instance, seq = job.seq,
+                        error = %why, "stopped a queued step: its lease is lost");
+                    return Outcome::Lost;
                 }
-            }
+                Renewed::Unsure(why) if renewed_at.elapsed() >= lease => {
+                    tracing::warn!(step = step.name, instance = job.instance, seq = job.seq,
+                        error = %why, "stopped a queued step: its lease may have ended \
+                        (no renewal got an answer for the lease time)");
+                    return Outcome::Lost;
+                }
+                Renewed::Unsure(why) => {
+                    tracing::debug!(error = %why, "a lease renewal got no answer; trying again");
+                }
+            },
         }
     };
-    let result = match outcome {
-        Ok(Ok(output)) => TaskResult::Completed { output },
-        Ok(Err((message, retryable))) => TaskResult::Failed { message, retryable },
-        Err(panic) => TaskResult::Failed {
-            message: format!("step `{}` panicked: {}", step.name, panic_text(&*panic)),
-            retryable: true,
-        },
+    let (result, ok) = match outcome {
+        Ok(Ok(output)) => (TaskResult::Completed { output }, Outcome::Completed),
+        Ok(Err((message, retryable))) => {
+            (TaskResult::Failed { message, retryable }, Outcome::Failed)
+        }
+        Err(panic) => (
+            TaskResult::Failed {
+                message: format!("step `{}` panicked: {}", step.name, panic_text(&*panic)),
+                retryable: true,
+            },
+            Outcome::Failed,
+        ),
     };
-    if let Err(e) = store
-        .finish_task(&task.id, leased.token, result, clock.now_ms())
-        .await
-    {
-        tracing::warn!(task = %task.id, error = %e, "a queued step's end was refused");
+    match holder.finish(result).await {
+        Ended::Done => ok,
+        Ended::Lost(why) => {
+            tracing::warn!(step = step.name, instance = job.instance, seq = job.seq,
+                error = %why, "a queued step's end was refused");
+            Outcome::Lost
+        }
     }
 }

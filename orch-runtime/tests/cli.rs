@@ -1214,3 +1214,83 @@ async fn queue_set_changes_a_workflow_queue_s_limits_live() {
     assert!(out.stderr.contains("letters, digits"), "{out:?}");
     rt.shutdown().await.expect("shutdown");
 }
+
+// ---------- task queues ----------
+
+#[step(queue = "cli-payments")]
+async fn cli_charge(n: u32) -> Result<u32, StepError> {
+    Ok(n)
+}
+
+#[workflow]
+async fn cli_pay(n: u32) -> Result<u32, StepError> {
+    cli_charge(n).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_show_depth_in_flight_and_the_workers_that_poll() {
+    let rt = Runtime::builder()
+        .in_memory()
+        .no_workers()
+        .http("127.0.0.1:0")
+        .build()
+        .await
+        .expect("runtime with http");
+    let url = rt.http_url().expect("http url").to_string();
+    let empty = ok(&url, &["queues"]).await;
+    assert_eq!(empty.stdout, "no queues\n", "{empty:?}");
+    for (id, n) in [("q-1", 1), ("q-2", 2)] {
+        rt.start_with_id(CliPay, id, n).await.expect("start");
+    }
+    // A worker speaking HTTP leases one of the two tasks.
+    let http = reqwest::Client::new();
+    let lease = format!("{}api/v1/tasks/lease", url);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let got: Value = http
+            .post(&lease)
+            .json(&json!({"worker": "py-cli", "queues": ["cli-payments"], "wait_ms": 1000}))
+            .send()
+            .await
+            .expect("lease")
+            .json()
+            .await
+            .expect("json");
+        if got["tasks"].as_array().is_some_and(|t| t.len() == 1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no task to lease: {got}");
+    }
+    let deadline = Instant::now() + PATIENCE;
+    let out = loop {
+        // The second task is enqueued when its instance ran up to the step.
+        let out = ok(&url, &["queues", "--json"]).await;
+        let q = &out.json()["queues"][0];
+        if q["waiting"] == json!(1) {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "{out:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let j = out.json();
+    assert_eq!(j["queues"][0]["kind"], json!("task"), "{j}");
+    assert_eq!(j["queues"][0]["in_flight"], json!(1), "{j}");
+    assert_eq!(j["queues"][0]["workers"], json!(1), "{j}");
+    assert_eq!(j["workers"][0]["id"], json!("py-cli"), "{j}");
+    let table = ok(&url, &["queues"]).await;
+    let mut lines = table.stdout.lines();
+    let header = lines.next().expect("header");
+    assert!(
+        header.starts_with("QUEUE ") && header.contains("IN FLIGHT") && header.ends_with("WORKERS"),
+        "{table:?}"
+    );
+    let row: Vec<&str> = lines.next().expect("a row").split_whitespace().collect();
+    assert_eq!(row[..4], ["cli-payments", "task", "1", "1"], "{table:?}");
+    assert!(
+        table.stdout.lines().any(|l| l.starts_with("py-cli ")
+            && l.contains("cli-payments")
+            && l.ends_with("connected")),
+        "the worker is listed: {table:?}"
+    );
+    rt.shutdown().await.expect("shutdown");
+}

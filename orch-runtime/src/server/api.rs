@@ -246,18 +246,40 @@ async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) 
         }
     };
     let mutating = !matches!(*req.method(), Method::GET | Method::HEAD);
-    if mutating && caller.role != Role::Admin {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "token `{}` is read-only; {} {} needs an admin token",
-                caller.name,
-                req.method(),
-                req.uri().path()
-            ),
-        )
-        .into_response();
+    let refusal = match caller.role {
+        Role::Admin => None,
+        Role::Read if mutating => Some(format!(
+            "token `{}` is read-only; {} {} needs an admin token",
+            caller.name,
+            req.method(),
+            req.uri().path()
+        )),
+        Role::Read => None,
+        Role::Worker => {
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map(|p| p.as_str())
+                .unwrap_or_default();
+            (!super::auth::worker_may(req.method().as_str(), route)).then(|| {
+                format!(
+                    "token `{}` is a worker token: it may only lease, heartbeat, complete and \
+                     fail tasks (POST /api/v1/tasks/…) and list the queues (GET \
+                     /api/v1/queues); {} {} needs a {} token",
+                    caller.name,
+                    req.method(),
+                    req.uri().path(),
+                    if mutating {
+                        "an admin"
+                    } else {
+                        "a read or admin"
+                    }
+                )
+            })
+        }
+    };
+    if let Some(message) = refusal {
+        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).into_response();
     }
     req.extensions_mut().insert(caller);
     next.run(req).await
@@ -440,6 +462,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> ApiResult {
     let counts = state.rt.counts().await?;
+    let now = state.rt.inner.clock.now_ms();
+    let (queues, _) = tasks::overview(&state, now).await?;
+    state.rt.inner.metrics.queues(&queues, now);
     Ok(text(
         state
             .rt

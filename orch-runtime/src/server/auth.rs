@@ -1,4 +1,4 @@
-//! Bearer tokens: read-only and admin, compared in constant time.
+//! Bearer tokens: read-only, worker and admin, compared in constant time.
 
 use axum::http::HeaderMap;
 use subtle::ConstantTimeEq;
@@ -9,8 +9,30 @@ use subtle::ConstantTimeEq;
 pub enum Role {
     /// GET endpoints only.
     Read,
+    /// The worker protocol only ([`WORKER_ROUTES`]): lease, heartbeat, complete and fail
+    /// tasks, and list the queues. For workers that live elsewhere: such a token can neither
+    /// read instances nor change them.
+    Worker,
     /// Everything.
     Admin,
+}
+
+/// The routes a [`Role::Worker`] token may call (method, route as the router spells it).
+pub const WORKER_ROUTES: [(&str, &str); 5] = [
+    ("POST", "/api/v1/tasks/lease"),
+    ("POST", "/api/v1/tasks/{id}/heartbeat"),
+    ("POST", "/api/v1/tasks/{id}/complete"),
+    ("POST", "/api/v1/tasks/{id}/fail"),
+    ("GET", "/api/v1/queues"),
+];
+
+/// Whether a worker token may call `method` on `route` (the matched route pattern; HEAD counts
+/// as GET).
+pub(crate) fn worker_may(method: &str, route: &str) -> bool {
+    let method = if method == "HEAD" { "GET" } else { method };
+    WORKER_ROUTES
+        .iter()
+        .any(|(m, r)| *m == method && *r == route)
 }
 
 #[derive(Clone)]
@@ -38,6 +60,7 @@ impl Token {
         let source = match role {
             Role::Admin => format!("HttpConfig::admin_token(\"{}\", ..)", name.escape_debug()),
             Role::Read => format!("HttpConfig::read_token(\"{}\", ..)", name.escape_debug()),
+            Role::Worker => format!("HttpConfig::worker_token(\"{}\", ..)", name.escape_debug()),
         };
         Token {
             name,
@@ -260,6 +283,19 @@ mod tests {
             auth.check(&HeaderMap::new()),
             Err(Refused::Missing)
         ));
+    }
+
+    #[test]
+    fn a_worker_token_may_call_the_worker_protocol_only() {
+        for (m, r) in WORKER_ROUTES {
+            assert!(worker_may(m, r), "{m} {r}");
+        }
+        assert!(worker_may("HEAD", "/api/v1/queues"));
+        assert!(!worker_may("GET", "/api/v1/tasks/lease"));
+        assert!(!worker_may("POST", "/api/v1/queues"));
+        assert!(!worker_may("GET", "/api/v1/instances"));
+        assert!(!worker_may("POST", "/api/v1/instances/{id}/cancel"));
+        assert!(!worker_may("GET", "/metrics"));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::task::AbortHandle;
 
-pub use auth::Role;
+pub use auth::{Role, WORKER_ROUTES};
 pub use limits::{
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, MAX_HEADER_BYTES, MAX_HEADERS,
     MAX_URI_BYTES,
@@ -52,7 +52,8 @@ pub struct HttpConfig {
 
 impl HttpConfig {
     /// Listen on `addr` (`"127.0.0.1:8080"`; port 0 picks a free port). Tokens are also read
-    /// from `ORCH_ADMIN_TOKENS` and `ORCH_READ_TOKENS` (`name:secret,name2:secret2`).
+    /// from `ORCH_ADMIN_TOKENS`, `ORCH_READ_TOKENS` and `ORCH_WORKER_TOKENS`
+    /// (`name:secret,name2:secret2`).
     pub fn new(addr: impl Into<String>) -> HttpConfig {
         HttpConfig {
             addr: addr.into(),
@@ -102,6 +103,17 @@ impl HttpConfig {
         self
     }
 
+    /// Accept `Authorization: Bearer <secret>` for the worker protocol only
+    /// ([`WORKER_ROUTES`]: lease, heartbeat, complete and fail tasks; list the queues), recorded
+    /// as `name`: give it to workers that live elsewhere, which then can neither read nor change
+    /// instances. Admin tokens may call the worker protocol too; read tokens may only list the
+    /// queues.
+    pub fn worker_token(mut self, name: impl Into<String>, secret: impl Into<String>) -> Self {
+        self.tokens
+            .push(auth::Token::new(name.into(), secret.into(), Role::Worker));
+        self
+    }
+
     /// How long a client may take to send a request's line and headers, from the start of
     /// the connection (or, on a kept-alive connection, from the previous response); a
     /// connection that has not by then is closed. Default [`DEFAULT_HEADER_READ_TIMEOUT`]
@@ -120,7 +132,8 @@ impl HttpConfig {
         self
     }
 
-    /// Ignore `ORCH_ADMIN_TOKENS` / `ORCH_READ_TOKENS` / `ORCH_ALLOWED_HOSTS` /
+    /// Ignore `ORCH_ADMIN_TOKENS` / `ORCH_READ_TOKENS` / `ORCH_WORKER_TOKENS` /
+    /// `ORCH_ALLOWED_HOSTS` /
     /// `ORCH_ALLOWED_ORIGINS` (use only what is given here).
     pub fn without_env_tokens(mut self) -> Self {
         self.read_env = false;
@@ -151,6 +164,7 @@ pub(crate) async fn start(rt: Runtime, config: HttpConfig) -> Result<Bound, Erro
     if config.read_env {
         tokens.extend(auth::env_tokens("ORCH_ADMIN_TOKENS", Role::Admin).map_err(Error::Config)?);
         tokens.extend(auth::env_tokens("ORCH_READ_TOKENS", Role::Read).map_err(Error::Config)?);
+        tokens.extend(auth::env_tokens("ORCH_WORKER_TOKENS", Role::Worker).map_err(Error::Config)?);
         hosts.extend(env_list("ORCH_ALLOWED_HOSTS")?);
         origins.extend(env_list("ORCH_ALLOWED_ORIGINS")?);
     }
@@ -170,8 +184,9 @@ pub(crate) async fn start(rt: Runtime, config: HttpConfig) -> Result<Bound, Erro
     if !addr.ip().is_loopback() && tokens.is_empty() {
         return Err(Error::Config(format!(
             "the HTTP server would listen on {addr}, which is not a loopback address, without \
-             any token: add one with HttpConfig::admin_token / read_token or the \
-             ORCH_ADMIN_TOKENS / ORCH_READ_TOKENS environment variables, or bind to 127.0.0.1"
+             any token: add one with HttpConfig::admin_token / read_token / worker_token or \
+             the ORCH_ADMIN_TOKENS / ORCH_READ_TOKENS / ORCH_WORKER_TOKENS environment \
+             variables, or bind to 127.0.0.1"
         )));
     }
     let state = api::AppState::new(rt, auth::Auth::new(tokens));

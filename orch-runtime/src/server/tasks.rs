@@ -10,7 +10,9 @@ use super::params::{Body, Segment};
 use super::views::{json_text, time};
 use crate::error::Error;
 use crate::store::Millis;
-use crate::store::task::{QueueStats, TaskLease, TaskResult, WorkerTerms, check_queue};
+use crate::store::task::{
+    QueueStats, TaskLease, TaskResult, WorkerRecord, WorkerTerms, check_queue,
+};
 use crate::worker::queue_stirred;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -37,6 +39,9 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 const DEFAULT_WAIT_MS: u64 = 20_000;
 const DEFAULT_LEASE_MS: u64 = 30_000;
 
+/// A worker seen (a poll, a heartbeat, an end) this recently counts as connected: a long-poll
+/// lasts at most a minute, and a worker whose slots are all busy heartbeats instead.
+pub(crate) const WORKER_CONNECTED_MS: Millis = 90_000;
 /// A worker not seen for this long is no longer listed (nor remembered).
 const WORKER_SEEN_FOR: Millis = 10 * 60_000;
 /// At most this many workers (and leases) are remembered per node: the oldest go first.
@@ -155,10 +160,15 @@ fn check_lease_ms(lease_ms: u64) -> ApiResult<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Workers seen by this node.
+// Workers seen by this node, and by all (through the store).
+
+/// A node records the workers it saw in the store at most this often (one small batch of
+/// upserts, not one write per poll).
+pub(crate) const RECORD_WORKERS_EVERY: Millis = 5_000;
 
 /// The workers this node served recently, for operators (`GET /api/v1/queues`). Kept in
-/// memory: each node lists the workers that talk to it.
+/// memory and recorded in the store at most every [`RECORD_WORKERS_EVERY`], so that every node
+/// lists the workers polling any node.
 #[derive(Default)]
 pub(crate) struct Workers(Mutex<Seen>);
 
@@ -167,6 +177,10 @@ struct Seen {
     workers: HashMap<String, WorkerSeen>,
     /// Task id → the worker it was leased to here, and when that lease ends.
     leases: HashMap<String, (String, Millis)>,
+    /// Workers seen since the last record in the store.
+    dirty: BTreeSet<String>,
+    /// When this node last recorded workers in the store.
+    recorded_at: Option<Millis>,
 }
 
 struct WorkerSeen {
@@ -197,6 +211,7 @@ impl Workers {
             seen.leases
                 .insert(l.task.id.clone(), (worker.to_string(), l.expires_at));
         }
+        seen.dirty.insert(worker.to_string());
         seen.prune(now);
     }
 
@@ -217,35 +232,100 @@ impl Workers {
         }
         if let Some(w) = seen.workers.get_mut(&worker) {
             w.last_heartbeat = Some(now);
+            seen.dirty.insert(worker);
         }
     }
 
-    /// The workers seen since `now - WORKER_SEEN_FOR`, by id.
-    fn list(&self, now: Millis) -> Vec<Value> {
+    /// The workers this node (`node`) saw since `now - WORKER_SEEN_FOR`, by id.
+    fn local(&self, now: Millis, node: &str) -> Vec<WorkerRecord> {
         let mut seen = self.lock();
         seen.prune(now);
-        let mut out: Vec<(&String, &WorkerSeen)> = seen.workers.iter().collect();
-        out.sort_by(|a, b| a.0.cmp(b.0));
-        out.into_iter()
-            .map(|(id, w)| {
-                json!({
-                    "id": id,
-                    "queues": w.queues,
-                    "last_poll": time(w.last_poll),
-                    "last_heartbeat": w.last_heartbeat.map(time),
-                })
-            })
-            .collect()
+        let mut out: Vec<WorkerRecord> = seen
+            .workers
+            .iter()
+            .map(|(id, w)| w.record(id, node))
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
     }
 
-    /// The queues that workers seen recently ask for.
-    fn queues(&self) -> BTreeSet<String> {
-        let seen = self.lock();
-        seen.workers
-            .values()
-            .flat_map(|w| w.queues.iter().cloned())
-            .collect()
+    /// The workers to record in the store now: those seen since the last record, if that was
+    /// [`RECORD_WORKERS_EVERY`] ago or more.
+    fn due(&self, now: Millis, node: &str) -> Option<Vec<WorkerRecord>> {
+        let mut seen = self.lock();
+        if seen.dirty.is_empty()
+            || seen
+                .recorded_at
+                .is_some_and(|at| now.saturating_sub(at) < RECORD_WORKERS_EVERY)
+        {
+            return None;
+        }
+        seen.recorded_at = Some(now);
+        let dirty = std::mem::take(&mut seen.dirty);
+        Some(
+            dirty
+                .iter()
+                .filter_map(|id| seen.workers.get(id).map(|w| w.record(id, node)))
+                .collect(),
+        )
     }
+}
+
+impl WorkerSeen {
+    fn record(&self, id: &str, node: &str) -> WorkerRecord {
+        WorkerRecord {
+            id: id.to_string(),
+            queues: self.queues.clone(),
+            node: node.to_string(),
+            last_poll: self.last_poll,
+            last_heartbeat: self.last_heartbeat,
+        }
+    }
+}
+
+/// Whether `w` was seen within [`WORKER_CONNECTED_MS`] of `now`.
+fn connected(w: &WorkerRecord, now: Millis) -> bool {
+    w.last_seen() >= now.saturating_sub(WORKER_CONNECTED_MS)
+}
+
+/// Records in the store the workers this node saw, if it is time (see [`Workers::due`]); in a
+/// task of its own, so that no worker waits for it.
+fn record_seen(state: &AppState, now: Millis) {
+    let rt = state.runtime();
+    if let Some(batch) = state.workers().due(now, rt.node_id()) {
+        let store = rt.inner.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store
+                .record_workers(batch, now.saturating_sub(WORKER_SEEN_FOR))
+                .await
+            {
+                tracing::warn!(error = %e, "recording the workers this node saw failed");
+            }
+        });
+    }
+}
+
+/// The workers any node saw since `now - WORKER_SEEN_FOR` (as recorded in the store), with
+/// this node's own fresher view merged in, by id.
+pub(crate) async fn all_workers(state: &AppState, now: Millis) -> ApiResult<Vec<WorkerRecord>> {
+    let rt = state.runtime();
+    let stored = rt
+        .inner
+        .store
+        .workers(now.saturating_sub(WORKER_SEEN_FOR))
+        .await
+        .map_err(Error::from)?;
+    let mut by_id: BTreeMap<String, WorkerRecord> =
+        stored.into_iter().map(|w| (w.id.clone(), w)).collect();
+    for w in state.workers().local(now, rt.node_id()) {
+        match by_id.get_mut(&w.id) {
+            Some(known) => known.merge(w),
+            None => {
+                by_id.insert(w.id.clone(), w);
+            }
+        }
+    }
+    Ok(by_id.into_values().collect())
 }
 
 impl Seen {
@@ -321,6 +401,7 @@ pub(crate) async fn lease(
         state
             .workers()
             .polled(&req.worker, &req.queues, now, &leased.tasks);
+        record_seen(&state, now);
         let out_of_time = tokio::time::Instant::now() >= wait || rt.inner.is_closing();
         if !leased.tasks.is_empty() || out_of_time {
             let tasks: Vec<Value> = leased.tasks.iter().map(task_json).collect();
@@ -368,6 +449,7 @@ pub(crate) async fn heartbeat(
         .await
         .map_err(Error::from)?;
     state.workers().touched(&id, now, Some(until));
+    record_seen(&state, now);
     Ok(
         axum::Json(json!({"id": id, "token": req.token, "lease_expires_at": time(until)}))
             .into_response(),
@@ -387,6 +469,7 @@ async fn finish(state: &AppState, id: &str, token: u64, result: TaskResult) -> A
         .await
         .map_err(Error::from)?;
     state.workers().touched(id, now, None);
+    record_seen(state, now);
     Ok(axum::Json(json!({"id": id, "state": state_name})).into_response())
 }
 
@@ -420,23 +503,47 @@ pub(crate) async fn fail(
     finish(&state, &id, req.token, result).await
 }
 
-/// `GET /api/v1/queues`: every queue that holds a task or that a recent worker asks for, and
-/// the workers this node served recently.
-pub(crate) async fn queues(State(state): State<AppState>) -> ApiResult {
+/// Every queue that holds a task or that a recent worker (of any node) asks for, by name,
+/// with how many connected workers ask for it; and the workers.
+pub(crate) async fn overview(
+    state: &AppState,
+    now: Millis,
+) -> ApiResult<(Vec<(QueueStats, u64)>, Vec<WorkerRecord>)> {
     let rt = state.runtime();
-    let now = rt.inner.clock.now_ms();
     let stats = rt.inner.store.queue_stats(now).await.map_err(Error::from)?;
+    let workers = all_workers(state, now).await?;
     let mut by_name: BTreeMap<String, QueueStats> =
         stats.into_iter().map(|s| (s.queue.clone(), s)).collect();
-    for q in state.workers().queues() {
-        by_name.entry(q.clone()).or_insert_with(|| QueueStats {
-            queue: q,
-            ..QueueStats::default()
-        });
+    let mut connected_to: BTreeMap<&str, u64> = BTreeMap::new();
+    for w in &workers {
+        for q in &w.queues {
+            by_name.entry(q.clone()).or_insert_with(|| QueueStats {
+                queue: q.clone(),
+                ..QueueStats::default()
+            });
+            if connected(w, now) {
+                *connected_to.entry(q.as_str()).or_insert(0) += 1;
+            }
+        }
     }
-    let mut queues: Vec<Value> = by_name
+    let queues = by_name
         .into_values()
         .map(|s| {
+            let n = connected_to.get(s.queue.as_str()).copied().unwrap_or(0);
+            (s, n)
+        })
+        .collect();
+    Ok((queues, workers))
+}
+
+/// `GET /api/v1/queues`: every queue that holds a task or that a recent worker asks for (each
+/// with its `kind`: `task` for step tasks), and the workers this node served recently.
+pub(crate) async fn queues(State(state): State<AppState>) -> ApiResult {
+    let now = state.runtime().inner.clock.now_ms();
+    let (queues, workers) = overview(&state, now).await?;
+    let mut queues: Vec<Value> = queues
+        .into_iter()
+        .map(|(s, workers)| {
             json!({
                 "kind": "task",
                 "queue": s.queue,
@@ -445,11 +552,13 @@ pub(crate) async fn queues(State(state): State<AppState>) -> ApiResult {
                 "oldest_waiting": s.oldest_waiting.map(time),
                 "completed": s.completed,
                 "failed": s.failed,
+                "finished_last_minute": s.finished_last_minute,
+                "workers": workers,
             })
         })
         .collect();
     // Workflow queues (instances waiting to start; see crate::flow) beside the task queues.
-    let workflow_queues = rt.workflow_queues().await?;
+    let workflow_queues = state.runtime().workflow_queues().await?;
     queues.extend(workflow_queues.into_iter().map(|q| {
         json!({
             "kind": "workflow",
@@ -460,7 +569,19 @@ pub(crate) async fn queues(State(state): State<AppState>) -> ApiResult {
             "limits": super::flow::config_json(&q.config),
         })
     }));
-    let workers = state.workers().list(now);
+    let workers: Vec<Value> = workers
+        .iter()
+        .map(|w| {
+            json!({
+                "id": w.id,
+                "queues": w.queues,
+                "node": w.node,
+                "last_poll": time(w.last_poll),
+                "last_heartbeat": w.last_heartbeat.map(time),
+                "connected": connected(w, now),
+            })
+        })
+        .collect();
     Ok(axum::Json(json!({"queues": queues, "workers": workers})).into_response())
 }
 
@@ -493,13 +614,13 @@ mod tests {
         let w = Workers::default();
         w.polled("w1", &["q".into()], 1_000, &[lease_of("t1", 31_000)]);
         w.touched("t1", 5_000, Some(35_000));
-        let listed = w.list(6_000);
+        let listed = w.local(6_000, "n");
         assert_eq!(listed.len(), 1);
-        assert_eq!(listed[0]["id"], "w1");
-        assert_eq!(listed[0]["last_heartbeat"], time(5_000));
+        assert_eq!(listed[0].id, "w1");
+        assert_eq!(listed[0].last_heartbeat, Some(5_000));
         w.touched("t1", 7_000, None);
         w.touched("t1", 8_000, None); // already forgotten: nothing to credit
-        assert_eq!(w.list(9_000)[0]["last_heartbeat"], time(7_000));
+        assert_eq!(w.local(9_000, "n")[0].last_heartbeat, Some(7_000));
     }
 
     #[test]
@@ -507,13 +628,12 @@ mod tests {
         let w = Workers::default();
         w.polled("old", &["a".into()], 0, &[]);
         w.polled("new", &["b".into()], WORKER_SEEN_FOR, &[]);
-        let ids: Vec<Value> = w
-            .list(WORKER_SEEN_FOR + 1)
+        let ids: Vec<String> = w
+            .local(WORKER_SEEN_FOR + 1, "n")
             .into_iter()
-            .map(|v| v["id"].clone())
+            .map(|v| v.id)
             .collect();
-        assert_eq!(ids, [json!("new")]);
-        assert_eq!(w.queues(), BTreeSet::from(["b".to_string()]));
+        assert_eq!(ids, ["new"]);
     }
 
     #[test]
@@ -522,6 +642,28 @@ mod tests {
         for i in 0..(MAX_REMEMBERED + 50) {
             w.polled(&format!("w{i}"), &["q".into()], i as Millis, &[]);
         }
-        assert!(w.list(MAX_REMEMBERED as Millis).len() <= MAX_REMEMBERED);
+        assert!(w.local(MAX_REMEMBERED as Millis, "n").len() <= MAX_REMEMBERED);
+    }
+
+    #[test]
+    fn workers_are_recorded_at_most_every_few_seconds_and_only_when_seen() {
+        let w = Workers::default();
+        assert_eq!(w.due(0, "n"), None, "nothing seen, nothing to record");
+        w.polled("w1", &["q".into()], 1_000, &[lease_of("t1", 31_000)]);
+        let first = w
+            .due(1_000, "n")
+            .expect("the first sight is recorded at once");
+        assert_eq!(first.len(), 1);
+        assert_eq!((first[0].id.as_str(), first[0].node.as_str()), ("w1", "n"));
+        w.polled("w1", &["q".into()], 2_000, &[]);
+        w.polled("w2", &["q".into()], 3_000, &[]);
+        assert_eq!(w.due(3_000, "n"), None, "not again within the interval");
+        let next = w
+            .due(1_000 + RECORD_WORKERS_EVERY, "n")
+            .expect("after the interval");
+        let ids: Vec<&str> = next.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["w1", "w2"]);
+        assert_eq!(next[0].last_poll, 2_000);
+        assert_eq!(w.due(100_000, "n"), None, "nobody seen since");
     }
 }

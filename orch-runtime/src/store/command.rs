@@ -2,7 +2,7 @@
 //! receives, and what each produced: one definition for both backends.
 
 use super::flow::{Admitted, Enqueued, QueueConfig, QueueEntry};
-use super::task::{Leased, TaskResult, WorkerTerms};
+use super::task::{Leased, TaskResult, WorkerRecord, WorkerTerms};
 use super::{
     Claimed, Commit, Created, Fence, InstanceRecord, Lease, LeaseTerms, Millis, NodeId, Renewal,
     StoreError, WriteOp,
@@ -101,6 +101,12 @@ pub(crate) enum Command {
         WorkerTerms,
         oneshot::Sender<Result<Millis, StoreError>>,
     ),
+    /// [`TaskQueue::record_workers`](super::task::TaskQueue::record_workers).
+    RecordWorkers(
+        Vec<WorkerRecord>,
+        Millis,
+        oneshot::Sender<Result<(), StoreError>>,
+    ),
     /// [`TaskQueue::finish_task`](super::task::TaskQueue::finish_task).
     FinishTask {
         task: String,
@@ -174,6 +180,7 @@ impl Outcome {
             | Command::Probe(_)
             | Command::Release(..)
             | Command::FinishTask { .. }
+            | Command::RecordWorkers(..)
             | Command::SetQueueConfig(..) => Outcome::Unit(Err(err)),
             Command::Enqueue(..) => Outcome::Enqueued(Err(err)),
             Command::Admit(..) => Outcome::Admitted(Err(err)),
@@ -197,6 +204,7 @@ pub(crate) fn reply(cmd: Command, outcome: Outcome) {
             | Command::Probe(tx)
             | Command::Release(_, _, tx)
             | Command::FinishTask { reply: tx, .. }
+            | Command::RecordWorkers(_, _, tx)
             | Command::SetQueueConfig(_, _, tx),
             Outcome::Unit(r),
         ) => {

@@ -4,7 +4,10 @@ use super::flow::{
     Admitted, Enqueued, QueueConfig, QueueEntry, QueueState, WorkflowQueueStats, WorkflowQueues,
     plan,
 };
-use super::task::{Leased, QueueStats, TaskQueue, TaskRecord, TaskResult, TaskState, WorkerTerms};
+use super::task::{
+    Leased, QueueStats, THROUGHPUT_WINDOW, TaskQueue, TaskRecord, TaskResult, TaskState,
+    WorkerRecord, WorkerTerms,
+};
 use super::{
     Aggregate, AttemptRecord, AuditRecord, BucketCount, Claimed, Commit, Created, Details, Fence,
     InstanceRecord, JournalEntry, Lease, LeaseTerms, ListFilter, LoadedInstance, Millis, NodeId,
@@ -72,6 +75,8 @@ struct State {
     /// Workflow queue configurations by queue.
     queue_configs: BTreeMap<String, QueueConfig>,
     next_entry: u64,
+    /// Workers by id, as the nodes recorded them.
+    workers: BTreeMap<String, WorkerRecord>,
     closed: bool,
 }
 
@@ -1112,6 +1117,12 @@ impl TaskQueue for MemoryStore {
                     queue: t.task.queue.clone(),
                     ..Default::default()
                 });
+            if matches!(t.state, TaskState::Completed | TaskState::Failed)
+                && t.finished_at
+                    .is_some_and(|at| at > now - THROUGHPUT_WINDOW && at <= now)
+            {
+                q.finished_last_minute += 1;
+            }
             match t.state {
                 TaskState::Completed => q.completed += 1,
                 TaskState::Failed => q.failed += 1,
@@ -1129,6 +1140,35 @@ impl TaskQueue for MemoryStore {
             }
         }
         Box::pin(std::future::ready(Ok(by_queue.into_values().collect())))
+    }
+
+    fn record_workers(
+        &self,
+        seen: Vec<WorkerRecord>,
+        forget_before: Millis,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let mut state = self.lock();
+        for w in seen {
+            match state.workers.get_mut(&w.id) {
+                Some(stored) => stored.merge(w),
+                None => {
+                    state.workers.insert(w.id.clone(), w);
+                }
+            }
+        }
+        state.workers.retain(|_, w| w.last_seen() >= forget_before);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn workers(&self, since: Millis) -> BoxFuture<'_, Result<Vec<WorkerRecord>, StoreError>> {
+        let found = self
+            .lock()
+            .workers
+            .values()
+            .filter(|w| w.last_seen() >= since)
+            .cloned()
+            .collect();
+        Box::pin(std::future::ready(Ok(found)))
     }
 }
 

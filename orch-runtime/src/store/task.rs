@@ -245,6 +245,37 @@ pub struct QueueStats {
     pub completed: u64,
     /// Tasks failed in all.
     pub failed: u64,
+    /// Tasks completed or failed in the minute before the time asked about (the queue's
+    /// throughput per minute).
+    pub finished_last_minute: u64,
+}
+
+/// The window of [`QueueStats::finished_last_minute`], in milliseconds.
+pub const THROUGHPUT_WINDOW: Millis = 60_000;
+
+/// A worker as the nodes that served it saw it: recorded by each node at most every few
+/// seconds ([`TaskQueue::record_workers`]), so that every node lists the workers polling any
+/// node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    /// The worker's id (chosen by the worker).
+    pub id: String,
+    /// The queues it last asked for.
+    pub queues: Vec<String>,
+    /// The node it last asked.
+    pub node: String,
+    /// When it last asked for tasks.
+    pub last_poll: Millis,
+    /// When it last sent a heartbeat or ended a task, if ever.
+    pub last_heartbeat: Option<Millis>,
+}
+
+impl WorkerRecord {
+    /// When it was last seen (a poll, a heartbeat, an end).
+    pub fn last_seen(&self) -> Millis {
+        self.last_poll
+            .max(self.last_heartbeat.unwrap_or(Millis::MIN))
+    }
 }
 
 /// The workers' side of task queues (the instances' side is [`WriteOp::EnqueueTask`] and
@@ -293,6 +324,35 @@ pub trait TaskQueue: Send + Sync + 'static {
 
     /// Every queue that holds a task, by name, as seen at `now`.
     fn queue_stats(&self, now: Millis) -> BoxFuture<'_, Result<Vec<QueueStats>, StoreError>>;
+
+    /// Records workers a node saw, by id: a worker not recorded yet is added; one recorded
+    /// keeps the later of each time, and takes the given queues and node if the given
+    /// `last_poll` is not older than the stored one. Then forgets every worker last seen
+    /// before `forget_before`.
+    fn record_workers(
+        &self,
+        seen: Vec<WorkerRecord>,
+        forget_before: Millis,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The workers last seen (a poll, a heartbeat) at or after `since`, by id.
+    fn workers(&self, since: Millis) -> BoxFuture<'_, Result<Vec<WorkerRecord>, StoreError>>;
+}
+
+impl WorkerRecord {
+    /// Merges `given` into this record of the same worker (see
+    /// [`TaskQueue::record_workers`]).
+    pub(crate) fn merge(&mut self, given: WorkerRecord) {
+        if given.last_poll >= self.last_poll {
+            self.queues = given.queues;
+            self.node = given.node;
+        }
+        self.last_poll = self.last_poll.max(given.last_poll);
+        self.last_heartbeat = match (self.last_heartbeat, given.last_heartbeat) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
 }
 
 impl TaskRecord {

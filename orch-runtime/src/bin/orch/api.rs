@@ -288,3 +288,48 @@ pub struct Incompatible {
     #[serde(default)]
     pub message: String,
 }
+
+/// `GET /api/v1/queues`.
+#[derive(Debug, Deserialize)]
+pub struct Queues {
+    pub queues: Vec<QueueRow>,
+    #[serde(default)]
+    pub workers: Vec<WorkerRow>,
+}
+
+/// One queue; counts a kind does not have are absent.
+#[derive(Debug, Deserialize)]
+pub struct QueueRow {
+    pub queue: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub waiting: Option<u64>,
+    #[serde(default)]
+    pub in_flight: Option<u64>,
+    #[serde(default)]
+    pub oldest_waiting: Option<String>,
+    #[serde(default)]
+    pub finished_last_minute: Option<u64>,
+    #[serde(default)]
+    pub completed: Option<u64>,
+    #[serde(default)]
+    pub failed: Option<u64>,
+    #[serde(default)]
+    pub workers: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WorkerRow {
+    pub id: String,
+    #[serde(default)]
+    pub queues: Vec<String>,
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub last_poll: Option<String>,
+    #[serde(default)]
+    pub last_heartbeat: Option<String>,
+    #[serde(default)]
+    pub connected: bool,
+}

@@ -12,6 +12,7 @@ mod flow;
 mod graph;
 mod instances;
 mod output;
+mod queues;
 mod stats;
 mod table;
 mod tail;
@@ -121,6 +122,9 @@ enum Command {
     Check(cluster::CheckArgs),
     /// Workflow queues: `orch queue set NAME --concurrency 5` changes a queue's limits live.
     Queue(flow::QueueArgs),
+    /// Task queues: waiting, in flight, oldest waiting, throughput, completed, failed and
+    /// connected workers per queue; then the workers the server saw recently.
+    Queues,
 }
 
 /// What every command gets: the client and the output mode.
@@ -181,6 +185,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Nodes => cluster::nodes(&ctx).await.map(|()| 0),
         Command::Check(args) => cluster::check(&ctx, args).await,
         Command::Queue(args) => flow::queue(&ctx, args).await.map(|()| 0),
+        Command::Queues => queues::queues(&ctx).await.map(|()| 0),
     }
 }
 

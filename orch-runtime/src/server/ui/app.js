@@ -438,6 +438,9 @@
       } else if (section === 'nodes' && parts.length === 1) {
         setNav('nodes');
         await nodesPage(ctx);
+      } else if (section === 'queues' && parts.length === 1) {
+        setNav('queues');
+        await queuesPage(ctx);
       } else {
         setNav('');
         show(ctx, notFound('There is no such page.'));
@@ -1115,6 +1118,84 @@
     const tick = async () => {
       try {
         const list = await api('/nodes');
+        if (!ctx.alive()) return;
+        listError.hidden = true;
+        render(list);
+      } catch (e) {
+        listError.textContent = `Could not refresh: ${e.message}`;
+        listError.hidden = false;
+      }
+      ctx.later(tick, LIST_REFRESH_MS);
+    };
+    ctx.later(tick, LIST_REFRESH_MS);
+  }
+
+  // ---------------------------------------------------------------- queues
+
+  const QUEUE_KINDS = {
+    task: 'Tasks of steps declared #[step(queue = …)], served by workers (in-process, another process, or any language over HTTP).',
+  };
+
+  /** A count, or a dash when this kind of queue has none. */
+  function countCell(v, testid) {
+    return h('td', { class: 'o-num', 'data-testid': testid }, v === null || v === undefined ? '—' : String(v));
+  }
+
+  async function queuesPage(ctx) {
+    show(ctx, loading());
+    const qbody = h('tbody', {});
+    const qtable = h('table', { class: 'o-table', 'data-testid': 'queues-table' },
+      h('thead', {}, h('tr', {}, h('th', {}, 'Queue'), h('th', {}, 'Kind'), h('th', { class: 'o-num' }, 'Waiting'),
+        h('th', { class: 'o-num' }, 'In flight'), h('th', {}, 'Oldest waiting'), h('th', { class: 'o-num', title: 'Tasks completed or failed in the last minute' }, 'Done / min'),
+        h('th', { class: 'o-num' }, 'Completed'), h('th', { class: 'o-num' }, 'Failed'), h('th', { class: 'o-num', title: 'Workers seen in the last 90 s that serve the queue' }, 'Workers'))),
+      qbody);
+    const wbody = h('tbody', {});
+    const wtable = h('table', { class: 'o-table', 'data-testid': 'workers-table' },
+      h('thead', {}, h('tr', {}, h('th', {}, 'Worker'), h('th', {}, 'Queues'), h('th', {}, 'Node'), h('th', {}, 'Last poll'),
+        h('th', {}, 'Last heartbeat'), h('th', {}, 'State'))),
+      wbody);
+    const listError = h('div', { class: 'o-inline-error', hidden: true, role: 'alert' });
+    const summary = h('span', { class: 'o-muted o-small', 'data-testid': 'queues-count' });
+    const noWorkers = h('p', { class: 'o-muted', 'data-testid': 'no-workers' }, 'No worker polled any node in the last 10 minutes.');
+    const render = (list) => {
+      const queues = list.queues || [];
+      const workers = list.workers || [];
+      const waiting = queues.reduce((n, q) => n + (q.waiting || 0), 0);
+      summary.textContent = `${plural(queues.length, 'queue')}, ${waiting} waiting`;
+      qbody.replaceChildren(...(queues.length ? queues.map((q) => h('tr', {
+        'data-testid': 'queue-row', 'data-queue': q.queue, 'data-kind': q.kind,
+      },
+      h('td', {}, h('span', { class: 'o-mono o-strong' }, q.queue)),
+      h('td', {}, h('span', { class: 'o-badge', title: QUEUE_KINDS[q.kind] || '' }, q.kind)),
+      countCell(q.waiting, 'queue-waiting'),
+      countCell(q.in_flight, 'queue-in-flight'),
+      h('td', { 'data-testid': 'queue-oldest' }, timeEl(q.oldest_waiting)),
+      countCell(q.finished_last_minute, 'queue-throughput'),
+      countCell(q.completed, 'queue-completed'),
+      countCell(q.failed, 'queue-failed'),
+      countCell(q.workers, 'queue-workers'))) : [h('tr', {}, h('td', { colspan: 9, class: 'o-muted' }, 'No queue holds a task yet.'))]));
+      noWorkers.hidden = workers.length > 0;
+      wtable.hidden = workers.length === 0;
+      wbody.replaceChildren(...workers.map((w) => h('tr', {
+        'data-testid': 'worker-row', 'data-id': w.id, 'data-connected': w.connected ? 'true' : 'false',
+      },
+      h('td', {}, h('span', { class: 'o-mono o-strong' }, w.id)),
+      h('td', {}, (w.queues || []).join(', ')),
+      h('td', { class: 'o-mono' }, w.node || '—'),
+      h('td', {}, timeEl(w.last_poll)),
+      h('td', { 'data-testid': 'worker-heartbeat' }, timeEl(w.last_heartbeat)),
+      h('td', {}, h('span', { class: `o-badge ${w.connected ? 'o-ns-live' : 'o-ns-expired'}`, title: w.connected ? 'Seen in the last 90 s.' : 'Not seen for over 90 s.' }, w.connected ? 'connected' : 'gone')))));
+    };
+    const first = await api('/queues');
+    if (!ctx.alive()) return;
+    show(ctx, h('div', { class: 'o-page', 'data-testid': 'queues' },
+      pageHead('Queues', 'Work waiting for a worker: how much waits, how long the oldest has waited, how fast it goes, and who serves it.'),
+      card(null, h('div', {}, h('div', { class: 'o-list-head' }, summary, listError), qtable)),
+      card('Workers', h('div', {}, noWorkers, wtable), { testid: 'workers-card' })));
+    render(first);
+    const tick = async () => {
+      try {
+        const list = await api('/queues');
         if (!ctx.alive()) return;
         listError.hidden = true;
         render(list);

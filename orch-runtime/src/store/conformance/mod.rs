@@ -192,6 +192,9 @@ pub const CHECKS: &[(&str, CheckFn)] = &[
     ("flow::configurations_are_stored_and_listed", |s| {
         Box::pin(flow::configurations_are_stored_and_listed(s))
     }),
+    ("tasks::workers_are_recorded_merged_and_forgotten", |s| {
+        Box::pin(tasks::workers_are_recorded_merged_and_forgotten(s))
+    }),
 ];
 
 /// Runs every check, each on a fresh store from `factory`, and panics listing those that
@@ -282,7 +285,8 @@ macro_rules! conformance_tests {
             flow::a_held_deduplication_key_returns_its_holder,
             flow::a_rate_limit_admits_n_per_period,
             flow::concurrent_admissions_never_pass_the_limit,
-            flow::configurations_are_stored_and_listed
+            flow::configurations_are_stored_and_listed,
+            tasks::workers_are_recorded_merged_and_forgotten
         );
     };
     (@each $factory:expr; $($module:ident :: $check:ident),*) => {

@@ -2,7 +2,9 @@
 //! fencing of late workers by token, lease expiry, order, deadlines, cancellation, statistics.
 
 use super::{T0, create_owned, node, register};
-use crate::store::task::{NewTask, TaskResult, TaskState, WorkerTerms, task_id};
+use crate::store::task::{
+    NewTask, THROUGHPUT_WINDOW, TaskResult, TaskState, WorkerRecord, WorkerTerms, task_id,
+};
 use crate::store::{Backend, Fence, Status, StoreError, Wakeup, WriteOp};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -532,6 +534,20 @@ pub async fn queue_stats_count_each_state(store: Arc<dyn Backend>) {
         Some(T0 + 4),
         "the oldest waiting task is 4"
     );
+    assert_eq!(
+        q.finished_last_minute, 2,
+        "1 and 2 finished in the last minute: {q:?}"
+    );
+    let later = store
+        .queue_stats(T0 + 200 + THROUGHPUT_WINDOW)
+        .await
+        .expect("stats a minute later");
+    let q = later.iter().find(|s| s.queue == "q").expect("queue q");
+    assert_eq!(
+        (q.finished_last_minute, q.completed, q.failed),
+        (0, 1, 1),
+        "a minute later the throughput is 0, the totals stay: {q:?}"
+    );
     let r = stats
         .iter()
         .find(|s| s.queue == "r")
@@ -539,4 +555,74 @@ pub async fn queue_stats_count_each_state(store: Arc<dyn Backend>) {
     assert_eq!((r.waiting, r.oldest_waiting), (1, Some(T0)));
     let names: Vec<&str> = stats.iter().map(|s| s.queue.as_str()).collect();
     assert_eq!(names, ["q", "r"], "queues by name");
+}
+
+/// Workers recorded by nodes: a new one is added, a known one keeps the later of each time and
+/// takes the newer poll's queues and node (an older record sent late changes neither), and
+/// those last seen before the cut are forgotten.
+pub async fn workers_are_recorded_merged_and_forgotten(store: Arc<dyn Backend>) {
+    let rec = |id: &str, q: &str, node: &str, poll: i64, beat: Option<i64>| WorkerRecord {
+        id: id.into(),
+        queues: vec![q.into()],
+        node: node.into(),
+        last_poll: poll,
+        last_heartbeat: beat,
+    };
+    store
+        .record_workers(
+            vec![
+                rec("w1", "a", "n1", T0 + 10, None),
+                rec("w2", "b", "n1", T0 + 20, Some(T0 + 25)),
+            ],
+            T0,
+        )
+        .await
+        .expect("record");
+    assert_eq!(
+        store.workers(T0).await.expect("workers"),
+        vec![
+            rec("w1", "a", "n1", T0 + 10, None),
+            rec("w2", "b", "n1", T0 + 20, Some(T0 + 25))
+        ]
+    );
+    // w1 polls node n2 later for another queue; a late record of an older poll of w2 (from
+    // n2) keeps w2's queues, node and times but adds nothing older.
+    store
+        .record_workers(
+            vec![
+                rec("w1", "c", "n2", T0 + 30, Some(T0 + 31)),
+                rec("w2", "z", "n2", T0 + 5, Some(T0 + 6)),
+            ],
+            T0,
+        )
+        .await
+        .expect("record");
+    assert_eq!(
+        store.workers(T0).await.expect("workers"),
+        vec![
+            rec("w1", "c", "n2", T0 + 30, Some(T0 + 31)),
+            rec("w2", "b", "n1", T0 + 20, Some(T0 + 25))
+        ]
+    );
+    // Only those seen since T0 + 26 (w1), then w2 forgotten altogether.
+    let recent: Vec<String> = store
+        .workers(T0 + 26)
+        .await
+        .expect("workers")
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
+    assert_eq!(recent, ["w1"]);
+    store
+        .record_workers(Vec::new(), T0 + 26)
+        .await
+        .expect("forget");
+    let left: Vec<String> = store
+        .workers(0)
+        .await
+        .expect("workers")
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
+    assert_eq!(left, ["w1"], "w2 (last seen T0 + 25) is forgotten");
 }

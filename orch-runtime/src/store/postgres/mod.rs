@@ -697,6 +697,24 @@ impl crate::store::task::TaskQueue for PostgresStore {
             tasks::stats(apply::Tx::new(&client), now).await
         })
     }
+
+    fn record_workers(
+        &self,
+        seen: Vec<crate::store::task::WorkerRecord>,
+        forget_before: Millis,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.command(move |tx| Command::RecordWorkers(seen, forget_before, tx))
+    }
+
+    fn workers(
+        &self,
+        since: Millis,
+    ) -> BoxFuture<'_, Result<Vec<crate::store::task::WorkerRecord>, StoreError>> {
+        Box::pin(async move {
+            let client = read::connection(&self.shared, "reading the workers").await?;
+            tasks::workers(apply::Tx::new(&client), since).await
+        })
+    }
 }
 
 impl crate::store::flow::WorkflowQueues for PostgresStore {

@@ -193,6 +193,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
         WHERE admitted_at IS NOT NULL;
     CREATE UNIQUE INDEX queue_entries_dedup ON queue_entries (queue, dedup)
         WHERE dedup IS NOT NULL AND state <> 'done';"#,
+    // Version 5: workers as the nodes saw them (store::task::WorkerRecord; `queues` is a JSON
+    // array).
+    r#"CREATE TABLE workers (
+        id             TEXT COLLATE "C" PRIMARY KEY,
+        queues         TEXT NOT NULL,
+        node           TEXT NOT NULL,
+        last_poll      BIGINT NOT NULL,
+        last_heartbeat BIGINT
+    );"#,
 ];
 
 /// The schema version this build creates and understands.

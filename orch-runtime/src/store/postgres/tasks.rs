@@ -7,7 +7,8 @@ use super::apply::{Param, Tx};
 use super::pg_error;
 use super::read::get_u32;
 use crate::store::task::{
-    Leased, NewTask, QueueStats, TaskRecord, TaskResult, TaskState, WorkerTerms,
+    Leased, NewTask, QueueStats, THROUGHPUT_WINDOW, TaskRecord, TaskResult, TaskState,
+    WorkerRecord, WorkerTerms,
 };
 use crate::store::{Millis, StoreError, Wakeup};
 use tokio_postgres::Row;
@@ -260,9 +261,11 @@ pub(super) async fn stats(tx: Tx<'_>, now: Millis) -> Result<Vec<QueueStats>, St
              min(created_at) FILTER (WHERE state = 'pending' OR (state = 'leased' \
                  AND lease_expires_at <= $1::bigint)), \
              count(*) FILTER (WHERE state = 'completed'), \
-             count(*) FILTER (WHERE state = 'failed') \
+             count(*) FILTER (WHERE state = 'failed'), \
+             count(*) FILTER (WHERE state IN ('completed', 'failed') \
+                 AND finished_at > $2::bigint AND finished_at <= $1::bigint) \
              FROM tasks GROUP BY queue ORDER BY queue",
-            &[&now],
+            &[&now, &(now - THROUGHPUT_WINDOW)],
         )
         .await
         .map_err(|e| pg_error(ctx, &e))?;
@@ -279,6 +282,68 @@ pub(super) async fn stats(tx: Tx<'_>, now: Millis) -> Result<Vec<QueueStats>, St
                 oldest_waiting: r.try_get(3).map_err(e)?,
                 completed: n(4)?,
                 failed: n(5)?,
+                finished_last_minute: n(6)?,
+            })
+        })
+        .collect()
+}
+
+/// [`TaskQueue::record_workers`](crate::store::task::TaskQueue::record_workers).
+pub(super) async fn record_workers(
+    tx: Tx<'_>,
+    seen: &[WorkerRecord],
+    forget_before: Millis,
+) -> Result<(), StoreError> {
+    let ctx = "recording workers";
+    for w in seen {
+        let queues = serde_json::to_string(&w.queues).unwrap_or_else(|_| "[]".into());
+        tx.execute(
+            "INSERT INTO workers (id, queues, node, last_poll, last_heartbeat) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (id) DO UPDATE SET \
+             queues = CASE WHEN excluded.last_poll >= workers.last_poll \
+                 THEN excluded.queues ELSE workers.queues END, \
+             node = CASE WHEN excluded.last_poll >= workers.last_poll \
+                 THEN excluded.node ELSE workers.node END, \
+             last_poll = GREATEST(workers.last_poll, excluded.last_poll), \
+             last_heartbeat = GREATEST(workers.last_heartbeat, excluded.last_heartbeat)",
+            &[&w.id, &queues, &w.node, &w.last_poll, &w.last_heartbeat],
+        )
+        .await
+        .map_err(|e| pg_error(ctx, &e))?;
+    }
+    tx.execute(
+        "DELETE FROM workers \
+         WHERE GREATEST(last_poll, COALESCE(last_heartbeat, last_poll)) < $1::bigint",
+        &[&forget_before],
+    )
+    .await
+    .map_err(|e| pg_error(ctx, &e))?;
+    Ok(())
+}
+
+/// [`TaskQueue::workers`](crate::store::task::TaskQueue::workers).
+pub(super) async fn workers(tx: Tx<'_>, since: Millis) -> Result<Vec<WorkerRecord>, StoreError> {
+    let ctx = "reading the workers";
+    let rows = tx
+        .query(
+            "SELECT id, queues, node, last_poll, last_heartbeat FROM workers \
+             WHERE GREATEST(last_poll, COALESCE(last_heartbeat, last_poll)) >= $1::bigint \
+             ORDER BY id",
+            &[&since],
+        )
+        .await
+        .map_err(|e| pg_error(ctx, &e))?;
+    rows.iter()
+        .map(|r| {
+            let e = |err: tokio_postgres::Error| pg_error(ctx, &err);
+            let queues: String = r.try_get(1).map_err(e)?;
+            Ok(WorkerRecord {
+                id: r.try_get(0).map_err(e)?,
+                queues: serde_json::from_str(&queues).unwrap_or_default(),
+                node: r.try_get(2).map_err(e)?,
+                last_poll: r.try_get(3).map_err(e)?,
+                last_heartbeat: r.try_get(4).map_err(e)?,
             })
         })
         .collect()

@@ -334,6 +334,9 @@ async fn execute(tx: Tx<'_>, cmd: &Command, check: Check) -> (Outcome, Vec<Wakeu
         Command::HeartbeatTask(id, token, terms, _) => {
             Outcome::Until(super::tasks::heartbeat(tx, id, *token, terms).await)
         }
+        Command::RecordWorkers(seen, forget_before, _) => {
+            Outcome::Unit(super::tasks::record_workers(tx, seen, *forget_before).await)
+        }
         Command::FinishTask {
             task,
             token,
@@ -381,6 +384,7 @@ fn lane_key(cmd: &Command) -> Option<&str> {
         Command::Probe(_) => return Some("\u{0}probe"),
         Command::Renew(..) => return Some("\u{0}renew"),
         Command::LeaseTasks(..) => return Some("\u{0}tasks"),
+        Command::RecordWorkers(..) => return Some("\u{0}workers"),
         // A task's heartbeat and end go with its instance's writes (its id starts with it).
         Command::HeartbeatTask(id, ..) | Command::FinishTask { task: id, .. } => {
             return Some(crate::store::task::task_instance(id));

@@ -344,6 +344,21 @@ impl crate::store::task::TaskQueue for SqliteStore {
     ) -> BoxFuture<'_, Result<Vec<crate::store::task::QueueStats>, StoreError>> {
         self.read(move |conn| tasks::stats(conn, now))
     }
+
+    fn record_workers(
+        &self,
+        seen: Vec<crate::store::task::WorkerRecord>,
+        forget_before: Millis,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.ask(|tx| Command::RecordWorkers(seen, forget_before, tx))
+    }
+
+    fn workers(
+        &self,
+        since: Millis,
+    ) -> BoxFuture<'_, Result<Vec<crate::store::task::WorkerRecord>, StoreError>> {
+        self.read(move |conn| tasks::workers(conn, since))
+    }
 }
 
 impl crate::store::flow::WorkflowQueues for SqliteStore {

@@ -173,6 +173,14 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX queue_entries_dedup ON queue_entries (queue, dedup)
         WHERE dedup IS NOT NULL AND state <> 'done';
     CREATE INDEX queue_entries_seq ON queue_entries (seq);",
+    // Workers as the nodes saw them (store::task::WorkerRecord; `queues` is a JSON array).
+    "CREATE TABLE workers (
+        id             TEXT PRIMARY KEY,
+        queues         TEXT NOT NULL,
+        node           TEXT NOT NULL,
+        last_poll      INTEGER NOT NULL,
+        last_heartbeat INTEGER
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this build creates and understands.

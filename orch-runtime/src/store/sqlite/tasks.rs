@@ -6,7 +6,8 @@
 use super::backend;
 use super::read::get_u32;
 use crate::store::task::{
-    Leased, NewTask, QueueStats, TaskRecord, TaskResult, TaskState, WorkerTerms,
+    Leased, NewTask, QueueStats, THROUGHPUT_WINDOW, TaskRecord, TaskResult, TaskState,
+    WorkerRecord, WorkerTerms,
 };
 use crate::store::{Millis, StoreError, Wakeup};
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -251,11 +252,12 @@ pub(super) fn stats(conn: &Connection, now: Millis) -> Result<Vec<QueueStats>, S
          SUM(state = 'leased' AND lease_expires_at > ?1), \
          MIN(CASE WHEN state = 'pending' OR (state = 'leased' AND lease_expires_at <= ?1) \
              THEN created_at END), \
-         SUM(state = 'completed'), SUM(state = 'failed') \
+         SUM(state = 'completed'), SUM(state = 'failed'), \
+         SUM(state IN ('completed', 'failed') AND finished_at > ?2 AND finished_at <= ?1) \
          FROM tasks GROUP BY queue ORDER BY queue",
     )
     .and_then(|mut s| {
-        s.query_map([now], |r| {
+        s.query_map([now, now - THROUGHPUT_WINDOW], |r| {
             let n = |i: usize| -> rusqlite::Result<u64> {
                 Ok(u64::try_from(r.get::<_, Option<i64>>(i)?.unwrap_or(0)).unwrap_or(0))
             };
@@ -266,9 +268,68 @@ pub(super) fn stats(conn: &Connection, now: Millis) -> Result<Vec<QueueStats>, S
                 oldest_waiting: r.get(3)?,
                 completed: n(4)?,
                 failed: n(5)?,
+                finished_last_minute: n(6)?,
             })
         })?
         .collect()
     })
     .map_err(|e| backend("reading the queues", e))
+}
+
+/// [`TaskQueue::record_workers`](crate::store::task::TaskQueue::record_workers).
+pub(super) fn record_workers(
+    conn: &Connection,
+    seen: &[WorkerRecord],
+    forget_before: Millis,
+) -> Result<(), StoreError> {
+    let ctx = "recording workers";
+    let mut upsert = conn
+        .prepare_cached(
+            "INSERT INTO workers (id, queues, node, last_poll, last_heartbeat) \
+             VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (id) DO UPDATE SET \
+             queues = CASE WHEN excluded.last_poll >= workers.last_poll \
+                 THEN excluded.queues ELSE workers.queues END, \
+             node = CASE WHEN excluded.last_poll >= workers.last_poll \
+                 THEN excluded.node ELSE workers.node END, \
+             last_poll = MAX(workers.last_poll, excluded.last_poll), \
+             last_heartbeat = CASE WHEN workers.last_heartbeat IS NULL THEN excluded.last_heartbeat \
+                 WHEN excluded.last_heartbeat IS NULL THEN workers.last_heartbeat \
+                 ELSE MAX(workers.last_heartbeat, excluded.last_heartbeat) END",
+        )
+        .map_err(|e| backend(ctx, e))?;
+    for w in seen {
+        let queues = serde_json::to_string(&w.queues).unwrap_or_else(|_| "[]".into());
+        upsert
+            .execute(params![w.id, queues, w.node, w.last_poll, w.last_heartbeat])
+            .map_err(|e| backend(ctx, e))?;
+    }
+    conn.prepare_cached(
+        "DELETE FROM workers WHERE MAX(last_poll, COALESCE(last_heartbeat, last_poll)) < ?1",
+    )
+    .and_then(|mut s| s.execute([forget_before]))
+    .map_err(|e| backend(ctx, e))?;
+    Ok(())
+}
+
+/// [`TaskQueue::workers`](crate::store::task::TaskQueue::workers).
+pub(super) fn workers(conn: &Connection, since: Millis) -> Result<Vec<WorkerRecord>, StoreError> {
+    conn.prepare_cached(
+        "SELECT id, queues, node, last_poll, last_heartbeat FROM workers \
+         WHERE MAX(last_poll, COALESCE(last_heartbeat, last_poll)) >= ?1 ORDER BY id",
+    )
+    .and_then(|mut s| {
+        s.query_map([since], |r| {
+            let queues: String = r.get(1)?;
+            Ok(WorkerRecord {
+                id: r.get(0)?,
+                queues: serde_json::from_str(&queues).unwrap_or_default(),
+                node: r.get(2)?,
+                last_poll: r.get(3)?,
+                last_heartbeat: r.get(4)?,
+            })
+        })?
+        .collect()
+    })
+    .map_err(|e| backend("reading the workers", e))
 }

@@ -326,6 +326,9 @@ fn execute(
         Command::HeartbeatTask(id, token, terms, _) => {
             Outcome::Until(super::tasks::heartbeat(conn, id, *token, terms))
         }
+        Command::RecordWorkers(seen, forget_before, _) => {
+            Outcome::Unit(super::tasks::record_workers(conn, seen, *forget_before))
+        }
         Command::FinishTask {
             task,
             token,
