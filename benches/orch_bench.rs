@@ -31,6 +31,8 @@ use tokio::task::JoinSet;
 
 #[path = "orch_bench/cluster.rs"]
 mod cluster;
+#[path = "orch_bench/queues.rs"]
+mod queues;
 
 // ---------------------------------------------------------------------------------------------
 // The workloads.
@@ -73,7 +75,7 @@ struct Opts {
     postgres: Option<String>,
 }
 
-const SECTIONS: [&str; 4] = ["latency", "throughput", "memory", "cluster"];
+const SECTIONS: [&str; 5] = ["latency", "throughput", "memory", "cluster", "queues"];
 
 const HELP: &str = "orch_bench [--quick] [--runs N] [--concurrent N] [--sleepers N] [--dir PATH] \
 [--postgres URL] [latency] [throughput] [memory] [cluster]
@@ -86,9 +88,10 @@ const HELP: &str = "orch_bench [--quick] [--runs N] [--concurrent N] [--sleepers
   --postgres URL  also measure the PostgreSQL store (in a temporary schema) and PostgreSQL's
                   own 1-row commit (default: ORCH_BENCH_DATABASE_URL when set); the store's
                   writer connections per node: ORCH_BENCH_PG_WRITERS (default: the store's)
-  sections        any of latency, throughput, memory, cluster (default: all; cluster needs
-                  --postgres: 1 vs 3 node processes on one schema, takeover after SIGKILL,
-                  idle transactions/s)";
+  sections        any of latency, throughput, memory, cluster, queues (default: all;
+                  cluster needs --postgres: 1 vs 3 node processes on one schema, takeover
+                  after SIGKILL, idle transactions/s; queues: dispatch latency of queued
+                  steps, tasks/s with 1 and 8 HTTP workers, a rate-limited workflow queue)";
 
 impl Opts {
     fn parse(args: &[String]) -> Opts {
@@ -828,6 +831,29 @@ fn child(args: &[String]) {
             .block_on(cluster::child_node(url, schema, id, lease_ms));
         return;
     }
+    if matches!(kind.as_str(), "dispatch" | "tasks" | "rate") {
+        let (served, rest) = match kind.as_str() {
+            "rate" => (None, rest),
+            _ => rest
+                .split_first()
+                .map(|(s, r)| (Some(queues::parse_served(s)), r))
+                .unwrap_or_else(|| fail("__child needs a worker setup")),
+        };
+        let o = Opts::parse(rest);
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("building the tokio runtime")
+            .block_on(async {
+                match (kind.as_str(), served) {
+                    ("dispatch", Some(s)) => queues::child_dispatch(&o, s).await,
+                    ("tasks", Some(s)) => queues::child_tasks(&o, s).await,
+                    _ => queues::child_rate(&o).await,
+                }
+            });
+        return;
+    }
     let (store, rest) = rest
         .split_first()
         .unwrap_or_else(|| fail("__child needs a store"));
@@ -852,12 +878,18 @@ fn child(args: &[String]) {
 // Parent: run the children, print the tables.
 
 fn spawn_child(o: &Opts, kind: &str, backend: Option<Backend>) -> Vec<Value> {
+    spawn_child_with(o, kind, backend, &[])
+}
+
+/// Like [`spawn_child`], with arguments of the scenario's own before the options.
+fn spawn_child_with(o: &Opts, kind: &str, backend: Option<Backend>, own: &[&str]) -> Vec<Value> {
     let exe = std::env::current_exe().expect("locating the bench binary");
     let mut cmd = Command::new(exe);
     cmd.arg("__child").arg(kind);
     if let Some(b) = backend {
         cmd.arg(b.arg());
     }
+    cmd.args(own);
     cmd.args(o.forwarded())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -904,7 +936,8 @@ fn main() {
     // Suspended instances are a memory question for orch, not for the store: no PostgreSQL.
     let memory_backends = [Backend::Sqlite, Backend::Memory];
 
-    let floor = (has("latency") || has("throughput")).then(|| spawn_child(&o, "floor", None));
+    let floor = (has("latency") || has("throughput") || has("queues"))
+        .then(|| spawn_child(&o, "floor", None));
     let floor = floor.and_then(|rows| rows.into_iter().next());
     let pg_floor = (o.postgres.is_some() && (has("latency") || has("throughput")))
         .then(|| spawn_child(&o, "pgfloor", None))
@@ -931,6 +964,11 @@ fn main() {
             fail("the cluster section needs --postgres URL")
         }
         _ => Vec::new(),
+    };
+    let queue_rows: Vec<Value> = if has("queues") {
+        queues::run(&o)
+    } else {
+        Vec::new()
     };
     let memory: Vec<Value> = if has("memory") {
         memory_backends
@@ -1208,6 +1246,9 @@ fn main() {
 
     if !cluster.is_empty() {
         cluster::print(&cluster, &mut checks);
+    }
+    if !queue_rows.is_empty() {
+        checks.extend(queues::print(&queue_rows, floor_p50));
     }
 
     if !checks.is_empty() {

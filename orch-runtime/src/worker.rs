@@ -404,8 +404,10 @@ pub(crate) async fn run_leased(
         AssertUnwindSafe((step.run)(job.input)).catch_unwind(),
     );
     tokio::pin!(body);
-    let mut beat = tokio::time::interval(lease / 3);
-    beat.tick().await;
+    // The first renewal a third of the lease from now. (Not `interval` and a first tick:
+    // that tick waits for the timer wheel's next millisecond, a delay on every task.)
+    let every = lease / 3;
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut renewed_at = tokio::time::Instant::now();
     let outcome = loop {
         tokio::select! {

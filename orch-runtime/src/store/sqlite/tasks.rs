@@ -170,7 +170,10 @@ pub(super) fn lease(
     for queue in queues {
         let later: Option<Millis> = conn
             .prepare_cached(
-                "SELECT MIN(lease_expires_at) FROM tasks WHERE queue = ?1 AND state = 'leased' \
+                // `state IN (…)` as the partial index has it, so the index serves the query
+                // (else every task ever stored is read).
+                "SELECT MIN(lease_expires_at) FROM tasks WHERE queue = ?1 \
+                 AND state IN ('pending', 'leased') AND state = 'leased' \
                  AND lease_expires_at > ?2 AND (deadline IS NULL OR deadline > ?2)",
             )
             .and_then(|mut s| s.query_row(params![queue, terms.now], |r| r.get(0)))
