@@ -269,7 +269,7 @@ async fn a_workflow_waiting_long_for_a_worker_is_unloaded_and_its_task_s_end_res
         let rt = Runtime::builder()
             .store(store.clone())
             .no_workers()
-            .keep_loaded_below(Duration::from_millis(20))
+            .unload_task_waits_after(Duration::from_millis(20))
             .build()
             .await
             .expect("runtime");
@@ -364,10 +364,10 @@ async fn pay_or_refund(order: String) -> Result<Receipt, StepError> {
     }
 }
 
-/// Cancels an instance whose queued step waits for a worker, kept loaded (`keep_loaded` long)
+/// Cancels an instance whose queued step waits for a worker, kept loaded (`unload_after` long)
 /// or unloaded (short): the step receives the cancellation, its compensation runs, and the
 /// task is cancelled so no worker runs it later.
-async fn cancel_while_waiting_for_a_worker(id: &str, keep_loaded: Duration) {
+async fn cancel_while_waiting_for_a_worker(id: &str, unload_after: Duration) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store: Arc<dyn Backend> = Arc::new(
         orch_runtime::store::sqlite::SqliteStore::open(
@@ -379,7 +379,7 @@ async fn cancel_while_waiting_for_a_worker(id: &str, keep_loaded: Duration) {
     let rt = Runtime::builder()
         .store(store.clone())
         .no_workers()
-        .keep_loaded_below(keep_loaded)
+        .unload_task_waits_after(unload_after)
         .build()
         .await
         .expect("runtime");
@@ -388,7 +388,7 @@ async fn cancel_while_waiting_for_a_worker(id: &str, keep_loaded: Duration) {
         .await
         .expect("start");
     let task = task_id(id, 0, 1, 1);
-    let want = if keep_loaded > Duration::from_secs(60) {
+    let want = if unload_after > Duration::from_secs(60) {
         Status::Running
     } else {
         Status::Suspended

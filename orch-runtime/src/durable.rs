@@ -169,7 +169,7 @@ async fn wait_until(ctx: Arc<WorkflowCtx>, seq: u32, fire_at: Millis) {
         return;
     }
     let remaining = Duration::from_millis(remaining as u64);
-    if remaining <= ctx.engine.keep_loaded {
+    if remaining <= ctx.engine.keep_loaded.timers {
         let _busy = ctx.inflight();
         let alarm = tokio::time::sleep(remaining);
         tokio::pin!(alarm);

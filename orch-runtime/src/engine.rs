@@ -153,6 +153,27 @@ struct Slot {
     task: Option<AbortHandle>,
 }
 
+/// Which waits keep an instance loaded (see [`RuntimeBuilder::keep_loaded_below`] and
+/// [`RuntimeBuilder::unload_task_waits_after`](crate::RuntimeBuilder::unload_task_waits_after)).
+///
+/// [`RuntimeBuilder::keep_loaded_below`]: crate::RuntimeBuilder::keep_loaded_below
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KeepLoaded {
+    /// Timers shorter than this keep the instance loaded.
+    pub(crate) timers: Duration,
+    /// A queued step whose task has waited this long for its end lets the instance unload.
+    pub(crate) task_waits: Duration,
+}
+
+impl Default for KeepLoaded {
+    fn default() -> Self {
+        KeepLoaded {
+            timers: Duration::from_secs(1),
+            task_waits: Duration::from_secs(10),
+        }
+    }
+}
+
 /// Shared engine state.
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn Backend>,
@@ -164,8 +185,8 @@ pub(crate) struct Inner {
     pub(crate) registry: Registry,
     pub(crate) clock: Clock,
     pub(crate) test: Option<TestHooks>,
-    /// Timers shorter than this keep the instance loaded instead of suspending it.
-    pub(crate) keep_loaded: Duration,
+    /// Which waits keep an instance loaded instead of suspending it.
+    pub(crate) keep_loaded: KeepLoaded,
     permits: Arc<Semaphore>,
     /// At most this many instances are loaded (owned and driven, or waiting for a permit)
     /// here; further due instances stay in the store for any node with room.
@@ -275,7 +296,7 @@ impl Inner {
         lease_ttl: Option<Duration>,
         registry: Registry,
         max_running: usize,
-        keep_loaded: Duration,
+        keep_loaded: KeepLoaded,
         clock: Clock,
         test: Option<TestHooks>,
     ) -> Arc<Inner> {

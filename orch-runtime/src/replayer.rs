@@ -98,7 +98,10 @@ impl Replayer {
             None,
             registry,
             concurrency,
-            Duration::ZERO,
+            crate::engine::KeepLoaded {
+                timers: Duration::ZERO,
+                task_waits: Duration::ZERO,
+            },
             Clock::Frozen(END_OF_TIME),
             Some(hooks),
         );

@@ -50,7 +50,7 @@ pub struct RuntimeBuilder {
     /// `None`: leases never end (the test runtime).
     pub(crate) lease_ttl: Option<Duration>,
     max_running: usize,
-    keep_loaded: Duration,
+    keep_loaded: crate::engine::KeepLoaded,
     pub(crate) clock: Clock,
     pub(crate) test: Option<TestHooks>,
     serve: crate::worker::Serve,
@@ -190,7 +190,15 @@ impl RuntimeBuilder {
     /// Timers shorter than this keep the instance in memory; longer ones unload it until the
     /// timer fires (default one second).
     pub fn keep_loaded_below(mut self, d: Duration) -> Self {
-        self.keep_loaded = d;
+        self.keep_loaded.timers = d;
+        self
+    }
+
+    /// A workflow whose queued step has waited this long for a worker to end its task is
+    /// unloaded until the task ends (default ten seconds): a short wait, the common case under
+    /// load, costs no unload and reload.
+    pub fn unload_task_waits_after(mut self, d: Duration) -> Self {
+        self.keep_loaded.task_waits = d;
         self
     }
 
@@ -359,7 +367,7 @@ impl Runtime {
             node: None,
             lease_ttl: Some(crate::engine::DEFAULT_LEASE_TTL),
             max_running: 10_000,
-            keep_loaded: Duration::from_secs(1),
+            keep_loaded: Default::default(),
             clock: Clock::System,
             test: None,
             serve: crate::worker::Serve::default(),

@@ -480,7 +480,7 @@ async fn queued_attempt<R: DeserializeOwned>(
         task: Box::new(task),
     };
     ctx.submit(vec![enqueue]).await.map_err(Halt::Store)?;
-    // A wait longer than the engine keeps instances loaded for parks the step: the instance
+    // A wait longer than the engine keeps instances loaded for (`unload_task_waits_after`) parks the step: the instance
     // may then be unloaded, and the task's end (or its deadline) loads it again, when this
     // attempt finds the task ended. Background steps run outside the instance's own future
     // and stay loaded.
@@ -559,7 +559,7 @@ async fn queued_attempt<R: DeserializeOwned>(
         }
         if parked.is_none() && may_park {
             let waited = ms(now - waiting_since);
-            match ctx.engine.keep_loaded.checked_sub(waited) {
+            match ctx.engine.keep_loaded.task_waits.checked_sub(waited) {
                 Some(left) if !left.is_zero() => until = until.min(left),
                 _ => parked = Some(ctx.park(seq)),
             }
