@@ -162,12 +162,7 @@ impl Runtime {
         options: &EnqueueOptions,
         actor: Option<&str>,
     ) -> Result<(String, bool), Error> {
-        let def = self.inner.registry.get(workflow)?;
-        crate::limits::check_payload("workflow input", input)?;
-        (def.check_input)(input).map_err(|detail| Error::InvalidInput {
-            workflow: def.name.to_string(),
-            detail,
-        })?;
+        let def = self.checked_input(workflow, input)?;
         let entry = options.entry();
         let queue = entry.queue.clone();
         let audit = |new_id: &str| -> Vec<WriteOp> {

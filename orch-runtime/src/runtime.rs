@@ -440,6 +440,22 @@ impl Runtime {
         Ok(self.start_json_as(workflow, id, input, None).await?.0)
     }
 
+    /// The definition of workflow `workflow`, once `input` (JSON) is within the payload limit
+    /// and fits its input type: what a start or an enqueue of outside JSON checks first.
+    pub(crate) fn checked_input(
+        &self,
+        workflow: &str,
+        input: &str,
+    ) -> Result<&'static crate::workflow::WorkflowDef, Error> {
+        let def = self.inner.registry.get(workflow)?;
+        crate::limits::check_payload("workflow input", input)?;
+        (def.check_input)(input).map_err(|detail| Error::InvalidInput {
+            workflow: def.name.to_string(),
+            detail,
+        })?;
+        Ok(def)
+    }
+
     /// Like [`start_json`](Self::start_json), also saying whether this call created the
     /// instance (`false`: an instance with that id and the same input existed and is returned
     /// as it is; a different input is [`Error::AlreadyStarted`]). When
@@ -452,12 +468,7 @@ impl Runtime {
         input: &str,
         actor: Option<&str>,
     ) -> Result<(String, bool), Error> {
-        let def = self.inner.registry.get(workflow)?;
-        crate::limits::check_payload("workflow input", input)?;
-        (def.check_input)(input).map_err(|detail| Error::InvalidInput {
-            workflow: def.name.to_string(),
-            detail,
-        })?;
+        let def = self.checked_input(workflow, input)?;
         let audit = |new_id: &str| {
             actor
                 .map(|actor| {

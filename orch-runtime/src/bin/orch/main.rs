@@ -122,8 +122,9 @@ enum Command {
     Check(cluster::CheckArgs),
     /// Workflow queues: `orch queue set NAME --concurrency 5` changes a queue's limits live.
     Queue(flow::QueueArgs),
-    /// Task queues: waiting, in flight, oldest waiting, throughput, completed, failed and
-    /// connected workers per queue; then the workers the server saw recently.
+    /// Queues of tasks and of workflows: waiting, in flight, oldest waiting, throughput,
+    /// completed, failed and connected workers per queue; then the workers the server saw
+    /// recently.
     Queues,
 }
 
