@@ -1,5 +1,6 @@
-//! Task queues ([`TaskQueue`]): enqueue with the instance's writes, lease, heartbeat, finish,
-//! fencing of late workers by token, lease expiry, order, deadlines, cancellation, statistics.
+//! Task queues ([`TaskQueue`](crate::store::task::TaskQueue)): enqueue with the instance's
+//! writes, lease, heartbeat, finish, fencing of late workers by token, lease expiry, order,
+//! deadlines, cancellation, statistics.
 
 use super::{T0, create_owned, node, register};
 use crate::store::task::{
