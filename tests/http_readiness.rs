@@ -73,7 +73,24 @@ async fn readiness_fails_when_writes_fail_while_liveness_holds() {
         "the start failed on space: {failure}"
     );
 
-    let (status, body) = get(&http, &format!("{base}readyz")).await;
+    // A start that failed may have been committed in one batch with another instance's end,
+    // and rolled back with it, leaving room that write needed: fill what is left the same way
+    // until the probe finds no room either.
+    let blob = "x".repeat(4 * 1024);
+    let (mut status, mut body) = get(&http, &format!("{base}readyz")).await;
+    for _ in 0..200 {
+        if status != StatusCode::OK {
+            break;
+        }
+        n += 1;
+        let _ = http
+            .post(format!("{base}api/v1/instances"))
+            .json(&json!({"workflow": "keep", "input": blob, "id": format!("big-{n}")}))
+            .send()
+            .await
+            .expect("start");
+        (status, body) = get(&http, &format!("{base}readyz")).await;
+    }
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["status"], "unavailable", "{body}");
     assert_eq!(body["failed_check"], "write", "{body}");
