@@ -248,11 +248,8 @@ where
         if let How::Queued { .. } = how {
             // Its task may wait in the queue (enqueued before a restart or an unload): no
             // worker may run it now.
-            ops.push(WriteOp::CancelTask {
-                instance: ctx.id.clone(),
-                task: crate::store::task::task_id(&ctx.id, ctx.retries, seq, attempt),
-                at: ctx.now_ms(),
-            });
+            let task = crate::store::task::task_id(&ctx.id, ctx.retries, seq, attempt);
+            ops.push(cancel_task(ctx, task));
         }
         return cancelled(&call, name, ops, &policy).await;
     }
@@ -537,11 +534,7 @@ async fn queued_attempt<R: DeserializeOwned>(
         if let Some(deadline) = record.task.deadline {
             if now >= deadline {
                 drop(parked);
-                let cancel = WriteOp::CancelTask {
-                    instance: ctx.id.clone(),
-                    task: id.clone(),
-                    at: now,
-                };
+                let cancel = cancel_task(ctx, id.clone());
                 ctx.submit(vec![cancel]).await.map_err(Halt::Store)?;
                 let limit = options
                     .timeout
@@ -568,12 +561,10 @@ async fn queued_attempt<R: DeserializeOwned>(
         // end is refused) and the step receives the cancellation.
         if let Some(delivered) = ctx.receive_cancel(seq) {
             drop(parked);
-            let cancel = WriteOp::CancelTask {
-                instance: ctx.id.clone(),
-                task: id.clone(),
-                at: now,
-            };
-            return Ok(Tried::Cancelled(vec![delivered, cancel]));
+            return Ok(Tried::Cancelled(vec![
+                delivered,
+                cancel_task(ctx, id.clone()),
+            ]));
         }
         if cancel_fired {
             watch_cancel = false;
@@ -596,6 +587,15 @@ async fn queued_attempt<R: DeserializeOwned>(
             std::task::Poll::Pending
         })
         .await;
+    }
+}
+
+/// Cancels task `task` of this instance (a late end of a worker is then refused).
+fn cancel_task(ctx: &WorkflowCtx, task: String) -> WriteOp {
+    WriteOp::CancelTask {
+        instance: ctx.id.clone(),
+        task,
+        at: ctx.now_ms(),
     }
 }
 
