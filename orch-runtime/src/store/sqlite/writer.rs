@@ -139,20 +139,7 @@ impl Fences {
     /// After `op` was applied: forgets its instance unless `op` leaves owner, epoch and
     /// status alone.
     fn applied(&mut self, op: &WriteOp) {
-        let keeps = matches!(
-            op,
-            WriteOp::Append { .. }
-                | WriteOp::Attempt { .. }
-                | WriteOp::ConsumeSignal { .. }
-                | WriteOp::CustomStatus { .. }
-                | WriteOp::EndTimer { .. }
-                | WriteOp::Attribute { .. }
-                | WriteOp::CancelDelivered { .. }
-                | WriteOp::EnqueueTask { .. }
-                | WriteOp::CancelTask { .. }
-                | WriteOp::Audit(_)
-        );
-        if !keeps {
+        if !leaves_lease_and_status(op) {
             self.held.remove(op.instance());
         }
     }
@@ -160,6 +147,24 @@ impl Fences {
     fn forget(&mut self) {
         self.held.clear();
     }
+}
+
+/// Whether `op` leaves its instance's owner, epoch and status as they were (what a fence check
+/// read stays true after it).
+fn leaves_lease_and_status(op: &WriteOp) -> bool {
+    matches!(
+        op,
+        WriteOp::Append { .. }
+            | WriteOp::Attempt { .. }
+            | WriteOp::ConsumeSignal { .. }
+            | WriteOp::CustomStatus { .. }
+            | WriteOp::EndTimer { .. }
+            | WriteOp::Attribute { .. }
+            | WriteOp::CancelDelivered { .. }
+            | WriteOp::EnqueueTask { .. }
+            | WriteOp::CancelTask { .. }
+            | WriteOp::Audit(_)
+    )
 }
 
 /// Runs `batch` in one transaction, replies to every command after it ended and sends the
@@ -274,10 +279,7 @@ fn execute(
                 let status = known
                     .filter(|(id, _)| *id == op.instance())
                     .map(|(_, st)| st);
-                if matches!(
-                    op,
-                    WriteOp::SetStatus { .. } | WriteOp::Finish { .. } | WriteOp::Retry { .. }
-                ) {
+                if !leaves_lease_and_status(op) {
                     known = None;
                 }
                 fences.applied(op);
