@@ -11,6 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+#[path = "support/call_log.rs"]
+mod call_log;
+use call_log::{log_line, log_lines, wait_for_log};
+
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
 struct Charge {
     order: String,
@@ -455,17 +459,6 @@ fn now_ms() -> i64 {
 // ---------------------------------------------------------------------------------------------
 // Real processes: a worker killed with `kill -9` in the middle of a task.
 
-/// Appends `line` to the call log at `log`.
-fn log_line(log: &str, line: &str) {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("call log");
-    writeln!(f, "{line}").expect("write call log");
-}
-
 /// Logs its start (with the idempotency key and this process's id), waits until the file `go`
 /// exists, logs its end.
 #[step(queue = "slow-payments")]
@@ -545,29 +538,6 @@ fn spawn_child(
         .spawn()
         .expect("spawn child");
     Child(child)
-}
-
-fn log_lines(log: &std::path::Path) -> Vec<String> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-fn wait_for_log(log: &std::path::Path, what: &str, ready: impl Fn(&[String]) -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let lines = log_lines(log);
-        if ready(&lines) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never {what}: {lines:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]

@@ -20,6 +20,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
+#[path = "support/call_log.rs"]
+mod call_log;
+use call_log::{log_line, log_lines, wait_for_log};
+
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
 struct Receipt {
     order: String,
@@ -505,16 +509,6 @@ async fn a_worker_runs_at_most_its_concurrency_at_once() {
 // ---------------------------------------------------------------------------------------------
 // Real processes: a worker killed with `kill -9` in the middle of a task.
 
-fn log_line(log: &str, line: &str) {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("call log");
-    writeln!(f, "{line}").expect("write call log");
-}
-
 /// Logs its start (with the idempotency key and this process's id), waits until the file `go`
 /// exists, logs its end.
 #[step(queue = "wc-slow")]
@@ -597,29 +591,6 @@ fn spawn_child(role: &str, env: &[(&str, &str)]) -> Child {
         cmd.env(k, v);
     }
     Child(cmd.spawn().expect("spawn child"))
-}
-
-fn log_lines(log: &std::path::Path) -> Vec<String> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-fn wait_for_log(log: &std::path::Path, what: &str, ready: impl Fn(&[String]) -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let lines = log_lines(log);
-        if ready(&lines) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never {what}: {lines:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]
